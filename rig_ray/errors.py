@@ -1,0 +1,75 @@
+"""Every error rig_ray raises on purpose: `RigRayError` and its subclasses.
+
+Each subclass carries the offending value as an attribute, so callers can react without parsing
+message text.
+"""
+
+from __future__ import annotations
+
+
+class RigRayError(Exception):
+    """Base class of every error that rig_ray raises on purpose."""
+
+
+class InvalidGeneratorError(RigRayError, ValueError):
+    """An identifier string, or a generator setting in it, is not valid.
+
+    `identifier` is the whole string and `part` the piece of it at fault (a key, a pair, a
+    provider), when one piece is.
+    """
+
+    def __init__(self, message: str, *, identifier: str | None = None, part: str | None = None):
+        self.identifier = identifier
+        self.part = part
+        where = f" in identifier {identifier!r}" if identifier is not None else ""
+        super().__init__(f"{message}{where}")
+
+
+class UnknownProviderError(InvalidGeneratorError):
+    """The provider named before `!` is not registered."""
+
+    def __init__(self, provider: str, *, identifier: str | None = None, known: list[str]):
+        self.provider = provider
+        self.known = known
+        super().__init__(
+            f"unknown provider {provider!r} (registered: {', '.join(sorted(known))}; "
+            "add your own with register_generator)",
+            identifier=identifier,
+            part=provider,
+        )
+
+
+class MissingDependencyError(RigRayError, ImportError):
+    """A backend package is not installed; the message says what to install."""
+
+    def __init__(self, package: str, *, install: str, purpose: str):
+        self.package = package
+        self.install = install
+        super().__init__(
+            f"{purpose} needs the {package!r} package, which is not installed: {install}",
+            name=package,
+        )
+
+
+class InvalidMessageError(RigRayError, ValueError):
+    """A value could not be read as a chat message; `value` is what was given."""
+
+    def __init__(self, value: object, reason: str):
+        self.value = value
+        super().__init__(f"not a valid chat message ({reason}): {value!r:.200}")
+
+
+class GenerationError(RigRayError):
+    """A generation request was rejected or failed; `index` is the batch item, when known."""
+
+    def __init__(self, message: str, *, index: int | None = None):
+        self.index = index
+        super().__init__(message)
+
+
+class ModelNotAvailableError(RigRayError):
+    """A model could not be found or prepared locally (nothing is ever downloaded)."""
+
+    def __init__(self, message: str, *, model: str):
+        self.model = model
+        super().__init__(message)

@@ -1,0 +1,221 @@
+"""The generator interface: parameters, results and the `Generator` base class."""
+
+from __future__ import annotations
+
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rig_ray.errors import GenerationError
+from rig_ray.message import Message
+
+StopReason = t.Literal["stop", "length", "content_filter", "tool_calls", "unknown"]
+"""Why generation ended: a stop sequence or end of turn, the token limit, a content filter, a
+tool call, or something the engine did not say."""
+
+_STOP_REASON_ALIASES: dict[str, StopReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+}
+
+DEFAULT_MAX_TOKENS = 256
+"""Token limit that local engines use when `max_tokens` is unset (vLLM's own default is 16)."""
+
+
+def to_stop_reason(raw: str | None) -> StopReason:
+    """Map an engine's finish reason onto a `StopReason`."""
+    return _STOP_REASON_ALIASES.get((raw or "").lower(), "unknown")
+
+
+class GenerateParams(BaseModel):
+    """Sampling and request settings; an unset (None) field leaves the engine's default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float | None = Field(None, ge=0)
+    """Sampling temperature; 0 means greedy."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Most tokens to generate."""
+    top_k: int | None = Field(None, ge=-1)
+    """Sample from the k most likely tokens (-1 or 0: all, where the engine allows it)."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p."""
+    stop: list[str] | None = None
+    """Strings that end generation; written `stop=a;b` in an identifier."""
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    """Penalty on tokens that already appeared."""
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    """Penalty growing with how often a token appeared."""
+    api_base: str | None = None
+    """Base URL of a remote API."""
+    timeout: float | None = Field(None, gt=0)
+    """Seconds a remote request may take."""
+    seed: int | None = None
+    """Random seed, for repeatable sampling."""
+    extra: dict[str, t.Any] = Field(default_factory=dict)
+    """Engine-specific settings, passed through to the engine call as they are."""
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: t.Any) -> t.Any:
+        return [value] if isinstance(value, str) else value
+
+    def merge_with(self, *others: GenerateParams | None) -> GenerateParams:
+        """These params overlaid with `others`, later ones winning; unset fields never override.
+
+        `extra` merges key by key.
+        """
+        values = self.model_dump(exclude_none=True)
+        extra = dict(values.pop("extra", {}))
+        for other in others:
+            if other is None:
+                continue
+            other_values = other.model_dump(exclude_none=True)
+            extra.update(other_values.pop("extra", {}))
+            values.update(other_values)
+        return GenerateParams(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """The set fields as keyword arguments for an engine call, with `extra` flattened in."""
+        values = self.model_dump(exclude_none=True)
+        extra = values.pop("extra", {})
+        return {**values, **extra}
+
+
+class Usage(BaseModel):
+    """Token counts of one generation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int = Field(0, ge=0)
+    """Tokens in the prompt."""
+    output_tokens: int = Field(0, ge=0)
+    """Tokens generated."""
+    total_tokens: int = Field(0, ge=0)
+    """input_tokens + output_tokens, unless the engine said otherwise."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_total(cls, values: t.Any) -> t.Any:
+        if isinstance(values, dict) and not values.get("total_tokens"):
+            total = (values.get("input_tokens") or 0) + (values.get("output_tokens") or 0)
+            values = {**values, "total_tokens": total}
+        return values
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class _Generated(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stop_reason: StopReason = "unknown"
+    """Why generation ended."""
+    usage: Usage | None = None
+    """Token counts, when the engine reports them."""
+    extra: dict[str, t.Any] = Field(default_factory=dict)
+    """Engine-specific details (request ids, metrics, ...)."""
+
+
+class GeneratedMessage(_Generated):
+    """One generated chat turn."""
+
+    message: Message
+    """The assistant's reply."""
+
+    @property
+    def text(self) -> str:
+        return self.message.content
+
+
+class GeneratedText(_Generated):
+    """One generated text completion."""
+
+    text: str
+    """The generated text, without the prompt."""
+
+
+Messages = t.Sequence[t.Sequence[Message]]
+Results = t.Sequence["GeneratedMessage | BaseException"]
+
+
+class Generator(BaseModel):
+    """Something that completes chats and/or texts, in batches.
+
+    A generator is an immutable configuration (its fields, which `to_identifier` writes out)
+    plus whatever engine `load()` builds. Subclasses implement `generate_messages`,
+    `generate_texts` or both; each takes a batch and returns one result or one exception per
+    item, so a bad item never sinks the batch.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    """What the provider runs: a model name, path or route."""
+    api_key: str | None = Field(None, repr=False)
+    """Credential for remote providers; never written into identifiers."""
+    params: GenerateParams = Field(default_factory=GenerateParams)
+    """Defaults for every generation; per-call params override them."""
+
+    def __eq__(self, other: object) -> bool:
+        """Same class and settings; the api_key, never written into identifiers, is not compared.
+
+        (pydantic's own __eq__ would also compare private state, which holds the engine.)"""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._settings() == t.cast(Generator, other)._settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self._settings())))
+
+    def _settings(self) -> dict[str, t.Any]:
+        return self.model_dump(exclude={"api_key"})
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the engine is in memory; generators without one are always loaded."""
+        return True
+
+    def load(self) -> t.Self:
+        """Bring the engine into memory; idempotent. Returns self for chaining."""
+        return self
+
+    def unload(self) -> t.Self:
+        """Release the engine and its memory; idempotent, and `load()` works again after."""
+        return self
+
+    async def generate_messages(
+        self, messages: Messages, params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedMessage | BaseException]:
+        """Generate the next turn for each conversation, with the matching params."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate chat messages")
+
+    async def generate_texts(
+        self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedText | BaseException]:
+        """Generate a completion of each text, with the matching params."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text completions")
+
+    def to_identifier(self, params: GenerateParams | None = None) -> str:
+        """The identifier string that `get_generator` turns back into an equal generator."""
+        from rig_ray.generator.registry import get_identifier
+
+        return get_identifier(self, params)
+
+    def merged_params(self, params: t.Sequence[GenerateParams], count: int) -> list[GenerateParams]:
+        """This generator's params overlaid with one per-item params for each of `count` items."""
+        if len(params) != count:
+            raise GenerationError(f"got {count} inputs but {len(params)} params; give one each")
+        return [self.params.merge_with(p) for p in params]

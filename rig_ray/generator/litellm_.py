@@ -1,0 +1,165 @@
+"""LiteLLM: any hosted or OpenAI-compatible API, with connection and pacing limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import types
+import typing as t
+import weakref
+
+from pydantic import Field, PrivateAttr
+
+from rig_ray._deps import require
+from rig_ray.generator.base import (
+    GeneratedMessage,
+    GeneratedText,
+    GenerateParams,
+    Generator,
+    Messages,
+    Usage,
+    to_stop_reason,
+)
+from rig_ray.message import Message
+
+
+def _import_litellm() -> types.ModuleType:
+    # The cost map is otherwise fetched over the network at import time.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = require("litellm", purpose="the litellm provider")
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class _RequestLimiter:
+    """Caps requests in flight and spaces out their starts; one per event loop."""
+
+    def __init__(self, max_connections: int, min_delay: float):
+        self._slots = asyncio.Semaphore(max_connections)
+        self._min_delay = min_delay
+        self._pace = asyncio.Lock()
+        self._last_start = float("-inf")
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        if self._min_delay > 0:
+            async with self._pace:
+                wait = self._last_start + self._min_delay - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last_start = time.monotonic()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots.release()
+
+
+def _usage(response: t.Any) -> Usage | None:
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None
+    return Usage(
+        input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        total_tokens=getattr(usage, "total_tokens", 0) or 0,
+    )
+
+
+def _extra(response: t.Any) -> dict[str, t.Any]:
+    return {"id": getattr(response, "id", None), "model": getattr(response, "model", None)}
+
+
+class LiteLLMGenerator(Generator):
+    """Calls a remote model through LiteLLM, one request per item, many in flight at once.
+
+    The model is a LiteLLM route (`gpt-4o`, `openai/<name>` with `api_base=...`, ...); keys come
+    from `api_key` or the provider's usual environment variables.
+    """
+
+    max_connections: int = Field(10, ge=1)
+    """Most requests in flight at once."""
+    min_delay_between_requests: float = Field(0.0, ge=0)
+    """Least seconds between the starts of two requests."""
+
+    _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RequestLimiter] = PrivateAttr(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    def _limiter(self) -> _RequestLimiter:
+        loop = asyncio.get_running_loop()
+        if loop not in self._limiters:
+            self._limiters[loop] = _RequestLimiter(
+                self.max_connections, self.min_delay_between_requests
+            )
+        return self._limiters[loop]
+
+    def _request_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
+        kwargs = params.to_dict()
+        if self.api_key is not None:
+            kwargs["api_key"] = self.api_key
+        return kwargs
+
+    async def _gather(self, calls: list[t.Awaitable[t.Any]]) -> list[t.Any]:
+        limiter = self._limiter()
+
+        async def limited(call: t.Awaitable[t.Any]) -> t.Any:
+            async with limiter:
+                return await call
+
+        return await asyncio.gather(*(limited(call) for call in calls), return_exceptions=True)
+
+    async def generate_messages(
+        self, messages: Messages, params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedMessage | BaseException]:
+        merged = self.merged_params(params, len(messages))
+        litellm = _import_litellm()
+        responses = await self._gather(
+            [
+                litellm.acompletion(
+                    model=self.model,
+                    messages=[message.to_openai() for message in conversation],
+                    **self._request_kwargs(p),
+                )
+                for conversation, p in zip(messages, merged, strict=True)
+            ]
+        )
+        return [
+            response if isinstance(response, BaseException) else self._to_message(response)
+            for response in responses
+        ]
+
+    async def generate_texts(
+        self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedText | BaseException]:
+        merged = self.merged_params(params, len(texts))
+        litellm = _import_litellm()
+        responses = await self._gather(
+            [
+                litellm.atext_completion(model=self.model, prompt=text, **self._request_kwargs(p))
+                for text, p in zip(texts, merged, strict=True)
+            ]
+        )
+        return [
+            response if isinstance(response, BaseException) else self._to_text(response)
+            for response in responses
+        ]
+
+    @staticmethod
+    def _to_message(response: t.Any) -> GeneratedMessage:
+        choice = response.choices[0]
+        return GeneratedMessage(
+            message=Message(role="assistant", content=choice.message.content or ""),
+            stop_reason=to_stop_reason(choice.finish_reason),
+            usage=_usage(response),
+            extra=_extra(response),
+        )
+
+    @staticmethod
+    def _to_text(response: t.Any) -> GeneratedText:
+        choice = response.choices[0]
+        return GeneratedText(
+            text=choice.text or "",
+            stop_reason=to_stop_reason(choice.finish_reason),
+            usage=_usage(response),
+            extra=_extra(response),
+        )
