@@ -40,13 +40,17 @@ class Message(BaseModel):
                 first = error.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
                 raise InvalidMessageError(value, f"{where}: {first['msg']}") from None
-        raise InvalidMessageError(value, f"expected Message, dict or str, got {type(value).__name__}")
+        raise InvalidMessageError(
+            value, f"expected Message, dict or str, got {type(value).__name__}"
+        )
 
     @classmethod
     def fit_many(cls, values: MessageLike | t.Sequence[MessageLike]) -> list[Message]:
         """Read one message-like value or a sequence of them as a list of Messages."""
         if isinstance(values, str | Message | t.Mapping):
             return [cls.fit(values)]
+        if not isinstance(values, t.Sequence):
+            raise InvalidMessageError(values, "expected a message or a sequence of messages")
         return [cls.fit(value) for value in values]
 
     def to_openai(self) -> dict[str, str]:

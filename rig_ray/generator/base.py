@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import typing as t
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -183,6 +184,16 @@ class Generator(BaseModel):
     def _settings(self) -> dict[str, t.Any]:
         return self.model_dump(exclude={"api_key"})
 
+    def _fields(self) -> dict[str, t.Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    def __reduce__(self) -> tuple[t.Any, ...]:
+        # Pickles (and Ray ships) the configuration only; the copy loads its own engine.
+        return (_rebuild, (type(self), self._fields()))
+
+    def __deepcopy__(self, memo: dict[int, t.Any] | None = None) -> Generator:
+        return _rebuild(type(self), copy.deepcopy(self._fields(), memo))
+
     @property
     def is_loaded(self) -> bool:
         """Whether the engine is in memory; generators without one are always loaded."""
@@ -219,3 +230,7 @@ class Generator(BaseModel):
         if len(params) != count:
             raise GenerationError(f"got {count} inputs but {len(params)} params; give one each")
         return [self.params.merge_with(p) for p in params]
+
+
+def _rebuild(cls: type[Generator], fields: dict[str, t.Any]) -> Generator:
+    return cls(**fields)

@@ -75,7 +75,9 @@ def split_identifier(identifier: str) -> SplitIdentifier:
     if "!" in head and not head.startswith('"'):
         provider, head = (part.strip() for part in head.split("!", 1))
         if not provider:
-            raise InvalidGeneratorError("empty provider before '!'", identifier=identifier)
+            raise InvalidGeneratorError(
+                "empty provider before '!'", identifier=identifier, part="!"
+            )
     model = _unquote(head.strip(), identifier, "model")
     if not model:
         raise InvalidGeneratorError("no model given", identifier=identifier, part=head)
@@ -89,9 +91,7 @@ def split_identifier(identifier: str) -> SplitIdentifier:
                 f"malformed pair {pair!r} (expected key=value)", identifier=identifier, part=pair
             )
         if key in seen:
-            raise InvalidGeneratorError(
-                f"key {key!r} given twice", identifier=identifier, part=key
-            )
+            raise InvalidGeneratorError(f"key {key!r} given twice", identifier=identifier, part=key)
         seen.add(key)
         pairs.append((key, value.strip()))
     return SplitIdentifier(provider=provider, model=model, pairs=pairs)
@@ -179,7 +179,7 @@ def encode_value(value: t.Any) -> str:
 
 
 def format_identifier(provider: str, model: str, values: dict[str, t.Any]) -> str:
-    """Write `provider!model,key=value,...`; None values are left out."""
+    """Write `provider!model,key=value,...`."""
     head = f"{provider}!{_encode_text(model)}"
-    pairs = [f"{key}={encode_value(value)}" for key, value in values.items() if value is not None]
+    pairs = [f"{key}={encode_value(value)}" for key, value in values.items()]
     return ",".join([head, *pairs])

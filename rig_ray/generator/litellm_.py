@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import types
@@ -43,12 +44,16 @@ class _RequestLimiter:
 
     async def __aenter__(self) -> None:
         await self._slots.acquire()
-        if self._min_delay > 0:
-            async with self._pace:
-                wait = self._last_start + self._min_delay - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._last_start = time.monotonic()
+        try:
+            if self._min_delay > 0:
+                async with self._pace:
+                    wait = self._last_start + self._min_delay - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._last_start = time.monotonic()
+        except BaseException:  # cancelled while pacing: give the slot back
+            self._slots.release()
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._slots.release()
@@ -99,14 +104,15 @@ class LiteLLMGenerator(Generator):
             kwargs["api_key"] = self.api_key
         return kwargs
 
-    async def _gather(self, calls: list[t.Awaitable[t.Any]]) -> list[t.Any]:
+    async def _gather(self, requests: list[t.Callable[[], t.Awaitable[t.Any]]]) -> list[t.Any]:
+        """Start each request once the limiter lets it; errors come back in place."""
         limiter = self._limiter()
 
-        async def limited(call: t.Awaitable[t.Any]) -> t.Any:
+        async def limited(request: t.Callable[[], t.Awaitable[t.Any]]) -> t.Any:
             async with limiter:
-                return await call
+                return await request()
 
-        return await asyncio.gather(*(limited(call) for call in calls), return_exceptions=True)
+        return await asyncio.gather(*(limited(r) for r in requests), return_exceptions=True)
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
@@ -115,7 +121,8 @@ class LiteLLMGenerator(Generator):
         litellm = _import_litellm()
         responses = await self._gather(
             [
-                litellm.acompletion(
+                functools.partial(
+                    litellm.acompletion,
                     model=self.model,
                     messages=[message.to_openai() for message in conversation],
                     **self._request_kwargs(p),
@@ -135,7 +142,12 @@ class LiteLLMGenerator(Generator):
         litellm = _import_litellm()
         responses = await self._gather(
             [
-                litellm.atext_completion(model=self.model, prompt=text, **self._request_kwargs(p))
+                functools.partial(
+                    litellm.atext_completion,
+                    model=self.model,
+                    prompt=text,
+                    **self._request_kwargs(p),
+                )
                 for text, p in zip(texts, merged, strict=True)
             ]
         )

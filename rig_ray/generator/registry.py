@@ -41,6 +41,12 @@ def register_generator(provider: str, generator_cls: type[Generator]) -> None:
         raise InvalidGeneratorError(
             f"provider {provider!r} must be a Generator subclass, not {generator_cls!r}"
         )
+    clashes = set(identifier_fields(generator_cls)) & set(_PARAM_FIELDS)
+    if clashes:
+        raise InvalidGeneratorError(
+            f"{generator_cls.__name__} has fields named like GenerateParams fields "
+            f"({', '.join(sorted(clashes))}); rename them so identifiers stay unambiguous"
+        )
     _providers[provider] = generator_cls
 
 
@@ -76,11 +82,15 @@ def identifier_fields(generator_cls: type[Generator]) -> dict[str, t.Any]:
 _PARAM_FIELDS = {name: field.annotation for name, field in GenerateParams.model_fields.items()}
 
 
-def _unknown_key(key: str, generator_cls: type[Generator], identifier: str) -> InvalidGeneratorError:
+def _unknown_key(
+    key: str, generator_cls: type[Generator], identifier: str
+) -> InvalidGeneratorError:
     known = [*identifier_fields(generator_cls), *_PARAM_FIELDS]
     if key in _RESERVED_KEYS:
         hint = " (the model goes before the first comma)" if key == "model" else ""
-        return InvalidGeneratorError(f"key {key!r} is reserved{hint}", identifier=identifier, part=key)
+        return InvalidGeneratorError(
+            f"key {key!r} is reserved{hint}", identifier=identifier, part=key
+        )
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return InvalidGeneratorError(
@@ -143,7 +153,9 @@ def get_identifier(generator: Generator, params: GenerateParams | None = None) -
     for name in identifier_fields(generator_cls):
         field = generator_cls.model_fields[name]
         value = getattr(generator, name)
-        if name == "api_key" or (not field.is_required() and value == field.get_default(call_default_factory=True)):
+        if name == "api_key" or (
+            not field.is_required() and value == field.get_default(call_default_factory=True)
+        ):
             continue
         values[name] = value
     merged = generator.params.merge_with(params).model_dump(exclude_none=True)

@@ -11,7 +11,7 @@ import sys
 import threading
 import typing as t
 
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
@@ -67,7 +67,12 @@ class TransformersGenerator(Generator):
 
     @classmethod
     def from_obj(
-        cls, model: t.Any, tokenizer: t.Any, *, params: GenerateParams | None = None, **fields: t.Any
+        cls,
+        model: t.Any,
+        tokenizer: t.Any,
+        *,
+        params: GenerateParams | None = None,
+        **fields: t.Any,
     ) -> TransformersGenerator:
         """Wrap an already-built transformers model and tokenizer."""
         name = getattr(model, "name_or_path", None) or type(model).__name__
@@ -221,7 +226,9 @@ class TransformersGenerator(Generator):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 generated = model.generate(
-                    **encoded, pad_token_id=tokenizer.pad_token_id, **self._generation_kwargs(params)
+                    **encoded,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **self._generation_kwargs(params),
                 )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :].tolist()
         input_counts = encoded["attention_mask"].sum(dim=1).tolist()

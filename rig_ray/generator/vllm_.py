@@ -29,12 +29,15 @@ from rig_ray.message import Message
 _REMOTE_ONLY = {"api_base", "timeout"}
 CPU_MEMORY_UTILIZATION = 0.3
 """Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset."""
-_ENGINE_DEAD = ("EngineDeadError", "EngineGenerateError")
 
 
-def _is_fatal(error: BaseException) -> bool:
-    """Errors that mean the engine itself is gone: re-raised, never put on one item."""
-    return type(error).__name__ in _ENGINE_DEAD or isinstance(error, MemoryError)
+def _item_errors() -> tuple[type[BaseException], ...]:
+    """Errors that reject one request (too long, bad template or params), not the engine."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM raised plain ValueErrors
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
 
 
 def _metrics(output: t.Any) -> dict[str, t.Any] | None:
@@ -192,7 +195,7 @@ class VLLMGenerator(Generator):
             engine_call = getattr(llm, method)
             try:
                 return list(engine_call(prompts, sampling_params=sampling, use_tqdm=False))
-            except (ValueError, TypeError) as error:
+            except _item_errors() as error:
                 if len(prompts) == 1:
                     return [error]
             # One item was rejected up front (too long, bad template): find it, keep the rest.
@@ -200,9 +203,7 @@ class VLLMGenerator(Generator):
             for prompt, params in zip(prompts, sampling, strict=True):
                 try:
                     results.extend(engine_call([prompt], sampling_params=[params], use_tqdm=False))
-                except Exception as error:
-                    if _is_fatal(error):
-                        raise
+                except _item_errors() as error:
                     results.append(error)
             return results
 
