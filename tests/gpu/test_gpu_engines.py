@@ -1,0 +1,49 @@
+"""Load and unload on a CUDA GPU: unloading gives the memory back. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+
+import rig_ray as rr
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.engine,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def free_gpu_bytes() -> int:
+    gc.collect()
+    torch.cuda.synchronize()
+    return torch.cuda.mem_get_info()[0]
+
+
+async def test_transformers_unload_frees_gpu_memory(tiny_llama_path: Path) -> None:
+    baseline = torch.cuda.memory_allocated()
+    generator = rr.TransformersGenerator(model=str(tiny_llama_path), device="cuda").load()
+    assert torch.cuda.memory_allocated() > baseline
+    [result] = await generator.generate_texts(["gpu"], [rr.GenerateParams(max_tokens=4)])
+    assert isinstance(result, rr.GeneratedText)
+    generator.unload()
+    gc.collect()
+    assert torch.cuda.memory_allocated() <= baseline
+
+
+async def test_vllm_unload_frees_gpu_memory_and_reloads(tiny_llama_path: Path) -> None:
+    pytest.importorskip("vllm")
+    before = free_gpu_bytes()
+    generator = rr.VLLMGenerator(
+        model=str(tiny_llama_path), gpu_memory_utilization=0.3, max_model_len=256
+    )
+    for _ in range(2):  # load, unload, and the same again in one process
+        generator.load()
+        assert free_gpu_bytes() < before - (1 << 30)  # the engine reserved its share
+        [result] = await generator.generate_texts(["gpu"], [rr.GenerateParams(max_tokens=4)])
+        assert result.usage.output_tokens == 4 or result.stop_reason == "stop"
+        generator.unload()
+        assert free_gpu_bytes() > before - (512 << 20)
