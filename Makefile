@@ -33,4 +33,4 @@ test-all: install
 	$(BIN)/python -m pytest -m ""
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy rig_ray

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import types
+import typing as t
 
 from rig_ray.errors import MissingDependencyError
 
@@ -15,7 +15,7 @@ INSTALL_HINTS = {
 }
 
 
-def require(module: str, *, purpose: str) -> types.ModuleType:
+def require(module: str, *, purpose: str) -> t.Any:
     """Import `module`, or raise MissingDependencyError saying how to install it."""
     top = module.split(".")[0]
     try:

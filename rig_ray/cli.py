@@ -8,9 +8,17 @@ import sys
 import time
 import typing as t
 
+from pydantic import ValidationError
+
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import RigRayError
-from rig_ray.generator import GeneratedMessage, GenerateParams, get_generator, registered_providers
+from rig_ray.generator import (
+    GeneratedMessage,
+    GeneratedText,
+    GenerateParams,
+    get_generator,
+    registered_providers,
+)
 from rig_ray.message import Message
 
 DEMO_GENERATOR = f"transformers!{DEFAULT_MODEL},temperature=0,max_tokens=48"
@@ -61,6 +69,7 @@ def _run_generate(
     started = time.perf_counter()
     generator.load()
     loaded = time.perf_counter()
+    results: t.Sequence[GeneratedMessage | GeneratedText | BaseException]
     if as_text:
         results = asyncio.run(generator.generate_texts(list(prompts), per_item))
     else:
@@ -105,9 +114,17 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         for name, cls in sorted(registered_providers().items()):
             print(f"{name}\t{cls.__module__}.{cls.__qualname__}")
         return 0
-    except RigRayError as error:
-        print(f"rig-ray: error: {error}", file=sys.stderr)
+    except (RigRayError, ValidationError, NotImplementedError) as error:
+        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

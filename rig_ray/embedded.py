@@ -61,10 +61,17 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
     target = cache_dir() / f"{name}-{_FORMAT_VERSION}"
     if (target / _READY_MARKER).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
-        if not (target / _READY_MARKER).exists():
-            _convert(gguf, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(target.parent / f".{target.name}.lock"):
+            if not (target / _READY_MARKER).exists():
+                _convert(gguf, target)
+    except OSError as error:
+        raise ModelNotAvailableError(
+            f"could not prepare {name!r} in {target.parent} (set RIG_RAY_CACHE to a writable "
+            f"folder): {error}",
+            model=name,
+        ) from error
     return target
 
 
@@ -88,7 +95,7 @@ def _convert(gguf: Path, target: Path) -> None:
     never leaves a folder that loads half."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if target.exists():  # left by a conversion that died between rename and marker
+    if target.exists():  # a folder without the marker was not written by this code
         shutil.rmtree(target)
     torch = require("torch", purpose="converting the embedded model")
     transformers = require("transformers", purpose="converting the embedded model")
@@ -109,6 +116,19 @@ def _convert(gguf: Path, target: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / _READY_MARKER).write_text(gguf.name)
+        _sync_tree(staging)  # the rename must never expose files still in the page cache
         os.rename(staging, target)
+        _sync_tree(target.parent, files=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sync_tree(folder: Path, *, files: bool = True) -> None:
+    """fsync every file in `folder` (when `files`) and the folder itself."""
+    paths = [p for p in folder.iterdir() if p.is_file()] if files else []
+    for path in [*paths, folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -8,7 +8,20 @@ from __future__ import annotations
 
 
 class RigRayError(Exception):
-    """Base class of every error that rig_ray raises on purpose."""
+    """Base class of every error that rig_ray raises on purpose.
+
+    Errors pickle with their attributes, so they survive the trip back from a Ray worker.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[RigRayError], args: tuple[object, ...], state: dict) -> RigRayError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidGeneratorError(RigRayError, ValueError):

@@ -12,6 +12,7 @@ Behaviour, keyed on the last user message (chat) or the prompt (completions):
 - the reply is ``"echo: <content>"``;
 - content containing ``FAIL`` gets HTTP 400 with an OpenAI error body;
 - content containing ``SLOW`` is answered after `slow_seconds`;
+- content containing ``EMPTY`` gets a 200 answer with no choices;
 - a `stop` string in the reply cuts it there (finish_reason "stop");
 - `max_tokens` below the reply's word count truncates it to that many words (finish_reason
   "length").
@@ -165,6 +166,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         number = next(self.server.ids)
         model = body.get("model") or "stub-model"
         created = int(time.time())
+        if "EMPTY" in content:  # a malformed answer: no choices at all
+            return {"id": f"stub-{number}", "object": "chat.completion", "choices": []}
         if chat:
             return {
                 "id": f"chatcmpl-stub-{number}",

@@ -27,6 +27,8 @@ _STOP_REASON_ALIASES: dict[str, StopReason] = {
     "tool_use": "tool_calls",
 }
 
+_REQUEST_KEYS = {"model", "messages", "prompt", "prompts", "api_key"}
+
 DEFAULT_MAX_TOKENS = 256
 """Token limit that local engines use when `max_tokens` is unset (vLLM's own default is 16)."""
 
@@ -68,6 +70,17 @@ class GenerateParams(BaseModel):
     @classmethod
     def _one_stop_string(cls, value: t.Any) -> t.Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_adds_only(cls, value: dict[str, t.Any]) -> dict[str, t.Any]:
+        shadowed = sorted(set(value) & (set(cls.model_fields) | _REQUEST_KEYS))
+        if shadowed:
+            raise ValueError(
+                f"extra may not set {', '.join(shadowed)}: use the fields of GenerateParams, "
+                "and the generator for model and inputs"
+            )
+        return value
 
     def merge_with(self, *others: GenerateParams | None) -> GenerateParams:
         """These params overlaid with `others`, later ones winning; unset fields never override.
@@ -163,7 +176,7 @@ class Generator(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str
+    model: str = Field(min_length=1)
     """What the provider runs: a model name, path or route."""
     api_key: str | None = Field(None, repr=False)
     """Credential for remote providers; never written into identifiers."""
@@ -193,6 +206,16 @@ class Generator(BaseModel):
 
     def __deepcopy__(self, memo: dict[int, t.Any] | None = None) -> Generator:
         return _rebuild(type(self), copy.deepcopy(self._fields(), memo))
+
+    def __copy__(self) -> Generator:
+        return _rebuild(type(self), self._fields())
+
+    def model_copy(
+        self, *, update: t.Mapping[str, t.Any] | None = None, deep: bool = False
+    ) -> t.Self:
+        """A new, unloaded generator with `update` applied (validated); engines are never shared."""
+        fields = {**self._fields(), **(update or {})}
+        return t.cast(t.Self, _rebuild(type(self), copy.deepcopy(fields) if deep else fields))
 
     @property
     def is_loaded(self) -> bool:

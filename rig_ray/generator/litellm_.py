@@ -6,13 +6,13 @@ import asyncio
 import functools
 import os
 import time
-import types
 import typing as t
 import weakref
 
 from pydantic import Field, PrivateAttr
 
 from rig_ray._deps import require
+from rig_ray.errors import GenerationError
 from rig_ray.generator.base import (
     GeneratedMessage,
     GeneratedText,
@@ -25,7 +25,7 @@ from rig_ray.generator.base import (
 from rig_ray.message import Message
 
 
-def _import_litellm() -> types.ModuleType:
+def _import_litellm() -> t.Any:
     # The cost map is otherwise fetched over the network at import time.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     litellm = require("litellm", purpose="the litellm provider")
@@ -74,6 +74,19 @@ def _extra(response: t.Any) -> dict[str, t.Any]:
     return {"id": getattr(response, "id", None), "model": getattr(response, "model", None)}
 
 
+_T = t.TypeVar("_T")
+
+
+def _convert(response: t.Any, convert: t.Callable[[t.Any], _T]) -> _T | BaseException:
+    """One response as a result; an error, or a response of the wrong shape, stays in place."""
+    if isinstance(response, BaseException):
+        return response
+    try:
+        return convert(response)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        return GenerationError(f"unreadable response from the provider: {error}")
+
+
 class LiteLLMGenerator(Generator):
     """Calls a remote model through LiteLLM, one request per item, many in flight at once.
 
@@ -118,7 +131,7 @@ class LiteLLMGenerator(Generator):
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
-        litellm = _import_litellm()
+        litellm = await asyncio.to_thread(_import_litellm)  # the first import takes seconds
         responses = await self._gather(
             [
                 functools.partial(
@@ -130,16 +143,13 @@ class LiteLLMGenerator(Generator):
                 for conversation, p in zip(messages, merged, strict=True)
             ]
         )
-        return [
-            response if isinstance(response, BaseException) else self._to_message(response)
-            for response in responses
-        ]
+        return [_convert(response, self._to_message) for response in responses]
 
     async def generate_texts(
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        litellm = _import_litellm()
+        litellm = await asyncio.to_thread(_import_litellm)  # the first import takes seconds
         responses = await self._gather(
             [
                 functools.partial(
@@ -151,10 +161,7 @@ class LiteLLMGenerator(Generator):
                 for text, p in zip(texts, merged, strict=True)
             ]
         )
-        return [
-            response if isinstance(response, BaseException) else self._to_text(response)
-            for response in responses
-        ]
+        return [_convert(response, self._to_text) for response in responses]
 
     @staticmethod
     def _to_message(response: t.Any) -> GeneratedMessage:

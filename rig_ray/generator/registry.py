@@ -149,6 +149,9 @@ def get_generator(identifier: str, *, params: GenerateParams | None = None) -> G
 def get_identifier(generator: Generator, params: GenerateParams | None = None) -> str:
     """The identifier of a generator (with `params` overlaid); the api_key is never written."""
     generator_cls = type(generator)
+    provider = provider_of(generator_cls)
+    readable = identifier_fields(_providers[provider])
+    dumped = generator.model_dump(mode="json")
     values: dict[str, t.Any] = {}
     for name in identifier_fields(generator_cls):
         field = generator_cls.model_fields[name]
@@ -157,9 +160,14 @@ def get_identifier(generator: Generator, params: GenerateParams | None = None) -
             not field.is_required() and value == field.get_default(call_default_factory=True)
         ):
             continue
-        values[name] = value
-    merged = generator.params.merge_with(params).model_dump(exclude_none=True)
+        if name not in readable:
+            raise InvalidGeneratorError(
+                f"{generator_cls.__name__} sets {name!r}, which provider {provider!r} cannot "
+                f"read back; call register_generator('<name>', {generator_cls.__name__}) first"
+            )
+        values[name] = dumped[name]
+    merged = generator.params.merge_with(params).model_dump(mode="json", exclude_none=True)
     if not merged.get("extra"):
         merged.pop("extra", None)
     values.update(merged)
-    return format_identifier(provider_of(generator_cls), generator.model, values)
+    return format_identifier(provider, generator.model, values)

@@ -52,8 +52,8 @@ class TransformersGenerator(Generator):
     name of an embedded model (`smollm2-135m`).
     """
 
-    dtype: str = "auto"
-    """Torch dtype of the weights: auto, bfloat16, float16 or float32."""
+    dtype: t.Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Torch dtype of the weights; auto keeps the checkpoint's."""
     device: str | None = None
     """Where to run: cpu, cuda, cuda:1, ...; unset picks CUDA when present."""
     device_map: str | None = None
@@ -106,12 +106,12 @@ class TransformersGenerator(Generator):
                 if self.device_map:
                     options["device_map"] = self.device_map
                 model = transformers.AutoModelForCausalLM.from_pretrained(path, **options)
-            except OSError as error:
+                if not self.device_map:
+                    model.to(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            except (OSError, ValueError, RuntimeError) as error:
                 raise ModelNotAvailableError(
                     f"transformers could not load {self.model!r}: {error}", model=self.model
                 ) from error
-            if not self.device_map:
-                model.to(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self._install(model, tokenizer)
         return self
 
@@ -128,20 +128,8 @@ class TransformersGenerator(Generator):
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
-        await asyncio.to_thread(self.load)
-        prompts: list[str | BaseException] = []
-        for conversation in messages:
-            try:
-                prompts.append(
-                    self._tokenizer.apply_chat_template(
-                        [message.to_openai() for message in conversation],
-                        tokenize=False,
-                        add_generation_prompt=True,
-                    )
-                )
-            except Exception as error:  # a template may reject a conversation's shape
-                prompts.append(error)
-        outputs = await asyncio.to_thread(self._generate, prompts, merged, False)
+        conversations = [[message.to_openai() for message in conv] for conv in messages]
+        outputs = await asyncio.to_thread(self._generate, conversations, merged)
         return [
             GeneratedMessage(
                 message=Message(role="assistant", content=out.text),
@@ -157,8 +145,7 @@ class TransformersGenerator(Generator):
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        await asyncio.to_thread(self.load)
-        outputs = await asyncio.to_thread(self._generate, list(texts), merged, True)
+        outputs = await asyncio.to_thread(self._generate, list(texts), merged)
         return [
             GeneratedText(text=out.text, stop_reason=out.stop_reason, usage=out.usage)
             if isinstance(out, _Output)
@@ -167,28 +154,43 @@ class TransformersGenerator(Generator):
         ]
 
     def _generate(
-        self,
-        prompts: list[str | BaseException],
-        params: list[GenerateParams],
-        add_special_tokens: bool,
+        self, items: list[str] | list[list[dict[str, str]]], params: list[GenerateParams]
     ) -> list[_Output | BaseException]:
-        """Generate every prompt, one engine call per group of items with equal params."""
-        results: list[_Output | BaseException] = [
-            p if isinstance(p, BaseException) else ValueError("not generated") for p in prompts
-        ]
-        groups: dict[str, list[int]] = {}
-        for index, prompt in enumerate(prompts):
-            if not isinstance(prompt, BaseException):
-                groups.setdefault(_params_key(params[index]), []).append(index)
-        for indices in groups.values():
-            try:
+        """Generate every item (texts, or conversations to render with the chat template),
+        one engine call per group of items with equal params. Holds the lock throughout, so an
+        `unload()` from another thread waits for the batch to finish."""
+        with self._lock:
+            self.load()
+            prompts: list[str | BaseException] = []
+            for item in items:
+                try:
+                    prompts.append(item if isinstance(item, str) else self._render(item))
+                except Exception as error:  # a template may reject a conversation's shape
+                    prompts.append(error)
+            results: list[_Output | BaseException] = list(prompts)  # type: ignore[arg-type]
+            groups: dict[str, list[int]] = {}
+            for index, prompt in enumerate(prompts):
+                if not isinstance(prompt, BaseException):
+                    groups.setdefault(_params_key(params[index]), []).append(index)
+            add_special_tokens = bool(items) and isinstance(items[0], str)
+            for indices in groups.values():
                 batch = [t.cast(str, prompts[i]) for i in indices]
-                outputs = self._generate_group(batch, params[indices[0]], add_special_tokens)
-            except Exception as error:
-                outputs = [error] * len(indices)
-            for index, output in zip(indices, outputs, strict=True):
-                results[index] = output
-        return results
+                outputs: list[_Output | BaseException]
+                try:
+                    outputs = [*self._generate_group(batch, params[indices[0]], add_special_tokens)]
+                except Exception as error:
+                    outputs = [error] * len(indices)
+                for index, output in zip(indices, outputs, strict=True):
+                    results[index] = output
+            return results
+
+    def _render(self, conversation: list[dict[str, str]]) -> str:
+        return t.cast(
+            str,
+            self._tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            ),
+        )
 
     def _generation_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
         values = params.to_dict()
@@ -198,6 +200,8 @@ class TransformersGenerator(Generator):
         kwargs = {k: v for k, v in values.items() if k not in _REMOTE_ONLY | _UNSUPPORTED}
         kwargs["max_new_tokens"] = kwargs.pop("max_tokens", DEFAULT_MAX_TOKENS)
         kwargs.pop("seed", None)
+        if kwargs.get("top_k", 1) <= 0:  # "all tokens", which transformers spells as no top_k
+            kwargs.pop("top_k")
         if "stop" in kwargs:
             kwargs["stop_strings"] = kwargs.pop("stop")
             kwargs["tokenizer"] = self._tokenizer
@@ -215,25 +219,21 @@ class TransformersGenerator(Generator):
     ) -> list[_Output]:
         import torch
 
-        with self._lock:
-            model, tokenizer = self._model, self._tokenizer
-            if model is None:
-                raise ModelNotAvailableError("the model was unloaded mid-call", model=self.model)
-            encoded = tokenizer(
-                prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
-            ).to(model.device)
-            with torch.inference_mode():
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                generated = model.generate(
-                    **encoded,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **self._generation_kwargs(params),
-                )
+        model, tokenizer = self._model, self._tokenizer
+        encoded = tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+        ).to(model.device)
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            generated = model.generate(
+                **encoded, pad_token_id=tokenizer.pad_token_id, **self._generation_kwargs(params)
+            )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :].tolist()
         input_counts = encoded["attention_mask"].sum(dim=1).tolist()
+        end_ids = self._end_ids()
         return [
-            self._decode(tokens, int(count), params.stop or [])
+            self._decode(tokens, int(count), params.stop or [], end_ids)
             for tokens, count in zip(new_tokens, input_counts, strict=True)
         ]
 
@@ -245,18 +245,25 @@ class TransformersGenerator(Generator):
             ends.add(self._tokenizer.eos_token_id)
         return ends
 
-    def _decode(self, tokens: list[int], input_count: int, stop: list[str]) -> _Output:
-        ends = self._end_ids() | {self._tokenizer.pad_token_id}
-        length = next((i for i, tok in enumerate(tokens) if tok in ends), None)
-        reason: StopReason = "length" if length is None else "stop"
+    def _decode(
+        self, tokens: list[int], input_count: int, stop: list[str], end_ids: set[int]
+    ) -> _Output:
+        """One row of `generate` output: cut at its end token or padding, then at a stop string.
+
+        A row that ended early is padded up to the longest row; the padding is not output, and
+        the end token counts as output only when it is a real end-of-sequence token.
+        """
+        pad = self._tokenizer.pad_token_id
+        length = next((i for i, tok in enumerate(tokens) if tok in end_ids or tok == pad), None)
         kept = tokens if length is None else tokens[:length]
         text = self._tokenizer.decode(kept, skip_special_tokens=True)
         cuts = [text.find(s) for s in stop if s and s in text]
         if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        output_count = len(kept) + (0 if length is None else 1)
+            usage = Usage(input_tokens=input_count, output_tokens=len(kept))
+            return _Output(text=text[: min(cuts)], stop_reason="stop", usage=usage)
+        ended_on_eos = length is not None and tokens[length] in end_ids
         return _Output(
             text=text,
-            stop_reason=reason,
-            usage=Usage(input_tokens=input_count, output_tokens=output_count),
+            stop_reason="length" if length is None else "stop",
+            usage=Usage(input_tokens=input_count, output_tokens=len(kept) + ended_on_eos),
         )

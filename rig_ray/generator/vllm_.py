@@ -44,7 +44,8 @@ def _metrics(output: t.Any) -> dict[str, t.Any] | None:
     metrics = getattr(output, "metrics", None)
     if metrics is None:
         return None
-    values = dataclasses.asdict(metrics) if dataclasses.is_dataclass(metrics) else vars(metrics)
+    is_dataclass = dataclasses.is_dataclass(metrics) and not isinstance(metrics, type)
+    values = dataclasses.asdict(metrics) if is_dataclass else vars(metrics)
     return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}
 
 
@@ -59,8 +60,8 @@ class VLLMGenerator(Generator):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     """Share of accelerator memory the engine may take (weights + KV cache); on CPU builds, the
     share of CPU memory. Unset: vLLM's default (0.9) on GPUs, 0.3 on CPU."""
-    dtype: str = "auto"
-    """Weight and activation dtype: auto, bfloat16, float16, float32."""
+    dtype: t.Literal["auto", "bfloat16", "float16", "half", "float32", "float"] = "auto"
+    """Weight and activation dtype; auto keeps the checkpoint's."""
     quantization: str | None = None
     """Quantization method (awq, gptq, fp8, ...), when the weights are quantized."""
     enforce_eager: bool = False
@@ -118,7 +119,7 @@ class VLLMGenerator(Generator):
             path = resolve_model(self.model)
             try:
                 self._llm = vllm.LLM(model=path, **kwargs)
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 raise ModelNotAvailableError(
                     f"vLLM could not load {self.model!r}: {error}", model=self.model
                 ) from error
@@ -129,10 +130,12 @@ class VLLMGenerator(Generator):
             llm, self._llm = self._llm, None
             if llm is None:
                 return self
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-            gc.collect()
-            _release_distributed_state()
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            finally:
+                del llm
+                gc.collect()
+                _release_distributed_state()
         return self
 
     def _sampling_params(self, params: GenerateParams) -> t.Any:

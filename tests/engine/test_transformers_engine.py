@@ -152,3 +152,27 @@ async def test_smollm2_knows_the_capital_of_france(smollm2_path):
     assert completion.text.strip() == "Paris"
     assert completion.stop_reason == "stop"
     generator.unload()
+
+
+def test_decode_counts_the_end_token_but_never_padding(tiny) -> None:
+    tokenizer = tiny._tokenizer
+    ends = tiny._end_ids()
+    words = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    # Ran to the limit: every token is output.
+    assert tiny._decode(words, 3, [], ends).usage.output_tokens == len(words)
+    assert tiny._decode(words, 3, [], ends).stop_reason == "length"
+    # Ended on its end token, then padded up to a longer row: the end token counts once.
+    ended = tiny._decode([*words, eos, eos, eos], 3, [], ends)
+    assert (ended.stop_reason, ended.usage.output_tokens) == ("stop", len(words) + 1)
+    # Cut by a stop string: padding after it is not output, whatever the batch's longest row.
+    short = tiny._decode([*words], 3, [" world"], ends)
+    padded = tiny._decode([*words, eos, eos], 3, [" world"], ends)
+    assert short.text == padded.text == "hello"
+    assert short.usage.output_tokens == padded.usage.output_tokens == len(words)
+
+
+async def test_top_k_minus_one_means_all_tokens(tiny) -> None:
+    params = [GenerateParams(max_tokens=3, temperature=0.7, top_k=-1, seed=1)]
+    [result] = await tiny.generate_texts(["abc"], params)
+    assert isinstance(result, rr.GeneratedText)

@@ -45,3 +45,17 @@ def test_providers_lists_the_builtins(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("litellm", "transformers", "vllm"):
         assert name in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "echo!m", "hi", "--max-tokens", "0"], "max_tokens"),
+        (["generate", "echo!m", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "transformers!m,dtype=foo", "hi"], "dtype"),
+    ],
+)
+def test_bad_settings_are_one_line_too(echo_provider, capsys, argv, message) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

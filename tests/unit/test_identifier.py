@@ -159,7 +159,7 @@ print(sorted(m for m in ("torch", "vllm", "transformers", "litellm") if m in sys
         ("vllm!m,trust_remote_code=True", lambda g: g.trust_remote_code, True),
         ("vllm!m,gpu_memory_utilization=0.3", lambda g: g.gpu_memory_utilization, 0.3),
         ("vllm!m,max_model_len=4096", lambda g: g.max_model_len, 4096),
-        ("vllm!m,dtype=1", lambda g: g.dtype, "1"),
+        ("vllm!m,quantization=1", lambda g: g.quantization, "1"),
         ("transformers!m,device=0", lambda g: g.device, "0"),
     ],
 )
@@ -322,7 +322,7 @@ def _round_trip_cases() -> list[Generator]:
                 params=GenerateParams(stop=[text], api_base=text, extra={text: text}),
             )
         )
-        cases.append(VLLMGenerator(model=f"m{text}", dtype=text, quantization=text))
+        cases.append(VLLMGenerator(model=f"m{text}", dtype="float16", quantization=text))
     return cases
 
 
@@ -423,7 +423,10 @@ def _random_generator(rng: random.Random) -> Generator:
         )
     if kind == 1:
         return TransformersGenerator(
-            model=model, params=params, device=rng.choice([None, _text(rng)]), dtype=_text(rng)
+            model=model,
+            params=params,
+            device=rng.choice([None, _text(rng)]),
+            dtype=rng.choice(["auto", "bfloat16", "float16", "float32"]),
         )
     return VLLMGenerator(
         model=model,

@@ -156,6 +156,14 @@ async def test_errors_are_returned_in_place(stub: OpenAIStub) -> None:
     assert isinstance(texts[2], GeneratedText)
 
 
+async def test_a_malformed_answer_fails_only_its_item(stub: OpenAIStub) -> None:
+    generator = _generator(stub)
+    results = await generator.generate_messages(_chats("ok", "EMPTY", "ok"), _no_params(3))
+    assert isinstance(results[0], GeneratedMessage)
+    assert isinstance(results[1], Exception)
+    assert isinstance(results[2], GeneratedMessage)
+
+
 async def test_unreachable_server_is_an_error_in_place() -> None:
     with OpenAIStub() as gone:
         generator = _generator(gone, ",timeout=5")

@@ -1,0 +1,150 @@
+"""Generated tokens/s of rig_ray's local generators against the raw engines they wrap.
+
+The same engine object serves both sides (`from_obj`), so the ratio is rig_ray's own cost:
+building per-item params, the worker thread, and turning outputs into results.
+
+    .venv/bin/python benchmarks/generator_throughput.py --prompts 64 --max-tokens 32
+
+Target: rig_ray / raw >= 0.95 for both engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import typing as t
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TOPICS = (
+    "the sea",
+    "a city at night",
+    "winter",
+    "a library",
+    "trains",
+    "the moon",
+    "bread",
+    "rain",
+)
+
+
+def make_prompts(count: int) -> list[str]:
+    return [
+        f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(count)
+    ]
+
+
+def timed(fn: t.Callable[[], int]) -> tuple[float, int]:
+    started = time.perf_counter()
+    tokens = fn()
+    return time.perf_counter() - started, tokens
+
+
+def bench_vllm(path: str, prompts: list[str], max_tokens: int) -> list[tuple[str, float, int]]:
+    from vllm import LLM, SamplingParams
+
+    import rig_ray as rr
+
+    started = time.perf_counter()
+    llm = LLM(
+        model=path,
+        dtype="bfloat16",
+        enforce_eager=True,
+        max_model_len=1024,
+        gpu_memory_utilization=0.3,
+    )
+    print(f"vLLM load: {time.perf_counter() - started:.1f}s")
+    sampling = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+    def raw() -> int:
+        outputs = llm.generate(prompts, sampling, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outputs)
+
+    generator = rr.VLLMGenerator.from_obj(llm)
+    params = [rr.GenerateParams(temperature=0, max_tokens=max_tokens, extra={"ignore_eos": True})]
+
+    def wrapped() -> int:
+        results = asyncio.run(generator.generate_texts(prompts, params * len(prompts)))
+        return sum(r.usage.output_tokens for r in results)
+
+    raw()  # warm-up
+    rows = [
+        ("vllm raw LLM.generate", *timed(raw)),
+        ("vllm rig_ray generate_texts", *timed(wrapped)),
+    ]
+    generator.unload()
+    return rows
+
+
+def bench_transformers(
+    path: str, prompts: list[str], max_tokens: int
+) -> list[tuple[str, float, int]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rig_ray as rr
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+
+    def raw() -> int:
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(
+                **encoded,
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return int((out.shape[1] - encoded["input_ids"].shape[1]) * out.shape[0])
+
+    generator = rr.TransformersGenerator.from_obj(model, tokenizer)
+    params = [
+        rr.GenerateParams(
+            temperature=0, max_tokens=max_tokens, extra={"min_new_tokens": max_tokens}
+        )
+    ]
+
+    def wrapped() -> int:
+        results = asyncio.run(generator.generate_texts(prompts, params * len(prompts)))
+        return sum(r.usage.output_tokens for r in results)
+
+    return [
+        ("transformers raw generate", *timed(raw)),
+        ("transformers rig_ray generate_texts", *timed(wrapped)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--engines", default="vllm,transformers")
+    args = parser.parse_args()
+
+    from rig_ray.embedded import embedded_model_path
+
+    path = str(embedded_model_path())
+    prompts = make_prompts(args.prompts)
+    print(f"SmolLM2-135M bf16, {args.prompts} prompts x {args.max_tokens} tokens, greedy")
+    engines = args.engines.split(",")
+    rows: list[tuple[str, float, int]] = []
+    if "vllm" in engines:
+        rows += bench_vllm(path, prompts, args.max_tokens)
+    if "transformers" in engines:
+        rows += bench_transformers(path, prompts, args.max_tokens)
+    print(f"\n{'run':40} {'seconds':>8} {'tokens':>7} {'tok/s':>8} {'ratio':>6}")
+    raw_rate = 0.0
+    for name, seconds, tokens in rows:
+        rate = tokens / seconds
+        raw_rate = rate if " raw " in name else raw_rate
+        ratio = rate / raw_rate if raw_rate else float("nan")
+        print(f"{name:40} {seconds:8.2f} {tokens:7d} {rate:8.1f} {ratio:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
