@@ -5,6 +5,7 @@ building per-item params, the worker thread, and turning outputs into results.
 
     .venv/bin/python benchmarks/generator_throughput.py --prompts 64 --max-tokens 32
 
+Each side runs 3 times, alternating, and keeps its fastest run.
 Target: rig_ray / raw >= 0.95 for both engines.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import time
 import typing as t
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,10 +40,21 @@ def make_prompts(count: int) -> list[str]:
     ]
 
 
-def timed(fn: t.Callable[[], int]) -> tuple[float, int]:
-    started = time.perf_counter()
-    tokens = fn()
-    return time.perf_counter() - started, tokens
+REPEATS = 3
+
+
+def best_of(
+    raw: t.Callable[[], int], wrapped: t.Callable[[], int]
+) -> tuple[tuple[float, int], tuple[float, int]]:
+    """Alternate the two sides REPEATS times and keep each one's fastest run: timings here vary
+    by a fifth from run to run, and alternating spreads that noise over both sides."""
+    best = [(float("inf"), 0), (float("inf"), 0)]
+    for _ in range(REPEATS):
+        for index, fn in enumerate((raw, wrapped)):
+            started = time.perf_counter()
+            tokens = fn()
+            best[index] = min(best[index], (time.perf_counter() - started, tokens))
+    return best[0], best[1]
 
 
 def bench_vllm(path: str, prompts: list[str], max_tokens: int) -> list[tuple[str, float, int]]:
@@ -71,17 +85,16 @@ def bench_vllm(path: str, prompts: list[str], max_tokens: int) -> list[tuple[str
         return sum(r.usage.output_tokens for r in results)
 
     raw()  # warm-up
-    rows = [
-        ("vllm raw LLM.generate", *timed(raw)),
-        ("vllm rig_ray generate_texts", *timed(wrapped)),
-    ]
+    raw_run, our_run = best_of(raw, wrapped)
     generator.unload()
-    return rows
+    return [("vllm raw LLM.generate", *raw_run), ("vllm rig_ray generate_texts", *our_run)]
 
 
-def bench_transformers(
-    path: str, prompts: list[str], max_tokens: int
-) -> list[tuple[str, float, int]]:
+def _transformers_side(
+    path: str, prompts: list[str], max_tokens: int, side: str
+) -> tuple[float, int]:
+    """One side of the transformers comparison, in its own process: torch keeps an OpenMP
+    thread team per calling thread, and two teams in one process slow each other down."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -109,14 +122,42 @@ def bench_transformers(
         )
     ]
 
-    def wrapped() -> int:
-        results = asyncio.run(generator.generate_texts(prompts, params * len(prompts)))
-        return sum(r.usage.output_tokens for r in results)
+    async def wrapped_batches() -> list[tuple[float, int]]:
+        runs = []
+        for _ in range(REPEATS + 1):
+            started = time.perf_counter()
+            results = await generator.generate_texts(prompts, params * len(prompts))
+            tokens = sum(r.usage.output_tokens for r in results)
+            runs.append((time.perf_counter() - started, tokens))
+        return runs[1:]
 
-    return [
-        ("transformers raw generate", *timed(raw)),
-        ("transformers rig_ray generate_texts", *timed(wrapped)),
-    ]
+    if side == "raw":
+        raw()  # warm-up
+        runs = []
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            tokens = raw()
+            runs.append((time.perf_counter() - started, tokens))
+    else:
+        runs = asyncio.run(wrapped_batches())
+    return min(runs)
+
+
+def bench_transformers(
+    path: str, prompts: list[str], max_tokens: int
+) -> list[tuple[str, float, int]]:
+    spawn = multiprocessing.get_context("spawn")
+    rows = []
+    for side, name in (
+        ("raw", "transformers raw generate"),
+        ("rig_ray", "transformers rig_ray generate_texts"),
+    ):
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            seconds, tokens = pool.submit(
+                _transformers_side, path, prompts, max_tokens, side
+            ).result()
+        rows.append((name, seconds, tokens))
+    return rows
 
 
 def main() -> None:

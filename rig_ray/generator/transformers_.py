@@ -10,6 +10,7 @@ import logging
 import sys
 import threading
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import PrivateAttr
 
@@ -30,6 +31,7 @@ from rig_ray.message import Message
 
 logger = logging.getLogger(__name__)
 
+_R = t.TypeVar("_R")
 _REMOTE_ONLY = {"api_base", "timeout"}
 _UNSUPPORTED = {"presence_penalty", "frequency_penalty"}
 
@@ -64,6 +66,7 @@ class TransformersGenerator(Generator):
     _model: t.Any = PrivateAttr(None)
     _tokenizer: t.Any = PrivateAttr(None)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _worker: ThreadPoolExecutor | None = PrivateAttr(None)
 
     @classmethod
     def from_obj(
@@ -124,12 +127,22 @@ class TransformersGenerator(Generator):
             torch.cuda.empty_cache()
         return self
 
+    async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
+        """Run `fn` on this generator's one engine thread. torch keeps an OpenMP thread team
+        per calling thread; one thread per model avoids teams that fight over the cores (a
+        fifth of the throughput on a 2-core machine)."""
+        with self._lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="rig_ray-transformers")
+            worker = self._worker
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
         conversations = [[message.to_openai() for message in conv] for conv in messages]
-        outputs = await asyncio.to_thread(self._generate, conversations, merged)
+        outputs = await self._in_engine_thread(self._generate, conversations, merged)
         return [
             GeneratedMessage(
                 message=Message(role="assistant", content=out.text),
@@ -145,7 +158,7 @@ class TransformersGenerator(Generator):
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        outputs = await asyncio.to_thread(self._generate, list(texts), merged)
+        outputs = await self._in_engine_thread(self._generate, list(texts), merged)
         return [
             GeneratedText(text=out.text, stop_reason=out.stop_reason, usage=out.usage)
             if isinstance(out, _Output)
