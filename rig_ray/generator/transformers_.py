@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import json
 import logging
 import sys
-import threading
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import PrivateAttr
 
@@ -22,16 +19,15 @@ from rig_ray.generator.base import (
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
-    Generator,
     Messages,
     StopReason,
     Usage,
 )
+from rig_ray.generator.local import LocalGenerator
 from rig_ray.message import Message
 
 logger = logging.getLogger(__name__)
 
-_R = t.TypeVar("_R")
 _REMOTE_ONLY = {"api_base", "timeout"}
 _UNSUPPORTED = {"presence_penalty", "frequency_penalty"}
 
@@ -47,7 +43,7 @@ def _params_key(params: GenerateParams) -> str:
     return json.dumps(params.to_dict(), sort_keys=True, default=str)
 
 
-class TransformersGenerator(Generator):
+class TransformersGenerator(LocalGenerator):
     """Runs a Hugging Face causal LM in this process, batching each call into `generate`.
 
     The model is a local folder, a hub name (where the machine can reach a hub), or the short
@@ -65,8 +61,6 @@ class TransformersGenerator(Generator):
 
     _model: t.Any = PrivateAttr(None)
     _tokenizer: t.Any = PrivateAttr(None)
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-    _worker: ThreadPoolExecutor | None = PrivateAttr(None)
 
     @classmethod
     def from_obj(
@@ -126,16 +120,6 @@ class TransformersGenerator(Generator):
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         return self
-
-    async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
-        """Run `fn` on this generator's one engine thread. torch keeps an OpenMP thread team
-        per calling thread; one thread per model avoids teams that fight over the cores (a
-        fifth of the throughput on a 2-core machine)."""
-        with self._lock:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix="rig_ray-transformers")
-            worker = self._worker
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]

