@@ -162,7 +162,6 @@ class GeneratedText(_Generated):
 
 
 Messages = t.Sequence[t.Sequence[Message]]
-Results = t.Sequence["GeneratedMessage | BaseException"]
 
 
 class Generator(BaseModel):

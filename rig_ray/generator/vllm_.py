@@ -116,7 +116,7 @@ class VLLMGenerator(LocalGenerator):
             path = resolve_model(self.model)
             try:
                 self._llm = vllm.LLM(model=path, **kwargs)
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, RuntimeError) as error:
                 raise ModelNotAvailableError(
                     f"vLLM could not load {self.model!r}: {error}", model=self.model
                 ) from error
@@ -170,8 +170,15 @@ class VLLMGenerator(LocalGenerator):
         ]
 
     def _run(self, method: str, prompts: list[t.Any], params: list[GenerateParams]) -> list[t.Any]:
-        """One engine call for every valid item; bad items get their error in place."""
-        self.load()
+        """One engine call for every valid item; bad items get their error in place. Holds the
+        lock throughout, so an `unload()` from another thread waits for the batch."""
+        with self._lock:
+            self.load()
+            return self._run_loaded(method, prompts, params)
+
+    def _run_loaded(
+        self, method: str, prompts: list[t.Any], params: list[GenerateParams]
+    ) -> list[t.Any]:
         results: list[t.Any] = [None] * len(prompts)
         valid: list[int] = []
         sampling: list[t.Any] = []
@@ -188,24 +195,20 @@ class VLLMGenerator(LocalGenerator):
         return results
 
     def _call(self, method: str, prompts: list[t.Any], sampling: list[t.Any]) -> list[t.Any]:
-        with self._lock:
-            llm = self._llm
-            if llm is None:
-                raise ModelNotAvailableError("the engine was unloaded mid-call", model=self.model)
-            engine_call = getattr(llm, method)
+        engine_call = getattr(self._llm, method)
+        try:
+            return list(engine_call(prompts, sampling_params=sampling, use_tqdm=False))
+        except _item_errors() as error:
+            if len(prompts) == 1:
+                return [error]
+        # One item was rejected up front (too long, bad template): find it, keep the rest.
+        results: list[t.Any] = []
+        for prompt, params in zip(prompts, sampling, strict=True):
             try:
-                return list(engine_call(prompts, sampling_params=sampling, use_tqdm=False))
+                results.extend(engine_call([prompt], sampling_params=[params], use_tqdm=False))
             except _item_errors() as error:
-                if len(prompts) == 1:
-                    return [error]
-            # One item was rejected up front (too long, bad template): find it, keep the rest.
-            results: list[t.Any] = []
-            for prompt, params in zip(prompts, sampling, strict=True):
-                try:
-                    results.extend(engine_call([prompt], sampling_params=[params], use_tqdm=False))
-                except _item_errors() as error:
-                    results.append(error)
-            return results
+                results.append(error)
+        return results
 
 
 def _details(output: t.Any) -> dict[str, t.Any]:
