@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
 import typing as t
@@ -117,49 +116,38 @@ class LiteLLMGenerator(Generator):
             kwargs["api_key"] = self.api_key
         return kwargs
 
-    async def _gather(self, requests: list[t.Callable[[], t.Awaitable[t.Any]]]) -> list[t.Any]:
-        """Start each request once the limiter lets it; errors come back in place."""
+    async def _send_all(
+        self, call: str, inputs: list[dict[str, t.Any]], params: list[GenerateParams]
+    ) -> list[t.Any]:
+        """Send one `litellm.<call>` request per input, as many at once as the limiter lets
+        through; errors come back in place."""
+        litellm = await asyncio.to_thread(_import_litellm)  # the first import takes seconds
+        send = getattr(litellm, call)
         limiter = self._limiter()
 
-        async def limited(request: t.Callable[[], t.Awaitable[t.Any]]) -> t.Any:
+        async def one(request: dict[str, t.Any], p: GenerateParams) -> t.Any:
             async with limiter:
-                return await request()
+                return await send(model=self.model, **request, **self._request_kwargs(p))
 
-        return await asyncio.gather(*(limited(r) for r in requests), return_exceptions=True)
+        return await asyncio.gather(
+            *(one(request, p) for request, p in zip(inputs, params, strict=True)),
+            return_exceptions=True,
+        )
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
-        litellm = await asyncio.to_thread(_import_litellm)  # the first import takes seconds
-        responses = await self._gather(
-            [
-                functools.partial(
-                    litellm.acompletion,
-                    model=self.model,
-                    messages=[message.to_openai() for message in conversation],
-                    **self._request_kwargs(p),
-                )
-                for conversation, p in zip(messages, merged, strict=True)
-            ]
-        )
+        inputs = [{"messages": [m.to_openai() for m in conversation]} for conversation in messages]
+        responses = await self._send_all("acompletion", inputs, merged)
         return [_convert(response, self._to_message) for response in responses]
 
     async def generate_texts(
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        litellm = await asyncio.to_thread(_import_litellm)  # the first import takes seconds
-        responses = await self._gather(
-            [
-                functools.partial(
-                    litellm.atext_completion,
-                    model=self.model,
-                    prompt=text,
-                    **self._request_kwargs(p),
-                )
-                for text, p in zip(texts, merged, strict=True)
-            ]
+        responses = await self._send_all(
+            "atext_completion", [{"prompt": text} for text in texts], merged
         )
         return [_convert(response, self._to_text) for response in responses]
 

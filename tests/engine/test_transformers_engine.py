@@ -10,6 +10,7 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
+from tests.engine.capital_of_france import assert_knows_paris
 from tests.engine.loop_ticks import ticks_during
 
 pytestmark = pytest.mark.engine
@@ -134,15 +135,7 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 async def test_smollm2_knows_the_capital_of_france(smollm2_path):
     generator = rr.get_generator("transformers!smollm2-135m,temperature=0,max_tokens=24")
-    chat = [[rr.Message(role="user", content="What is the capital of France?")]]
-    [reply] = await generator.generate_messages(chat, [GenerateParams()])
-    assert "Paris" in reply.message.content
-    assert reply.stop_reason == "stop"
-    [completion] = await generator.generate_texts(
-        ["The capital of France is"], [GenerateParams(max_tokens=8, stop=["."])]
-    )
-    assert completion.text.strip() == "Paris"
-    assert completion.stop_reason == "stop"
+    await assert_knows_paris(generator)
     generator.unload()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
+from tests.engine.capital_of_france import assert_knows_paris
 from tests.engine.loop_ticks import ticks_during
 
 pytest.importorskip("vllm")
@@ -109,14 +110,7 @@ async def test_smollm2_knows_the_capital_of_france(tiny, smollm2_path):
         "temperature=0,max_tokens=24"
     )
     try:
-        chat = [[rr.Message(role="user", content="What is the capital of France?")]]
-        [reply] = await generator.generate_messages(chat, [GenerateParams()])
-        assert "Paris" in reply.message.content
-        assert reply.stop_reason == "stop"
-        [completion] = await generator.generate_texts(
-            ["The capital of France is"], [GenerateParams(max_tokens=8, stop=["."])]
-        )
-        assert completion.text.strip() == "Paris"
+        completion = await assert_knows_paris(generator)
         assert completion.extra["matched_stop"] == "."
     finally:
         generator.unload()
