@@ -59,3 +59,21 @@ def test_bad_settings_are_one_line_too(echo_provider, capsys, argv, message) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_generate_through_litellm_against_a_local_server(capfd) -> None:
+    import subprocess
+    import sys
+
+    from tests.openai_stub import OpenAIStub
+
+    with OpenAIStub() as stub:
+        identifier = f"openai/stub-model,api_base={stub.base_url},api_key=sk-test"
+        done = subprocess.run(
+            [sys.executable, "-m", "rig_ray.cli", "generate", identifier, "hello there"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "echo: hello there" in done.stdout
