@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import typing as t
 
@@ -100,10 +101,15 @@ def _unknown_key(
     )
 
 
+@functools.cache
+def _adapter(annotation: t.Any) -> TypeAdapter[t.Any]:
+    return TypeAdapter(annotation)
+
+
 def _coerce(key: str, raw: str, annotation: t.Any, identifier: str) -> t.Any:
     value = decode_value(raw, annotation, key=key, identifier=identifier)
     try:
-        return TypeAdapter(annotation).validate_python(value)
+        return _adapter(annotation).validate_python(value)
     except ValidationError as error:
         reason = error.errors()[0]["msg"]
         raise InvalidGeneratorError(

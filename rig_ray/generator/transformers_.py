@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _REMOTE_ONLY = {"api_base", "timeout"}
 _UNSUPPORTED = {"presence_penalty", "frequency_penalty"}
+_warned: set[str] = set()
 
 
 @dataclasses.dataclass
@@ -164,10 +165,12 @@ class TransformersGenerator(LocalGenerator):
                     prompts.append(item if isinstance(item, str) else self._render(item))
                 except Exception as error:  # a template may reject a conversation's shape
                     prompts.append(error)
-            results: list[_Output | BaseException] = list(prompts)  # type: ignore[arg-type]
+            results: dict[int, _Output | BaseException] = {}
             groups: dict[str, list[int]] = {}
             for index, prompt in enumerate(prompts):
-                if not isinstance(prompt, BaseException):
+                if isinstance(prompt, BaseException):
+                    results[index] = prompt
+                else:
                     groups.setdefault(_params_key(params[index]), []).append(index)
             add_special_tokens = bool(items) and isinstance(items[0], str)
             for indices in groups.values():
@@ -177,9 +180,8 @@ class TransformersGenerator(LocalGenerator):
                     outputs = [*self._generate_group(batch, params[indices[0]], add_special_tokens)]
                 except Exception as error:
                     outputs = [error] * len(indices)
-                for index, output in zip(indices, outputs, strict=True):
-                    results[index] = output
-            return results
+                results.update(zip(indices, outputs, strict=True))
+            return [results[index] for index in range(len(items))]
 
     def _render(self, conversation: list[dict[str, str]]) -> str:
         return t.cast(
@@ -191,8 +193,9 @@ class TransformersGenerator(LocalGenerator):
 
     def _generation_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
         values = params.to_dict()
-        ignored = _UNSUPPORTED.intersection(values)
-        if ignored:
+        ignored = _UNSUPPORTED.intersection(values) - _warned
+        if ignored:  # once per setting and process: batch jobs call this for every batch
+            _warned.update(ignored)
             logger.warning("transformers has no %s; ignoring them", ", ".join(sorted(ignored)))
         kwargs = {k: v for k, v in values.items() if k not in _REMOTE_ONLY | _UNSUPPORTED}
         kwargs["max_new_tokens"] = kwargs.pop("max_tokens", DEFAULT_MAX_TOKENS)
