@@ -4,14 +4,21 @@ Importing this package loads no torch, transformers, vLLM or litellm; each backe
 engine when a generator of it is first loaded.
 """
 
+from rig_ray.chat import DEFAULT_MAX_DEPTH, Chat, ChatPipeline
+from rig_ray.completion import Completion, CompletionPipeline
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import (
     GenerationError,
     InvalidGeneratorError,
     InvalidMessageError,
+    InvalidPoolError,
     MissingDependencyError,
     ModelNotAvailableError,
+    ParseError,
+    ParseRetriesExhaustedError,
+    PoolMemberError,
     RigRayError,
+    TemplateError,
     UnknownProviderError,
 )
 from rig_ray.generator import (
@@ -29,12 +36,20 @@ from rig_ray.generator import (
     register_generator,
     registered_providers,
 )
-from rig_ray.message import Message, Role
+from rig_ray.message import Message, MessageLike, ParsedMessagePart, Role, fill_templates
+from rig_ray.model import Model
+from rig_ray.pipeline import FailMode
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_DEPTH",
     "DEFAULT_MODEL",
+    "Chat",
+    "ChatPipeline",
+    "Completion",
+    "CompletionPipeline",
+    "FailMode",
     "GenerateParams",
     "GeneratedMessage",
     "GeneratedText",
@@ -42,19 +57,28 @@ __all__ = [
     "Generator",
     "InvalidGeneratorError",
     "InvalidMessageError",
+    "InvalidPoolError",
     "LiteLLMGenerator",
     "Message",
+    "MessageLike",
     "MissingDependencyError",
+    "Model",
     "ModelNotAvailableError",
+    "ParseError",
+    "ParseRetriesExhaustedError",
+    "ParsedMessagePart",
+    "PoolMemberError",
     "RigRayError",
     "Role",
     "StopReason",
+    "TemplateError",
     "TransformersGenerator",
     "UnknownProviderError",
     "Usage",
     "VLLMGenerator",
     "__version__",
     "embedded_model_path",
+    "fill_templates",
     "get_generator",
     "get_identifier",
     "register_generator",

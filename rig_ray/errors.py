@@ -86,3 +86,56 @@ class ModelNotAvailableError(RigRayError):
     def __init__(self, message: str, *, model: str):
         self.model = model
         super().__init__(message)
+
+
+class TemplateError(RigRayError, KeyError):
+    """Strict templating failed: `missing` lists `$names` with no value, `unused` the values
+    that no template refers to."""
+
+    def __init__(self, missing: list[str], unused: list[str] | None = None):
+        self.missing = missing
+        self.unused = unused or []
+        problems = []
+        if missing:
+            problems.append(f"no value for {', '.join(f'${name}' for name in missing)}")
+        if self.unused:
+            names = ", ".join(self.unused)
+            problems.append(f"no template field for the value(s) {names}")
+        super().__init__("strict templating: " + "; ".join(problems))
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ParseError(RigRayError, ValueError):
+    """A structured model could not be read from a message; `model` is its class name."""
+
+    def __init__(self, message: str, *, model: str):
+        self.model = model
+        super().__init__(message)
+
+
+class ParseRetriesExhaustedError(RigRayError):
+    """`until_parsed_as` asked again `max_depth` times and the models still did not parse."""
+
+    def __init__(self, models: list[str], *, max_depth: int, last_error: str):
+        self.models = models
+        self.max_depth = max_depth
+        self.last_error = last_error
+        super().__init__(
+            f"{' / '.join(models)} did not parse after {max_depth} retries "
+            f"(last error: {last_error}); raise max_depth or make the prompt clearer"
+        )
+
+
+class InvalidPoolError(RigRayError, ValueError):
+    """An LLMPool was built from fewer than two generators, or from something not a generator."""
+
+
+class PoolMemberError(RigRayError):
+    """A pool member (or remote generator) failed; `identifier` names it, `cause` says why."""
+
+    def __init__(self, identifier: str, cause: str):
+        self.identifier = identifier
+        self.cause = cause
+        super().__init__(f"generator {identifier!r} failed: {cause}")

@@ -8,7 +8,11 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rig_ray.errors import GenerationError
-from rig_ray.message import Message
+from rig_ray.message import Message, MessageLike
+
+if t.TYPE_CHECKING:
+    from rig_ray.chat import ChatPipeline
+    from rig_ray.completion import CompletionPipeline
 
 StopReason = t.Literal["stop", "length", "content_filter", "tool_calls", "unknown"]
 """Why generation ended: a stop sequence or end of turn, the token limit, a content filter, a
@@ -240,6 +244,22 @@ class Generator(BaseModel):
     ) -> t.Sequence[GeneratedText | BaseException]:
         """Generate a completion of each text, with the matching params."""
         raise NotImplementedError(f"{type(self).__name__} does not generate text completions")
+
+    def chat(
+        self,
+        messages: MessageLike | t.Sequence[MessageLike] | None = None,
+        params: GenerateParams | None = None,
+    ) -> ChatPipeline:
+        """A chat pipeline on this generator: messages are Messages, OpenAI dicts or strs."""
+        from rig_ray.chat import ChatPipeline
+
+        return ChatPipeline(self, messages, params)
+
+    def complete(self, text: str = "", params: GenerateParams | None = None) -> CompletionPipeline:
+        """A completion pipeline on this generator, from the prompt `text`."""
+        from rig_ray.completion import CompletionPipeline
+
+        return CompletionPipeline(self, text, params)
 
     def to_identifier(self, params: GenerateParams | None = None) -> str:
         """The identifier string that `get_generator` turns back into an equal generator."""

@@ -114,3 +114,13 @@ async def test_smollm2_knows_the_capital_of_france(tiny, smollm2_path):
         assert completion.extra["matched_stop"] == "."
     finally:
         generator.unload()
+
+
+async def test_chat_pipeline_carries_vllm_metrics(tiny):
+    chats = await tiny.chat("Hello there").with_(max_tokens=3, temperature=0).run_many(2)
+    for chat in chats:
+        assert chat.extra["request_id"]
+        assert chat.extra["metrics"]["num_generation_tokens"] == chat.usage.output_tokens
+        assert chat.generator_id == tiny.to_identifier()
+    restored = rr.Chat.model_validate_json(chats[0].model_dump_json())
+    assert restored.extra == chats[0].extra and restored.generator == tiny
