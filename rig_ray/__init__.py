@@ -5,6 +5,7 @@ engine when a generator of it is first loaded.
 """
 
 from rig_ray.chat import DEFAULT_MAX_DEPTH, Chat, ChatPipeline
+from rig_ray.cluster import GeneratorActor, LLMPool, RemoteGenerator, remote
 from rig_ray.completion import Completion, CompletionPipeline
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import (
@@ -55,9 +56,11 @@ __all__ = [
     "GeneratedText",
     "GenerationError",
     "Generator",
+    "GeneratorActor",
     "InvalidGeneratorError",
     "InvalidMessageError",
     "InvalidPoolError",
+    "LLMPool",
     "LiteLLMGenerator",
     "Message",
     "MessageLike",
@@ -68,6 +71,7 @@ __all__ = [
     "ParseRetriesExhaustedError",
     "ParsedMessagePart",
     "PoolMemberError",
+    "RemoteGenerator",
     "RigRayError",
     "Role",
     "StopReason",
@@ -83,4 +87,5 @@ __all__ = [
     "get_identifier",
     "register_generator",
     "registered_providers",
+    "remote",
 ]

@@ -13,6 +13,7 @@ from rig_ray.message import Message, MessageLike
 if t.TYPE_CHECKING:
     from rig_ray.chat import ChatPipeline
     from rig_ray.completion import CompletionPipeline
+    from rig_ray.generator.rounds import ProgressCallback, Prompt
 
 StopReason = t.Literal["stop", "length", "content_filter", "tool_calls", "unknown"]
 """Why generation ended: a stop sequence or end of turn, the token limit, a content filter, a
@@ -272,6 +273,43 @@ class Generator(BaseModel):
         if len(params) != count:
             raise GenerationError(f"got {count} inputs but {len(params)} params; give one each")
         return [self.params.merge_with(p) for p in params]
+
+    def generate(
+        self,
+        inputs: t.Sequence[Prompt],
+        num_generations: int = 1,
+        *,
+        params: GenerateParams | None = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> list[list[GeneratedText | GeneratedMessage]]:
+        """`num_generations` results per input (strs, or conversations), for plain scripts.
+
+        One batched engine call holds every input repeated `num_generations` times; a failed
+        item raises a GenerationError naming its input. Inside an event loop, use `agenerate`.
+        """
+        from rig_ray.generator import rounds
+
+        return rounds.run_sync(
+            lambda: self.agenerate(
+                inputs, num_generations, params=params, progress_callback=progress_callback
+            ),
+            "agenerate",
+        )
+
+    async def agenerate(
+        self,
+        inputs: t.Sequence[Prompt],
+        num_generations: int = 1,
+        *,
+        params: GenerateParams | None = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> list[list[GeneratedText | GeneratedMessage]]:
+        """The async twin of `generate`."""
+        from rig_ray.generator import rounds
+
+        return await rounds.agenerate(
+            self, inputs, num_generations, params=params, progress_callback=progress_callback
+        )
 
 
 def _rebuild(cls: type[Generator], fields: dict[str, t.Any]) -> Generator:

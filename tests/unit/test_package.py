@@ -10,7 +10,7 @@ import pytest
 
 import rig_ray as rr
 
-HEAVY = ("torch", "vllm", "transformers", "litellm")
+HEAVY = ("torch", "vllm", "transformers", "litellm", "ray")
 
 
 def test_every_exported_name_resolves() -> None:
@@ -22,7 +22,7 @@ def test_import_loads_no_engine() -> None:
     code = (
         "import json, sys; import rig_ray; "
         "rig_ray.get_generator('vllm!m'); rig_ray.get_generator('transformers!m'); "
-        "rig_ray.get_generator('gpt-4o'); "
+        "rig_ray.get_generator('gpt-4o'); rig_ray.LLMPool; rig_ray.remote; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

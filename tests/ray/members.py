@@ -1,0 +1,62 @@
+"""Extra fakes for the pool and remote tests (slow, broken, with a load state), and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import typing as t
+
+from pydantic import PrivateAttr
+
+import rig_ray as rr
+from tests.fakes import FixedGenerator
+
+
+class Sleepy(rr.Generator):
+    """Takes `seconds` per batch; records whether it was cancelled."""
+
+    seconds: float = 30.0
+    _cancelled: list[bool] = PrivateAttr(default_factory=list)
+
+    async def generate_texts(self, texts, params):
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self._cancelled.append(True)
+            raise
+        return [rr.GeneratedText(text="late") for _ in texts]
+
+
+class Boom(rr.Generator):
+    """Fails every batch as a whole."""
+
+    async def generate_texts(self, texts, params):
+        raise RuntimeError("engine on fire")
+
+
+class Loadable(FixedGenerator):
+    """A fake with a load state, to watch lifecycle calls."""
+
+    _loaded: bool = PrivateAttr(False)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> t.Self:
+        self._loaded = True
+        return self
+
+    def unload(self) -> t.Self:
+        self._loaded = False
+        return self
+
+
+def wait_for_restart(remote: rr.RemoteGenerator, pid: int) -> dict[str, t.Any]:
+    """`ray.kill` returns before the actor is gone: wait until a new process answers."""
+    for _ in range(300):
+        info = remote.info()
+        if info["pid"] != pid:
+            return info
+        time.sleep(0.1)
+    raise AssertionError("the actor was not restarted")

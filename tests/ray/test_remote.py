@@ -1,0 +1,256 @@
+"""RemoteGenerator on a real local Ray, with fake generators: shipping, lifecycle, futures,
+restarts, failures and pools of remote members."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import threading
+import time
+import types
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+import rig_ray as rr
+from rig_ray.cluster.options import actor_options
+from tests.fakes import EchoGenerator, FixedGenerator
+from tests.ray.members import Boom, Loadable, Sleepy, wait_for_restart
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+CPU = 0.5  # four actors fit in ray.init(num_cpus=2)
+
+
+@pytest.fixture
+def start() -> t.Iterator[t.Callable[..., rr.RemoteGenerator]]:
+    """`rr.remote` with a fraction of a CPU; every actor started is torn down after the test."""
+    started: list[rr.RemoteGenerator] = []
+
+    def start(generator: rr.Generator | str, **options: t.Any) -> rr.RemoteGenerator:
+        options.setdefault("num_cpus", CPU)
+        remote = rr.remote(generator, **options)
+        started.append(remote)
+        return remote
+
+    yield start
+    for remote in started:
+        remote.teardown()
+
+
+class Delegate(rr.Generator):
+    """Builds `target` from its identifier inside whatever process runs it, and echoes that."""
+
+    target: str
+
+    async def generate_texts(self, texts, params):
+        inner = rr.get_generator(self.target)
+        results = await inner.generate_texts(texts, params)
+        return [
+            rr.GeneratedText(text=f"{inner.to_identifier()}:{r.text}", stop_reason="stop")
+            for r in results
+        ]
+
+
+class DieOnce(rr.Generator):
+    """Kills its own process on the first call (leaving a marker file); answers afterwards."""
+
+    marker: str
+
+    async def generate_texts(self, texts, params):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return [rr.GeneratedText(text=f"survived {text}") for text in texts]
+
+
+class Unpicklable(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+class ReturnsOddErrors(rr.Generator):
+    async def generate_texts(self, texts, params):
+        return [Unpicklable() for _ in texts]
+
+
+def ghost_module() -> types.ModuleType:
+    """A module that exists only in this process: actors cannot import it."""
+    module = types.ModuleType(f"ghost_{uuid.uuid4().hex}")
+    sys.modules[module.__name__] = module
+    source = (
+        "import rig_ray as rr\n"
+        "class Shout(rr.Generator):\n"
+        "    exclaim: int = 1\n"
+        "    async def generate_texts(self, texts, params):\n"
+        "        return [rr.GeneratedText(text=x.upper() + '!' * self.exclaim) for x in texts]\n"
+    )
+    exec(source, module.__dict__)
+    return module
+
+
+def texts(results: list[list[t.Any]]) -> list[list[str]]:
+    return [[r.text for r in per_input] for per_input in results]
+
+
+def test_actor_options_without_and_with_tensor_parallel() -> None:
+    common = dict(max_restarts=2, max_task_retries=-1, name=None, accelerator_type="A100")
+    options, bundles = actor_options(num_cpus=2, num_gpus=1, resources={"x": 1}, **common)
+    assert bundles is None
+    assert options == {
+        "max_restarts": 2,
+        "max_task_retries": -1,
+        "num_cpus": 2,
+        "num_gpus": 1,
+        "resources": {"x": 1},
+        "accelerator_type": "A100",
+    }
+    options, bundles = actor_options(
+        num_cpus=1, num_gpus=0, resources=None, tensor_parallel_size=4, **common
+    )
+    assert options == {"max_restarts": 2, "max_task_retries": -1, "num_cpus": 0, "num_gpus": 0}
+    assert bundles == [{"GPU": 1, "CPU": 1, "accelerator_type:A100": 0.001}] * 4
+
+
+def test_remote_takes_an_identifier_and_keeps_it(start, fake_providers) -> None:
+    remote = start("echo!e,temperature=0.5")
+    assert isinstance(remote, rr.Generator)
+    assert remote.to_identifier() == "echo!e,temperature=0.5"
+    assert repr(remote) == "RemoteGenerator('echo!e,temperature=0.5')"
+    assert texts(remote.generate(["a", "b"], 2)) == [["a", "a"], ["b", "b"]]
+    with pytest.raises(rr.InvalidGeneratorError, match="already runs in an actor"):
+        rr.remote(remote)
+    assert remote.model_copy() == remote
+    with pytest.raises(rr.InvalidGeneratorError, match="fixed in its actor"):
+        remote.model_copy(update={"model": "other"})
+
+
+def test_custom_class_and_driver_providers_work_in_the_actor(start, fake_providers) -> None:
+    ghost = ghost_module()
+    rr.register_generator("shout", ghost.Shout)
+    shout = start(ghost.Shout(model="any", exclaim=2))
+    assert texts(shout.generate(["hi"])) == [["HI!!"]]
+    delegate = start(Delegate(model="d", target="shout!any,exclaim=3"))
+    assert texts(delegate.generate(["yo"])) == [["shout!any,exclaim=3:YO!!!"]]
+    assert shout.info()["pid"] != os.getpid()
+
+
+def test_submit_returns_object_refs(start, local_ray, fake_providers) -> None:
+    remote = start(FixedGenerator(model="f", text="F"))
+    ref = remote.submit(["a"], 3)
+    assert isinstance(ref, local_ray.ObjectRef)
+    assert texts(local_ray.get(ref)) == [["F", "F", "F"]]
+    failing = start("failing!f")
+    with pytest.raises(rr.GenerationError, match="for input 0"):
+        local_ray.get(failing.submit(["FAIL"]))
+
+
+async def test_chat_and_async_calls(start) -> None:
+    remote = start(EchoGenerator(model="e"))
+    chats = [[rr.Message(role="user", content="hello")], [{"role": "user", "content": "bye"}]]
+    results = await remote.agenerate(chats, 2)
+    assert texts(results) == [["hello"] * 2, ["bye"] * 2]
+    assert all(isinstance(r, rr.GeneratedMessage) for per in results for r in per)
+    with pytest.raises(rr.RigRayError, match="agenerate"):
+        remote.generate(["x"])
+
+
+def test_remote_generator_pickles_with_its_actor(start, local_ray) -> None:
+    remote = start(EchoGenerator(model="e"))
+    copy = pickle.loads(pickle.dumps(remote))
+    assert copy == remote and copy.info()["pid"] == remote.info()["pid"]
+
+    @local_ray.remote(num_cpus=CPU)
+    def use(generator: rr.Generator) -> list[list[str]]:
+        return texts(generator.generate(["from a task"]))
+
+    assert local_ray.get(use.remote(remote)) == [["from a task"]]
+
+
+async def test_load_unload_and_loading_on_first_generation(start) -> None:
+    remote = start(Loadable(model="l", text="L"))
+    assert not remote.is_loaded
+    assert texts(await remote.agenerate(["x"])) == [["L"]]
+    assert remote.is_loaded
+    await remote.aunload()
+    assert not remote.is_loaded
+    await remote.aload()
+    assert remote.is_loaded
+
+
+def test_sync_load_unload(start) -> None:
+    remote = start(Loadable(model="l"))
+    assert remote.load().is_loaded
+    assert not remote.unload().is_loaded
+
+
+def test_actor_that_dies_mid_call_is_restarted_and_the_call_retried(start, tmp_path) -> None:
+    remote = start(DieOnce(model="d", marker=str(tmp_path / "died")))
+    first_pid = remote.info()["pid"]
+    assert texts(remote.generate(["x"])) == [["survived x"]]
+    assert int((tmp_path / "died").read_text()) == first_pid
+    assert remote.info()["pid"] != first_pid
+
+
+def test_killed_actor_restarts_unloaded_and_loads_on_next_call(start, local_ray) -> None:
+    remote = start(Loadable(model="l", text="L"))
+    pid = remote.load().info()["pid"]
+    local_ray.kill(remote.actor, no_restart=False)
+    assert not wait_for_restart(remote, pid)["loaded"]
+    assert texts(remote.generate(["x"])) == [["L"]]
+    assert remote.info()["loaded"]
+
+
+def test_dead_or_torn_down_actor_names_the_generator(start, local_ray, fake_providers) -> None:
+    remote = start("echo!gone", max_restarts=0)
+    local_ray.kill(remote.actor, no_restart=True)
+    with pytest.raises(rr.PoolMemberError, match="its actor died") as info:
+        for _ in range(300):  # until the kill has landed
+            remote.generate(["x"])
+            time.sleep(0.1)
+    assert info.value.identifier == "echo!gone"
+    remote.teardown()
+    with pytest.raises(rr.PoolMemberError, match="torn down"):
+        remote.generate(["x"])
+
+
+async def test_batch_errors_come_back_as_they_were_raised(start) -> None:
+    with pytest.raises(RuntimeError, match="engine on fire"):
+        await start(Boom(model="b")).generate_texts(["x"], [rr.GenerateParams()])
+    [odd] = await start(ReturnsOddErrors(model="o")).generate_texts(["x"], [rr.GenerateParams()])
+    assert isinstance(odd, rr.GenerationError) and "Unpicklable: holds a lock" in str(odd)
+
+
+def test_pool_of_remote_members_merges_in_member_order(start) -> None:
+    members = [start(FixedGenerator(model=m, text=m)) for m in ("A", "B")]
+    pool = rr.LLMPool(members, seed=11)
+    shares = rr.LLMPool(members, seed=11).generations_per_member(3)
+    expected = ["A"] * shares[0] + ["B"] * shares[1]
+    assert texts(pool.generate(["p", "q"], 3)) == [expected, expected]
+    pool.unload()
+    pool.load()
+
+
+def test_pool_with_a_failing_remote_member_fails_promptly(start, fake_providers) -> None:
+    slow, boom = start(Sleepy(model="slow", seconds=60)), start(Boom(model="boom"))
+    started = time.perf_counter()
+    with pytest.raises(rr.PoolMemberError, match="engine on fire") as info:
+        rr.LLMPool([slow, boom]).generate(["x"], 2)
+    assert time.perf_counter() - started < 10
+    assert info.value.identifier == "Boom(model='boom')"
+    pool = rr.LLMPool([start("echo!ok"), start("failing!bad")])
+    with pytest.raises(rr.PoolMemberError) as info:
+        pool.generate(["FAIL"], 2)
+    assert info.value.identifier == "failing!bad"
+    pool.teardown()
+
+
+async def test_chat_and_completion_pipelines_run_on_a_remote_generator(start) -> None:
+    remote = start(EchoGenerator(model="e"))
+    chats = await remote.chat("same words back").run_many(2)
+    assert [chat.last.content for chat in chats] == ["same words back"] * 2
+    completion = await remote.complete("echo me").run()
+    assert completion.generated == "echo me"
