@@ -7,7 +7,12 @@ import typing as t
 
 from pydantic import Field
 
-from rig_ray.errors import GenerationError, ParseError, ParseRetriesExhaustedError
+from rig_ray.errors import (
+    GenerationError,
+    InvalidMessageError,
+    ParseError,
+    ParseRetriesExhaustedError,
+)
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message, MessageLike, fill_templates
 from rig_ray.model import Model
@@ -120,7 +125,7 @@ class ChatPipeline(Pipeline):
         )
         twin.messages = [
             m.model_copy(update={"content": c, "parts": []})
-            for m, c in zip(self.messages, contents, strict=True)
+            for m, c in zip(twin.messages, contents, strict=True)
         ]
         return twin
 
@@ -153,6 +158,8 @@ class ChatPipeline(Pipeline):
     ) -> list[Chat]:
         """Generate one chat per item of `many` (messages appended to this pipeline's), in one
         batch; `params` is one GenerateParams for all, or one per item."""
+        if isinstance(many, str | Message | t.Mapping):
+            raise InvalidMessageError(many, "run_batch takes a sequence with one item per chat")
         return await self._run([Message.fit_many(item) for item in many], params)
 
     async def _run(
@@ -181,8 +188,8 @@ class ChatPipeline(Pipeline):
 
 def record(chat: Chat, result: GeneratedMessage | BaseException) -> Chat:
     """Put a generation result (or failure) on the chat: reply, stop reason, usage, extra."""
-    if isinstance(result, BaseException):
-        chat.failed, chat.error, chat.generated = True, result, []
+    if isinstance(result, BaseException):  # a failed retry keeps the reply it had
+        chat.failed, chat.error = True, result
         return chat
     chat.failed, chat.error = False, None
     chat.generated = [result.message]

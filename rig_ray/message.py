@@ -27,6 +27,10 @@ MessageLike = t.Union["Message", t.Mapping[str, t.Any], str]
 
 _M = t.TypeVar("_M", bound=Model)
 
+_OPENAI_EMPTY_KEYS = frozenset({"tool_calls", "function_call", "refusal", "audio", "annotations"})
+"""Keys of OpenAI response messages that are dropped when empty (a message dumped by the openai
+client carries them as None); set, they are refused as unsupported."""
+
 
 class ParsedMessagePart(BaseModel):
     """A structured model parsed out of a message, and where its block sits in the content."""
@@ -77,7 +81,7 @@ class Message(BaseModel):
     def _from_openai(cls, value: t.Any) -> t.Any:
         if not isinstance(value, t.Mapping):
             return value
-        value = dict(value)
+        value = {k: v for k, v in value.items() if not (k in _OPENAI_EMPTY_KEYS and not v)}
         content = value.get("content")
         if content is None and "content" in value:
             value["content"] = ""
@@ -147,7 +151,7 @@ class Message(BaseModel):
         `strict` (see `fill_templates`).
         """
         (content,) = fill_templates([self.content], {**(values or {}), **kwargs}, strict=strict)
-        return self.model_copy(update={"content": content, "parts": []})
+        return self.model_copy(update={"content": content, "parts": []}, deep=True)
 
     @property
     def models(self) -> list[Model]:

@@ -59,7 +59,10 @@ class Model(BaseXmlModel):
         if _text_field(type(self)) is not None:
             return _text_block(self, text)
         pretty = xml.dom.minidom.parseString(text).toprettyxml(indent="  ")
-        return pretty.split("?>", 1)[-1].strip()
+        pretty = pretty.split("?>", 1)[-1].strip()
+        if pretty.endswith("/>"):  # no children: `<tag/>` would not be read back
+            pretty = f"{pretty[:-2].rstrip()}></{self.tag()}>"
+        return pretty
 
     @classmethod
     def from_text(cls, text: str) -> list[tuple[t.Self, slice]]:
@@ -70,22 +73,20 @@ class Model(BaseXmlModel):
     def scan(cls, text: str) -> list[tuple[t.Self | ParseError, slice]]:
         """Every block of this model's tag in `text`: the model, or why it did not validate."""
         found: list[tuple[t.Self | ParseError, slice]] = []
-        for match in _block_pattern(cls.tag()).finditer(text):
-            where = slice(match.start(), match.end())
+        for block, attrs, inner, where in _blocks(cls.tag(), text):
             try:
-                found.append((cls._from_block(match), where))
+                found.append((cls._from_block(block, attrs, inner), where))
             except (ValidationError, XMLSyntaxError, ValueError, PydanticXmlError) as error:
                 found.append((ParseError(_describe(cls, error), model=cls.__name__), where))
         return found
 
     @classmethod
-    def _from_block(cls, match: re.Match[str]) -> t.Self:
+    def _from_block(cls, block: str, attrs: str, inner: str) -> t.Self:
         field = _text_field(cls)
         if field is None:
-            return cls.from_xml(_escape_stray_ampersands(match.group(0)))
-        inner = html.unescape(match.group("inner")).strip()
-        opening = f"<{cls.tag()}{match.group('attrs') or ''}>"
-        return cls.from_xml(f"{opening}{escape(inner)}</{cls.tag()}>")
+            return cls.from_xml(_escape_stray_ampersands(block))
+        text = html.unescape(inner).strip()
+        return cls.from_xml(f"<{cls.tag()}{attrs}>{escape(text)}</{cls.tag()}>")
 
 
 def class_key(cls: type) -> str:
@@ -98,9 +99,23 @@ def model_class(key: str) -> type[Model] | None:
     return _REGISTRY.get(key)
 
 
-def _block_pattern(tag: str) -> re.Pattern[str]:
+def _blocks(tag: str, text: str) -> t.Iterator[tuple[str, str, str, slice]]:
+    """Each `<tag attrs>inner</tag>` in `text`, in order: (block, attrs, inner, where).
+
+    Linear in `text`: a model that writes a thousand openings and no closing tag must not
+    make every opening scan the rest of the text.
+    """
     name = re.escape(tag)
-    return _compiled(rf"<{name}(?P<attrs>\s[^>]*?)?\s*>(?P<inner>.*?)</{name}\s*>")
+    opening = _compiled(rf"<{name}(?P<attrs>\s[^<>]*)?>")
+    closing = _compiled(rf"</{name}\s*>")
+    position = 0
+    while (start := opening.search(text, position)) is not None:
+        end = closing.search(text, start.end())
+        if end is None:
+            return  # no later opening can be closed either
+        where = slice(start.start(), end.end())
+        yield text[where], start.group("attrs") or "", text[start.end() : end.start()], where
+        position = end.end()
 
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}

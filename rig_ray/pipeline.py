@@ -75,7 +75,8 @@ class Pipeline:
 
     def catch(self: _Self, *errors: type[BaseException], on_failed: FailMode = "include") -> _Self:
         """Turn failures of these error types (any Exception when none are given) into results
-        marked failed (`on_failed="include"`) or drop them (`"skip"`), instead of raising."""
+        marked failed (`on_failed="include"`) or drop them (`"skip"`), instead of raising
+        (`"raise"` still raises them)."""
         if on_failed not in t.get_args(FailMode):
             raise ValueError(f"on_failed must be one of {t.get_args(FailMode)}, got {on_failed!r}")
         twin = self.clone()
@@ -137,7 +138,8 @@ class Pipeline:
         `keep_failed`: a single run has nothing else to return)."""
         for result in results:
             error = getattr(result, "error", None)
-            if error is not None and not isinstance(error, self.errors or ()):
+            caught = isinstance(error, self.errors or ()) and self.on_failed != "raise"
+            if error is not None and not caught:
                 raise error
         if self.on_failed == "skip" and not keep_failed:
             return [r for r in results if not getattr(r, "failed", False)]

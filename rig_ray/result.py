@@ -14,11 +14,19 @@ from rig_ray.generator.base import Generator, StopReason, Usage
 
 
 def _error_from_json(value: t.Any) -> t.Any:
-    return GenerationError(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    error = GenerationError(value)
+    error.from_json = True  # type: ignore[attr-defined]  # its text names the original type
+    return error
 
 
 def _error_to_json(error: BaseException | None) -> str | None:
-    return None if error is None else f"{type(error).__name__}: {error}"
+    if error is None:
+        return None
+    if getattr(error, "from_json", False):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 ErrorField = t.Annotated[

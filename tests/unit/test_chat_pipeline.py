@@ -14,6 +14,7 @@ from rig_ray import (
     GenerateParams,
     GenerationError,
     Generator,
+    InvalidMessageError,
     Message,
     Model,
     ParseError,
@@ -94,6 +95,9 @@ def test_apply_to_all_with_strict_checks_across_messages() -> None:
         pipeline.apply_to_all(a=1, c=3, strict=True)
     assert (info.value.missing, info.value.unused) == (["b"], ["c"])
     assert contents(pipeline.apply_to_all(a=1).messages) == ["1", "$b 1"]
+    tagged = pipeline.add({"role": "user", "content": "$a", "metadata": {"seen": []}})
+    tagged.apply_to_all(a=1).messages[-1].metadata["seen"].append(1)
+    assert tagged.messages[-1].metadata == {"seen": []}
 
 
 async def test_metadata_flows_to_every_chat_and_through_json() -> None:
@@ -200,6 +204,10 @@ async def test_run_batch_appends_each_item_to_the_pipeline_messages() -> None:
     assert [contents(c) for c in seen] == [["sys", "q", "a"], ["sys", "q", "b", "c", "d"]]
     assert [contents(c.messages) for c in chats] == [contents(c) for c in seen]
     assert [c.role for c in chats[1].messages] == ["user", "user", "user", "assistant", "user"]
+    for one in ["ab", Message(role="user", content="ab"), {"role": "user", "content": "ab"}]:
+        with pytest.raises(InvalidMessageError, match="one item per chat"):
+            await generator.chat().run_batch(one)  # type: ignore[arg-type]
+    assert generator.calls == [2]
 
 
 async def test_chats_do_not_share_state_with_each_other_or_the_pipeline() -> None:
@@ -242,6 +250,8 @@ async def test_catch_include_and_skip(errors: tuple[type[Exception], ...]) -> No
     assert lone.failed and isinstance(lone.error, GenerationError)
     with pytest.raises(ValueError, match="on_failed"):
         pipeline.catch(on_failed="ignore")  # type: ignore[arg-type]
+    with pytest.raises(GenerationError, match="FAIL 1"):
+        await pipeline.catch(*errors, on_failed="raise").run_batch(["ok", "FAIL 1"])
 
 
 async def test_wrap_retries_only_the_failing_items() -> None:
@@ -341,6 +351,14 @@ async def test_one_call_per_retry_round_with_only_the_unparsed() -> None:
         await pipeline.run_batch(["p3"])
 
 
+async def test_a_retry_that_fails_keeps_the_reply_before_it() -> None:
+    replies = iter(["no answer here", GenerationError("down")])
+    generator, _ = recorder(lambda c: next(replies))
+    chat = await generator.chat("q").until_parsed_as(Answer).catch().run()
+    assert chat.failed and isinstance(chat.error, GenerationError)
+    assert contents(chat.generated) == ["no answer here"]
+
+
 async def test_retry_shows_the_validation_error_and_needs_every_model() -> None:
     invalid, partial = "<score>many</score><answer>a</answer>", "<score>3</score>"
     replies = iter([invalid, partial, "<score>4</score><answer>b</answer>"])
@@ -425,6 +443,8 @@ async def test_error_survives_json_as_generation_error() -> None:
     again = Chat.model_validate_json(chat.model_dump_json())
     assert again.failed and isinstance(again.error, GenerationError)
     assert str(again.error) == f"GenerationError: {chat.error}"
+    twice = Chat.model_validate_json(again.model_dump_json())
+    assert str(twice.error) == str(again.error)  # no second "GenerationError: " prefix
 
 
 class ChatOnlyGenerator(EchoGenerator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import typing as t
 
 import pytest
@@ -129,6 +130,33 @@ def test_attribute_and_element_model_is_pretty_printed() -> None:
     pretty = '<person name="Ann">\n  <age>30</age>\n  <city>A &amp; B</city>\n</person>'
     assert message.content == f"see {pretty} ok"
     assert message.parts[0].slice_ == slice(4, 4 + len(pretty))
+
+
+class Done(Model):
+    pass
+
+
+class Flag(Model):
+    value: str = attr()
+
+
+@pytest.mark.parametrize(
+    ("model", "block", "pretty"),
+    [
+        (Done, "<done> </done>", "<done></done>"),
+        (Flag, "<flag value='1'></flag>", '<flag value="1"></flag>'),
+    ],
+)
+def test_models_without_children_are_written_so_they_read_back(
+    model: type[Model], block: str, pretty: str
+) -> None:
+    message = Message(role="assistant", content=f"a {block} b")
+    found = message.parse(model)
+    assert message.content == f"a {pretty} b"
+    assert Message(role="assistant", content=message.content).parse(model) == found
+    message.content += " more"
+    assert message.models == [found]
+    assert_synced(message)
 
 
 @pytest.mark.parametrize(
@@ -362,7 +390,7 @@ def test_fit_reads_openai_shapes() -> None:
     ("value", "problem"),
     [
         ({"role": "robot", "content": "x"}, "role"),
-        ({"role": "user", "content": "x", "tool_calls": []}, "tool_calls"),
+        ({"role": "user", "content": "x", "tool_calls": [{"id": "c1"}]}, "tool_calls"),
         ({"role": "user"}, "content"),
         ({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, "image_url"),
         (42, "int"),
@@ -388,6 +416,16 @@ def test_to_openai_leaves_out_unset_and_local_fields() -> None:
     assert message.to_openai() == {"role": "assistant", "content": "<score>1</score>"}
 
 
+@pytest.mark.parametrize(
+    "content",
+    ["<final-answer>" * 20_000, "<final-answer" + " " * 100_000, "<final-answer " * 20_000],
+)
+def test_scanning_unclosed_blocks_is_linear(content: str) -> None:
+    started = time.perf_counter()
+    assert Message(role="assistant", content=content).try_parse(FinalAnswer) is None
+    assert time.perf_counter() - started < 2  # was tens of seconds: quadratic backtracking
+
+
 # --- templating ------------------------------------------------------------------------------
 
 
@@ -396,6 +434,9 @@ def test_apply_substitutes_safely_and_returns_a_copy() -> None:
     filled = message.apply({"greet": "hi", "name": "x"}, name="Bo")
     assert filled.content == "hi Bo, $missing costs $5"
     assert message.content == "$greet ${name}, $missing costs $$5"
+    tagged = Message(role="user", content="$x", metadata={"seen": []})
+    tagged.apply(x=1).metadata["seen"].append(1)
+    assert tagged.metadata == {"seen": []}
 
 
 def test_apply_strict_names_missing_and_unused() -> None:
@@ -418,3 +459,10 @@ def test_fill_templates_strict_counts_fields_across_texts() -> None:
         fill_templates(["$a"], {"a": 1, "zzz": 2}, strict=True)
     assert info.value.unused == ["zzz"]
     assert isinstance(info.value, KeyError)
+
+
+def test_openai_response_messages_with_empty_extras_are_read():
+    dumped = {"role": "assistant", "content": "hi", "tool_calls": None, "refusal": None}
+    assert Message.fit(dumped) == Message(role="assistant", content="hi")
+    with pytest.raises(InvalidMessageError, match="tool_calls"):
+        Message.fit({"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]})
