@@ -12,11 +12,12 @@ import contextlib
 import functools
 import os
 import typing as t
+import warnings
 
 from pydantic import PrivateAttr
 
 from rig_ray.cluster.options import actor_options, config_payload
-from rig_ray.cluster.runtime import Gate, portable, rss_bytes, trim_memory
+from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
 from rig_ray.errors import InvalidGeneratorError, PoolMemberError, RigRayError
 from rig_ray.generator.base import (
     GeneratedMessage,
@@ -61,8 +62,9 @@ class GeneratorActor:
 
     async def load(self) -> bool:
         """Load the engine (idempotent); True once loaded."""
-        async with self._gate.exclusive():
-            await self._blocking(self._generator.load)
+        with portable_errors():
+            async with self._gate.exclusive():
+                await self._blocking(self._generator.load)
         return self._generator.is_loaded
 
     async def unload(self) -> bool:
@@ -75,29 +77,36 @@ class GeneratorActor:
     async def is_loaded(self) -> bool:
         return self._generator.is_loaded
 
-    async def _ensure_loaded(self) -> None:
-        if not self._generator.is_loaded:
-            await self.load()
+    @contextlib.asynccontextmanager
+    async def _loaded(self) -> t.AsyncIterator[None]:
+        """A shared section with the engine loaded: an unload that slipped in between the
+        load and the section sends the call round again (loading inside it would deadlock)."""
+        while True:
+            never_loaded = False  # a load that leaves is_loaded False must not loop for ever
+            if not self._generator.is_loaded:
+                never_loaded = not await self.load()
+            async with self._gate.shared():
+                if never_loaded or self._generator.is_loaded:
+                    with portable_errors():
+                        yield
+                    return
 
     async def generate_texts(
         self, texts: list[str], params: list[GenerateParams]
     ) -> list[GeneratedText | BaseException]:
-        await self._ensure_loaded()
-        async with self._gate.shared():
+        async with self._loaded():
             return portable(await self._generator.generate_texts(texts, params))
 
     async def generate_messages(
         self, messages: Messages, params: list[GenerateParams]
     ) -> list[GeneratedMessage | BaseException]:
-        await self._ensure_loaded()
-        async with self._gate.shared():
+        async with self._loaded():
             return portable(await self._generator.generate_messages(messages, params))
 
     async def generate(
         self, inputs: t.Sequence[Prompt], num_generations: int, params: GenerateParams | None
     ) -> list[list[GeneratedText | GeneratedMessage]]:
-        await self._ensure_loaded()
-        async with self._gate.shared():
+        async with self._loaded():
             return await self._generator.agenerate(inputs, num_generations, params=params)
 
     async def info(self) -> dict[str, t.Any]:
@@ -128,6 +137,14 @@ def _as_generator(value: Generator | str) -> Generator:
             "this generator already runs in an actor; pass its config (or identifier) instead"
         )
     if isinstance(value, Generator):
+        if isinstance(value, LocalGenerator) and value.is_loaded:
+            warnings.warn(
+                f"{type(value).__name__}({value.model!r}) is loaded in this process: the actor "
+                "loads its own engine from the config, and this one stays in memory here; "
+                "call .unload() on it (or pass its identifier) to free that memory",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return value
     if isinstance(value, str):
         return get_generator(value)
@@ -166,13 +183,19 @@ def remote(
         name=name,
         tensor_parallel_size=int(getattr(generator, "tensor_parallel_size", 1) or 1),
     )
+    payload = config_payload(generator)
     group = None
     if bundles is not None:
         group = ray.util.placement_group(bundles, strategy="STRICT_PACK")
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
             group, placement_group_capture_child_tasks=True
         )
-    handle = _actor_class().options(**options).remote(config_payload(generator))
+    try:
+        handle = _actor_class().options(**options).remote(payload)
+    except BaseException:  # e.g. a name already taken: give the reserved GPUs back
+        if group is not None:
+            ray.util.remove_placement_group(group)
+        raise
     return RemoteGenerator.attach(generator, handle, group)
 
 
@@ -232,10 +255,12 @@ class RemoteGenerator(Generator):
         """Handles on the same actor."""
         if not isinstance(other, RemoteGenerator):
             return NotImplemented
+        if self._handle is None or other._handle is None:  # built without remote()
+            return self is other
         return bool(self._handle._actor_id == other._handle._actor_id)
 
     def __hash__(self) -> int:
-        return hash(self._handle._actor_id)
+        return hash(self._handle._actor_id) if self._handle is not None else id(self)
 
     def __repr__(self) -> str:
         return f"RemoteGenerator({describe(self)!r})"

@@ -164,10 +164,18 @@ class LLMPool:
         return self
 
     def teardown(self) -> None:
-        """End remote members' actors and unload local members."""
+        """End remote members' actors and unload local members; a member that fails to does
+        not keep the others alive (the first failure is raised after all were tried)."""
+        failures: list[tuple[Generator, Exception]] = []
         for member in self._members:
             teardown = getattr(member, "teardown", None)
-            if callable(teardown):
-                teardown()
-            else:
-                member.unload()
+            try:
+                if callable(teardown):
+                    teardown()
+                else:
+                    member.unload()
+            except Exception as error:
+                failures.append((member, error))
+        if failures:
+            failed, cause = failures[0]
+            raise _member_error(failed, cause) from cause

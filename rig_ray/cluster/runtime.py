@@ -42,8 +42,11 @@ class Gate:
             self._writers_waiting += 1
             try:
                 await self._cond.wait_for(lambda: not self._writer and not self._readers)
-            finally:
+            except BaseException:  # cancelled while waiting: readers held back may go now
                 self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -69,16 +72,37 @@ def rss_bytes() -> int | None:
         return None
 
 
-def portable(results: t.Sequence[t.Any]) -> list[t.Any]:
-    """Per-item results with every exception picklable, so the batch survives the trip back."""
+def portable_error(error: BaseException, index: int | None = None) -> BaseException:
+    """`error` if it survives pickling both ways, else a GenerationError with its text.
+
+    An exception can pickle and still fail to unpickle (an `__init__` with keyword-only
+    arguments, common in HTTP client errors); in the driver that loses the whole batch.
+    """
     from ray import cloudpickle
 
-    portable: list[t.Any] = []
-    for index, result in enumerate(results):
-        if isinstance(result, BaseException):
-            try:
-                cloudpickle.dumps(result)
-            except Exception:
-                result = GenerationError(f"{type(result).__name__}: {result}", index=index)
-        portable.append(result)
-    return portable
+    try:
+        cloudpickle.loads(cloudpickle.dumps(error))
+    except Exception:
+        return GenerationError(f"{type(error).__name__}: {error}", index=index)
+    return error
+
+
+def portable(results: t.Sequence[t.Any]) -> list[t.Any]:
+    """Per-item results with every exception picklable, so the batch survives the trip back."""
+    return [
+        portable_error(result, index) if isinstance(result, BaseException) else result
+        for index, result in enumerate(results)
+    ]
+
+
+@contextlib.contextmanager
+def portable_errors() -> t.Iterator[None]:
+    """Re-raise an error that would not survive the trip back as a GenerationError with its
+    text (Ray would otherwise hand the driver an error that no longer says what failed)."""
+    try:
+        yield
+    except Exception as error:
+        replacement = portable_error(error)
+        if replacement is error:
+            raise
+        raise replacement from None

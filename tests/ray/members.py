@@ -34,6 +34,19 @@ class Boom(rr.Generator):
         raise RuntimeError("engine on fire")
 
 
+class KeywordOnly(Exception):
+    """Pickles, but cannot be rebuilt from its args: unpickling it raises TypeError."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RaisesKeywordOnly(rr.Generator):
+    async def generate_texts(self, texts, params):
+        raise KeywordOnly("rate limited", status=429)
+
+
 class Loadable(FixedGenerator):
     """A fake with a load state, to watch lifecycle calls."""
 

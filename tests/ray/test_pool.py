@@ -101,3 +101,16 @@ def test_lifecycle_reaches_every_member() -> None:
     pool.load().teardown()
     assert not any(m.is_loaded for m in members)
     assert repr(pool).startswith("LLMPool([")
+
+
+class CannotUnload(FixedGenerator):
+    def unload(self) -> t.Self:
+        raise RuntimeError("stuck")
+
+
+def test_teardown_reaches_every_member_after_a_failure() -> None:
+    members = [CannotUnload(model="stuck"), Loadable(model="b").load()]
+    with pytest.raises(rr.PoolMemberError, match="stuck") as info:
+        rr.LLMPool(members).teardown()
+    assert info.value.identifier == "CannotUnload(model='stuck')"
+    assert not members[1].is_loaded

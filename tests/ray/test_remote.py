@@ -11,14 +11,17 @@ import time
 import types
 import typing as t
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
+from pydantic import PrivateAttr
 
 import rig_ray as rr
 from rig_ray.cluster.options import actor_options
+from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
-from tests.ray.members import Boom, Loadable, Sleepy, wait_for_restart
+from tests.ray.members import Boom, Loadable, RaisesKeywordOnly, Sleepy, wait_for_restart
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 CPU = 0.5  # four actors fit in ray.init(num_cpus=2)
@@ -75,6 +78,27 @@ class Unpicklable(Exception):
 class ReturnsOddErrors(rr.Generator):
     async def generate_texts(self, texts, params):
         return [Unpicklable() for _ in texts]
+
+
+class HeavyHere(LocalGenerator):
+    """A local generator whose 'engine' is a marker object."""
+
+    _engine: object | None = PrivateAttr(None)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._engine is not None
+
+    def load(self) -> t.Self:
+        self._engine = object()
+        return self
+
+    async def generate_texts(self, texts, params):
+        return [rr.GeneratedText(text=f"loaded={self.is_loaded}") for _ in texts]
+
+
+class Sharded(FixedGenerator):
+    tensor_parallel_size: int = 2
 
 
 def ghost_module() -> types.ModuleType:
@@ -222,6 +246,30 @@ async def test_batch_errors_come_back_as_they_were_raised(start) -> None:
         await start(Boom(model="b")).generate_texts(["x"], [rr.GenerateParams()])
     [odd] = await start(ReturnsOddErrors(model="o")).generate_texts(["x"], [rr.GenerateParams()])
     assert isinstance(odd, rr.GenerationError) and "Unpicklable: holds a lock" in str(odd)
+    with pytest.raises(rr.GenerationError, match="KeywordOnly: rate limited"):  # not unpicklable
+        await start(RaisesKeywordOnly(model="k")).generate_texts(["x"], [rr.GenerateParams()])
+
+
+def test_a_generator_loaded_here_warns_and_the_actor_loads_its_own(start) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idle = start(HeavyHere(model="idle"))  # not loaded: no warning
+    with pytest.warns(RuntimeWarning, match="loaded in this process"):
+        remote = start(HeavyHere(model="h").load())
+    assert not remote.info()["loaded"]  # the engine was not shipped
+    assert texts(remote.generate(["x"])) == [["loaded=True"]]
+    assert not idle.is_loaded
+
+
+def test_a_failed_start_gives_its_placement_group_back(start, local_ray) -> None:
+    name = f"taken-{uuid.uuid4().hex}"
+    start(FixedGenerator(model="n"), name=name)
+    before = set(local_ray.util.placement_group_table())
+    with pytest.raises(ValueError, match=name):
+        rr.remote(Sharded(model="s"), num_cpus=CPU, name=name)
+    groups = local_ray.util.placement_group_table()
+    new = [group for key, group in groups.items() if key not in before]
+    assert len(new) == 1 and new[0]["state"] == "REMOVED"
 
 
 def test_pool_of_remote_members_merges_in_member_order(start) -> None:
@@ -236,6 +284,7 @@ def test_pool_of_remote_members_merges_in_member_order(start) -> None:
 
 def test_pool_with_a_failing_remote_member_fails_promptly(start, fake_providers) -> None:
     slow, boom = start(Sleepy(model="slow", seconds=60)), start(Boom(model="boom"))
+    slow.info(), boom.info()  # both actors are up: the timing below is the failure path alone
     started = time.perf_counter()
     with pytest.raises(rr.PoolMemberError, match="engine on fire") as info:
         rr.LLMPool([slow, boom]).generate(["x"], 2)
