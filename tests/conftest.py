@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import typing as t
 from pathlib import Path
 
 import pytest
+
+from rig_ray.generator import registry
+from tests.fakes import FAKE_PROVIDERS
 
 # No hub is reachable here: fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,30 +27,53 @@ def smollm2_path() -> Path:
     return embedded_model_path()
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
-    """A 2-layer Llama with random weights and SmolLM2's tokenizer, built at test time."""
+def build_tiny_llama(
+    folder: Path,
+    tokenizer_from: Path,
+    *,
+    hidden_size: int = 128,
+    layers: int = 2,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+) -> Path:
+    """Save a random-weight Llama (bf16) with `tokenizer_from`'s tokenizer files in `folder`."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     config = LlamaConfig(
         vocab_size=49152,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=1024,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model.save_pretrained(folder, safe_serialization=True)
     for name in TOKENIZER_FILES:
-        shutil.copy(smollm2_path / name, folder / name)
+        shutil.copy(tokenizer_from / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer, built at test time."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
+
+
+@pytest.fixture
+def fake_providers() -> t.Iterator[None]:
+    """Register the fakes as providers (fixed!, echo!, failing!) for one test, then restore."""
+    saved = dict(registry._providers)
+    for name, generator_cls in FAKE_PROVIDERS.items():
+        registry.register_generator(name, generator_cls)
+    yield
+    registry._providers.clear()
+    registry._providers.update(saved)

@@ -21,11 +21,9 @@ from rig_ray import (
     ParseRetriesExhaustedError,
     RigRayError,
     TemplateError,
-    register_generator,
 )
 from rig_ray.generator import registry
 from tests.fakes import (
-    FAKE_PROVIDERS,
     CallbackGenerator,
     EchoGenerator,
     FailingGenerator,
@@ -39,16 +37,6 @@ class Answer(Model):
 
 class Score(Model):
     value: int
-
-
-@pytest.fixture
-def providers() -> t.Iterator[None]:
-    saved = dict(registry._providers)
-    for name, cls in FAKE_PROVIDERS.items():
-        register_generator(name, cls)
-    yield
-    registry._providers.clear()
-    registry._providers.update(saved)
 
 
 def recorder(reply: t.Callable[[list[Message]], str | BaseException] = lambda c: "ok"):
@@ -408,7 +396,7 @@ async def test_fork_continue_and_restart() -> None:
     assert other.calls == [1]
 
 
-async def test_chat_json_round_trip_brings_the_generator_back(providers: None) -> None:
+async def test_chat_json_round_trip_brings_the_generator_back(fake_providers: None) -> None:
     generator = FixedGenerator(model="m", text="<answer>a</answer>", params=GenerateParams(seed=3))
     chat = await generator.chat("q").meta(k=[1]).until_parsed_as(Answer).run()
     chat.extra["note"] = "kept"
@@ -423,7 +411,7 @@ async def test_chat_json_round_trip_brings_the_generator_back(providers: None) -
     assert again.generator.calls == [1]  # type: ignore[union-attr]
 
 
-async def test_chat_json_without_registered_provider(providers: None) -> None:
+async def test_chat_json_without_registered_provider(fake_providers: None) -> None:
     echo = await EchoGenerator(model="m").chat("q").run()
     registry._providers.clear()
     unregistered = await EchoGenerator(model="m").chat("q").run()

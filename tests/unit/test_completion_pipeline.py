@@ -14,20 +14,9 @@ from rig_ray import (
     GenerationError,
     RigRayError,
     TemplateError,
-    register_generator,
 )
 from rig_ray.generator import registry
-from tests.fakes import FAKE_PROVIDERS, CallbackGenerator, EchoGenerator, FailingGenerator
-
-
-@pytest.fixture
-def providers() -> t.Iterator[None]:
-    saved = dict(registry._providers)
-    for name, cls in FAKE_PROVIDERS.items():
-        register_generator(name, cls)
-    yield
-    registry._providers.clear()
-    registry._providers.update(saved)
+from tests.fakes import CallbackGenerator, EchoGenerator, FailingGenerator
 
 
 def recorder(reply: t.Callable[[str], str | BaseException] = lambda text: " done"):
@@ -174,7 +163,7 @@ async def test_wrap_retries_only_failing_items_and_watch_sees_results() -> None:
     assert generator.calls == [3, 2, 1, 1]
 
 
-async def test_fork_continue_restart_and_json(providers: None) -> None:
+async def test_fork_continue_restart_and_json(fake_providers: None) -> None:
     generator = EchoGenerator(model="m")
     completion = await generator.complete("ab").meta(k=1).run()
     assert completion.generator_id == "echo!m"
