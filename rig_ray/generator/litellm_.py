@@ -27,6 +27,10 @@ from rig_ray.message import Message
 def _import_litellm() -> t.Any:
     # The cost map is otherwise fetched over the network at import time.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # litellm's default aiohttp transport ties sessions to the event loop that opened them;
+    # rig_ray's sync calls (`generate`) run a loop per call, and every session left behind
+    # prints "Unclosed client session". httpx's transport has no such tie.
+    os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
     litellm = require("litellm", purpose="the litellm provider")
     litellm.suppress_debug_info = True
     return litellm

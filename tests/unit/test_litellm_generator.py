@@ -294,3 +294,22 @@ def test_stub_speaks_openai_to_the_openai_client() -> None:
         client.close()
         assert [r.api_key for r in stub.requests] == ["sk-direct"] * 3
         assert stub.peak_in_flight == 1
+
+
+def test_sync_generate_in_a_script_leaves_no_open_sessions(stub: OpenAIStub) -> None:
+    """Each sync `generate` runs its own event loop; no HTTP session may outlive it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import rig_ray as rr\n"
+        f"g = rr.get_generator('openai/stub-model,api_base={stub.base_url},api_key=sk-test')\n"
+        "for _ in range(3):\n"
+        "    print(g.generate(['hello', 'world'], 2)[1][1].text)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["echo: world"] * 3
+    assert "Unclosed" not in done.stderr, done.stderr
