@@ -13,7 +13,8 @@ from rig_ray.errors import (
     ParseError,
     ParseRetriesExhaustedError,
 )
-from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.registry import identifier_of
 from rig_ray.message import Message, MessageLike, fill_templates
 from rig_ray.model import Model
 from rig_ray.pipeline import Pipeline
@@ -30,6 +31,13 @@ class Chat(Result):
     """The conversation before generation."""
     generated: list[Message] = Field(default_factory=list)
     """What the generator added."""
+
+    def record(self, result: GeneratedMessage | GeneratedText | BaseException) -> bool:
+        """`Result.record`, and the reply becomes `generated`."""
+        if not super().record(result):
+            return False
+        self.generated = [t.cast(GeneratedMessage, result).message]
+        return True
 
     @property
     def all(self) -> list[Message]:
@@ -168,37 +176,31 @@ class ChatPipeline(Pipeline):
         conversations = [[*self.messages, *added] for added in additions]
         item_params = self.item_params(params, len(conversations))
         results = await self.generate(self.generator.generate_messages, conversations, item_params)
+        generator_id = identifier_of(self.generator)
         chats = [
-            self._chat(conv, result) for conv, result in zip(conversations, results, strict=True)
+            self._chat(conv, result, generator_id)
+            for conv, result in zip(conversations, results, strict=True)
         ]
         if self.parse_models:
             await _ParseLoop(self, chats, item_params).run()
         await self.notify(chats)
         return self.settle(chats, keep_failed=keep_skipped)
 
-    def _chat(self, messages: list[Message], result: GeneratedMessage | BaseException) -> Chat:
+    def _chat(
+        self,
+        messages: list[Message],
+        result: GeneratedMessage | BaseException,
+        generator_id: str | None,
+    ) -> Chat:
         # Each chat gets its own copies: editing one never changes its siblings or the pipeline.
         chat = Chat(
             messages=[m.model_copy(deep=True) for m in messages],
             metadata=copy.deepcopy(self.metadata),
             generator=self.generator,
+            generator_id=generator_id,
         )
-        return record(chat, result)
-
-
-def record(chat: Chat, result: GeneratedMessage | BaseException) -> Chat:
-    """Put a generation result (or failure) on the chat: reply, stop reason, usage, extra."""
-    if isinstance(result, BaseException):  # a failed retry keeps the reply it had
-        chat.failed, chat.error = True, result
+        chat.record(result)
         return chat
-    chat.failed, chat.error = False, None
-    chat.generated = [result.message]
-    chat.stop_reason = result.stop_reason
-    chat.usage = (
-        result.usage if chat.usage is None or result.usage is None else chat.usage + result.usage
-    )
-    chat.extra = {**chat.extra, **result.extra}
-    return chat
 
 
 class _ParseLoop:
@@ -209,6 +211,7 @@ class _ParseLoop:
         self.chats = chats
         self.params = params
         self.retries: dict[int, list[Message]] = {i: [] for i in range(len(chats))}
+        self.examples = " ".join(m.xml_example() for m in pipeline.parse_models)
 
     async def run(self) -> None:
         pending = self._unparsed(range(len(self.chats)))
@@ -221,7 +224,8 @@ class _ParseLoop:
                 self.pipeline.generator.generate_messages, conversations, params
             )
             for index, result in zip(pending, results, strict=True):
-                record(self.chats[index], result).extra["parse_retries"] = depth
+                self.chats[index].record(result)
+                self.chats[index].extra["parse_retries"] = depth
             pending = self._unparsed(pending)
         names = [m.__name__ for m in self.pipeline.parse_models]
         for index, error in pending.items():
@@ -246,7 +250,6 @@ class _ParseLoop:
 
     def _retry_conversation(self, index: int, error: ParseError) -> list[Message]:
         chat = self.chats[index]
-        examples = " ".join(m.xml_example() for m in self.pipeline.parse_models)
-        ask = f"Your reply could not be read: {error}. Reply again, using {examples}."
+        ask = f"Your reply could not be read: {error}. Reply again, using {self.examples}."
         self.retries[index] += [chat.last, Message(role="user", content=ask)]
         return [*chat.messages, *self.retries[index]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import typing as t
 
-from rig_ray.generator.base import GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.registry import identifier_of
 from rig_ray.message import fill_templates
 from rig_ray.pipeline import Pipeline
 from rig_ray.result import Result
@@ -18,6 +19,13 @@ class Completion(Result):
     """The prompt."""
     generated: str = ""
     """The generated text (empty when failed)."""
+
+    def record(self, result: GeneratedMessage | GeneratedText | BaseException) -> bool:
+        """`Result.record`, and the generated text becomes `generated`."""
+        if not super().record(result):
+            return False
+        self.generated = t.cast(GeneratedText, result).text
+        return True
 
     @property
     def all(self) -> str:
@@ -98,19 +106,22 @@ class CompletionPipeline(Pipeline):
         texts = [self.text + added for added in additions]
         item_params = self.item_params(params, len(texts))
         results = await self.generate(self.generator.generate_texts, texts, item_params)
-        completions = [self._completion(text, r) for text, r in zip(texts, results, strict=True)]
+        generator_id = identifier_of(self.generator)
+        completions = [
+            self._completion(text, result, generator_id)
+            for text, result in zip(texts, results, strict=True)
+        ]
         await self.notify(completions)
         return self.settle(completions, keep_failed=keep_failed)
 
-    def _completion(self, text: str, result: GeneratedText | BaseException) -> Completion:
+    def _completion(
+        self, text: str, result: GeneratedText | BaseException, generator_id: str | None
+    ) -> Completion:
         completion = Completion(
-            text=text, metadata=copy.deepcopy(self.metadata), generator=self.generator
+            text=text,
+            metadata=copy.deepcopy(self.metadata),
+            generator=self.generator,
+            generator_id=generator_id,
         )
-        if isinstance(result, BaseException):
-            completion.failed, completion.error = True, result
-            return completion
-        completion.generated = result.text
-        completion.stop_reason = result.stop_reason
-        completion.usage = result.usage
-        completion.extra = dict(result.extra)
+        completion.record(result)
         return completion

@@ -8,6 +8,7 @@ no escaping; its text is stripped of surrounding whitespace.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import typing as t
@@ -56,8 +57,9 @@ class Model(BaseXmlModel):
         """The block as it is written back into a message: indented, no XML declaration."""
         raw = self.to_xml(skip_empty=True)
         text = raw.decode() if isinstance(raw, bytes) else raw
-        if _text_field(type(self)) is not None:
-            return _text_block(self, text)
+        field = _text_field(type(self))
+        if field is not None:
+            return _text_block(self, field, text)
         pretty = xml.dom.minidom.parseString(text).toprettyxml(indent="  ")
         pretty = pretty.split("?>", 1)[-1].strip()
         if pretty.endswith("/>"):  # no children: `<tag/>` would not be read back
@@ -99,15 +101,20 @@ def model_class(key: str) -> type[Model] | None:
     return _REGISTRY.get(key)
 
 
+@functools.cache
+def _tag_patterns(tag: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The opening and closing tag patterns of `tag`."""
+    name = re.escape(tag)
+    return re.compile(rf"<{name}(?P<attrs>\s[^<>]*)?>"), re.compile(rf"</{name}\s*>")
+
+
 def _blocks(tag: str, text: str) -> t.Iterator[tuple[str, str, str, slice]]:
     """Each `<tag attrs>inner</tag>` in `text`, in order: (block, attrs, inner, where).
 
     Linear in `text`: a model that writes a thousand openings and no closing tag must not
     make every opening scan the rest of the text.
     """
-    name = re.escape(tag)
-    opening = _compiled(rf"<{name}(?P<attrs>\s[^<>]*)?>")
-    closing = _compiled(rf"</{name}\s*>")
+    opening, closing = _tag_patterns(tag)
     position = 0
     while (start := opening.search(text, position)) is not None:
         end = closing.search(text, start.end())
@@ -118,17 +125,10 @@ def _blocks(tag: str, text: str) -> t.Iterator[tuple[str, str, str, slice]]:
         position = end.end()
 
 
-_PATTERNS: dict[str, re.Pattern[str]] = {}
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    if pattern not in _PATTERNS:
-        _PATTERNS[pattern] = re.compile(pattern, re.DOTALL)
-    return _PATTERNS[pattern]
-
-
+@functools.cache
 def _text_field(cls: type[Model]) -> str | None:
-    """The field that holds a text-only model's inner text (None for models with elements)."""
+    """The field that holds a text-only model's inner text (None for models with elements);
+    worked out once per class."""
     serializers = getattr(cls.__xml_serializer__, "_field_serializers", {})
     kinds = {name: type(child).__name__ for name, child in serializers.items()}
     texts = [name for name, kind in kinds.items() if kind == "TextSerializer"]
@@ -138,10 +138,9 @@ def _text_field(cls: type[Model]) -> str | None:
     return texts[0] if len(texts) == 1 and not others else None
 
 
-def _text_block(model: Model, raw: str) -> str:
+def _text_block(model: Model, field: str, raw: str) -> str:
     """`<tag attrs>text</tag>`, the text written as is, on its own lines when it has several."""
-    field = _text_field(type(model))
-    text = str(getattr(model, field or "", "") or "")
+    text = str(getattr(model, field) or "")
     opening = raw.split(">", 1)[0].removesuffix("/").rstrip() + ">"
     closing = f"</{type(model).tag()}>"
     return f"{opening}\n{text}\n{closing}" if "\n" in text else f"{opening}{text}{closing}"

@@ -17,7 +17,6 @@ FailMode = t.Literal["raise", "skip", "include"]
 """What a run does with an item whose generation failed with a caught error: raise it, leave
 the item out of the results, or return it marked `failed` with its `error`."""
 
-_Item = t.TypeVar("_Item")
 _Result = t.TypeVar("_Result")
 _Self = t.TypeVar("_Self", bound="Pipeline")
 
@@ -138,7 +137,7 @@ class Pipeline:
         `keep_failed`: a single run has nothing else to return)."""
         for result in results:
             error = getattr(result, "error", None)
-            caught = isinstance(error, self.errors or ()) and self.on_failed != "raise"
+            caught = isinstance(error, self.errors) and self.on_failed != "raise"
             if error is not None and not caught:
                 raise error
         if self.on_failed == "skip" and not keep_failed:

@@ -10,7 +10,8 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from rig_ray.errors import GenerationError, RigRayError
-from rig_ray.generator.base import Generator, StopReason, Usage
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator, StopReason, Usage
+from rig_ray.generator.registry import get_generator, identifier_of
 
 
 def _error_from_json(value: t.Any) -> t.Any:
@@ -66,11 +67,9 @@ class Result(BaseModel):
 
     @model_validator(mode="after")
     def _link_generator(self) -> t.Self:
-        if self.generator is not None and self.generator_id is None:
+        if self.generator is not None and "generator_id" not in self.model_fields_set:
             self.generator_id = identifier_of(self.generator)
         elif self.generator is None and self.generator_id is not None:
-            from rig_ray.generator.registry import get_generator
-
             with contextlib.suppress(RigRayError):  # a provider not registered here
                 self.generator = get_generator(self.generator_id)
         return self
@@ -80,6 +79,21 @@ class Result(BaseModel):
         self.metadata.update(kwargs)
         return self
 
+    def record(self, result: GeneratedMessage | GeneratedText | BaseException) -> bool:
+        """Put a generation's stop reason, usage (added up over retries) and extra on this
+        result, or its failure; True when it succeeded. A failure keeps what came before."""
+        if isinstance(result, BaseException):
+            self.failed, self.error = True, result
+            return False
+        self.failed, self.error = False, None
+        self.stop_reason = result.stop_reason
+        if self.usage is not None and result.usage is not None:
+            self.usage += result.usage
+        else:
+            self.usage = result.usage
+        self.extra = {**self.extra, **result.extra}
+        return True
+
     def _require_generator(self, generator: Generator | None) -> Generator:
         generator = generator or self.generator
         if generator is None:
@@ -88,11 +102,3 @@ class Result(BaseModel):
                 "registered here); pass generator="
             )
         return generator
-
-
-def identifier_of(generator: Generator) -> str | None:
-    """The generator's identifier, or None for generators that have none."""
-    try:
-        return generator.to_identifier()
-    except RigRayError:
-        return None

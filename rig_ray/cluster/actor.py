@@ -18,7 +18,7 @@ from pydantic import PrivateAttr
 
 from rig_ray.cluster.options import actor_options, config_payload
 from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
-from rig_ray.errors import InvalidGeneratorError, PoolMemberError, RigRayError
+from rig_ray.errors import InvalidGeneratorError, PoolMemberError
 from rig_ray.generator.base import (
     GeneratedMessage,
     GeneratedText,
@@ -27,7 +27,7 @@ from rig_ray.generator.base import (
     Messages,
 )
 from rig_ray.generator.local import LocalGenerator
-from rig_ray.generator.registry import get_generator, register_generator
+from rig_ray.generator.registry import get_generator, identifier_of, register_generator
 
 if t.TYPE_CHECKING:
     from rig_ray.generator.rounds import Prompt
@@ -202,14 +202,7 @@ def remote(
 def describe(generator: Generator) -> str:
     """A generator's identifier, or its class and model when it has no registered provider."""
     inner = generator.inner if isinstance(generator, RemoteGenerator) else generator
-    try:
-        return inner.to_identifier()
-    except RigRayError:
-        return f"{type(inner).__name__}(model={inner.model!r})"
-
-
-def _reattach(inner: Generator, handle: t.Any, group: t.Any) -> RemoteGenerator:
-    return RemoteGenerator.attach(inner, handle, group)
+    return identifier_of(inner) or f"{type(inner).__name__}(model={inner.model!r})"
 
 
 class RemoteGenerator(Generator):
@@ -232,7 +225,7 @@ class RemoteGenerator(Generator):
         return remote
 
     def __reduce__(self) -> tuple[t.Any, ...]:
-        return (_reattach, (self._inner, self._handle, self._group))
+        return (RemoteGenerator.attach, (self._inner, self._handle, self._group))
 
     def __copy__(self) -> RemoteGenerator:
         return RemoteGenerator.attach(self._inner, self._handle, self._group)

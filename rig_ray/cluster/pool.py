@@ -10,7 +10,7 @@ from rig_ray.cluster.actor import describe
 from rig_ray.cluster.split import generations_per_member
 from rig_ray.errors import InvalidPoolError, PoolMemberError
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
-from rig_ray.generator.rounds import ProgressCallback, Prompt, prepare, run_sync
+from rig_ray.generator.rounds import ProgressCallback, Prompt, SyncGenerate, prepare, run_sync
 
 _CANCEL_GRACE_S = 5.0
 
@@ -44,7 +44,7 @@ async def _first_failure_cancels_rest(
     return results
 
 
-class LLMPool:
+class LLMPool(SyncGenerate):
     """Two or more generators that share each input's generations by the split rule.
 
     `generate(inputs, num_generations)` gives every member `num_generations // n` generations
@@ -85,22 +85,6 @@ class LLMPool:
         """Each member's share of `num_generations`; draws from the pool's seeded RNG."""
         return generations_per_member(num_generations, len(self._members), self._rng)
 
-    def generate(
-        self,
-        inputs: t.Sequence[Prompt],
-        num_generations: int = 1,
-        *,
-        params: GenerateParams | None = None,
-        progress_callback: ProgressCallback | None = None,
-    ) -> list[list[GeneratedText | GeneratedMessage]]:
-        """`num_generations` results per input, split over the members; for plain scripts."""
-        return run_sync(
-            lambda: self.agenerate(
-                inputs, num_generations, params=params, progress_callback=progress_callback
-            ),
-            "agenerate",
-        )
-
     async def agenerate(
         self,
         inputs: t.Sequence[Prompt],
@@ -109,7 +93,8 @@ class LLMPool:
         params: GenerateParams | None = None,
         progress_callback: ProgressCallback | None = None,
     ) -> list[list[GeneratedText | GeneratedMessage]]:
-        """The async twin of `generate`: a failing member raises a PoolMemberError at once."""
+        """`num_generations` results per input, split over the members (`generate` is the
+        blocking twin); a failing member raises a PoolMemberError at once."""
         _, items = prepare(inputs)  # bad inputs fail here, not once per member
         shares = self.generations_per_member(num_generations)
         if not items:

@@ -8,6 +8,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rig_ray.errors import GenerationError
+from rig_ray.generator import rounds
 from rig_ray.message import Message, MessageLike
 
 if t.TYPE_CHECKING:
@@ -169,7 +170,7 @@ class GeneratedText(_Generated):
 Messages = t.Sequence[t.Sequence[Message]]
 
 
-class Generator(BaseModel):
+class Generator(BaseModel, rounds.SyncGenerate):
     """Something that completes chats and/or texts, in batches.
 
     A generator is an immutable configuration (its fields, which `to_identifier` writes out)
@@ -274,28 +275,6 @@ class Generator(BaseModel):
             raise GenerationError(f"got {count} inputs but {len(params)} params; give one each")
         return [self.params.merge_with(p) for p in params]
 
-    def generate(
-        self,
-        inputs: t.Sequence[Prompt],
-        num_generations: int = 1,
-        *,
-        params: GenerateParams | None = None,
-        progress_callback: ProgressCallback | None = None,
-    ) -> list[list[GeneratedText | GeneratedMessage]]:
-        """`num_generations` results per input (strs, or conversations), for plain scripts.
-
-        One batched engine call holds every input repeated `num_generations` times; a failed
-        item raises a GenerationError naming its input. Inside an event loop, use `agenerate`.
-        """
-        from rig_ray.generator import rounds
-
-        return rounds.run_sync(
-            lambda: self.agenerate(
-                inputs, num_generations, params=params, progress_callback=progress_callback
-            ),
-            "agenerate",
-        )
-
     async def agenerate(
         self,
         inputs: t.Sequence[Prompt],
@@ -304,9 +283,11 @@ class Generator(BaseModel):
         params: GenerateParams | None = None,
         progress_callback: ProgressCallback | None = None,
     ) -> list[list[GeneratedText | GeneratedMessage]]:
-        """The async twin of `generate`."""
-        from rig_ray.generator import rounds
+        """`num_generations` results per input (strs, or conversations).
 
+        One batched engine call holds every input repeated `num_generations` times; a failed
+        item raises a GenerationError naming its input. `generate` is the blocking twin.
+        """
         return await rounds.agenerate(
             self, inputs, num_generations, params=params, progress_callback=progress_callback
         )

@@ -9,7 +9,7 @@ import typing as t
 
 from pydantic import TypeAdapter, ValidationError
 
-from rig_ray.errors import InvalidGeneratorError, UnknownProviderError
+from rig_ray.errors import InvalidGeneratorError, RigRayError, UnknownProviderError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.identifier import decode_value, format_identifier, split_identifier
 from rig_ray.generator.litellm_ import LiteLLMGenerator
@@ -177,3 +177,12 @@ def get_identifier(generator: Generator, params: GenerateParams | None = None) -
         merged.pop("extra", None)
     values.update(merged)
     return format_identifier(provider, generator.model, values)
+
+
+def identifier_of(generator: Generator) -> str | None:
+    """The generator's identifier, or None for a generator that has none (no provider names
+    its class)."""
+    try:
+        return generator.to_identifier()
+    except RigRayError:
+        return None

@@ -115,3 +115,34 @@ def run_sync(make: t.Callable[[], t.Coroutine[t.Any, t.Any, _T]], async_name: st
         f"called from a running event loop: use `await ...{async_name}(...)` there "
         "(the sync form is for plain scripts)"
     )
+
+
+class SyncGenerate:
+    """`generate`, the blocking twin of a class's `agenerate`, for plain scripts."""
+
+    async def agenerate(
+        self,
+        inputs: t.Sequence[Prompt],
+        num_generations: int = 1,
+        *,
+        params: GenerateParams | None = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> list[list[Generated]]:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        inputs: t.Sequence[Prompt],
+        num_generations: int = 1,
+        *,
+        params: GenerateParams | None = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> list[list[Generated]]:
+        """`num_generations` results per input (all strs, or all conversations): what
+        `agenerate` returns, run to completion. Inside an event loop, await `agenerate`."""
+        return run_sync(
+            lambda: self.agenerate(
+                inputs, num_generations, params=params, progress_callback=progress_callback
+            ),
+            "agenerate",
+        )
