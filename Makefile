@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# The main job on the embedded model: a batch of prompts into Parquet under out/demo (a rerun
+# resumes, so it only shows what is there).
+DEMO_GENERATOR ?= transformers!smollm2-135m,max_tokens=48,temperature=0
 demo: install
-	$(BIN)/rig-ray demo
+	$(BIN)/rig-ray batch examples/prompts.jsonl out/demo --generator '$(DEMO_GENERATOR)' \
+		--template 'Write one short sentence about $$topic.'
 
 test: install
 	$(BIN)/python -m pytest

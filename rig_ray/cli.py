@@ -10,6 +10,7 @@ import typing as t
 
 from pydantic import ValidationError
 
+from rig_ray.batch import cli as batch_cli
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import RigRayError
 from rig_ray.generator import (
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--text", action="store_true", help="complete raw text, not chats")
     generate.add_argument("--max-tokens", type=int, help="most tokens to generate")
     generate.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+
+    batch_cli.add_parser(commands)
 
     commands.add_parser(
         "demo", help=f"answer a few prompts with the embedded model ({DEMO_GENERATOR})"
@@ -106,6 +109,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             return _run_generate(
                 args.generator, args.prompts, system=args.system, as_text=args.text, params=params
             )
+        if args.command == "batch":
+            return batch_cli.run(args)
         if args.command == "demo":
             return _run_generate(DEMO_GENERATOR, DEMO_PROMPTS)
         if args.command == "model-path":

@@ -139,3 +139,17 @@ class PoolMemberError(RigRayError):
         self.identifier = identifier
         self.cause = cause
         super().__init__(f"generator {identifier!r} failed: {cause}")
+
+
+class BatchInputError(RigRayError, ValueError):
+    """A batch job's input or options are wrong: a path that matches nothing, a format that
+    cannot be read, or a column the prompts need that the data does not have.
+
+    `source` is the input path or URI, and `column` the column at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, column: str | None = None):
+        self.source = source
+        self.column = column
+        super().__init__(message)
+

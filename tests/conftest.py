@@ -15,6 +15,8 @@ from tests.fakes import FAKE_PROVIDERS
 # No hub is reachable here: fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -77,3 +79,16 @@ def fake_providers() -> t.Iterator[None]:
     yield
     registry._providers.clear()
     registry._providers.update(saved)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> t.Iterator[t.Any]:
+    """A new local Ray with 2 CPUs for this module (never one started elsewhere: address
+    "local"), shut down when the module ends; actors in the tests take fractions of a CPU."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray
+    ray.shutdown()

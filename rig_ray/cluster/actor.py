@@ -16,7 +16,7 @@ import warnings
 
 from pydantic import PrivateAttr
 
-from rig_ray.cluster.options import actor_options, config_payload
+from rig_ray.cluster.options import actor_options, config_payload, restore_payload
 from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
 from rig_ray.errors import InvalidGeneratorError, PoolMemberError
 from rig_ray.generator.base import (
@@ -27,7 +27,7 @@ from rig_ray.generator.base import (
     Messages,
 )
 from rig_ray.generator.local import LocalGenerator
-from rig_ray.generator.registry import get_generator, identifier_of, register_generator
+from rig_ray.generator.registry import get_generator, identifier_of
 
 if t.TYPE_CHECKING:
     from rig_ray.generator.rounds import Prompt
@@ -46,12 +46,7 @@ class GeneratorActor:
     """
 
     def __init__(self, payload: bytes) -> None:
-        from ray import cloudpickle
-
-        generator, providers = cloudpickle.loads(payload)
-        for name, generator_cls in providers.items():
-            register_generator(name, generator_cls)
-        self._generator: Generator = generator
+        self._generator: Generator = restore_payload(payload)
         self._gate = Gate()
 
     async def _blocking(self, fn: t.Callable[[], _T]) -> _T:

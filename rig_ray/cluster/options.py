@@ -43,6 +43,18 @@ def config_payload(generator: Generator) -> bytes:
             cloudpickle.unregister_pickle_by_value(sys.modules[name])
 
 
+def restore_payload(payload: bytes) -> Generator:
+    """The generator of a `config_payload`, with the driver's providers registered here too."""
+    from ray import cloudpickle
+
+    from rig_ray.generator.registry import register_generator
+
+    generator, providers = cloudpickle.loads(payload)
+    for name, generator_cls in providers.items():
+        register_generator(name, generator_cls)
+    return t.cast(Generator, generator)
+
+
 def actor_options(
     *,
     num_cpus: float,

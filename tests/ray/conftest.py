@@ -1,29 +1,12 @@
-"""Ray fixtures: one small local Ray per test module, shut down when the module ends."""
+"""Fixtures of the Ray tests (`local_ray` itself is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import typing as t
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import build_tiny_llama
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> t.Iterator[t.Any]:
-    """`ray.init(num_cpus=2)` for this module; actors in the tests take fractions of a CPU."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

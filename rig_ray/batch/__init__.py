@@ -1,0 +1,25 @@
+"""Batch jobs on Ray Data: prompts from JSONL / Parquet / CSV, generations into Parquet.
+
+`generate` builds a lazy, streaming Ray dataset of generations from a dataset of prompts;
+`run` reads the prompts from files, writes the generations as Parquet parts and resumes what an
+earlier run left. Nothing here imports Ray until it is called.
+"""
+
+from rig_ray.batch.output import OutputFolder, read_output
+from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, generate
+from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray.batch.run import BatchSummary, run
+from rig_ray.batch.schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "OUTPUT_COLUMNS",
+    "OUTPUT_SCHEMA",
+    "BatchSummary",
+    "OutputFolder",
+    "PromptSpec",
+    "content_id",
+    "generate",
+    "read_output",
+    "run",
+]

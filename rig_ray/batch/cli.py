@@ -1,0 +1,132 @@
+"""`rig-ray batch`: the command line of `rig_ray.batch.run` (also `jobs/batch_generate.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import typing as t
+
+from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE
+from rig_ray.generator.base import GenerateParams
+
+EXAMPLE = (
+    "example: rig-ray batch prompts.jsonl out/ --generator "
+    "'transformers!smollm2-135m,max_tokens=64' --template 'Write a haiku about $topic.'"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a batch run, shared by `rig-ray batch` and `jobs/batch_generate.py`."""
+    parser.add_argument(
+        "input", help="JSONL, Parquet or CSV prompts: a file, a folder, a glob or a URI"
+    )
+    parser.add_argument(
+        "output",
+        help="folder for the Parquet parts (local or URI); a rerun into it resumes",
+    )
+    parser.add_argument(
+        "--generator",
+        dest="generators",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="generator identifier; give it again for several generators, which split each "
+        "row's generations between them",
+    )
+    parser.add_argument("--template", help="user message with $column fields from each row")
+    parser.add_argument("--system", help="system message put before each conversation")
+    parser.add_argument(
+        "--messages-column", help="column holding each row's OpenAI-shaped messages"
+    )
+    parser.add_argument(
+        "--num-generations", type=int, default=1, metavar="N", help="generations per row (1)"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, metavar="R", help="actors per generator (1)"
+    )
+    parser.add_argument("--num-gpus", type=float, default=0, metavar="G", help="GPUs per actor (0)")
+    parser.add_argument("--num-cpus", type=float, default=1, metavar="C", help="CPUs per actor (1)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help=f"rows per engine call ({DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--id-column",
+        default="id",
+        metavar="C",
+        help="column with each row's id (id); rows without one get an id from their content",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the split across several generators")
+    parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def add_parser(commands: t.Any) -> None:
+    parser = commands.add_parser(
+        "batch",
+        help="generate for every row of a prompts file into Parquet, on Ray Data",
+        description="Generate for every row of INPUT with one or more generators on Ray "
+        "Data, writing one Parquet row per generation into the folder OUTPUT. Running "
+        "again with the same OUTPUT resumes: generations already written are skipped.",
+        epilog=EXAMPLE,
+    )
+    add_arguments(parser)
+
+
+def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
+    """Run the batch job that `args` describe; 0 when every generation succeeded, else 1."""
+    import ray
+
+    from rig_ray.batch.run import run as run_batch
+
+    started_ray = not ray.is_initialized()
+    try:
+        summary = run_batch(
+            args.input,
+            args.output,
+            address=args.address,
+            progress=not args.quiet,
+            generators=args.generators,
+            template=args.template,
+            system=args.system,
+            messages_column=args.messages_column,
+            num_generations=args.num_generations,
+            params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
+            replicas=args.replicas,
+            num_gpus=args.num_gpus,
+            num_cpus=args.num_cpus,
+            batch_size=args.batch_size,
+            id_column=args.id_column,
+            seed=args.seed,
+        )
+        _show_some(args.output)
+        print(summary.line())
+        if summary.failed:
+            print(f"rig-ray batch: {summary.failed:,} generations failed; see the error column")
+        return 1 if summary.failed else 0
+    finally:
+        if started_ray and shutdown and ray.is_initialized():
+            ray.shutdown()
+
+
+def _show_some(output: str, count: int = 3) -> None:
+    """Print the first few rows of the output's first part."""
+    import pyarrow.parquet as pq
+
+    from rig_ray.batch.output import OutputFolder
+
+    folder = OutputFolder(output)
+    parts = folder.parts()
+    if not parts:
+        return
+    columns = ["id", "generator", "text", "error"]
+    table = pq.read_table(parts[0], columns=columns, filesystem=folder.filesystem)
+    for row in table.slice(0, count).to_pylist():
+        shown = row["text"] if row["error"] is None else f"error: {row['error']}"
+        print(f"[{row['id']}] {row['generator']}: {' '.join(str(shown).split())[:200]}")

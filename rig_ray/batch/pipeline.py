@@ -1,0 +1,140 @@
+"""`generate`: a lazy Ray dataset of generations from a dataset of prompts."""
+
+from __future__ import annotations
+
+import typing as t
+import warnings
+
+from rig_ray.batch.prompts import PromptSpec
+from rig_ray.batch.stage import GenerateStage, StageConfig
+from rig_ray.cluster.options import config_payload
+from rig_ray.errors import InvalidGeneratorError
+from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.registry import get_generator
+from rig_ray.generator.rounds import check_count
+
+if t.TYPE_CHECKING:
+    import ray.data
+
+DEFAULT_BATCH_SIZE = 64
+"""Rows per engine call: enough for vLLM's and transformers' batching to pay off."""
+DEFAULT_MAX_RESTARTS = 3
+"""How often a generator actor whose process died is restarted (and its batch retried)."""
+
+
+def generate(
+    dataset: ray.data.Dataset,
+    *,
+    generator: Generator | str | None = None,
+    generators: t.Sequence[Generator | str] | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    messages_column: str | None = None,
+    num_generations: int = 1,
+    params: GenerateParams | None = None,
+    replicas: int = 1,
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    id_column: str = "id",
+    seed: int | None = None,
+    skip: t.Collection[str] | None = None,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
+) -> ray.data.Dataset:
+    """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
+
+    Each row becomes a conversation: the user message `template` with `$column` fields filled
+    from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
+    `system` message. (With neither, a `messages` column is used if there is one, else
+    `$prompt`.) Each generator runs in a pool of `replicas` Ray actors that load it once, take
+    `num_gpus` / `num_cpus` each, and make one engine call per `batch_size` rows.
+
+    With several `generators`, each row's `num_generations` are split across them by the
+    pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
+
+    The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
+    the input's columns. A row the generator fails on gets an `error` and no `text`; it never
+    stops the job. `skip` holds `done_key`s of generations not to make again (for resuming).
+    An actor whose process dies is restarted up to `max_restarts` times, its batch retried.
+    """
+    members = _members(generator, generators)
+    count = check_count(num_generations)
+    if replicas < 1:
+        raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
+    if batch_size < 1:
+        raise InvalidGeneratorError(f"batch_size must be at least 1, got {batch_size}")
+    columns = tuple(dataset.columns() or ())
+    spec = PromptSpec(
+        template=template, system=system, messages_column=messages_column, id_column=id_column
+    ).resolve(columns)
+    from ray.data import ActorPoolStrategy
+
+    done = _shared(skip)
+    # One block per engine call: results then stream out batch by batch, rather than once a
+    # whole input file (one block, however large) has been generated.
+    batches = dataset.repartition(target_num_rows_per_block=batch_size)
+    outputs = []
+    for index, member in enumerate(members):
+        config = StageConfig(
+            prompts=spec,
+            member=index,
+            members=len(members),
+            num_generations=count,
+            seed=seed,
+            params=params or GenerateParams(),
+            input_columns=columns,
+        )
+        with warnings.catch_warnings():
+            # Ray Data takes actor restart limits only as (deprecated) extra remote args.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            stage = batches.map_batches(
+                GenerateStage,
+                fn_constructor_kwargs={
+                    "payload": config_payload(member),
+                    "config": config,
+                    "done": done,
+                },
+                batch_size=batch_size,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(size=replicas),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_restarts=max_restarts,
+                max_task_retries=max_restarts,
+            )
+        outputs.append(stage)
+    first, *rest = outputs
+    return first.union(*rest) if rest else first
+
+
+def _members(
+    generator: Generator | str | None, generators: t.Sequence[Generator | str] | None
+) -> list[Generator]:
+    if (generator is None) == (generators is None):
+        raise InvalidGeneratorError("give either generator= or generators=, not both or neither")
+    chosen = [generator] if generator is not None else list(t.cast(t.Sequence, generators))
+    if not chosen:
+        raise InvalidGeneratorError("generators= is empty; give at least one")
+    members = []
+    for value in chosen:
+        member = get_generator(value) if isinstance(value, str) else value
+        if not isinstance(member, Generator):
+            raise InvalidGeneratorError(
+                f"a generator must be a Generator or an identifier string, not "
+                f"{type(value).__name__}"
+            )
+        if type(member).generate_messages is Generator.generate_messages:
+            raise InvalidGeneratorError(
+                f"{type(member).__name__} does not generate chat messages, which batch jobs use"
+            )
+        members.append(member)
+    return members
+
+
+def _shared(skip: t.Collection[str] | None) -> list[t.Any] | None:
+    """The keys to skip, put in Ray's object store once for every actor to fetch."""
+    if not skip:
+        return None
+    import ray
+
+    return [ray.put(frozenset(skip))]

@@ -1,0 +1,136 @@
+"""How a batch job turns an input row into a conversation and an id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from rig_ray.errors import BatchInputError, InvalidMessageError
+from rig_ray.message import Message, template_fields
+
+DEFAULT_PROMPT_COLUMN = "prompt"
+"""The column used as the user message when neither a template nor a messages column is given."""
+DEFAULT_MESSAGES_COLUMN = "messages"
+"""The column read as an OpenAI conversation when it exists and no template is given."""
+
+
+class PromptSpec(BaseModel):
+    """Where each row's conversation and id come from.
+
+    One of: `template` (a user message with `$column` fields), or `messages_column` (a list of
+    OpenAI-shaped messages). `system` is put first unless the conversation already starts with
+    a system message. Rows without a value in `id_column` get an id made from their content.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    template: str | None = None
+    system: str | None = None
+    messages_column: str | None = None
+    id_column: str = "id"
+
+    @field_validator("template", "system", "messages_column", "id_column")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def resolve(self, columns: t.Sequence[str]) -> PromptSpec:
+        """This spec checked against the input's `columns`, with defaults picked.
+
+        Without a template or a messages column, a `messages` column is used if there is one,
+        else `$prompt`. Raises `BatchInputError` naming any column that is missing.
+        """
+        if self.template is not None and self.messages_column is not None:
+            raise BatchInputError("give a template or a messages column, not both")
+        spec = self
+        if self.template is None and self.messages_column is None:
+            if DEFAULT_MESSAGES_COLUMN in columns:
+                spec = self.model_copy(update={"messages_column": DEFAULT_MESSAGES_COLUMN})
+            elif DEFAULT_PROMPT_COLUMN in columns:
+                spec = self.model_copy(update={"template": f"${DEFAULT_PROMPT_COLUMN}"})
+            else:
+                raise BatchInputError(
+                    "no template given and the input has neither a 'prompt' nor a 'messages' "
+                    f"column (columns: {_listed(columns)})",
+                    column=DEFAULT_PROMPT_COLUMN,
+                )
+        if spec.template is not None and not string.Template(spec.template).is_valid():
+            raise BatchInputError(
+                f"template {spec.template!r} has a '$' that starts no field: write '$$' for a "
+                "literal '$', and $name or ${name} for a column"
+            )
+        needed = (
+            template_fields(spec.template)
+            if spec.template is not None
+            else [t.cast(str, spec.messages_column)]
+        )
+        for column in needed:
+            if column not in columns:
+                what = "template field" if spec.template is not None else "messages column"
+                raise BatchInputError(
+                    f"{what} {column!r} is not a column of the input (columns: {_listed(columns)})",
+                    column=column,
+                )
+        return spec
+
+    def conversation(self, row: t.Mapping[str, t.Any]) -> list[Message]:
+        """The row's conversation; `BatchInputError` when a value it needs is null."""
+        if self.template is not None:
+            values = {}
+            for name in template_fields(self.template):
+                value = row.get(name)
+                if value is None:
+                    raise BatchInputError(f"column {name!r} is null in this row", column=name)
+                values[name] = value
+            user = Message(role="user", content=string.Template(self.template).substitute(values))
+            messages = [user]
+        else:
+            column = t.cast(str, self.messages_column)
+            raw = row.get(column)
+            if not isinstance(raw, list | tuple):
+                kind = "null" if raw is None else f"a {type(raw).__name__}"
+                raise BatchInputError(
+                    f"column {column!r} is {kind} in this row, not a list of messages",
+                    column=column,
+                )
+            if not raw:
+                raise BatchInputError(f"column {column!r} is empty in this row", column=column)
+            try:
+                messages = [Message.fit(_without_nulls(item)) for item in raw]
+            except (InvalidMessageError, ValueError, TypeError) as error:
+                raise BatchInputError(
+                    f"column {column!r} is not a list of OpenAI messages: {error}", column=column
+                ) from error
+        if self.system is not None and messages[0].role != "system":
+            messages.insert(0, Message(role="system", content=self.system))
+        return messages
+
+    def row_id(self, row: t.Mapping[str, t.Any]) -> str:
+        """The row's id: its `id_column` value as a string, else a hash of its content."""
+        value = row.get(self.id_column)
+        if value is not None:
+            return str(value)
+        return content_id(row)
+
+
+def content_id(row: t.Mapping[str, t.Any]) -> str:
+    """A stable id from a row's values: equal rows get equal ids, in any run, on any machine."""
+    canonical = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _without_nulls(item: t.Any) -> t.Any:
+    # Parquet and Arrow give every struct of a list the union of all keys, absent ones as null.
+    if isinstance(item, t.Mapping):
+        return {key: value for key, value in item.items() if value is not None}
+    return item
+
+
+def _listed(columns: t.Sequence[str]) -> str:
+    return ", ".join(columns) if columns else "none"

@@ -1,0 +1,131 @@
+"""Reading a batch job's prompts: JSONL, Parquet or CSV from a path, folder, glob or URI."""
+
+from __future__ import annotations
+
+import fnmatch
+import typing as t
+
+from rig_ray.errors import BatchInputError
+
+if t.TYPE_CHECKING:
+    import pyarrow.fs as pafs
+    import ray.data
+
+FORMATS: dict[str, str] = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".jsonl.gz": "json",
+    ".json.gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+}
+"""File endings read as input, and the format each is read as."""
+
+_GLOB_CHARS = "*?["
+
+
+def open_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a local path or URI, and the path inside it."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (ValueError, TypeError):  # a plain relative path, or one with odd characters
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    except OSError as error:  # e.g. a cloud filesystem whose credentials are missing
+        raise BatchInputError(f"cannot open {location!r}: {error}", source=location) from error
+
+
+def format_of(path: str) -> str | None:
+    """The format a file is read as, from its ending; None for files that are not input."""
+    lowered = path.lower()
+    for ending, kind in FORMATS.items():
+        if lowered.endswith(ending):
+            return kind
+    return None
+
+
+def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
+    """Every input file that `source` names: a file, a folder (searched recursively) or a glob.
+
+    Raises `BatchInputError` when nothing matches, or when the files mix formats.
+    """
+    import pyarrow.fs as pafs
+
+    filesystem, path = open_filesystem(source)
+    if any(char in path for char in _GLOB_CHARS):
+        base = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+        depth = path.count("/")  # `*` stays within one folder level, as in a shell
+        infos = _listing(filesystem, base or "/", source)
+        files = [
+            info.path
+            for info in infos
+            if info.path.count("/") == depth
+            and fnmatch.fnmatch(info.path, path)
+            and not _hidden(info.path, base)
+        ]
+    else:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise BatchInputError(f"input {source!r} does not exist", source=source)
+        if info.type == pafs.FileType.Directory:
+            files = [
+                f.path
+                for f in _listing(filesystem, path, source)
+                if format_of(f.path) and not _hidden(f.path, path)
+            ]
+        else:
+            files = [path]  # a file named outright is read, whatever its name
+    files = sorted(files)
+    if not files:
+        raise BatchInputError(
+            f"no input files in {source!r} (reading {', '.join(sorted(FORMATS))})", source=source
+        )
+    kinds = {format_of(f) for f in files}
+    if None in kinds:
+        odd = next(f for f in files if format_of(f) is None)
+        raise BatchInputError(
+            f"cannot tell the format of {odd!r}: input files end in {', '.join(sorted(FORMATS))}",
+            source=source,
+        )
+    if len(kinds) > 1:
+        raise BatchInputError(
+            f"{source!r} mixes formats ({', '.join(sorted(t.cast(set[str], kinds)))}); "
+            "give one kind of file",
+            source=source,
+        )
+    return filesystem, files
+
+
+def read_prompts(source: str, **read_args: t.Any) -> ray.data.Dataset:
+    """A lazy Ray dataset of the rows of every input file that `source` names."""
+    import ray.data
+
+    filesystem, files = input_files(source)
+    kind = format_of(files[0])
+    if kind == "parquet":
+        return ray.data.read_parquet(files, filesystem=filesystem, **read_args)
+    if kind == "csv":
+        return ray.data.read_csv(files, filesystem=filesystem, **read_args)
+    # pyarrow reads one object per line, and Ray falls back to `json.load` for an array.
+    return ray.data.read_json(files, filesystem=filesystem, **read_args)
+
+
+def _listing(filesystem: pafs.FileSystem, folder: str, source: str) -> list[pafs.FileInfo]:
+    import pyarrow.fs as pafs
+
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+    except (FileNotFoundError, OSError) as error:
+        raise BatchInputError(f"cannot list {source!r}: {error}", source=source) from error
+    return [info for info in infos if info.type == pafs.FileType.File]
+
+
+def _hidden(path: str, base: str) -> bool:
+    """Whether a file or any folder on its way from `base` is hidden (`.x`) or a by-product
+    of other tools (`_x`, like Spark's `_temporary` and `_SUCCESS`)."""
+    inside = path[len(base) :].strip("/") if path.startswith(base) else path
+    return any(part.startswith((".", "_")) for part in inside.split("/"))

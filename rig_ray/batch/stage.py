@@ -1,0 +1,149 @@
+"""The Ray Data step that runs one generator over batches of rows: `GenerateStage`.
+
+Ray Data keeps a pool of these in actors; each loads its generator once, in `__init__`, and
+turns every batch of input rows into output rows, one per generation, with one engine call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import typing as t
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from rig_ray.batch.plan import done_key, member_indices
+from rig_ray.batch.prompts import PromptSpec
+from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
+from rig_ray.cluster.actor import describe
+from rig_ray.cluster.options import restore_payload
+from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.message import Message
+
+
+class StageConfig(BaseModel):
+    """Everything a stage needs besides its generator, shipped to its actors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompts: PromptSpec
+    member: int = Field(0, ge=0)
+    """Which of `members` generators this stage runs."""
+    members: int = Field(1, ge=1)
+    num_generations: int = Field(1, ge=1)
+    seed: int | None = None
+    params: GenerateParams = Field(default_factory=GenerateParams)
+    input_columns: tuple[str, ...]
+    """The input's columns, in order, written through after the generation columns."""
+
+
+class _Pending(t.NamedTuple):
+    row: int
+    row_id: str
+    generation_index: int
+
+
+class GenerateStage:
+    """A Ray Data callable class: input rows in, one output row per generation out."""
+
+    def __init__(self, payload: bytes, config: StageConfig, done: list[t.Any] | None) -> None:
+        self._config = config
+        self._generator: Generator = restore_payload(payload)
+        self._name = describe(self._generator)
+        self._done: frozenset[str] = frozenset()
+        if done:  # [ObjectRef]: wrapped so Ray hands the ref over rather than its value
+            import ray
+
+            self._done = ray.get(done[0])
+        self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
+        self._loop = asyncio.new_event_loop()
+        self._generator.load()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        config = self._config
+        rows = batch.to_pylist()
+        pending: list[_Pending] = []
+        conversations: list[list[Message]] = []
+        failures: dict[int, str] = {}  # row -> why its prompt could not be made
+        for index, row in enumerate(rows):
+            row_id = config.prompts.row_id(row)
+            owned = member_indices(row_id, config.num_generations, config.members, config.seed)
+            todo = [g for g in owned[config.member] if done_key(row_id, g) not in self._done]
+            if not todo:
+                continue
+            try:
+                conversation = config.prompts.conversation(row)
+            except Exception as error:  # a row that cannot be read fails alone
+                failures[index] = _error_text(error)
+                conversation = []
+            for generation_index in todo:
+                pending.append(_Pending(index, row_id, generation_index))
+                if index not in failures:
+                    conversations.append(conversation)
+        results, latency = self._generate(conversations)
+        return self._output(batch, pending, failures, iter(results), latency)
+
+    def _generate(
+        self, conversations: list[list[Message]]
+    ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
+        if not conversations:
+            return [], 0.0
+        started = time.perf_counter()
+        params = [self._config.params] * len(conversations)
+        try:
+            results = self._loop.run_until_complete(
+                self._generator.generate_messages(conversations, params)
+            )
+        except Exception as error:  # the whole call failed: every item gets the error
+            results = [error] * len(conversations)
+        return results, time.perf_counter() - started
+
+    def _output(
+        self,
+        batch: pa.Table,
+        pending: list[_Pending],
+        failures: dict[int, str],
+        results: t.Iterator[GeneratedMessage | BaseException],
+        latency: float,
+    ) -> pa.Table:
+        columns: dict[str, list[t.Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
+        for item in pending:
+            result: GeneratedMessage | BaseException | None = (
+                None if item.row in failures else next(results)
+            )
+            ok = isinstance(result, GeneratedMessage)
+            usage = result.usage if isinstance(result, GeneratedMessage) else None
+            values = {
+                "id": item.row_id,
+                "generation_index": item.generation_index,
+                "generator": self._name,
+                "model": self._generator.model,
+                "text": result.message.content if isinstance(result, GeneratedMessage) else None,
+                "stop_reason": result.stop_reason if isinstance(result, GeneratedMessage) else None,
+                "input_tokens": usage.input_tokens if usage else None,
+                "output_tokens": usage.output_tokens if usage else None,
+                "latency_s": latency if result is not None else None,
+                "error": None
+                if ok
+                else failures.get(item.row) or _error_text(t.cast(BaseException, result)),
+                "metadata": _metadata(result) if isinstance(result, GeneratedMessage) else None,
+            }
+            for name, value in values.items():
+                columns[name].append(value)
+        generated = pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+        inputs = batch.take(pa.array([item.row for item in pending], type=pa.int64()))
+        for column, out in self._passthrough.items():
+            if column in inputs.column_names:
+                generated = generated.append_column(out, inputs.column(column))
+        return generated
+
+
+def _metadata(result: GeneratedMessage) -> str | None:
+    return json.dumps(result.extra, default=str, sort_keys=True) if result.extra else None
+
+
+def _error_text(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,69 @@
+"""Generators for the batch tests: one that dies, one that is slow, one that counts batches."""
+
+from __future__ import annotations
+
+import os
+import time
+import typing as t
+from pathlib import Path
+
+from tests.fakes import EchoGenerator
+
+
+class DiesOnce(EchoGenerator):
+    """Echoes; the first batch that finds no `marker` file creates it and kills the process."""
+
+    marker: str
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return await super().generate_messages(messages, params)
+
+
+class AlwaysDies(EchoGenerator):
+    """Kills its process on every batch, noting each death in `log`."""
+
+    log: str
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        with open(self.log, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        os._exit(1)
+
+
+class SlowEcho(EchoGenerator):
+    """Echoes after `seconds` per batch."""
+
+    seconds: float = 0.2
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        time.sleep(self.seconds)
+        return await super().generate_messages(messages, params)
+
+
+class Whole(EchoGenerator):
+    """Fails whole batches: `generate_messages` raises."""
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        raise RuntimeError("the engine is out of memory")
+
+
+def rows(path: Path, count: int, *, start: int = 0, **extra: t.Any) -> Path:
+    """Write `count` JSONL rows with ids `r<n>` and a `topic` to `path` (appending)."""
+    import json
+
+    with path.open("a") as out:
+        for n in range(start, start + count):
+            out.write(json.dumps({"id": f"r{n}", "topic": f"topic {n}", **extra}) + "\n")
+    return path
+
+
+def output_rows(folder: Path) -> list[dict[str, t.Any]]:
+    from rig_ray.batch import read_output
+
+    return read_output(str(folder)).to_pylist()
+
+
+__all__ = ["AlwaysDies", "DiesOnce", "SlowEcho", "Whole", "output_rows", "rows"]

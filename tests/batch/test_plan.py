@@ -1,0 +1,100 @@
+"""member_indices and done_key: who makes which generation of a row, and what is done."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from rig_ray.batch.plan import done_key, member_indices
+
+IDS = [f"row-{i}" for i in range(1000)]
+
+
+@pytest.mark.parametrize("num_generations", [1, 2, 7])
+@pytest.mark.parametrize("seed", [None, 0, 3])
+def test_one_member_makes_every_generation(num_generations: int, seed: int | None) -> None:
+    assert member_indices("r", num_generations, 1, seed) == [range(num_generations)]
+
+
+@pytest.mark.parametrize(
+    ("num_generations", "members"),
+    [(n, m) for n in range(1, 11) for m in range(2, 5)],
+)
+def test_ranges_are_contiguous_and_cover_each_index_once(
+    num_generations: int, members: int
+) -> None:
+    for row_id in IDS[:20]:
+        ranges = member_indices(row_id, num_generations, members, seed=0)
+        assert len(ranges) == members
+        assert all(r.step == 1 for r in ranges)
+        assert [r.start for r in ranges] == [0, *(r.stop for r in ranges[:-1])]
+        assert [i for r in ranges for i in r] == list(range(num_generations))
+
+
+@pytest.mark.parametrize(
+    ("num_generations", "members"),
+    [(n, m) for n in range(1, 11) for m in range(2, 5)],
+)
+def test_shares_follow_the_divide_and_remainder_rule(num_generations: int, members: int) -> None:
+    share, remainder = divmod(num_generations, members)
+    for row_id in IDS[:20]:
+        shares = [len(r) for r in member_indices(row_id, num_generations, members, seed=1)]
+        assert max(shares) - min(shares) <= 1
+        assert sorted(shares) == [share] * (members - remainder) + [share + 1] * remainder
+
+
+def test_the_same_seed_and_row_id_give_the_same_split_on_every_call() -> None:
+    for row_id in IDS[:50]:
+        first = member_indices(row_id, 5, 3, seed=11)
+        assert all(member_indices(row_id, 5, 3, seed=11) == first for _ in range(3))
+
+
+def test_the_split_is_pinned_across_processes_and_versions() -> None:
+    # Seeded from a str, so hash randomisation (PYTHONHASHSEED) must not change it.
+    assert member_indices("row-1", 3, 2, 0) == [range(0, 1), range(1, 3)]
+    assert member_indices("row-2", 5, 3, 7) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert member_indices("row-1", 5, 3, 7) == [range(0, 1), range(1, 3), range(3, 5)]
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_both_members_get_the_extra_generation_for_a_fair_share_of_ids(seed: int | None) -> None:
+    first_gets_two = sum(len(member_indices(row_id, 3, 2, seed)[0]) == 2 for row_id in IDS)
+    # Binomial(1000, 1/2): 400..600 is more than 6 standard deviations either side.
+    assert 400 <= first_gets_two <= 600
+
+
+def test_each_of_three_members_gets_the_extra_generation_about_a_third_of_the_time() -> None:
+    counts = [0, 0, 0]
+    for row_id in IDS:
+        shares = [len(r) for r in member_indices(row_id, 4, 3, seed=5)]
+        counts[shares.index(2)] += 1
+    expected = len(IDS) / 3
+    chi_square = sum((count - expected) ** 2 / expected for count in counts)
+    assert chi_square < 13.8  # the 0.1% point of chi-square with 2 degrees of freedom
+
+
+def test_a_different_seed_changes_some_splits_but_not_all() -> None:
+    changed = sum(
+        member_indices(row_id, 3, 2, seed=0) != member_indices(row_id, 3, 2, seed=1)
+        for row_id in IDS[:200]
+    )
+    assert 40 <= changed <= 160
+
+
+def test_seed_none_and_seed_zero_are_different_seeds() -> None:
+    changed = sum(
+        member_indices(row_id, 3, 2, seed=None) != member_indices(row_id, 3, 2, seed=0)
+        for row_id in IDS[:200]
+    )
+    assert changed > 0
+
+
+def test_done_key_distinguishes_every_id_and_index_pair() -> None:
+    ids = ["", "1", "10", "01", "a", "a\x1f1", "1\x1fa", "0\x1f1", "\x1f", "a|1", "a:1", "é"]
+    pairs = list(itertools.product(ids, [0, 1, 10, 11, 101]))
+    assert len({done_key(row_id, index) for row_id, index in pairs}) == len(pairs)
+
+
+def test_done_key_is_the_same_for_the_same_pair() -> None:
+    assert done_key("a\x1fb", 3) == done_key("a\x1fb", 3)

@@ -1,0 +1,261 @@
+"""PromptSpec: picking the prompt columns, building each row's conversation, and row ids."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pydantic
+import pytest
+
+from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray.errors import BatchInputError, RigRayError
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def test_resolve_prefers_a_messages_column_over_a_prompt_column() -> None:
+    spec = PromptSpec().resolve(["id", "prompt", "messages"])
+    assert spec.messages_column == "messages"
+    assert spec.template is None
+
+
+def test_resolve_uses_the_prompt_column_as_template_without_a_messages_column() -> None:
+    spec = PromptSpec().resolve(["id", "prompt"])
+    assert spec.template == "$prompt"
+    assert spec.messages_column is None
+
+
+def test_resolve_keeps_the_other_settings_when_it_picks_a_default() -> None:
+    spec = PromptSpec(system="be brief", id_column="key").resolve(["key", "prompt"])
+    assert (spec.system, spec.id_column) == ("be brief", "key")
+
+
+def test_resolve_without_prompt_or_messages_lists_the_columns() -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec().resolve(["question", "answer"])
+    assert "question, answer" in str(caught.value)
+    assert caught.value.column == "prompt"
+
+
+def test_resolve_with_no_columns_at_all_says_none() -> None:
+    with pytest.raises(BatchInputError, match=r"columns: none"):
+        PromptSpec().resolve([])
+
+
+@pytest.mark.parametrize("template", ["Q: $question", "Q: ${question}!", "$prompt and $question"])
+def test_resolve_names_a_template_field_that_is_not_a_column(template: str) -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(template=template).resolve(["prompt", "answer"])
+    assert caught.value.column == "question"
+    assert "'question'" in str(caught.value)
+    assert "prompt, answer" in str(caught.value)
+
+
+def test_resolve_names_a_missing_messages_column() -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(messages_column="chat").resolve(["messages", "prompt"])
+    assert caught.value.column == "chat"
+
+
+def test_resolve_returns_an_explicit_template_unchanged_when_its_fields_exist() -> None:
+    spec = PromptSpec(template="$a and ${b}, $$literal", system="s")
+    assert spec.resolve(["a", "b", "messages"]) == spec
+
+
+def test_resolve_rejects_a_template_and_a_messages_column_together() -> None:
+    spec = PromptSpec(template="$prompt", messages_column="messages")
+    with pytest.raises(BatchInputError, match="not both"):
+        spec.resolve(["prompt", "messages"])
+
+
+@pytest.mark.parametrize("field", ["template", "system", "messages_column", "id_column"])
+@pytest.mark.parametrize("blank", ["", "   ", "\n\t"])
+def test_blank_settings_are_rejected(field: str, blank: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="must not be empty"):
+        PromptSpec(**{field: blank})
+
+
+def test_unknown_settings_are_rejected() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        PromptSpec(tempalte="$prompt")  # type: ignore[call-arg]
+
+
+def test_resolve_rejects_a_template_with_an_invalid_placeholder() -> None:
+    with pytest.raises(BatchInputError):
+        PromptSpec(template="It costs $5: $prompt").resolve(["prompt"])
+
+
+# -- conversation from a template --------------------------------------------------------------
+
+
+def test_template_fills_plain_and_braced_fields_and_keeps_a_dollar_literal() -> None:
+    spec = PromptSpec(template="Q: $question (${lang}x) costs $$5")
+    (message,) = spec.conversation({"question": "why", "lang": "fr", "other": None})
+    assert (message.role, message.content) == ("user", "Q: why (frx) costs $5")
+
+
+def test_template_writes_non_string_values_as_text() -> None:
+    (message,) = PromptSpec(template="$n + $f").conversation({"n": 2, "f": 0.5})
+    assert message.content == "2 + 0.5"
+
+
+def test_template_accepts_an_empty_string_value() -> None:
+    (message,) = PromptSpec(template="[$prompt]").conversation({"prompt": ""})
+    assert message.content == "[]"
+
+
+@pytest.mark.parametrize("row", [{"prompt": "p", "topic": None}, {"prompt": "p"}])
+def test_template_with_a_null_or_absent_value_names_the_column(row: dict[str, t.Any]) -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(template="$prompt about $topic").conversation(row)
+    assert caught.value.column == "topic"
+    assert "'topic'" in str(caught.value)
+    assert isinstance(caught.value, RigRayError)  # what GenerateStage turns into a row error
+
+
+def test_system_goes_before_a_template_message() -> None:
+    messages = PromptSpec(template="$prompt", system="be brief").conversation({"prompt": "hi"})
+    assert [(m.role, m.content) for m in messages] == [("system", "be brief"), ("user", "hi")]
+
+
+# -- conversation from a messages column -------------------------------------------------------
+
+
+def _roles_and_contents(spec: PromptSpec, row: dict[str, t.Any]) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in spec.conversation(row)]
+
+
+def test_messages_column_reads_openai_dicts() -> None:
+    row = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+        ]
+    }
+    assert _roles_and_contents(PromptSpec(messages_column="messages"), row) == [
+        ("user", "hi"),
+        ("assistant", "hello"),
+        ("user", "bye"),
+    ]
+
+
+def test_messages_column_drops_the_null_keys_arrow_adds_to_each_struct() -> None:
+    row = {
+        "messages": [
+            {"role": "system", "content": "s", "name": None, "tool_call_id": None},
+            {"role": "user", "content": "hi", "name": "ann", "tool_call_id": None},
+        ]
+    }
+    messages = PromptSpec(messages_column="messages").conversation(row)
+    assert [(m.role, m.content, m.name) for m in messages] == [
+        ("system", "s", None),
+        ("user", "hi", "ann"),
+    ]
+
+
+def test_system_is_not_added_when_the_conversation_starts_with_one() -> None:
+    spec = PromptSpec(messages_column="messages", system="default system")
+    row = {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "hi"}]}
+    assert _roles_and_contents(spec, row) == [("system", "own"), ("user", "hi")]
+
+
+def test_system_is_put_first_when_a_system_message_comes_later() -> None:
+    spec = PromptSpec(messages_column="messages", system="first")
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}]}
+    assert _roles_and_contents(spec, row) == [
+        ("system", "first"),
+        ("user", "hi"),
+        ("system", "late"),
+    ]
+
+
+@pytest.mark.parametrize("value", [None, [], ()], ids=["null", "empty-list", "empty-tuple"])
+def test_an_empty_messages_value_names_the_column(value: t.Any) -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(messages_column="chat").conversation({"chat": value})
+    assert caught.value.column == "chat"
+
+
+def test_an_absent_messages_value_names_the_column() -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(messages_column="chat").conversation({"other": 1})
+    assert caught.value.column == "chat"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, 2],
+        [{"content": "no role"}],
+        [{"role": "wizard", "content": "x"}],
+        [{"role": "user", "content": "ok"}, None],
+        [["user", "nested list"]],
+    ],
+    ids=["ints", "no-role", "bad-role", "null-item", "nested-list"],
+)
+def test_non_message_items_are_a_batch_input_error(value: t.Any) -> None:
+    with pytest.raises(BatchInputError) as caught:
+        PromptSpec(messages_column="messages").conversation({"messages": value})
+    assert caught.value.column == "messages"
+    assert "not a list of OpenAI messages" in str(caught.value)
+
+
+def test_a_string_in_the_messages_column_is_a_batch_input_error() -> None:
+    with pytest.raises(BatchInputError):
+        PromptSpec(messages_column="messages").conversation({"messages": "hello"})
+
+
+def test_a_single_message_dict_in_the_messages_column_is_a_batch_input_error() -> None:
+    row = {"messages": {"role": "user", "content": "hi"}}
+    with pytest.raises(BatchInputError):
+        PromptSpec(messages_column="messages").conversation(row)
+
+
+def test_a_number_in_the_messages_column_is_a_batch_input_error() -> None:
+    with pytest.raises(BatchInputError):
+        PromptSpec(messages_column="messages").conversation({"messages": 5})
+
+
+# -- ids ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("abc", "abc"), (7, "7"), (0, "0")])
+def test_row_id_is_the_id_column_value_as_text(value: t.Any, expected: str) -> None:
+    assert PromptSpec().row_id({"id": value, "prompt": "p"}) == expected
+
+
+def test_row_id_reads_the_configured_id_column() -> None:
+    assert PromptSpec(id_column="key").row_id({"id": "not this", "key": "k1"}) == "k1"
+
+
+@pytest.mark.parametrize("row", [{"id": None, "prompt": "p"}, {"prompt": "p"}])
+def test_row_id_without_a_value_is_the_content_id(row: dict[str, t.Any]) -> None:
+    assert PromptSpec().row_id(row) == content_id(row)
+
+
+def test_content_id_does_not_depend_on_key_order() -> None:
+    assert content_id({"a": 1, "b": "x", "c": None}) == content_id({"c": None, "b": "x", "a": 1})
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"a": 2, "b": "x"}, {"a": 1, "b": "y"}, {"a": "1", "b": "x"}, {"a": 1, "b": "x", "c": None}],
+)
+def test_content_id_differs_when_a_value_differs(other: dict[str, t.Any]) -> None:
+    assert content_id({"a": 1, "b": "x"}) != content_id(other)
+
+
+def test_content_id_is_pinned_across_versions_and_machines() -> None:
+    # Resuming a job matches output ids against these: a change here redoes finished work.
+    assert content_id({"id": None, "prompt": "hello", "n": 3}) == "240b428f65abdaa8"
+    assert content_id({"prompt": "héllo wörld", "n": 3, "id": None}) == "bb040b63f6b52d16"
+
+
+def test_content_id_reads_nested_and_non_json_values() -> None:
+    import datetime
+
+    row = {"messages": [{"role": "user", "content": "hi"}], "day": datetime.date(2024, 1, 2)}
+    same = {"day": datetime.date(2024, 1, 2), "messages": [{"content": "hi", "role": "user"}]}
+    assert content_id(row) == content_id(same)
+    assert len(content_id(row)) == 16

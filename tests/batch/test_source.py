@@ -1,0 +1,170 @@
+"""input_files and format_of: which files a batch job's input names, and how each is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from rig_ray.batch.source import format_of, input_files
+from rig_ray.errors import BatchInputError
+
+
+def _touch(folder: Path, *names: str) -> list[str]:
+    paths = []
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"prompt": "hi"}\n')
+        paths.append(str(path))
+    return paths
+
+
+def _files(source: str) -> list[str]:
+    return input_files(source)[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a.jsonl", "json"),
+        ("a.json", "json"),
+        ("a.jsonl.gz", "json"),
+        ("a.json.gz", "json"),
+        ("A.JSONL", "json"),
+        ("a.parquet", "parquet"),
+        ("dir.v2/a.Parquet", "parquet"),
+        ("a.csv", "csv"),
+        ("a.csv.gz", "csv"),
+        ("a.txt", None),
+        ("a.gz", None),
+        ("a.parquet.bak", None),
+        ("a.jsonl.zst", None),
+        ("jsonl", None),
+    ],
+)
+def test_format_of_reads_the_ending(name: str, kind: str | None) -> None:
+    assert format_of(name) == kind
+
+
+def test_a_single_file_is_read_on_a_local_filesystem(tmp_path: Path) -> None:
+    (path,) = _touch(tmp_path, "prompts.jsonl")
+    filesystem, files = input_files(path)
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert files == [path]
+
+
+def test_a_relative_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (path,) = _touch(tmp_path, "data/prompts.csv")
+    monkeypatch.chdir(tmp_path)
+    assert _files("data/prompts.csv") == [path]
+    assert _files("data") == [path]
+
+
+def test_a_folder_is_searched_recursively_and_sorted(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "b.jsonl", "a.jsonl", "sub/c.jsonl.gz", "sub/deeper/d.json")
+    assert _files(str(tmp_path)) == sorted(expected)
+
+
+def test_a_folder_skips_hidden_files_and_files_that_are_not_input(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "a.parquet", "sub/b.parquet")
+    _touch(tmp_path, ".a.parquet", "_SUCCESS", "_b.parquet", "sub/.c.parquet", "README.md")
+    assert _files(str(tmp_path)) == sorted(expected)
+
+
+def test_a_folder_skips_files_inside_hidden_folders(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "a.jsonl")
+    _touch(tmp_path, ".cache/b.jsonl", "_temporary/0/c.jsonl")
+    assert _files(str(tmp_path)) == expected
+
+
+def test_a_file_named_explicitly_is_read_even_with_a_leading_underscore(tmp_path: Path) -> None:
+    (path,) = _touch(tmp_path, "_train.jsonl")
+    assert _files(path) == [path]
+
+
+def test_a_glob_matches_files_by_pattern(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "part-1.jsonl", "part-2.jsonl")
+    _touch(tmp_path, "other.jsonl", "part-3.csv", ".part-4.jsonl")
+    assert _files(str(tmp_path / "part-*.jsonl")) == sorted(expected)
+
+
+def test_a_glob_in_a_folder_name_matches_files_below_it(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "day-1/a.csv", "day-2/b.csv")
+    _touch(tmp_path, "night-1/c.csv")
+    assert _files(str(tmp_path / "day-?/*.csv")) == sorted(expected)
+
+
+def test_a_glob_star_does_not_reach_into_subfolders(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "a.jsonl")
+    _touch(tmp_path, "sub/b.jsonl")
+    assert _files(str(tmp_path / "*.jsonl")) == expected
+
+
+def test_a_glob_that_matches_nothing_is_a_batch_input_error(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.jsonl")
+    source = str(tmp_path / "*.parquet")
+    with pytest.raises(BatchInputError, match="no input files") as caught:
+        input_files(source)
+    assert caught.value.source == source
+
+
+def test_a_file_uri_is_read_on_the_local_filesystem(tmp_path: Path) -> None:
+    (path,) = _touch(tmp_path, "prompts.parquet")
+    filesystem, files = input_files(Path(path).as_uri())
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert files == [path]
+
+
+def test_a_file_uri_of_a_folder_lists_it(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "a.csv", "b.csv")
+    assert _files(tmp_path.as_uri()) == sorted(expected)
+
+
+def test_a_path_that_does_not_exist_is_a_batch_input_error(tmp_path: Path) -> None:
+    source = str(tmp_path / "missing.jsonl")
+    with pytest.raises(BatchInputError, match="does not exist") as caught:
+        input_files(source)
+    assert caught.value.source == source
+
+
+def test_an_empty_folder_is_a_batch_input_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    source = str(tmp_path / "empty")
+    with pytest.raises(BatchInputError, match="no input files") as caught:
+        input_files(source)
+    assert caught.value.source == source
+
+
+def test_a_folder_of_only_other_files_is_a_batch_input_error(tmp_path: Path) -> None:
+    _touch(tmp_path, "notes.txt", ".hidden.jsonl")
+    with pytest.raises(BatchInputError, match="no input files"):
+        input_files(str(tmp_path))
+
+
+def test_mixed_formats_are_a_batch_input_error(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.jsonl", "b.parquet")
+    with pytest.raises(BatchInputError, match="mixes formats") as caught:
+        input_files(str(tmp_path))
+    assert "json, parquet" in str(caught.value)
+    assert caught.value.source == str(tmp_path)
+
+
+def test_json_and_jsonl_files_count_as_one_format(tmp_path: Path) -> None:
+    expected = _touch(tmp_path, "a.json", "b.jsonl", "c.jsonl.gz")
+    assert _files(str(tmp_path)) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", ["prompts.txt", "prompts.jsonl.zst"])
+def test_a_file_with_an_unknown_ending_is_a_batch_input_error(tmp_path: Path, name: str) -> None:
+    (path,) = _touch(tmp_path, name)
+    with pytest.raises(BatchInputError, match="cannot tell the format") as caught:
+        input_files(path)
+    assert name in str(caught.value)
+
+
+def test_a_glob_that_matches_an_unknown_ending_is_a_batch_input_error(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.jsonl", "a.txt")
+    with pytest.raises(BatchInputError, match="cannot tell the format"):
+        input_files(str(tmp_path / "a.*"))
