@@ -12,10 +12,15 @@ from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch.output import OutputFolder
 from rig_ray.batch.pipeline import generate
+from rig_ray.batch.plan import pending_generations
 from rig_ray.batch.progress import Progress
+from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.registry import get_generator
+
+if t.TYPE_CHECKING:
+    import ray.data
 
 DEFAULT_ROWS_PER_PART = 10_000
 DEFAULT_SECONDS_PER_PART = 30.0
@@ -33,7 +38,7 @@ class BatchSummary(BaseModel):
     generations_written: int
     """Rows (one per generation) this run wrote, failed ones included."""
     skipped: int
-    """Generations already in the output from earlier runs, not made again."""
+    """Generations of these rows already in the output from earlier runs, not made again."""
     failed: int
     """Generations written with an error."""
     input_tokens: int
@@ -109,16 +114,20 @@ def _run(
 ) -> BatchSummary:
     folder = OutputFolder(output)
     dataset = read_prompts(source)
-    try:
-        rows_in = dataset.count()
-    except Exception as error:
-        raise BatchInputError(f"cannot read {source!r}: {_cause(error)}", source=source) from error
     done = folder.done_keys()
-    generations = generate(dataset, skip=done, **options)
-    expected = rows_in * int(options.get("num_generations", 1))
-    meter = Progress(max(expected - len(done), 0), every_s=progress_every_s if progress else -1)
+    try:
+        generations = generate(dataset, skip=done, **options)  # lazy: checks the columns
+        rows_in, pending = _count(dataset, done, options)
+    except RigRayError:
+        raise
+    except Exception as error:  # the input itself could not be read
+        raise BatchInputError(f"cannot read {source!r}: {_cause(error)}", source=source) from error
+    skipped = rows_in * int(options.get("num_generations", 1)) - pending
+    meter = Progress(pending, every_s=progress_every_s if progress else -1)
     writer = folder.writer(rows_per_part=rows_per_part, seconds_per_part=seconds_per_part)
     input_tokens = 0
+    if pending == 0:  # all done already: no model is loaded at all
+        return _summary(output, rows_in, skipped, meter, input_tokens, writer.written)
     try:
         for batch in generations.iter_batches(batch_size=None, batch_format="pyarrow"):
             table = t.cast(pa.Table, batch)
@@ -137,16 +146,49 @@ def _run(
     finally:
         writer.flush()
     meter.finish()
+    return _summary(output, rows_in, skipped, meter, input_tokens, writer.written)
+
+
+def _count(
+    dataset: ray.data.Dataset, done: frozenset[str], options: dict[str, t.Any]
+) -> tuple[int, int]:
+    """Input rows, and the generations of them not in the output yet.
+
+    Without earlier output every generation is pending, and counting rows is cheap (Parquet
+    footers); with some, the driver streams through the rows' ids once.
+    """
+    num_generations = int(options.get("num_generations", 1))
+    if not done:
+        rows_in = dataset.count()
+        return rows_in, rows_in * num_generations
+    spec = PromptSpec(id_column=options.get("id_column", "id"))
+    members = len(options.get("generators") or [None])
+    rows_in = pending = 0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        ids = [spec.row_id(row) for row in t.cast(pa.Table, batch).to_pylist()]
+        rows_in += len(ids)
+        pending += pending_generations(ids, num_generations, members, options.get("seed"), done)
+    return rows_in, pending
+
+
+def _summary(
+    output: str,
+    rows_in: int,
+    skipped: int,
+    meter: Progress,
+    input_tokens: int,
+    parts: list[str],
+) -> BatchSummary:
     return BatchSummary(
         output=output,
         rows_in=rows_in,
         generations_written=meter.rows,
-        skipped=len(done),
+        skipped=skipped,
         failed=meter.failed,
         input_tokens=input_tokens,
         output_tokens=meter.output_tokens,
         wall_s=meter.elapsed_s,
-        parts=list(writer.written),
+        parts=list(parts),
     )
 
 

@@ -16,7 +16,7 @@ from rig_ray import GenerateParams
 from rig_ray.batch import OUTPUT_COLUMNS, generate, run
 from rig_ray.batch.plan import member_indices
 from rig_ray.errors import BatchInputError, UnknownProviderError
-from tests.batch.members import Whole, output_rows, rows
+from tests.batch.members import AlwaysDies, Whole, output_rows, rows
 from tests.fakes import CallbackGenerator, EchoGenerator, FailingGenerator, FixedGenerator
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -189,8 +189,18 @@ def test_resume_makes_only_what_is_missing(tmp_path: Path) -> None:
     assert (second.skipped, second.generations_written) == (4, 8)
     keys = [(r["id"], r["generation_index"]) for r in output_rows(out)]
     assert sorted(keys) == [(f"r{n}", g) for n in range(6) for g in range(2)]
-    third = run(str(source), str(out), generator=echo, template="$topic", num_generations=2, **FAST)
+    # all done: nothing is generated, so even an engine that would die is never called
+    deaths = tmp_path / "deaths"
+    third = run(
+        str(source),
+        str(out),
+        generator=AlwaysDies(model="x", log=str(deaths)),
+        template="$topic",
+        num_generations=2,
+        **FAST,
+    )
     assert (third.generations_written, third.skipped, third.parts) == (0, 12, [])
+    assert not deaths.exists()
 
 
 def test_generate_is_a_lazy_dataset_that_composes(tmp_path: Path) -> None:
