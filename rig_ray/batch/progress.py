@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 import typing as t
 
@@ -10,7 +12,8 @@ import typing as t
 class Progress:
     """Counts written rows and prints a progress line every `every_s` seconds.
 
-    Nothing is printed for jobs that end within the first interval.
+    Lines come as rows arrive and, inside `ticking()`, also while none do (a model loading, a
+    slow first batch). Nothing is printed for jobs that end within the first interval.
     """
 
     def __init__(
@@ -25,15 +28,40 @@ class Progress:
         self._started = time.monotonic()
         self._last_print = self._started
         self._printed_rows: int | None = None  # rows at the last line printed, if any
+        self._lock = threading.Lock()
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started
 
     def add(self, rows: int, failed: int, output_tokens: int) -> None:
-        self.rows += rows
-        self.failed += failed
-        self.output_tokens += output_tokens
+        with self._lock:
+            self.rows += rows
+            self.failed += failed
+            self.output_tokens += output_tokens
+        self._maybe_print()
+
+    @contextlib.contextmanager
+    def ticking(self) -> t.Iterator[None]:
+        """Print due lines from a background thread too, while the block runs."""
+        if self._every_s < 0:
+            yield
+            return
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(min(1.0, max(self._every_s, 0.01))):
+                self._maybe_print()
+
+        ticker = threading.Thread(target=tick, name="rig_ray-progress", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+
+    def _maybe_print(self) -> None:
         if self._every_s >= 0 and time.monotonic() - self._last_print >= self._every_s:
             self.print_line()
 
@@ -59,9 +87,10 @@ class Progress:
             self.print_line()
 
     def print_line(self) -> None:
-        print(self.line(), file=self._stream or sys.stderr, flush=True)
-        self._last_print = time.monotonic()
-        self._printed_rows = self.rows
+        with self._lock:
+            print(self.line(), file=self._stream or sys.stderr, flush=True)
+            self._last_print = time.monotonic()
+            self._printed_rows = self.rows
 
 
 def _duration(seconds: float) -> str:

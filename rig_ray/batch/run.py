@@ -129,13 +129,14 @@ def _run(
     if pending == 0:  # all done already: no model is loaded at all
         return _summary(output, rows_in, skipped, meter, input_tokens, writer.written)
     try:
-        for batch in generations.iter_batches(batch_size=None, batch_format="pyarrow"):
-            table = t.cast(pa.Table, batch)
-            failed = table.num_rows - pc.count(table.column("error"), mode="only_null").as_py()
-            tokens = pc.sum(table.column("output_tokens")).as_py() or 0
-            input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
-            writer.add(table)
-            meter.add(table.num_rows, failed, tokens)
+        with meter.ticking():
+            for batch in generations.iter_batches(batch_size=None, batch_format="pyarrow"):
+                table = t.cast(pa.Table, batch)
+                nulls = pc.count(table.column("error"), mode="only_null").as_py()
+                tokens = pc.sum(table.column("output_tokens")).as_py() or 0
+                input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
+                writer.add(table)
+                meter.add(table.num_rows, table.num_rows - nulls, tokens)
     except RigRayError:
         raise
     except Exception as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import types
 
 import pytest
@@ -196,3 +197,20 @@ def test_lines_go_to_stderr_without_a_stream(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("rig-ray batch: 1/2 rows")
+
+
+def test_ticking_prints_while_no_rows_arrive() -> None:
+    stream = io.StringIO()
+    meter = Progress(10, every_s=0.05, stream=stream)
+    with meter.ticking():
+        time.sleep(0.4)  # e.g. a model loading before the first batch
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 2
+    assert lines[0].startswith("rig-ray batch: 0/10 rows")
+
+
+def test_ticking_is_silent_when_progress_is_off() -> None:
+    stream = io.StringIO()
+    with Progress(10, every_s=-1, stream=stream).ticking():
+        time.sleep(0.1)
+    assert stream.getvalue() == ""
