@@ -21,6 +21,7 @@ from rig_ray.generator import (
     registered_providers,
 )
 from rig_ray.message import Message
+from rig_ray.serve import cli as serve_cli
 
 DEMO_GENERATOR = f"transformers!{DEFAULT_MODEL},temperature=0,max_tokens=48"
 DEMO_PROMPTS = (
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
 
     batch_cli.add_parser(commands)
+    serve_cli.add_parser(commands)
 
     commands.add_parser(
         "demo", help=f"answer a few prompts with the embedded model ({DEMO_GENERATOR})"
@@ -111,6 +113,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             )
         if args.command == "batch":
             return batch_cli.run(args)
+        if args.command == "serve":
+            return serve_cli.run(args)
         if args.command == "demo":
             return _run_generate(DEMO_GENERATOR, DEMO_PROMPTS)
         if args.command == "model-path":

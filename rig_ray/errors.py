@@ -153,3 +153,36 @@ class BatchInputError(RigRayError, ValueError):
         self.column = column
         super().__init__(message)
 
+
+class ServeConfigError(RigRayError, ValueError):
+    """A Ray Serve app could not be built from the given generators (none, two served under
+    one name, a list of names that does not match them); `field` names the setting at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        self.field = field
+        super().__init__(message)
+
+
+class ServeRequestError(RigRayError):
+    """A request to the OpenAI-compatible endpoint failed; the fields fill its HTTP reply.
+
+    `status_code` is the HTTP status; `error_type`, `code` and `param` are the OpenAI error
+    body's fields; `retry_after_s` (overload) becomes a Retry-After header.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        self.status_code = status_code
+        self.error_type = error_type
+        self.code = code
+        self.param = param
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

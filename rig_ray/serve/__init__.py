@@ -1,0 +1,31 @@
+"""An OpenAI-compatible endpoint on Ray Serve: one deployment per generator, requests batched.
+
+    from ray import serve
+    from rig_ray.serve import APP_NAME, build_app
+
+    serve.run(build_app("transformers!smollm2-135m,max_tokens=64"), name=APP_NAME)
+
+Importing this package is light: Ray Serve, FastAPI and the engines load when an app is built
+or a replica starts.
+"""
+
+from rig_ray.serve.app import (
+    API_KEY_ENV,
+    APP_NAME,
+    INGRESS_NAME,
+    ServedModel,
+    build_app,
+    deployment_name,
+)
+from rig_ray.serve.config import AppArgs, app_builder
+
+__all__ = [
+    "API_KEY_ENV",
+    "APP_NAME",
+    "INGRESS_NAME",
+    "AppArgs",
+    "ServedModel",
+    "app_builder",
+    "build_app",
+    "deployment_name",
+]

@@ -1,0 +1,230 @@
+"""`build_app`: a Ray Serve application with one deployment per generator behind one
+OpenAI-compatible ingress."""
+
+from __future__ import annotations
+
+import os
+import re
+import typing as t
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rig_ray.errors import InvalidGeneratorError, ServeConfigError
+from rig_ray.generator.base import Generator
+from rig_ray.generator.registry import get_generator
+
+if t.TYPE_CHECKING:
+    from ray.serve import Application, Deployment
+
+APP_NAME = "rig_ray"
+"""The Serve application name that `rig-ray serve` and jobs/serve_config.yaml use."""
+INGRESS_NAME = "OpenAIIngress"
+"""The name of the ingress deployment."""
+API_KEY_ENV = "RIG_RAY_API_KEY"
+"""The environment variable read for the API key when `api_key` is not given."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def short_name(generator: Generator) -> str:
+    """The name a generator is served under by default: the last part of its model path."""
+    return PurePosixPath(generator.model.rstrip("/")).name or generator.model
+
+
+def deployment_name(model_name: str) -> str:
+    """The Serve deployment of a served model: its name with characters outside letters,
+    digits, `_`, `.` and `-` replaced by `_` (`serve.get_deployment_handle` takes it)."""
+    return _UNSAFE.sub("_", model_name)
+
+
+def _to_generator(value: Generator | str) -> Generator:
+    from rig_ray.cluster.actor import RemoteGenerator
+
+    if isinstance(value, RemoteGenerator):
+        raise InvalidGeneratorError(
+            "this generator already runs in an actor; pass its config (or identifier) instead"
+        )
+    if isinstance(value, Generator):
+        return value
+    if isinstance(value, str):
+        return get_generator(value)
+    raise InvalidGeneratorError(
+        f"expected a Generator or an identifier string, not {type(value).__name__}"
+    )
+
+
+class ServedModel(BaseModel):
+    """One generator behind the endpoint and how its deployment runs.
+
+    Only the generator's config travels: each replica builds and loads its own engine.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    generator: Generator
+    """The generator (an identifier string is turned into one)."""
+    name: str | None = Field(None, min_length=1)
+    """The model name clients send; unset: the last part of the generator's model path."""
+    num_replicas: int | None = Field(None, ge=1)
+    """Fixed number of replicas (unset: 1, or autoscaling when `autoscaling_config` is set)."""
+    autoscaling_config: dict[str, t.Any] | None = None
+    """Serve autoscaling (min_replicas, max_replicas, target_ongoing_requests, ...)."""
+    ray_actor_options: dict[str, t.Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    """Resources of each replica: num_cpus, num_gpus, accelerator_type, resources, ..."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Requests a replica takes at once; keep it >= max_batch_size so batches can fill."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests waiting for a replica before new ones get 503/429 (-1: no limit)."""
+    max_batch_size: int = Field(32, ge=1)
+    """Most items (requests x n) in one generate call; 1 turns batching off."""
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    """Longest wait for more requests once the first of a batch arrived (requests that arrive
+    while the engine is busy join its next call in any case)."""
+    max_concurrent_batches: int = Field(1, ge=1)
+    """Generate calls a replica runs at once (raise it for remote APIs, not local engines)."""
+    overload_status: t.Literal[429, 503] = 503
+    """The status of a request turned away because the queue is full."""
+    retry_after_s: float = Field(1.0, ge=0)
+    """The Retry-After of that reply, in seconds."""
+    max_tokens_limit: int | None = Field(4096, ge=1)
+    """Most tokens a request may ask for (None: no limit)."""
+
+    @field_validator("generator", mode="before")
+    @classmethod
+    def _build_generator(cls, value: t.Any) -> t.Any:
+        return _to_generator(value) if isinstance(value, str) else value
+
+    @field_validator("generator")
+    @classmethod
+    def _not_remote(cls, value: Generator) -> Generator:
+        return _to_generator(value)
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> t.Self:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.name or short_name(self.generator)
+
+    def deployment_options(self) -> dict[str, t.Any]:
+        """Keyword arguments of the deployment's `.options()`."""
+        options: dict[str, t.Any] = {
+            "name": deployment_name(self.served_name),
+            "ray_actor_options": dict(self.ray_actor_options),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "backpressure_config": {
+                "status_code": self.overload_status,
+                "retry_after_s": self.retry_after_s,
+            },
+            "user_config": {
+                "max_batch_size": self.max_batch_size,
+                "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            },
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = dict(self.autoscaling_config)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+ModelLike = Generator | str | ServedModel
+
+
+def served_models(
+    generators: ModelLike | t.Sequence[ModelLike],
+    *,
+    name: str | t.Sequence[str] | None = None,
+    **options: t.Any,
+) -> list[ServedModel]:
+    """`generators` as ServedModels: plain generators and identifiers take `options`, and
+    `name` (one per generator) when given; a ServedModel keeps its own settings."""
+    if isinstance(generators, t.Sequence) and not isinstance(generators, str):
+        items: list[ModelLike] = list(generators)
+    else:  # one generator (or something else, which _to_generator turns away)
+        items = [t.cast(ModelLike, generators)]
+    if not items:
+        raise ServeConfigError("give at least one generator", field="generators")
+    names: list[str | None] = [None] * len(items)
+    if name is not None:
+        names = [name] if isinstance(name, str) else list(name)
+        if len(names) != len(items):
+            raise ServeConfigError(
+                f"got {len(names)} names for {len(items)} generators; give one each",
+                field="name",
+            )
+    served = []
+    for item, item_name in zip(items, names, strict=True):
+        if isinstance(item, ServedModel):
+            served.append(
+                item if item_name is None else item.model_copy(update={"name": item_name})
+            )
+        else:
+            served.append(ServedModel(generator=_to_generator(item), name=item_name, **options))
+    _check_names(served)
+    return served
+
+
+def _check_names(served: list[ServedModel]) -> None:
+    seen: dict[str, str] = {}
+    for model in served:
+        deployment = deployment_name(model.served_name)
+        if deployment == INGRESS_NAME:
+            raise ServeConfigError(f"the name {INGRESS_NAME!r} is reserved", field="name")
+        if deployment in seen:
+            raise ServeConfigError(
+                f"two generators would be served as {model.served_name!r} (and "
+                f"{seen[deployment]!r}); give each its own name=",
+                field="name",
+            )
+        seen[deployment] = model.served_name
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """`api_key`, else $RIG_RAY_API_KEY; empty means none."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return key or None
+
+
+def build_app(
+    generators: ModelLike | t.Sequence[ModelLike],
+    *,
+    name: str | t.Sequence[str] | None = None,
+    api_key: str | None = None,
+    ingress_options: dict[str, t.Any] | None = None,
+    **options: t.Any,
+) -> Application:
+    """A Serve application: one deployment per generator, behind an OpenAI-compatible ingress.
+
+    `generators`: Generators, identifier strings or ServedModels. `options` are ServedModel
+    settings (num_replicas, autoscaling_config, ray_actor_options, max_ongoing_requests,
+    max_queued_requests, max_batch_size, batch_wait_timeout_s, ...) for every generator given
+    without its own ServedModel. `api_key` (else $RIG_RAY_API_KEY) turns on bearer-token auth;
+    only its SHA-256 reaches the cluster. `ingress_options` go to the ingress's `.options()`.
+    Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
+    """
+    from rig_ray.cluster.options import config_payload
+    from rig_ray.serve.deployment import GeneratorDeployment
+    from rig_ray.serve.ingress import ModelRoute, OpenAIIngress, key_digest
+
+    served = served_models(generators, name=name, **options)
+    replica = t.cast("Deployment", GeneratorDeployment)  # what @serve.deployment made of it
+    routes = {}
+    for model in served:
+        bound = replica.options(**model.deployment_options()).bind(
+            config_payload(model.generator), model.served_name, model.max_concurrent_batches
+        )
+        routes[model.served_name] = ModelRoute(bound, model.max_tokens_limit)
+    key = resolve_api_key(api_key)
+    ingress: dict[str, t.Any] = {"name": INGRESS_NAME, "ray_actor_options": {"num_cpus": 0}}
+    ingress.update(ingress_options or {})
+    return (
+        t.cast("Deployment", OpenAIIngress)
+        .options(**ingress)
+        .bind(routes, key_digest(key) if key else None)
+    )

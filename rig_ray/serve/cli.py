@@ -1,0 +1,262 @@
+"""`rig-ray serve`: run the OpenAI-compatible endpoint until SIGTERM or Ctrl-C.
+
+Also runnable as `python -m rig_ray.serve.cli --generator ID ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import typing as t
+
+from pydantic import ValidationError
+
+from rig_ray.errors import RigRayError
+from rig_ray.serve.app import API_KEY_ENV, APP_NAME, ServedModel, build_app, served_models
+
+DESCRIPTION = """\
+Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one deployment per
+generator, concurrent requests batched into one generate call.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
+Set RIG_RAY_API_KEY to require 'Authorization: Bearer <key>' on every route but /health.
+Runs until SIGTERM or Ctrl-C, then shuts Serve (and the Ray it started) down.
+"""
+
+EXAMPLES = """\
+examples:
+  rig-ray serve --generator 'transformers!smollm2-135m,max_tokens=256'
+  rig-ray serve -g 'vllm!/models/llama-3-8b' --name llama-3-8b --num-gpus 1 --replicas 2
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT."""
+
+
+def _default(field: str) -> t.Any:
+    return ServedModel.model_fields[field].default
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `serve` subcommand to the `rig-ray` parser."""
+    parser = commands.add_parser(
+        "serve",
+        help="serve generators as an OpenAI-compatible HTTP endpoint on Ray Serve",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-g",
+        "--generator",
+        dest="generators",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="generator identifier to serve; repeat for several models",
+    )
+    parser.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="NAME",
+        help="model name clients send, one per --generator in order "
+        "(default: the last part of the model path)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, metavar="P", help="HTTP port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="R",
+        help="replicas per model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=float,
+        default=1,
+        metavar="C",
+        help="CPUs per replica (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per replica (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=_default("max_batch_size"),
+        metavar="N",
+        help="most requests (x n) in one generate call; 1: no batching (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-wait-timeout-s",
+        type=float,
+        default=_default("batch_wait_timeout_s"),
+        metavar="S",
+        help="longest wait for a batch to fill, in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=_default("max_ongoing_requests"),
+        metavar="N",
+        help="requests a replica takes at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=_default("max_queued_requests"),
+        metavar="N",
+        help="requests waiting before new ones get 503 with Retry-After; "
+        "-1: no limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=_default("max_tokens_limit"),
+        metavar="N",
+        help="most tokens a request may ask for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or "local",
+        help="Ray cluster to run on: 'local' starts a Ray of its own, 'auto' joins the running "
+        "one (default: $RAY_ADDRESS, else local)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `rig-ray serve` until SIGTERM / SIGINT: 0 after a clean stop, 2 for bad input, 1
+    when the app fails to start."""
+    from rig_ray.cli import _one_line
+
+    try:  # everything that can be checked before Ray starts
+        served = served_models(args.generators, name=args.names, **_options(args))
+        app = build_app(served, api_key=os.environ.get(API_KEY_ENV))
+        if args.address == "local":
+            _check_port(args.host, args.port)
+    except (RigRayError, ValidationError, OSError) as error:
+        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    owns_cluster = args.address == "local"
+    status = 0
+    try:
+        _start(app, args)
+        names = ", ".join(model.served_name for model in served)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"rig-ray: serving {names} at http://{host}:{args.port}/v1", flush=True)
+        print("rig-ray: SIGTERM or Ctrl-C stops it", flush=True)
+        while True:
+            time.sleep(3600)
+    except _Stop:
+        print("rig-ray: stopping", flush=True)
+    except Exception as error:  # the app did not start (a model that fails to load, ...)
+        print(f"rig-ray: error: {_deploy_failure() or _one_line(error)}", file=sys.stderr)
+        status = 1
+    finally:
+        for sig in previous:  # a second signal must not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
+        _stop(owns_cluster)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
+
+
+def _raise_stop(signum: int, frame: t.Any) -> None:
+    raise _Stop
+
+
+def _options(args: argparse.Namespace) -> dict[str, t.Any]:
+    actor: dict[str, t.Any] = {"num_cpus": args.num_cpus}
+    if args.num_gpus:
+        actor["num_gpus"] = args.num_gpus
+    return {
+        "num_replicas": args.replicas,
+        "ray_actor_options": actor,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "max_queued_requests": args.max_queued_requests,
+        "max_tokens_limit": args.max_tokens_limit,
+    }
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _start(app: t.Any, args: argparse.Namespace) -> None:
+    """Start (or join) Ray, start Serve on the host and port, and run the app."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+
+
+def _deploy_failure() -> str | None:
+    """Why a model's deployment failed: the last line of its replicas' error, which names
+    the exception (e.g. a model that cannot be loaded)."""
+    try:
+        from ray import serve
+
+        app = serve.status().applications.get(APP_NAME)
+        for name, deployment in app.deployments.items() if app else []:
+            lines = [line.strip() for line in str(deployment.message).splitlines() if line.strip()]
+            if getattr(deployment.status, "value", deployment.status) == "DEPLOY_FAILED" and lines:
+                return f"deployment {name!r} failed to start: {lines[-1]}"
+    except Exception:  # only an explanation: the original error is printed instead
+        return None
+    return None
+
+
+def _stop(owns_cluster: bool) -> None:
+    """Take the app down: all of Serve and Ray when this process started them, else only the
+    app (other apps on a shared cluster keep running)."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        if owns_cluster:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+
+
+def main(argv: t.Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rig-ray")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Serve fixtures: one local Ray + Serve for the tests/serve package, and the test app on it."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests.serve.support import KEY, SMOL, Endpoint, free_port
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+FAKE_CPU = {"num_cpus": 0.1}
+
+
+@pytest.fixture(scope="package")
+def local_serve() -> t.Iterator[int]:
+    """A local Ray (2 CPUs, never someone else's cluster) with Serve's HTTP proxy on a free
+    port of 127.0.0.1; yields the port. Serve and Ray are shut down when the package ends."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="package")
+def endpoint(local_serve: int, smollm2_path: Path) -> t.Iterator[Endpoint]:
+    """The test app: the embedded model (`smollm2-135m`, 1 CPU) and fakes (0.1 CPU each):
+    `echo` (fails items containing FAIL), `params` (replies with its params as JSON),
+    `chat-only`, and `slow` (1.5 s a request, one at a time, a queue of one)."""
+    from ray import serve
+
+    from rig_ray.generator import registry
+    from rig_ray.serve import APP_NAME, ServedModel, build_app
+    from tests.fakes import CallbackGenerator, FailingGenerator
+    from tests.serve.generators import ChatOnlyGenerator, SlowGenerator, params_as_json
+
+    saved = dict(registry._providers)
+    registry.register_generator("failing", FailingGenerator)  # travels with the payload
+    models = [
+        ServedModel(
+            generator=f"transformers!{SMOL},max_tokens=16,temperature=0",
+            ray_actor_options={"num_cpus": 1},
+        ),
+        ServedModel(generator="failing!echo", ray_actor_options=FAKE_CPU),
+        ServedModel(
+            generator=CallbackGenerator(model="params", callback=params_as_json),
+            ray_actor_options=FAKE_CPU,
+        ),
+        ServedModel(generator=ChatOnlyGenerator(model="chat-only"), ray_actor_options=FAKE_CPU),
+        ServedModel(
+            generator=SlowGenerator(model="slow", delay=1.5),
+            ray_actor_options=FAKE_CPU,
+            max_ongoing_requests=1,
+            max_queued_requests=1,
+            max_batch_size=1,
+        ),
+    ]
+    try:
+        serve.run(build_app(models, api_key=KEY), name=APP_NAME, route_prefix="/")
+        yield Endpoint(local_serve)
+    finally:
+        registry._providers.clear()
+        registry._providers.update(saved)

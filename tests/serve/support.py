@@ -1,0 +1,53 @@
+"""What the endpoint tests share: the API key, model names, clients and request bodies."""
+
+from __future__ import annotations
+
+import socket
+import typing as t
+
+import httpx
+import openai
+
+KEY = "test-key-123"
+"""The API key of the test app."""
+SMOL = "smollm2-135m"
+"""The embedded model's served name."""
+TIMEOUT = 300.0
+"""Seconds a request may take: the machine may be busy with other Ray tests."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Endpoint(t.NamedTuple):
+    """The running test app, on 127.0.0.1:port."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, api_key: str | None = KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+
+    def async_client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=TIMEOUT)
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=KEY, max_retries=0, timeout=TIMEOUT
+        )
+
+
+def chat_body(content: str = "hi", model: str = "echo", **fields: t.Any) -> dict[str, t.Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **fields}

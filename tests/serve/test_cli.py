@@ -1,0 +1,195 @@
+"""`rig-ray serve`: its help, bad input (one line, status 2, no Ray started), and the real
+command in a subprocess that serves, answers, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from rig_ray.serve import cli
+from tests.serve.support import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+# A LiteLLM generator loads nothing, so the command is up as soon as Serve is.
+REMOTE = "openai/upstream,api_base=http://127.0.0.1:9/v1"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rig-ray")
+    cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        parse(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--generator", "--name", "--host", "--port", "--replicas", "--num-cpus", "--num-gpus",
+        "--max-batch-size", "--batch-wait-timeout-s", "--max-ongoing-requests",
+        "--max-queued-requests", "--max-tokens-limit", "--address", "RIG_RAY_API_KEY",
+        "/v1/chat/completions", "SIGTERM",
+    ):  # fmt: skip
+        assert flag in out, flag
+
+
+def test_options_reach_the_served_models() -> None:
+    args = parse(["-g", "vllm!m", "--num-gpus", "1", "--replicas", "2", "--max-batch-size", "8"])
+    [model] = cli.served_models(args.generators, name=args.names, **cli._options(args))
+    assert model.ray_actor_options == {"num_cpus": 1, "num_gpus": 1}
+    assert (model.num_replicas, model.max_batch_size) == (2, 8)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-g", "nope!m"], "unknown provider 'nope'"),
+        (["-g", "vllm!m,tempurature=1"], "did you mean 'temperature'"),
+        (["-g", "vllm!m", "-g", "transformers!m"], "own name"),
+        (["-g", "vllm!m", "--name", "a", "--name", "b"], "2 names for 1 generators"),
+        (["-g", "vllm!m", "--max-batch-size", "0"], "max_batch_size"),
+        (["-g", "vllm!m", "--replicas", "0"], "num_replicas"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setattr(cli, "_start", lambda *args: pytest.fail("Ray must not start"))
+    assert cli.run(parse(argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("rig-ray: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = parse(["-g", REMOTE, "--port", str(port), "--address", "local"])
+        assert cli.run(args) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def start(command: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Start `command` in the repo root with its output in `log` (a pipe could fill up)."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    environment.pop("RAY_ADDRESS", None)
+    with log.open("wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=out)
+
+
+def wait_for(condition: t.Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not up in time (exit status {process.poll()}):\n{log.read_text()}")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int, started: list[psutil.Process]) -> int:
+    """Send `sig`, wait for the exit, and check that no process it started is left."""
+    process.send_signal(sig)
+    try:
+        status = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, [p.name() for p in alive]  # no Ray process left behind
+    return status
+
+
+def test_serve_command_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "-m", "rig_ray.serve.cli", "-g", REMOTE, "--name", "up"]
+    process = start([*command, "--port", str(port), "--num-cpus", "0.1"], log, RIG_RAY_API_KEY="k")
+    try:
+        wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
+        assert f"rig-ray: serving up at http://127.0.0.1:{port}/v1" in log.read_text()
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any("raylet" in child.name() for child in started)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            assert client.get("/health").status_code == 200
+            assert client.get("/v1/models").status_code == 401
+            models = client.get("/v1/models", headers={"Authorization": "Bearer k"}).json()
+        assert [model["id"] for model in models["data"]] == ["up"]
+    finally:
+        status = stop(process, signal.SIGTERM, psutil.Process(process.pid).children(True))
+    output = log.read_text()
+    assert status == 0, output
+    assert "rig-ray: stopping" in output and "Traceback" not in output
+
+
+def health(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_serve_run_of_the_config_file(tmp_path: Path, smollm2_path: Path) -> None:
+    """`serve run jobs/serve_config.yaml` (on a free port) serves the embedded model."""
+    config = yaml.safe_load((ROOT / "jobs" / "serve_config.yaml").read_text())
+    port, log = free_port(), tmp_path / "serve.log"
+    config["http_options"]["port"] = port
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    serve = Path(sys.executable).with_name("serve")
+    process = start([str(serve), "run", "--address", "local", str(tmp_path / "config.yaml")], log)
+    try:
+        wait_for(lambda: health(port), process, log)
+        body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    finally:
+        stop(process, signal.SIGINT, psutil.Process(process.pid).children(True))
+
+
+def test_sigterm_handler_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run() gives the signal handlers back, even when start-up fails."""
+
+    def fail(app: t.Any, args: argparse.Namespace) -> None:
+        raise RuntimeError("deploy failed")
+
+    monkeypatch.setattr(cli, "_start", fail)
+    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run(parse(["-g", REMOTE, "--port", str(free_port())])) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_load_is_status_1_with_the_reason(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "rig_ray.serve.cli", "-g", "transformers!/no/such/model"]
+    process = start([*command, "--port", str(free_port()), "--num-cpus", "0.5"], log)
+    try:
+        status = process.wait(timeout=400)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    [error] = [line for line in log.read_text().splitlines() if line.startswith("rig-ray: e")]
+    assert status == 1
+    assert error.startswith("rig-ray: error: deployment 'model' failed to start: ")
+    assert "ModelNotAvailableError" in error and "/no/such/model" in error
