@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import multiprocessing
+import multiprocessing.process
 import sys
+import time
 import typing as t
 
 from pydantic import Field, PrivateAttr
@@ -74,6 +77,7 @@ class VLLMGenerator(LocalGenerator):
     """Other `vllm.LLM` keyword arguments, passed through as they are."""
 
     _llm: t.Any = PrivateAttr(None)
+    _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
 
     @classmethod
     def from_obj(
@@ -114,12 +118,16 @@ class VLLMGenerator(LocalGenerator):
             if self.gpu_memory_utilization is None and current_platform.is_cpu():
                 kwargs["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
             path = resolve_model(self.model)
+            before = set(multiprocessing.active_children())
             try:
                 self._llm = vllm.LLM(model=path, **kwargs)
             except (OSError, ValueError, RuntimeError) as error:
                 raise ModelNotAvailableError(
                     f"vLLM could not load {self.model!r}: {error}", model=self.model
                 ) from error
+            self._engine_processes = [
+                p for p in multiprocessing.active_children() if p not in before
+            ]
         return self
 
     def unload(self) -> t.Self:
@@ -133,6 +141,8 @@ class VLLMGenerator(LocalGenerator):
                 del llm
                 gc.collect()
                 _release_distributed_state()
+                _await_exit(self._engine_processes)
+                self._engine_processes = []
         return self
 
     def _sampling_params(self, params: GenerateParams) -> t.Any:
@@ -237,3 +247,17 @@ def _release_distributed_state() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _await_exit(
+    processes: t.Sequence[multiprocessing.process.BaseProcess], *, wait_s: float = 30.0
+) -> None:
+    """Wait until the engine's processes have exited (a busy machine can take seconds), so the
+    memory is free when `unload()` returns; any still alive at the end are killed."""
+    deadline = time.monotonic() + wait_s
+    for process in processes:
+        process.join(timeout=max(deadline - time.monotonic(), 0))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
