@@ -23,6 +23,7 @@ from rig_ray.errors import (
     UnknownProviderError,
 )
 from rig_ray.generator import (
+    GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
@@ -52,6 +53,7 @@ __all__ = [
     "CompletionPipeline",
     "FailMode",
     "GenerateParams",
+    "GeneratedChunk",
     "GeneratedMessage",
     "GeneratedText",
     "GenerationError",

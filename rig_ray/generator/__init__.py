@@ -2,6 +2,7 @@
 
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
+    GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_PROVIDER",
     "GenerateParams",
+    "GeneratedChunk",
     "GeneratedMessage",
     "GeneratedText",
     "Generator",

@@ -167,6 +167,31 @@ class GeneratedText(_Generated):
     """The generated text, without the prompt."""
 
 
+class GeneratedChunk(BaseModel):
+    """A piece of a streamed reply: the text new since the previous chunk.
+
+    The last chunk of a stream carries `stop_reason` and `usage`; earlier ones leave them None.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str = ""
+    """Text produced since the previous chunk (may be empty on the last one)."""
+    stop_reason: StopReason | None = None
+    """Why generation ended; set on the last chunk only."""
+    usage: Usage | None = None
+    """Token counts of the whole reply; set on the last chunk only."""
+    extra: dict[str, t.Any] | None = None
+    """Engine-specific details (request id, metrics), on the last chunk."""
+
+    @classmethod
+    def whole(cls, result: GeneratedMessage | GeneratedText) -> GeneratedChunk:
+        """One chunk holding a whole reply, as streams of non-streaming generators end."""
+        return cls(
+            text=result.text, stop_reason=result.stop_reason, usage=result.usage, extra=result.extra
+        )
+
+
 Messages = t.Sequence[t.Sequence[Message]]
 
 
@@ -247,6 +272,25 @@ class Generator(BaseModel, rounds.SyncGenerate):
         """Generate a completion of each text, with the matching params."""
         raise NotImplementedError(f"{type(self).__name__} does not generate text completions")
 
+    async def stream_message(
+        self, messages: t.Sequence[Message], params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        """The reply to one conversation, chunk by chunk as the engine makes it.
+
+        Generators that cannot stream yield the whole reply as one chunk. Closing the iterator
+        early (or cancelling its task) stops the generation where the engine allows it.
+        """
+        results = await self.generate_messages([list(messages)], [params or GenerateParams()])
+        yield GeneratedChunk.whole(_raise_if_error(results[0]))
+
+    async def stream_text(
+        self, text: str, params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        """The completion of one text, chunk by chunk as the engine makes it (see
+        `stream_message`)."""
+        results = await self.generate_texts([text], [params or GenerateParams()])
+        yield GeneratedChunk.whole(_raise_if_error(results[0]))
+
     def chat(
         self,
         messages: MessageLike | t.Sequence[MessageLike] | None = None,
@@ -291,6 +335,15 @@ class Generator(BaseModel, rounds.SyncGenerate):
         return await rounds.agenerate(
             self, inputs, num_generations, params=params, progress_callback=progress_callback
         )
+
+
+_T = t.TypeVar("_T")
+
+
+def _raise_if_error(result: _T | BaseException) -> _T:
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _rebuild(cls: type[Generator], fields: dict[str, t.Any]) -> Generator:
