@@ -69,6 +69,15 @@ async def test_every_item_is_its_own_request_with_its_own_sampling(tiny, monkeyp
     assert [r.stop_reason for r in results].count("length") >= 2
 
 
+def test_auto_dtype_runs_what_this_cpu_computes_natively(tiny):
+    import torch
+
+    from rig_ray.generator.cpu import runs_natively
+
+    expected = torch.bfloat16 if runs_natively("bfloat16") else torch.float32
+    assert tiny._engine.model_config.dtype == expected  # the checkpoint is bf16
+
+
 async def test_chat_batch_renders_in_the_engine(tiny):
     conversations = [[rr.Message(role="user", content=f"Question {i}")] for i in range(4)]
     results = await tiny.generate_messages(conversations, [GenerateParams(max_tokens=3)] * 4)
