@@ -41,8 +41,9 @@ DEFAULT_MAX_RESTARTS = 3
 class GeneratorActor:
     """What a generator's Ray actor runs: one generator, built in the actor from its config.
 
-    Async actor: generation calls share the actor's event loop (a local engine still runs them
-    one batch at a time on its engine thread); `load` and `unload` run alone.
+    Async actor: generation calls share the actor's event loop (vLLM's async engine batches
+    them continuously; transformers runs them one batch at a time on its engine thread);
+    `load` and `unload` run alone.
     """
 
     def __init__(self, payload: bytes) -> None:
