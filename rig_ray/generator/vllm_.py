@@ -182,6 +182,20 @@ class VLLMGenerator(LocalGenerator):
             raise GenerationError(f"the vLLM engine of {self.model!r} was unloaded meanwhile")
         return engine, loop
 
+    async def context_window(self) -> int | None:
+        """The engine's max_model_len (the setting, or None, before load)."""
+        engine = self._engine
+        if engine is None:
+            return self.max_model_len
+        return int(engine.model_config.max_model_len)
+
+    async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
+        """Tokens of the prompt rendered by the engine (chat template included), loading it
+        first when needed."""
+        engine, loop = await self._running()
+        rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
+        return await loop.call(requests.count_tokens(engine, rendered))
+
     def _sampling_params(self, params: GenerateParams, **engine_fields: t.Any) -> t.Any:
         from vllm import SamplingParams
 

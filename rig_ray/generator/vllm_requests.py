@@ -45,12 +45,16 @@ def new_request_id() -> str:
     return f"rig_ray-{uuid.uuid4().hex}"
 
 
-async def render(engine: t.Any, prompt: Prompt) -> t.Any:
+async def render(engine: t.Any, prompt: Prompt, *, capped: bool = True) -> t.Any:
     """The engine input for one prompt: a conversation goes through the model's chat template in
-    the engine's renderer (as `LLM.chat` does), a text through its tokenizer."""
+    the engine's renderer (as `LLM.chat` does), a text through its tokenizer. Uncapped, a prompt
+    longer than the context is rendered whole instead of refused (for counting it)."""
     renderer = engine.renderer
     if isinstance(prompt, str):
-        (engine_input,) = await renderer.render_cmpl_async([{"prompt": prompt}])
+        tok_params = renderer.default_cmpl_tok_params
+        if not capped:
+            tok_params = dataclasses.replace(tok_params, max_total_tokens=None)
+        (engine_input,) = await renderer.render_cmpl_async([{"prompt": prompt}], tok_params)
         return engine_input
     from vllm.renderers import ChatParams
     from vllm.utils.mistral import is_mistral_tokenizer
@@ -64,8 +68,16 @@ async def render(engine: t.Any, prompt: Prompt) -> t.Any:
         }
     )
     tok_params = renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+    if not capped:
+        tok_params = dataclasses.replace(tok_params, max_total_tokens=None)
     _, (engine_input,) = await renderer.render_chat_async([prompt], chat_params, tok_params)
     return engine_input
+
+
+async def count_tokens(engine: t.Any, prompt: Prompt) -> int:
+    """Tokens of the prompt as the engine will see it, however long."""
+    engine_input = await render(engine, prompt, capped=False)
+    return len(engine_input["prompt_token_ids"])
 
 
 async def complete(engine: t.Any, prompt: Prompt, sampling: t.Any) -> list[Result]:

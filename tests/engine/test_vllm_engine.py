@@ -108,6 +108,14 @@ async def test_a_rejected_item_fails_alone(tiny):
     assert isinstance(results[2], rr.GeneratedText)
 
 
+async def test_prompt_tokens_are_counted_as_the_engine_renders_them(tiny):
+    assert await tiny.context_window() == 256
+    conversation = [rr.Message(role="user", content="Count me")]
+    [reply] = await tiny.generate_messages([conversation], [GenerateParams(max_tokens=1)])
+    assert await tiny.count_prompt_tokens(conversation) == reply.usage.input_tokens
+    assert await tiny.count_prompt_tokens("word " * 400) > 256  # counted, not refused
+
+
 async def test_event_loop_runs_while_the_engine_generates(tiny):
     params = RUN_ON.merge_with(GenerateParams(max_tokens=64))
     ticks = await ticks_during(tiny.generate_texts(["Tick"] * 16, [params] * 16))
