@@ -95,9 +95,11 @@ def bench_vllm(
             tokens = len(output.outputs[0].token_ids)
         return tokens
 
+    async def every() -> list[int]:
+        return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+
     def raw() -> int:
-        gathered = asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-        return sum(loop.run_until_complete(gathered))
+        return sum(loop.run_until_complete(every()))
 
     generator = rr.VLLMGenerator.from_obj(engine)
     params = [rr.GenerateParams(temperature=0, max_tokens=max_tokens, extra={"ignore_eos": True})]
