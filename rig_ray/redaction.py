@@ -77,9 +77,7 @@ def redact(value: t.Any) -> t.Any:
     if isinstance(value, str):
         return _redact_text(value)
     if isinstance(value, t.Mapping):
-        return {
-            key: MASK if _masks(key, item) else redact(item) for key, item in value.items()
-        }
+        return {key: MASK if _masks(key, item) else redact(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(item) for item in value)
     return value

@@ -53,7 +53,9 @@ def test_secrets_in_text_are_masked(text: str) -> None:
 
 def test_everything_else_in_text_stays() -> None:
     text = "openai/m,api_base=http://me:pw12@host:8000/v1,max_tokens=5,temperature=0.1"
-    assert redact(text) == "openai/m,api_base=http://me:***@host:8000/v1,max_tokens=5,temperature=0.1"
+    assert (
+        redact(text) == "openai/m,api_base=http://me:***@host:8000/v1,max_tokens=5,temperature=0.1"
+    )
     plain = "vllm!/models/llama,gpu_memory_utilization=0.8,stop=a;b"
     assert redact(plain) == plain
     assert redact("http://host:8000/v1") == "http://host:8000/v1"  # a port is no password
