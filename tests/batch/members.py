@@ -43,6 +43,17 @@ class SlowEcho(EchoGenerator):
         return await super().generate_messages(messages, params)
 
 
+class CountsLoads(EchoGenerator):
+    """Echoes; every load (one per actor that starts) appends a line to `log`."""
+
+    log: str
+
+    def load(self) -> t.Any:
+        with open(self.log, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        return super().load()
+
+
 class Whole(EchoGenerator):
     """Fails whole batches: `generate_messages` raises."""
 
@@ -66,4 +77,4 @@ def output_rows(folder: Path) -> list[dict[str, t.Any]]:
     return read_output(str(folder)).to_pylist()
 
 
-__all__ = ["AlwaysDies", "DiesOnce", "SlowEcho", "Whole", "output_rows", "rows"]
+__all__ = ["AlwaysDies", "CountsLoads", "DiesOnce", "SlowEcho", "Whole", "output_rows", "rows"]
