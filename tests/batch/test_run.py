@@ -195,9 +195,7 @@ def test_resume_makes_only_what_is_missing(tmp_path: Path) -> None:
     assert sorted(keys) == [(f"r{n}", g) for n in range(6) for g in range(2)]
     # all done: nothing is generated, and no actor even loads the model
     loaded = loads.read_text()
-    third = run(
-        str(source), str(out), generator=echo, template="$topic", num_generations=2, **FAST
-    )
+    third = run(str(source), str(out), generator=echo, template="$topic", num_generations=2, **FAST)
     assert (third.generations_written, third.skipped, third.parts) == (0, 12, [])
     assert loads.read_text() == loaded
 
