@@ -24,25 +24,37 @@ DEFAULT_NUM_CPUS = 1.0
 
 
 def join(address: str | None) -> bool:
-    """Start or join Ray unless it is running; True when this call started a Ray of its own."""
+    """Start or join Ray unless it is running; True when this call started a Ray of its own.
+
+    The caller's SIGTERM handler stays in place (Ray's own prints C++ stack traces).
+    """
     import ray
 
     if ray.is_initialized():
         return False
     chosen = address or os.environ.get("RAY_ADDRESS") or "local"
-    if chosen == "local":
-        handler = signal.getsignal(signal.SIGTERM)
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)  # ray.init puts in its own
-        return True
-    _probe(chosen)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if chosen == "local":
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            return True
+        _connect(chosen)
+        return False
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    _probe(address)
     logging.getLogger("ray._private.worker").addFilter(_NoThreadNotice())
     outcome: list[BaseException | None] = []
 
     def connect() -> None:
         try:
-            ray.init(address=chosen, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING)
             outcome.append(None)
         except BaseException as error:  # handed to the caller's thread
             outcome.append(error)
@@ -52,15 +64,15 @@ def join(address: str | None) -> bool:
     worker.join(JOIN_TIMEOUT_S)
     if not outcome:
         raise BatchInputError(
-            f"the Ray cluster at {redact(chosen)!r} did not answer within {JOIN_TIMEOUT_S:.0f}s; "
-            "check --address / RAY_ADDRESS, or leave both unset for a local Ray"
+            f"the Ray cluster at {redact(address)!r} did not answer within "
+            f"{JOIN_TIMEOUT_S:.0f}s; check --address / RAY_ADDRESS, or leave both unset for a "
+            "local Ray"
         )
     if outcome[0] is not None:
         first = (str(outcome[0]).strip().splitlines() or [""])[0]
         raise BatchInputError(
-            f"cannot join the Ray cluster at {redact(chosen)!r}: {redact(first)}"
+            f"cannot join the Ray cluster at {redact(address)!r}: {redact(first)}"
         ) from outcome[0]
-    return False
 
 
 class _NoThreadNotice(logging.Filter):
