@@ -8,6 +8,7 @@ import sys
 import threading
 import typing as t
 
+from rig_ray.batch.console import quiet_stderr
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
@@ -121,33 +122,12 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
     failed, 130 / 143 when stopped by SIGINT / SIGTERM (what was made is written)."""
     import ray
 
-    from rig_ray.batch.run import run as run_batch
-
     started_ray = not ray.is_initialized()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         _on_signals(_stop)
-        summary = run_batch(
-            args.input,
-            args.output,
-            address=args.address,
-            progress=not args.quiet,
-            retry_failed=args.retry_failed,
-            generators=args.generators,
-            template=args.template,
-            system=args.system,
-            messages_column=args.messages_column,
-            num_generations=args.num_generations,
-            params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
-            replicas=args.replicas,
-            num_gpus=args.num_gpus,
-            num_cpus=args.num_cpus,
-            batch_size=args.batch_size,
-            max_concurrent_batches=args.max_concurrent_batches,
-            batch_timeout_s=args.batch_timeout_s,
-            id_column=args.id_column,
-            seed=args.seed,
-        )
+        with quiet_stderr():
+            summary = _run_batch(args)
         _on_signals(signal.SIG_IGN)
         _show_some(args.output)
         print(summary.line())
@@ -169,6 +149,32 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
             ray.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _run_batch(args: argparse.Namespace) -> t.Any:
+    from rig_ray.batch.run import run as run_batch
+
+    return run_batch(
+        args.input,
+        args.output,
+        address=args.address,
+        progress=not args.quiet,
+        retry_failed=args.retry_failed,
+        generators=args.generators,
+        template=args.template,
+        system=args.system,
+        messages_column=args.messages_column,
+        num_generations=args.num_generations,
+        params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
+        replicas=args.replicas,
+        num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
+        batch_size=args.batch_size,
+        max_concurrent_batches=args.max_concurrent_batches,
+        batch_timeout_s=args.batch_timeout_s,
+        id_column=args.id_column,
+        seed=args.seed,
+    )
 
 
 def _stop(signum: int, frame: t.Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import typing as t
 
@@ -57,6 +58,8 @@ class GenerateStage:
     """
 
     def __init__(self, payload: bytes, config: StageConfig) -> None:
+        # The job prints its own progress; download and loading bars in actors are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         self._config = config
         self._generator: Generator = restore_payload(payload)
         self._name = redact(describe(self._generator))
