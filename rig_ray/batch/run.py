@@ -22,7 +22,7 @@ from rig_ray.batch.source import input_files, read_prompts
 from rig_ray.cluster.actor import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
-from rig_ray.redaction import redact
+from rig_ray.redaction import redact, redact_logs
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -103,6 +103,7 @@ def run(
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     quiet_ray_logs()
     join(address)
+    redact_logs()
     with _ray_data_quiet(progress):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)

@@ -107,3 +107,16 @@ def test_identifier_errors_repeat_no_secret() -> None:
         assert SECRET not in str(caught.value.identifier)
     error = PoolMemberError(f"openai/m,api_key={SECRET}", f"boom with {SECRET}")
     assert SECRET not in str(error) and SECRET not in error.cause
+
+
+def test_log_records_are_redacted_by_the_filter(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from rig_ray.redaction import RedactingFilter
+
+    logger = logging.getLogger("rig_ray.test_redaction")
+    caplog.handler.addFilter(RedactingFilter())
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("calling %s with key %s", "https://u:pw1234@h/v1", f"api_key={SECRET}")
+    assert SECRET not in caplog.text and "pw1234" not in caplog.text
+    assert "https://u:***@h/v1" in caplog.text
