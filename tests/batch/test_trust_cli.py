@@ -93,6 +93,7 @@ def test_retry_failed_from_the_command_line(tmp_path: Path, address: str) -> Non
     assert all(r["error"] is None for r in got)
 
 
+@pytest.mark.slow  # starts two Rays of its own
 def test_three_generators_at_the_defaults_fit_a_small_machine(tmp_path: Path) -> None:
     source, out = rows(tmp_path / "in.jsonl", 6), tmp_path / "out"
     gens = ["--generator", "echo!a", "--generator", "echo!b", "--generator", "echo!c"]
@@ -118,6 +119,7 @@ def test_an_address_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow  # three runs, one of them stopped halfway
 def test_sigterm_writes_what_it_has_and_a_busy_folder_is_refused(
     tmp_path: Path, address: str
 ) -> None:
