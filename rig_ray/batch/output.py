@@ -63,11 +63,11 @@ class OutputFolder:
                 scan.add(row_id, index, good)
         return scan
 
-    def compact(self) -> int:
+    def compact(self, scan: Scan | None = None) -> int:
         """Leave one row per (id, generation_index): the first that succeeded, else the
         newest failure. Parts are rewritten whole (or removed when emptied); returns the
-        number of rows dropped."""
-        scan = self.scan()
+        number of rows dropped. `scan` is the folder's, if it was just made."""
+        scan = scan or self.scan()
         if not scan.repeated:
             return 0
         parts = self.parts()

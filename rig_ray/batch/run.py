@@ -169,8 +169,10 @@ def _run(
     settings: _Settings,
     options: dict[str, t.Any],
 ) -> BatchSummary:
-    folder.compact()  # a retry that stopped before cleaning up left two rows for some keys
     scan = folder.scan()
+    if scan.repeated:  # a retry that stopped before cleaning up left two rows for some keys
+        folder.compact(scan)
+        scan = folder.scan()
     check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
     try:
         plan = plan_rows(
