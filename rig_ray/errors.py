@@ -153,9 +153,11 @@ class BatchInputError(RigRayError, ValueError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, column: str | None = None):
-        self.source = source
+        from rig_ray.redaction import redact
+
+        self.source = redact(source) if isinstance(source, str) else source
         self.column = column
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 class ServeConfigError(RigRayError, ValueError):

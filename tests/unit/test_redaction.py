@@ -120,3 +120,13 @@ def test_log_records_are_redacted_by_the_filter(caplog: pytest.LogCaptureFixture
         logger.warning("calling %s with key %s", "https://u:pw1234@h/v1", f"api_key={SECRET}")
     assert SECRET not in caplog.text and "pw1234" not in caplog.text
     assert "https://u:***@h/v1" in caplog.text
+
+
+def test_batch_input_errors_hide_uri_passwords() -> None:
+    from rig_ray.errors import BatchInputError
+
+    error = BatchInputError(
+        f"input 's3://key:{SECRET}@bucket/x' does not exist",
+        source=f"s3://key:{SECRET}@bucket/x",
+    )
+    assert SECRET not in str(error) and SECRET not in str(error.source)
