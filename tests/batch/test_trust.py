@@ -176,19 +176,12 @@ def test_retry_failed_leaves_one_good_row_per_generation(tmp_path: Path) -> None
     assert {r["text"] for r in got if r["id"] == "f1"} == {"FAIL one"}
 
 
+@pytest.mark.usefixtures("fake_providers")
 def test_secrets_stay_out_of_the_parquet_and_the_manifest(tmp_path: Path) -> None:
-    from rig_ray.generator import register_generator, registry
-
-    saved = dict(registry._providers)
-    register_generator("echo", EchoGenerator)
-    try:
-        source = rows(tmp_path / "in.jsonl", 2)
-        out = tmp_path / "out"
-        identifier = f"echo!e,api_key={SECRET},api_base=https://me:{SECRET}@example.com/v1"
-        run(str(source), str(out), generator=identifier, template="$topic", **FAST)
-    finally:
-        registry._providers.clear()
-        registry._providers.update(saved)
+    source = rows(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out"
+    identifier = f"echo!e,api_key={SECRET},api_base=https://me:{SECRET}@example.com/v1"
+    run(str(source), str(out), generator=identifier, template="$topic", **FAST)
     written = b"".join(path.read_bytes() for path in out.iterdir())
     assert SECRET.encode() not in written
     generators = {r["generator"] for r in output_rows(out)}
