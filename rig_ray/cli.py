@@ -21,6 +21,7 @@ from rig_ray.generator import (
     registered_providers,
 )
 from rig_ray.message import Message
+from rig_ray.redaction import redact
 from rig_ray.serve import cli as serve_cli
 
 DEMO_GENERATOR = f"transformers!{DEFAULT_MODEL},temperature=0,max_tokens=48"
@@ -88,7 +89,7 @@ def _run_generate(
         print(f"> {prompt}")
         if isinstance(result, BaseException):
             failed += 1
-            print(f"  error: {type(result).__name__}: {result}\n")
+            print(redact(f"  error: {type(result).__name__}: {result}\n"))
             continue
         text = result.message.content if isinstance(result, GeneratedMessage) else result.text
         tokens = result.usage.output_tokens if result.usage else 0
@@ -96,7 +97,7 @@ def _run_generate(
         print(f"  {text.strip()}\n  [{result.stop_reason}, {tokens} tokens]\n")
     rate = output_tokens / max(done - loaded, 1e-9)
     print(
-        f"{len(prompts) - failed}/{len(prompts)} ok with {generator.to_identifier()}: "
+        f"{len(prompts) - failed}/{len(prompts)} ok with {redact(generator.to_identifier())}: "
         f"load {loaded - started:.1f}s, generate {done - loaded:.1f}s ({rate:.1f} tok/s)"
     )
     generator.unload()
@@ -132,8 +133,8 @@ def _one_line(error: Exception) -> str:
     if isinstance(error, ValidationError):
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        return f"{where}: {first['msg']}"
-    return " ".join(str(error).split()) or type(error).__name__
+        return redact(f"{where}: {first['msg']}")
+    return redact(" ".join(str(error).split())) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -103,17 +103,20 @@ def _convert(gguf: Path, target: Path) -> None:
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         options = {"gguf_file": gguf.name, "local_files_only": True}
-        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **options)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, dtype=torch.bfloat16, **options
-        )
+        with _no_progress_bars(transformers):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **options)
+            # float32 is what the GGUF loader computes in (any other dtype gets a notice)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(
+                gguf.parent, dtype=torch.float32, **options
+            )
         # The GGUF loader marks its model as quantized (not saveable); rebuild it as plain bf16.
         config = loaded.config
         del config.quantization_config
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
-        model.save_pretrained(staging, safe_serialization=True)
+        with _no_progress_bars(transformers):
+            model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / _READY_MARKER).write_text(gguf.name)
         _sync_tree(staging)  # the rename must never expose files still in the page cache
@@ -121,6 +124,22 @@ def _convert(gguf: Path, target: Path) -> None:
         _sync_tree(target.parent, files=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_progress_bars(transformers: t.Any) -> t.Iterator[None]:
+    """No tqdm bars from a one-time conversion: transformers' own, and the GGUF reader's."""
+    gguf_utils: t.Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    original = gguf_utils.tqdm
+    transformers.utils.logging.disable_progress_bar()
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _sync_tree(folder: Path, *, files: bool = True) -> None:

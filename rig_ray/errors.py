@@ -32,10 +32,12 @@ class InvalidGeneratorError(RigRayError, ValueError):
     """
 
     def __init__(self, message: str, *, identifier: str | None = None, part: str | None = None):
-        self.identifier = identifier
-        self.part = part
-        where = f" in identifier {identifier!r}" if identifier is not None else ""
-        super().__init__(f"{message}{where}")
+        from rig_ray.redaction import redact, scrub
+
+        self.identifier = redact(identifier) if isinstance(identifier, str) else identifier
+        self.part = scrub(part, identifier) if isinstance(part, str) else part
+        where = f" in identifier {self.identifier!r}" if identifier is not None else ""
+        super().__init__(f"{scrub(message, identifier)}{where}")
 
 
 class UnknownProviderError(InvalidGeneratorError):
@@ -136,9 +138,11 @@ class PoolMemberError(RigRayError):
     """A pool member (or remote generator) failed; `identifier` names it, `cause` says why."""
 
     def __init__(self, identifier: str, cause: str):
-        self.identifier = identifier
-        self.cause = cause
-        super().__init__(f"generator {identifier!r} failed: {cause}")
+        from rig_ray.redaction import redact, scrub
+
+        self.identifier = redact(identifier)
+        self.cause = scrub(cause, identifier)
+        super().__init__(f"generator {self.identifier!r} failed: {self.cause}")
 
 
 class BatchInputError(RigRayError, ValueError):
@@ -149,9 +153,11 @@ class BatchInputError(RigRayError, ValueError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, column: str | None = None):
-        self.source = source
+        from rig_ray.redaction import redact
+
+        self.source = redact(source) if isinstance(source, str) else source
         self.column = column
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 class ServeConfigError(RigRayError, ValueError):

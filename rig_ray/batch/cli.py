@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 import typing as t
 
-from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE
+from rig_ray.batch.console import quiet_stderr
+from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.generator.base import GenerateParams
+from rig_ray.redaction import redact
 
 EXAMPLE = (
     "example: rig-ray batch prompts.jsonl out/ --generator "
@@ -44,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replicas", type=int, default=1, metavar="R", help="actors per generator (1)"
     )
     parser.add_argument("--num-gpus", type=float, default=0, metavar="G", help="GPUs per actor (0)")
-    parser.add_argument("--num-cpus", type=float, default=1, metavar="C", help="CPUs per actor (1)")
+    parser.add_argument(
+        "--num-cpus",
+        type=float,
+        metavar="C",
+        help="CPUs per actor (default: 1, less when the cluster is too small for that)",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -57,6 +67,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="id",
         metavar="C",
         help="column with each row's id (id); rows without one get an id from their content",
+    )
+    parser.add_argument(
+        "--max-concurrent-batches",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT_BATCHES,
+        metavar="K",
+        help=f"engine calls in flight per actor ({DEFAULT_MAX_CONCURRENT_BATCHES})",
+    )
+    parser.add_argument(
+        "--batch-timeout-s",
+        type=float,
+        metavar="S",
+        help="fail a batch's rows with a timeout error when its engine call runs longer "
+        "(default: no limit)",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="make again the generations an earlier run wrote with an error (their failed "
+        "rows are replaced)",
     )
     parser.add_argument("--seed", type=int, help="seed of the split across several generators")
     parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
@@ -79,40 +109,82 @@ def add_parser(commands: t.Any) -> None:
     add_arguments(parser)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while a batch job ran; `code` is the exit status to give."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
-    """Run the batch job that `args` describe; 0 when every generation succeeded, else 1."""
+    """Run the batch job that `args` describe: 0 when every generation succeeded, 1 when some
+    failed, 130 / 143 when stopped by SIGINT / SIGTERM (what was made is written)."""
     import ray
 
-    from rig_ray.batch.run import run as run_batch
-
     started_ray = not ray.is_initialized()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = run_batch(
-            args.input,
-            args.output,
-            address=args.address,
-            progress=not args.quiet,
-            generators=args.generators,
-            template=args.template,
-            system=args.system,
-            messages_column=args.messages_column,
-            num_generations=args.num_generations,
-            params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
-            replicas=args.replicas,
-            num_gpus=args.num_gpus,
-            num_cpus=args.num_cpus,
-            batch_size=args.batch_size,
-            id_column=args.id_column,
-            seed=args.seed,
-        )
+        _on_signals(_stop)
+        with quiet_stderr():
+            summary = _run_batch(args)
+        _on_signals(signal.SIG_IGN)
         _show_some(args.output)
         print(summary.line())
         if summary.failed:
             print(f"rig-ray batch: {summary.failed:,} generations failed; see the error column")
         return 1 if summary.failed else 0
+    except (Stopped, KeyboardInterrupt) as stop:
+        _on_signals(signal.SIG_IGN)  # a second signal must not cut the shutdown short
+        code = stop.code if isinstance(stop, Stopped) else 128 + signal.SIGINT
+        print(
+            f"rig-ray batch: stopped; what was generated is written to {redact(args.output)}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return code
     finally:
         if started_ray and shutdown and ray.is_initialized():
             ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_batch(args: argparse.Namespace) -> t.Any:
+    from rig_ray.batch.run import run as run_batch
+
+    return run_batch(
+        args.input,
+        args.output,
+        address=args.address,
+        progress=not args.quiet,
+        retry_failed=args.retry_failed,
+        generators=args.generators,
+        template=args.template,
+        system=args.system,
+        messages_column=args.messages_column,
+        num_generations=args.num_generations,
+        params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
+        replicas=args.replicas,
+        num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
+        batch_size=args.batch_size,
+        max_concurrent_batches=args.max_concurrent_batches,
+        batch_timeout_s=args.batch_timeout_s,
+        id_column=args.id_column,
+        seed=args.seed,
+    )
+
+
+def _stop(signum: int, frame: t.Any) -> None:
+    raise Stopped(128 + signum)
+
+
+def _on_signals(handler: t.Any) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
 
 
 def _show_some(output: str, count: int = 3) -> None:
@@ -129,4 +201,5 @@ def _show_some(output: str, count: int = 3) -> None:
     table = pq.read_table(parts[0], columns=columns, filesystem=folder.filesystem)
     for row in table.slice(0, count).to_pylist():
         shown = row["text"] if row["error"] is None else f"error: {row['error']}"
-        print(f"[{row['id']}] {row['generator']}: {' '.join(str(shown).split())[:200]}")
+        line = f"[{row['id']}] {row['generator']}: {' '.join(str(shown).split())[:200]}"
+        print(redact(line))

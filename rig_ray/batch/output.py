@@ -6,15 +6,16 @@ job killed at any moment leaves only complete files, and a rerun knows exactly w
 
 from __future__ import annotations
 
+import datetime
 import time
 import typing as t
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rig_ray.batch.plan import done_key
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
 
@@ -49,26 +50,63 @@ class OutputFolder:
             and not i.base_name.startswith((".", "_"))
         )
 
-    def done_keys(self) -> frozenset[str]:
-        """A key (`done_key`) for every (id, generation_index) the folder already holds."""
-        keys: set[str] = set()
+    def scan(self) -> Scan:
+        """What the folder holds: every (id, generation_index) with a row, which of them
+        failed, and which have more than one row (a retry that stopped before cleaning up)."""
+        scan = Scan()
         for part in self.parts():
-            try:
-                table = pq.read_table(
-                    part, columns=["id", "generation_index"], filesystem=self.filesystem
-                )
-            except (pa.ArrowInvalid, OSError, KeyError) as error:
-                raise BatchInputError(
-                    f"output part {part!r} cannot be read ({error}); move it away to resume",
-                    source=self.location,
-                ) from error
-            for row_id, index in zip(
-                table.column("id").to_pylist(),
-                table.column("generation_index").to_pylist(),
-                strict=True,
-            ):
-                keys.add(done_key(row_id, index))
-        return frozenset(keys)
+            table = self._read(part, ["id", "generation_index", "error"])
+            ok = pc.is_null(table.column("error")).to_pylist()
+            ids = table.column("id").to_pylist()
+            indices = table.column("generation_index").to_pylist()
+            for row_id, index, good in zip(ids, indices, ok, strict=True):
+                scan.add(row_id, index, good)
+        return scan
+
+    def compact(self, scan: Scan | None = None) -> int:
+        """Leave one row per (id, generation_index): the first that succeeded, else the
+        newest failure. Parts are rewritten whole (or removed when emptied); returns the
+        number of rows dropped. `scan` is the folder's, if it was just made."""
+        scan = scan or self.scan()
+        if not scan.repeated:
+            return 0
+        parts = self.parts()
+        keep: dict[tuple[str, int], tuple[int, int, bool]] = {}  # key -> (part, row, ok)
+        for number, part in enumerate(parts):
+            table = self._read(part, ["id", "generation_index", "error"])
+            ok = pc.is_null(table.column("error")).to_pylist()
+            for row, key in enumerate(_keys(table)):
+                kept = keep.get(key)
+                # the first success stays; until one comes, a newer failure replaces an older
+                if key in scan.repeated and (kept is None or not kept[2]):
+                    keep[key] = (number, row, ok[row])
+        dropped = 0
+        for number, part in enumerate(parts):
+            table = self._read(part, None)
+            mask = [
+                key not in scan.repeated or keep[key][:2] == (number, row)
+                for row, key in enumerate(_keys(table))
+            ]
+            if all(mask):
+                continue
+            dropped += mask.count(False)
+            self._rewrite(part, table.filter(pa.array(mask)))
+        return dropped
+
+    def _read(self, part: str, columns: list[str] | None) -> pa.Table:
+        try:
+            return pq.read_table(part, columns=columns, filesystem=self.filesystem)
+        except (pa.ArrowInvalid, OSError, KeyError) as error:
+            raise BatchInputError(
+                f"output part {part!r} cannot be read ({error}); move it away to resume",
+                source=self.location,
+            ) from error
+
+    def _rewrite(self, part: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            self.filesystem.delete_file(part)
+        else:
+            _write_whole(self.filesystem, table, part)
 
     def writer(self, *, rows_per_part: int, seconds_per_part: float) -> PartWriter:
         self.filesystem.create_dir(self.path, recursive=True)
@@ -93,7 +131,8 @@ class PartWriter:
         self._folder = folder
         self._rows_per_part = rows_per_part
         self._seconds_per_part = seconds_per_part
-        self._run = uuid.uuid4().hex[:12]
+        started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+        self._run = f"{started}-{uuid.uuid4().hex[:8]}"
         self._buffer: list[pa.Table] = []
         self._buffered_rows = 0
         self._oldest: float | None = None
@@ -118,17 +157,70 @@ class PartWriter:
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer, promote_options="permissive")
-        name = f"{PART_PREFIX}{self._run}-{len(self.written):06d}.parquet"
+        name = f"{PART_PREFIX}{self._run}-{len(self.written):06d}.parquet"  # sorts by run start
         final = f"{self._folder.path}/{name}"
         filesystem = self._folder.filesystem
-        if isinstance(filesystem, pafs.LocalFileSystem):
-            temporary = f"{self._folder.path}/{_TEMP_PREFIX}{name}"
-            pq.write_table(table, temporary, filesystem=filesystem)
-            filesystem.move(temporary, final)
-        else:  # object stores make an upload visible only once it is complete
-            pq.write_table(table, final, filesystem=filesystem)
+        _write_whole(filesystem, table, final)
         self.written.append(final)
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
+
+
+class Scan:
+    """Which generations an output folder holds: `done` (id -> bitmask of generation indices
+    with a row that succeeded), `failed` (with only failed rows), and `repeated` keys."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.repeated: set[tuple[str, int]] = set()
+
+    def add(self, row_id: str, index: int, ok: bool) -> None:
+        bit = 1 << index
+        if (self.done.get(row_id, 0) | self.failed.get(row_id, 0)) & bit:
+            self.repeated.add((row_id, index))
+        if ok:
+            self.done[row_id] = self.done.get(row_id, 0) | bit
+            if self.failed.get(row_id, 0) & bit:
+                self.failed[row_id] &= ~bit
+        elif not self.done.get(row_id, 0) & bit:
+            self.failed[row_id] = self.failed.get(row_id, 0) | bit
+
+    def is_done(self, row_id: str, index: int) -> bool:
+        return bool(self.done.get(row_id, 0) >> index & 1)
+
+    def failed_count(self) -> int:
+        return sum(mask.bit_count() for mask in self.failed.values())
+
+    def generations(self) -> int:
+        return sum(mask.bit_count() for mask in self.done.values()) + self.failed_count()
+
+    def finished(self, *, retry_failed: bool) -> dict[str, int]:
+        """id -> generation indices not to make again: the succeeded ones, and the failed
+        ones too unless they are retried."""
+        if retry_failed or not self.failed:
+            return self.done
+        merged = dict(self.done)
+        for row_id, mask in self.failed.items():
+            merged[row_id] = merged.get(row_id, 0) | mask
+        return merged
+
+
+def _keys(table: pa.Table) -> t.Iterator[tuple[str, int]]:
+    return zip(
+        table.column("id").to_pylist(), table.column("generation_index").to_pylist(), strict=True
+    )
+
+
+def _write_whole(filesystem: pafs.FileSystem, table: pa.Table, final: str) -> None:
+    """Write a Parquet file whole or not at all: locally to a hidden temporary name, then
+    renamed over `final`; object stores make an upload visible only once it is complete."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        folder, name = final.rsplit("/", 1)
+        temporary = f"{folder}/{_TEMP_PREFIX}{name}"
+        pq.write_table(table, temporary, filesystem=filesystem)
+        filesystem.move(temporary, final)
+    else:
+        pq.write_table(table, final, filesystem=filesystem)
 
 
 def read_output(location: str, columns: t.Sequence[str] | None = None) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 import warnings
 
+from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
@@ -20,6 +21,8 @@ DEFAULT_BATCH_SIZE = 64
 """Rows per engine call: enough for vLLM's and transformers' batching to pay off."""
 DEFAULT_MAX_RESTARTS = 3
 """How often a generator actor whose process died is restarted (and its batch retried)."""
+DEFAULT_MAX_CONCURRENT_BATCHES = 4
+"""Engine calls in flight per actor."""
 
 
 def generate(
@@ -38,8 +41,9 @@ def generate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     id_column: str = "id",
     seed: int | None = None,
-    skip: t.Collection[str] | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
+    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+    batch_timeout_s: float | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -47,29 +51,38 @@ def generate(
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
     `$prompt`.) Each generator runs in a pool of `replicas` Ray actors that load it once, take
-    `num_gpus` / `num_cpus` each, and make one engine call per `batch_size` rows.
+    `num_gpus` / `num_cpus` each, and make one engine call per `batch_size` rows, with up to
+    `max_concurrent_batches` calls in flight per actor (engines that batch continuously, such
+    as vLLM's, take the next batch while earlier ones finish). A call that runs longer than
+    `batch_timeout_s` fails its rows with a timeout error.
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
 
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
-    stops the job. `skip` holds `done_key`s of generations not to make again (for resuming).
-    An actor whose process dies is restarted up to `max_restarts` times, its batch retried.
+    stops the job. An actor whose process dies is restarted up to `max_restarts` times, its
+    batch retried. Rows without an id get the hash of their conversation (`run` also tells
+    repeated conversations apart, and skips what an earlier run made).
     """
-    members = _members(generator, generators)
+    members = generator_members(generator, generators)
     count = check_count(num_generations)
     if replicas < 1:
         raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
     if batch_size < 1:
         raise InvalidGeneratorError(f"batch_size must be at least 1, got {batch_size}")
-    columns = tuple(dataset.columns() or ())
+    if max_concurrent_batches < 1:
+        raise InvalidGeneratorError(
+            f"max_concurrent_batches must be at least 1, got {max_concurrent_batches}"
+        )
+    if batch_timeout_s is not None and batch_timeout_s <= 0:
+        raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
+    columns = tuple(c for c in dataset.columns() or () if c not in INTERNAL_COLUMNS)
     spec = PromptSpec(
         template=template, system=system, messages_column=messages_column, id_column=id_column
     ).resolve(columns)
     from ray.data import ActorPoolStrategy
 
-    done = _shared(skip)
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     batches = dataset.repartition(target_num_rows_per_block=batch_size)
@@ -83,6 +96,7 @@ def generate(
             seed=seed,
             params=params or GenerateParams(),
             input_columns=columns,
+            batch_timeout_s=batch_timeout_s,
         )
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.
@@ -92,11 +106,12 @@ def generate(
                 fn_constructor_kwargs={
                     "payload": config_payload(member),
                     "config": config,
-                    "done": done,
                 },
                 batch_size=batch_size,
                 batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=replicas),
+                compute=ActorPoolStrategy(
+                    size=replicas, max_concurrent_calls_per_actor=max_concurrent_batches
+                ),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 max_restarts=max_restarts,
@@ -107,7 +122,7 @@ def generate(
     return first.union(*rest) if rest else first
 
 
-def _members(
+def generator_members(
     generator: Generator | str | None, generators: t.Sequence[Generator | str] | None
 ) -> list[Generator]:
     if (generator is None) == (generators is None):
@@ -129,12 +144,3 @@ def _members(
             )
         members.append(member)
     return members
-
-
-def _shared(skip: t.Collection[str] | None) -> list[t.Any] | None:
-    """The keys to skip, put in Ray's object store once for every actor to fetch."""
-    if not skip:
-        return None
-    import ray
-
-    return [ray.put(frozenset(skip))]

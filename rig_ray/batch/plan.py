@@ -1,9 +1,8 @@
-"""Which generation indices of a row each generator makes, and which are already done."""
+"""Which generation indices of a row each generator makes."""
 
 from __future__ import annotations
 
 import random
-import typing as t
 
 from rig_ray.cluster.split import generations_per_member
 
@@ -26,23 +25,3 @@ def member_indices(
         ranges.append(range(start, start + share))
         start += share
     return ranges
-
-
-def done_key(row_id: str, generation_index: int) -> str:
-    """How an (id, generation_index) pair already in the output is remembered."""
-    return f"{generation_index}\x1f{row_id}"
-
-
-def pending_generations(
-    row_ids: t.Iterable[str],
-    num_generations: int,
-    members: int,
-    seed: int | None,
-    done: t.Container[str],
-) -> int:
-    """How many generations of these rows are not `done` yet, over all members."""
-    pending = 0
-    for row_id in row_ids:
-        for indices in member_indices(row_id, num_generations, members, seed):
-            pending += sum(done_key(row_id, g) not in done for g in indices)
-    return pending

@@ -29,6 +29,8 @@ class Progress:
         self._last_print = self._started
         self._printed_rows: int | None = None  # rows at the last line printed, if any
         self._lock = threading.Lock()
+        self.note: str | None = None
+        """Said while no row has come yet (e.g. what the job waits for)."""
 
     @property
     def elapsed_s(self) -> float:
@@ -79,6 +81,8 @@ class Progress:
         if self.total is not None and self.rows and self.total > self.rows:
             parts.append(f"about {_duration((self.total - self.rows) / rate)} left")
         parts.append(f"{_duration(elapsed)} elapsed")
+        if self.note and not self.rows:
+            parts.append(self.note)
         return ", ".join(parts)
 
     def finish(self) -> None:

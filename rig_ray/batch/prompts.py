@@ -112,16 +112,37 @@ class PromptSpec(BaseModel):
         return messages
 
     def row_id(self, row: t.Mapping[str, t.Any]) -> str:
-        """The row's id: its `id_column` value as a string, else a hash of its content."""
+        """The row's id: its `id_column` value as a string, else `content_id` of its prompt.
+
+        (Rows that render to the same conversation get the same content id here;
+        `rig_ray.batch.run` tells such repeats apart by their order, with `#1`, `#2`, ...)
+        """
         value = row.get(self.id_column)
         if value is not None:
             return str(value)
-        return content_id(row)
+        return content_id(self.prompt_key(row))
+
+    def prompt_key(self, row: t.Mapping[str, t.Any]) -> t.Any:
+        """What a row contributes to its prompt: the conversation after template and system.
+
+        Columns the prompt does not use, and nulls, are not in it. A row that cannot be
+        rendered is keyed by the non-null values of the columns its prompt reads.
+        """
+        try:
+            return [[m.role, m.content] for m in self.conversation(row)]
+        except BatchInputError:
+            used = (
+                template_fields(self.template)
+                if self.template is not None
+                else [t.cast(str, self.messages_column)]
+            )
+            return {"unrendered": {c: row[c] for c in used if row.get(c) is not None}}
 
 
-def content_id(row: t.Mapping[str, t.Any]) -> str:
-    """A stable id from a row's values: equal rows get equal ids, in any run, on any machine."""
-    canonical = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+def content_id(value: t.Any) -> str:
+    """A stable id from a value (a row's `prompt_key`): equal values get equal ids, in any run,
+    on any machine."""
+    canonical = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -10,14 +10,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from rig_ray.batch.output import OutputFolder
-from rig_ray.batch.pipeline import generate
-from rig_ray.batch.plan import pending_generations
+from rig_ray.batch.lock import FolderLock
+from rig_ray.batch.manifest import Manifest, check_manifest
+from rig_ray.batch.output import OutputFolder, PartWriter
+from rig_ray.batch.pipeline import generate, generator_members
+from rig_ray.batch.placement import fit_cpus, join, quiet_ray_logs
+from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.cluster.actor import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
-from rig_ray.generator.registry import get_generator
+from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.redaction import redact, redact_logs
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -40,7 +45,10 @@ class BatchSummary(BaseModel):
     skipped: int
     """Generations of these rows already in the output from earlier runs, not made again."""
     failed: int
-    """Generations written with an error."""
+    """Generations this run wrote with an error."""
+    failed_in_output: int = 0
+    """Failed generations in the whole output folder after this run (`retry_failed` makes
+    them again)."""
     input_tokens: int
     output_tokens: int
     wall_s: float
@@ -50,12 +58,18 @@ class BatchSummary(BaseModel):
     def line(self) -> str:
         """The summary in one line, as the CLI prints it."""
         rate = self.output_tokens / max(self.wall_s, 1e-9)
-        return (
+        line = (
             f"{self.rows_in:,} rows in, {self.generations_written:,} generations written "
             f"({self.failed:,} failed), {self.skipped:,} skipped as already done; "
             f"{self.output_tokens:,} tokens out in {self.wall_s:.1f}s ({rate:.1f} tok/s) "
-            f"-> {self.output}"
+            f"-> {redact(self.output)}"
         )
+        if self.failed_in_output:
+            line += (
+                f"; {self.failed_in_output:,} failed rows in the output: run again with "
+                "--retry-failed (retry_failed=True) to make them again"
+            )
+        return line
 
 
 def run(
@@ -67,6 +81,8 @@ def run(
     rows_per_part: int = DEFAULT_ROWS_PER_PART,
     seconds_per_part: float = DEFAULT_SECONDS_PER_PART,
     address: str | None = None,
+    retry_failed: bool = False,
+    num_cpus: float | None = None,
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -74,67 +90,142 @@ def run(
     `source` is a JSONL, Parquet or CSV file, a folder or glob of them, or any URI pyarrow's
     filesystems open; `options` are those of `generate`. A rerun with the same `output` skips
     every (id, generation_index) already written: a job stopped halfway, run again, ends with
-    one row per generation. Parts are written every `rows_per_part` rows or
+    one row per generation; with `retry_failed`, generations written with an error are made
+    again and replace their failed rows. Parts are written every `rows_per_part` rows or
     `seconds_per_part` seconds, and on the way out, whatever stopped the run.
 
-    Starts (or joins, with `address`) Ray when it is not running yet.
+    The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
+    out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
+    Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
     """
-    import ray
-
     input_files(source)  # a bad path fails here, before Ray starts
-    for value in options.get("generators") or [options.get("generator")]:
-        if isinstance(value, str):
-            get_generator(value)  # and so does a bad identifier
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, logging_level=logging.WARNING)
-        except ConnectionError as error:
-            raise BatchInputError(f"cannot join the Ray cluster at {address!r}: {error}") from error
+    members = generator_members(options.get("generator"), options.get("generators"))
+    folder = OutputFolder(output)  # and so does an output URI that cannot be opened
+    quiet_ray_logs()
+    join(address)
+    redact_logs()
     with _ray_data_quiet(progress):
-        return _run(
-            source,
-            output,
-            progress=progress,
-            progress_every_s=progress_every_s,
-            rows_per_part=rows_per_part,
-            seconds_per_part=seconds_per_part,
-            options=options,
-        )
+        dataset = read_prompts(source)
+        spec = _resolve(dataset, source, options)
+        manifest = _manifest(members, spec, options)
+        with FolderLock(folder.filesystem, folder.path, output):
+            return _run(
+                folder,
+                dataset,
+                spec,
+                manifest,
+                _Settings(
+                    progress_every_s=progress_every_s if progress else -1,
+                    rows_per_part=rows_per_part,
+                    seconds_per_part=seconds_per_part,
+                    retry_failed=retry_failed,
+                    num_cpus=num_cpus,
+                ),
+                options,
+            )
+
+
+class _Settings(t.NamedTuple):
+    progress_every_s: float
+    rows_per_part: int
+    seconds_per_part: float
+    retry_failed: bool
+    num_cpus: float | None
+
+
+def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
+    try:
+        columns = tuple(dataset.columns() or ())
+    except Exception as error:  # the input itself could not be read
+        raise BatchInputError(f"cannot read {source!r}: {_cause(error)}", source=source) from error
+    return PromptSpec(
+        template=options.get("template"),
+        system=options.get("system"),
+        messages_column=options.get("messages_column"),
+        id_column=options.get("id_column", "id"),
+    ).resolve(columns)
+
+
+def _manifest(members: list[Generator], spec: PromptSpec, options: dict[str, t.Any]) -> Manifest:
+    params = options.get("params") or GenerateParams()
+    return Manifest(
+        generators=[redact(describe(member)) for member in members],
+        num_generators=len(members),
+        template=spec.template,
+        system=spec.system,
+        messages_column=spec.messages_column,
+        params=redact(params.model_dump(mode="json", exclude_none=True)),
+        seed=options.get("seed"),
+        num_generations=int(options.get("num_generations", 1)),
+        id_column=spec.id_column,
+    )
 
 
 def _run(
-    source: str,
-    output: str,
-    *,
-    progress: bool,
-    progress_every_s: float,
-    rows_per_part: int,
-    seconds_per_part: float,
+    folder: OutputFolder,
+    dataset: ray.data.Dataset,
+    spec: PromptSpec,
+    manifest: Manifest,
+    settings: _Settings,
     options: dict[str, t.Any],
 ) -> BatchSummary:
-    folder = OutputFolder(output)
-    dataset = read_prompts(source)
-    done = folder.done_keys()
+    scan = folder.scan()
+    if scan.repeated:  # a retry that stopped before cleaning up left two rows for some keys
+        folder.compact(scan)
+        scan = folder.scan()
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
     try:
-        generations = generate(dataset, skip=done, **options)  # lazy: checks the columns
-        rows_in, pending = _count(dataset, done, options)
+        plan = plan_rows(
+            dataset,
+            spec,
+            num_generations=manifest.num_generations,
+            finished=scan.finished(retry_failed=settings.retry_failed),
+        )
     except RigRayError:
         raise
     except Exception as error:  # the input itself could not be read
-        raise BatchInputError(f"cannot read {source!r}: {_cause(error)}", source=source) from error
-    skipped = rows_in * int(options.get("num_generations", 1)) - pending
-    meter = Progress(pending, every_s=progress_every_s if progress else -1)
-    writer = folder.writer(rows_per_part=rows_per_part, seconds_per_part=seconds_per_part)
-    input_tokens = 0
-    if pending == 0:  # all done already: no model is loaded at all
-        return _summary(output, rows_in, skipped, meter, input_tokens, writer.written)
+        raise BatchInputError(
+            f"cannot read the input: {_cause(error)}", source=folder.location
+        ) from error
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest)
+    retried = scan.failed_count() if settings.retry_failed else 0
+    skipped = plan.rows_in * manifest.num_generations - plan.pending
+    meter = Progress(plan.pending, every_s=settings.progress_every_s)
+    writer = folder.writer(
+        rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
+    )
+    counts = _Counts(earlier_failed=scan.failed_count() - retried)
+    if plan.dataset is not None:  # else all is done already: no model is loaded at all
+        actors = manifest.num_generators * int(options.get("replicas", 1))
+        num_cpus, waiting = fit_cpus(settings.num_cpus, options.get("num_gpus", 0), actors)
+        meter.note = waiting
+        generations = generate(plan.dataset, num_cpus=num_cpus, **options)
+        _write(generations, writer, meter, counts, folder.location)
+        if retried:
+            folder.compact()  # the retried generations' old failed rows go
+    return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
+
+
+class _Counts:
+    def __init__(self, earlier_failed: int) -> None:
+        self.earlier_failed = earlier_failed
+        self.input_tokens = 0
+
+
+def _write(
+    generations: ray.data.Dataset,
+    writer: PartWriter,
+    meter: Progress,
+    counts: _Counts,
+    location: str,
+) -> None:
     try:
         with meter.ticking():
             for batch in generations.iter_batches(batch_size=None, batch_format="pyarrow"):
                 table = t.cast(pa.Table, batch)
                 nulls = pc.count(table.column("error"), mode="only_null").as_py()
                 tokens = pc.sum(table.column("output_tokens")).as_py() or 0
-                input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
+                counts.input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
                 writer.add(table)
                 meter.add(table.num_rows, table.num_rows - nulls, tokens)
     except RigRayError:
@@ -142,34 +233,11 @@ def _run(
     except Exception as error:
         raise GenerationError(
             f"the batch job stopped: {_cause(error)} "
-            f"({meter.rows:,} generations were written to {output}; run again to resume)"
+            f"({meter.rows:,} generations were written to {location}; run again to resume)"
         ) from error
     finally:
         writer.flush()
     meter.finish()
-    return _summary(output, rows_in, skipped, meter, input_tokens, writer.written)
-
-
-def _count(
-    dataset: ray.data.Dataset, done: frozenset[str], options: dict[str, t.Any]
-) -> tuple[int, int]:
-    """Input rows, and the generations of them not in the output yet.
-
-    Without earlier output every generation is pending, and counting rows is cheap (Parquet
-    footers); with some, the driver streams through the rows' ids once.
-    """
-    num_generations = int(options.get("num_generations", 1))
-    if not done:
-        rows_in = dataset.count()
-        return rows_in, rows_in * num_generations
-    spec = PromptSpec(id_column=options.get("id_column", "id"))
-    members = len(options.get("generators") or [None])
-    rows_in = pending = 0
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        ids = [spec.row_id(row) for row in t.cast(pa.Table, batch).to_pylist()]
-        rows_in += len(ids)
-        pending += pending_generations(ids, num_generations, members, options.get("seed"), done)
-    return rows_in, pending
 
 
 def _summary(
@@ -177,7 +245,7 @@ def _summary(
     rows_in: int,
     skipped: int,
     meter: Progress,
-    input_tokens: int,
+    counts: _Counts,
     parts: list[str],
 ) -> BatchSummary:
     return BatchSummary(
@@ -186,7 +254,8 @@ def _summary(
         generations_written=meter.rows,
         skipped=skipped,
         failed=meter.failed,
-        input_tokens=input_tokens,
+        failed_in_output=counts.earlier_failed + meter.failed,
+        input_tokens=counts.input_tokens,
         output_tokens=meter.output_tokens,
         wall_s=meter.elapsed_s,
         parts=list(parts),
@@ -198,7 +267,7 @@ def _cause(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     root = cause if isinstance(cause, BaseException) else error
     first = (str(root).strip().splitlines() or [""])[0]
-    return f"{type(root).__name__}: {' '.join(first.split())[:500]}"
+    return redact(f"{type(root).__name__}: {' '.join(first.split())[:500]}")
 
 
 @contextlib.contextmanager

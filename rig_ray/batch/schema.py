@@ -25,6 +25,9 @@ OUTPUT_SCHEMA = pa.schema(
 
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
 
+SCHEMA_VERSION = 1
+"""The version of these columns, recorded in every output folder's manifest."""
+
 INPUT_PREFIX = "input_"
 """Put before an input column whose name is also a generation column (`text` -> `input_text`)."""
 

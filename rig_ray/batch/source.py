@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import typing as t
 
 from rig_ray.errors import BatchInputError
+from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -23,20 +25,30 @@ FORMATS: dict[str, str] = {
 """File endings read as input, and the format each is read as."""
 
 _GLOB_CHARS = "*?["
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 def open_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of a local path or URI, and the path inside it."""
     import pyarrow.fs as pafs
 
+    shown = redact(location)
+    scheme = _SCHEME.match(location)
     try:
         return pafs.FileSystem.from_uri(location)
-    except (ValueError, TypeError):  # a plain relative path, or one with odd characters
+    except (ValueError, TypeError) as error:  # a relative path, odd characters, or a scheme
+        if scheme:
+            raise BatchInputError(
+                f"cannot open {shown!r}: no filesystem for the URI scheme {scheme.group(1)!r} "
+                "(pyarrow opens file://, s3://, gs://, abfs:// and hdfs://; check the spelling)",
+                source=shown,
+            ) from error
         import os
 
         return pafs.LocalFileSystem(), os.path.abspath(location)
     except OSError as error:  # e.g. a cloud filesystem whose credentials are missing
-        raise BatchInputError(f"cannot open {location!r}: {error}", source=location) from error
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise BatchInputError(f"cannot open {shown!r}: {redact(first)}", source=shown) from error
 
 
 def format_of(path: str) -> str | None:

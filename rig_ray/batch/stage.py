@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import typing as t
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from rig_ray.batch.plan import done_key, member_indices
+from rig_ray.batch.plan import member_indices
+from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message
+from rig_ray.redaction import redact
 
 
 class StageConfig(BaseModel):
@@ -37,6 +40,8 @@ class StageConfig(BaseModel):
     params: GenerateParams = Field(default_factory=GenerateParams)
     input_columns: tuple[str, ...]
     """The input's columns, in order, written through after the generation columns."""
+    batch_timeout_s: float | None = Field(None, gt=0)
+    """A batch whose engine call runs longer fails its rows with a timeout error."""
 
 
 class _Pending(t.NamedTuple):
@@ -46,31 +51,29 @@ class _Pending(t.NamedTuple):
 
 
 class GenerateStage:
-    """A Ray Data callable class: input rows in, one output row per generation out."""
+    """A Ray Data async callable class: input rows in, one output row per generation out.
 
-    def __init__(self, payload: bytes, config: StageConfig, done: list[t.Any] | None) -> None:
+    `__call__` is a coroutine, so Ray Data runs up to `max_concurrent_batches` of them at once
+    on one event loop in each actor: the engine is refilled while earlier batches finish.
+    """
+
+    def __init__(self, payload: bytes, config: StageConfig) -> None:
+        # The job prints its own progress; download and loading bars in actors are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         self._config = config
         self._generator: Generator = restore_payload(payload)
-        self._name = describe(self._generator)
-        self._done: frozenset[str] = frozenset()
-        if done:  # [ObjectRef]: wrapped so Ray hands the ref over rather than its value
-            import ray
-
-            self._done = ray.get(done[0])
+        self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
-        self._loop = asyncio.new_event_loop()
         self._generator.load()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
         rows = batch.to_pylist()
         pending: list[_Pending] = []
         conversations: list[list[Message]] = []
         failures: dict[int, str] = {}  # row -> why its prompt could not be made
         for index, row in enumerate(rows):
-            row_id = config.prompts.row_id(row)
-            owned = member_indices(row_id, config.num_generations, config.members, config.seed)
-            todo = [g for g in owned[config.member] if done_key(row_id, g) not in self._done]
+            row_id, todo = self._todo(row)
             if not todo:
                 continue
             try:
@@ -82,20 +85,37 @@ class GenerateStage:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index not in failures:
                     conversations.append(conversation)
-        results, latency = self._generate(conversations)
+        results, latency = await self._generate(conversations)
         return self._output(batch, pending, failures, iter(results), latency)
 
-    def _generate(
+    def _todo(self, row: dict[str, t.Any]) -> tuple[str, list[int]]:
+        """The row's id, and the generation indices of it that this stage's generator makes:
+        its share of the row's generations, less those already done (`run` prepares rows
+        with their id and what is left; a plain dataset has every generation to make)."""
+        config = self._config
+        row_id = row.get(ID_COLUMN)
+        if row_id is None:
+            row_id = config.prompts.row_id(row)
+        owned = member_indices(row_id, config.num_generations, config.members, config.seed)
+        left = row.get(TODO_COLUMN)
+        mine = owned[config.member]
+        return row_id, list(mine) if left is None else [g for g in left if g in mine]
+
+    async def _generate(
         self, conversations: list[list[Message]]
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
         started = time.perf_counter()
         params = [self._config.params] * len(conversations)
+        call = self._generator.generate_messages(conversations, params)
         try:
-            results = self._loop.run_until_complete(
-                self._generator.generate_messages(conversations, params)
+            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
+        except TimeoutError:
+            timeout = TimeoutError(
+                f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
             )
+            results = [timeout] * len(conversations)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
         return results, time.perf_counter() - started
@@ -145,5 +165,5 @@ def _metadata(result: GeneratedMessage) -> str | None:
 
 
 def _error_text(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    text = redact(" ".join(str(error).split()))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import typing as t
@@ -43,6 +44,52 @@ class SlowEcho(EchoGenerator):
         return await super().generate_messages(messages, params)
 
 
+class CountsLoads(EchoGenerator):
+    """Echoes; every load (one per actor that starts) appends a line to `log`."""
+
+    log: str
+
+    def load(self) -> t.Any:
+        with open(self.log, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        return super().load()
+
+
+class Sleeper(EchoGenerator):
+    """Echoes after sleeping `seconds` without blocking its event loop; each result's `extra`
+    holds `peak`, the most calls this process had running at once so far."""
+
+    seconds: float = 0.5
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        _running[0] += 1
+        _running[1] = max(_running[1], _running[0])
+        try:
+            await asyncio.sleep(self.seconds)
+            results = await super().generate_messages(messages, params)
+        finally:
+            _running[0] -= 1
+        return [r.model_copy(update={"extra": {"peak": _running[1]}}) for r in results]
+
+
+_running = [0, 0]  # calls running now, most at once
+
+
+class FailsUntilFixed(EchoGenerator):
+    """Echoes, but fails items containing FAIL until the file `fixed` exists."""
+
+    fixed: str
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        results = await super().generate_messages(messages, params)
+        if Path(self.fixed).exists():
+            return results
+        return [
+            RuntimeError("not yet") if "FAIL" in conversation[-1].content else result
+            for conversation, result in zip(messages, results, strict=True)
+        ]
+
+
 class Whole(EchoGenerator):
     """Fails whole batches: `generate_messages` raises."""
 
@@ -66,4 +113,14 @@ def output_rows(folder: Path) -> list[dict[str, t.Any]]:
     return read_output(str(folder)).to_pylist()
 
 
-__all__ = ["AlwaysDies", "DiesOnce", "SlowEcho", "Whole", "output_rows", "rows"]
+__all__ = [
+    "AlwaysDies",
+    "CountsLoads",
+    "DiesOnce",
+    "FailsUntilFixed",
+    "Sleeper",
+    "SlowEcho",
+    "Whole",
+    "output_rows",
+    "rows",
+]

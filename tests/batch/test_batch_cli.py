@@ -17,6 +17,7 @@ RIG_RAY = [sys.executable, "-m", "rig_ray.cli"]
 OPTIONS = (
     "--generator", "--template", "--system", "--messages-column", "--num-generations",
     "--replicas", "--num-gpus", "--batch-size", "--id-column", "--seed", "--address",
+    "--retry-failed", "--max-concurrent-batches", "--batch-timeout-s",
 )  # fmt: skip
 
 
@@ -63,13 +64,13 @@ def test_exit_code_says_whether_generations_failed(
 ) -> None:
     source = rows(tmp_path / "in.jsonl", 3)
     ok = main(
-        ["batch", str(source), str(tmp_path / "ok"), "--generator", "echo!e", "--template",
+        ["batch", str(source), str(tmp_path / "ok"), "--generator", "failing!f", "--template",
          "About $topic", "--num-cpus", "0.25", "--quiet"]
     )  # fmt: skip
     shown = capsys.readouterr().out
     assert ok == 0
     assert "3 rows in, 3 generations written (0 failed)" in shown
-    assert "echo!e: About topic 0" in shown  # a few results are shown
+    assert "failing!f: About topic 0" in shown  # a few results are shown
     rows(source, 1, start=3, topic="FAIL")
     failed = main(
         ["batch", str(source), str(tmp_path / "ok"), "--generator", "failing!f", "--template",
@@ -79,4 +80,5 @@ def test_exit_code_says_whether_generations_failed(
     assert failed == 1
     assert "1 generations written (1 failed), 3 skipped" in shown
     assert "1 generations failed" in shown
+    assert "1 failed rows in the output: run again with --retry-failed" in shown
     assert len(output_rows(tmp_path / "ok")) == 4

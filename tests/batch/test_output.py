@@ -12,7 +12,6 @@ import pytest
 
 from rig_ray.batch import output
 from rig_ray.batch.output import OutputFolder, read_output
-from rig_ray.batch.plan import done_key
 from rig_ray.batch.schema import OUTPUT_SCHEMA
 from rig_ray.errors import BatchInputError
 
@@ -51,6 +50,18 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
+def done(location: Path | str) -> set[tuple[str, int]]:
+    """Every (id, generation_index) the folder holds a row for."""
+    scan = OutputFolder(str(location)).scan()
+    return {
+        (row_id, index)
+        for masks in (scan.done, scan.failed)
+        for row_id, mask in masks.items()
+        for index in range(mask.bit_length())
+        if mask >> index & 1
+    }
+
+
 def _names(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
@@ -58,7 +69,7 @@ def _names(folder: Path) -> list[str]:
 def test_a_missing_folder_has_no_parts_and_nothing_done(tmp_path: Path) -> None:
     folder = OutputFolder(str(tmp_path / "missing"))
     assert folder.parts() == []
-    assert folder.done_keys() == frozenset()
+    assert done(tmp_path / "missing") == set()
     assert not (tmp_path / "missing").exists()
 
 
@@ -174,7 +185,7 @@ def test_part_names_are_unique_per_run(tmp_path: Path) -> None:
     assert folder.parts() == sorted(written)
 
 
-def test_done_keys_reads_every_part(tmp_path: Path) -> None:
+def test_scan_reads_every_part(tmp_path: Path) -> None:
     folder = OutputFolder(str(tmp_path))
     writer = folder.writer(rows_per_part=2, seconds_per_part=60)
     pairs = [("a", 0), ("a", 1), ("b", 0), ("c\x1fd", 2), ("7", 0)]
@@ -182,29 +193,29 @@ def test_done_keys_reads_every_part(tmp_path: Path) -> None:
         writer.add(generations([pair]))
     writer.flush()
     assert len(folder.parts()) == 3
-    assert OutputFolder(str(tmp_path)).done_keys() == {done_key(*pair) for pair in pairs}
+    assert done(tmp_path) == set(pairs)
 
 
-def test_done_keys_ignores_hidden_and_non_parquet_files(tmp_path: Path) -> None:
+def test_scan_ignores_hidden_and_non_parquet_files(tmp_path: Path) -> None:
     pq.write_table(generations([("a", 0)]), tmp_path / "part-1.parquet")
     pq.write_table(generations([("b", 0)]), tmp_path / "_part-2.parquet")
     (tmp_path / ".tmp-part-3.parquet").write_bytes(b"garbage")
     (tmp_path / "notes.txt").write_text("garbage")
-    assert OutputFolder(str(tmp_path)).done_keys() == {done_key("a", 0)}
+    assert done(tmp_path) == {("a", 0)}
 
 
 def test_a_corrupt_part_is_a_batch_input_error_naming_it(tmp_path: Path) -> None:
     pq.write_table(generations([("a", 0)]), tmp_path / "part-good.parquet")
     (tmp_path / "part-x.parquet").write_bytes(b"this is not parquet at all")
     with pytest.raises(BatchInputError, match=r"part-x\.parquet") as caught:
-        OutputFolder(str(tmp_path)).done_keys()
+        OutputFolder(str(tmp_path)).scan()
     assert caught.value.source == str(tmp_path)
 
 
 def test_a_part_without_an_id_column_is_a_batch_input_error(tmp_path: Path) -> None:
     pq.write_table(pa.table({"other": [1]}), tmp_path / "part-y.parquet")
     with pytest.raises(BatchInputError, match=r"part-y\.parquet"):
-        OutputFolder(str(tmp_path)).done_keys()
+        OutputFolder(str(tmp_path)).scan()
 
 
 def test_read_output_concatenates_parts_in_order(tmp_path: Path) -> None:
@@ -251,5 +262,51 @@ def test_read_output_of_an_empty_folder_is_a_batch_input_error(tmp_path: Path) -
 def test_a_file_uri_output_folder_works_like_a_path(tmp_path: Path) -> None:
     writer = OutputFolder(tmp_path.as_uri()).writer(rows_per_part=1, seconds_per_part=60)
     writer.add(rows(1))
-    assert OutputFolder(str(tmp_path)).done_keys() == {done_key("r0", 0)}
+    assert done(tmp_path) == {("r0", 0)}
     assert read_output(tmp_path.as_uri()).num_rows == 1
+
+
+def _with_errors(pairs: t.Sequence[tuple[str, int]], errors: t.Sequence[str | None]) -> pa.Table:
+    table = generations(pairs)
+    index = table.schema.get_field_index("error")
+    return table.set_column(index, "error", pa.array(errors, type=pa.string()))
+
+
+def test_scan_tells_done_from_failed(tmp_path: Path) -> None:
+    pq.write_table(
+        _with_errors([("a", 0), ("a", 1), ("b", 0)], [None, "boom", "boom"]),
+        tmp_path / "part-1.parquet",
+    )
+    scan = OutputFolder(str(tmp_path)).scan()
+    assert scan.done == {"a": 0b01} and scan.failed == {"a": 0b10, "b": 0b01}
+    assert scan.failed_count() == 2 and not scan.repeated
+    assert scan.finished(retry_failed=False) == {"a": 0b11, "b": 0b01}
+    assert scan.finished(retry_failed=True) == {"a": 0b01}
+
+
+def test_compact_keeps_one_row_per_generation(tmp_path: Path) -> None:
+    # an earlier run failed a0 and b0; a retry made a0 well and b0 failed again, then stopped
+    pq.write_table(
+        _with_errors([("a", 0), ("b", 0), ("c", 0)], ["old", "old", None]),
+        tmp_path / "part-1.parquet",
+    )
+    pq.write_table(_with_errors([("b", 0)], ["new"]), tmp_path / "part-2.parquet")
+    pq.write_table(_with_errors([("a", 0)], [None]), tmp_path / "part-3.parquet")
+    folder = OutputFolder(str(tmp_path))
+    assert folder.scan().repeated == {("a", 0), ("b", 0)}
+    assert folder.compact() == 2
+    got = {
+        (r["id"], r["generation_index"]): r["error"] for r in read_output(str(tmp_path)).to_pylist()
+    }
+    assert got == {("a", 0): None, ("b", 0): "new", ("c", 0): None}
+    assert not folder.scan().repeated
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert folder.compact() == 0
+
+
+def test_compact_removes_a_part_it_empties(tmp_path: Path) -> None:
+    pq.write_table(_with_errors([("a", 0)], ["old"]), tmp_path / "part-1.parquet")
+    pq.write_table(_with_errors([("a", 0)], [None]), tmp_path / "part-2.parquet")
+    folder = OutputFolder(str(tmp_path))
+    folder.compact()
+    assert [Path(p).name for p in folder.parts()] == ["part-2.parquet"]

@@ -1,12 +1,10 @@
-"""member_indices and done_key: who makes which generation of a row, and what is done."""
+"""member_indices: who makes which generation of a row."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from rig_ray.batch.plan import done_key, member_indices
+from rig_ray.batch.plan import member_indices
 
 IDS = [f"row-{i}" for i in range(1000)]
 
@@ -88,13 +86,3 @@ def test_seed_none_and_seed_zero_are_different_seeds() -> None:
         for row_id in IDS[:200]
     )
     assert changed > 0
-
-
-def test_done_key_distinguishes_every_id_and_index_pair() -> None:
-    ids = ["", "1", "10", "01", "a", "a\x1f1", "1\x1fa", "0\x1f1", "\x1f", "a|1", "a:1", "é"]
-    pairs = list(itertools.product(ids, [0, 1, 10, 11, 101]))
-    assert len({done_key(row_id, index) for row_id, index in pairs}) == len(pairs)
-
-
-def test_done_key_is_the_same_for_the_same_pair() -> None:
-    assert done_key("a\x1fb", 3) == done_key("a\x1fb", 3)

@@ -229,9 +229,27 @@ def test_row_id_reads_the_configured_id_column() -> None:
     assert PromptSpec(id_column="key").row_id({"id": "not this", "key": "k1"}) == "k1"
 
 
-@pytest.mark.parametrize("row", [{"id": None, "prompt": "p"}, {"prompt": "p"}])
-def test_row_id_without_a_value_is_the_content_id(row: dict[str, t.Any]) -> None:
-    assert PromptSpec().row_id(row) == content_id(row)
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"id": None, "prompt": "p"},
+        {"prompt": "p"},
+        {"prompt": "p", "other": "a column the prompt does not use"},
+        {"prompt": "p", "other": None},
+    ],
+)
+def test_row_id_without_a_value_is_the_hash_of_its_conversation(row: dict[str, t.Any]) -> None:
+    spec = PromptSpec(system="Be brief.").resolve(["id", "prompt", "other"])
+    assert spec.row_id(row) == content_id([["system", "Be brief."], ["user", "p"]])
+
+
+def test_the_content_id_changes_with_what_the_prompt_uses() -> None:
+    spec = PromptSpec(template="About $topic").resolve(["topic", "other"])
+    assert spec.row_id({"topic": "a"}) != spec.row_id({"topic": "b"})
+    other_system = PromptSpec(template="About $topic", system="S").resolve(["topic"])
+    assert spec.row_id({"topic": "a"}) != other_system.row_id({"topic": "a"})
+    # a row that cannot be rendered is keyed by the values its prompt reads
+    assert spec.row_id({"topic": None, "other": 1}) == spec.row_id({"other": 2})
 
 
 def test_content_id_does_not_depend_on_key_order() -> None:

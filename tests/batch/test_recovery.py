@@ -52,8 +52,10 @@ def test_a_killed_job_run_again_ends_with_one_row_per_generation(tmp_path: Path)
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    before = output_rows(out)
+    before = output_rows(out)  # every visible part is complete: each one reads
     assert 12 <= len(before) < 60  # killed halfway: some parts written, not all
+    leftover = out / ".tmp-part-left-by-a-kill.parquet"
+    leftover.write_bytes(b"half a part")  # what a kill during a write leaves
 
     again = run(
         str(source),
@@ -67,6 +69,7 @@ def test_a_killed_job_run_again_ends_with_one_row_per_generation(tmp_path: Path)
     keys = sorted((r["id"], r["generation_index"]) for r in after)
     assert keys == sorted((f"r{n}", g) for n in range(30) for g in range(2))
     assert again.skipped == len(before) and again.generations_written == 60 - len(before)
+    assert not leftover.exists()
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no half-written files
 
 

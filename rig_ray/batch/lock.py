@@ -1,0 +1,181 @@
+"""One run per output folder: `FolderLock`, held for a batch run's whole life.
+
+A local folder is locked with an OS file lock (`flock`) on `_rig_ray.lock`, which the kernel
+lets go of when the process ends however it ends. An object store has no such lock, so there
+the lock is an object holding the holder's host, pid and a heartbeat that a thread renews; a
+lock whose heartbeat is older than `stale_after_s` (its run died) may be taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+import pyarrow.fs as pafs
+
+from rig_ray.errors import BatchInputError
+
+LOCK_NAME = "_rig_ray.lock"
+STALE_AFTER_S = 300.0
+"""An object-store lock whose heartbeat is older than this belongs to a run that died."""
+HEARTBEAT_S = 30.0
+"""How often a run renews its object-store lock."""
+
+
+class FolderLock:
+    """An exclusive lock on an output folder; `acquire` fails fast, naming the holder."""
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        path: str,
+        location: str,
+        *,
+        stale_after_s: float = STALE_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        settle_s: float = 1.0,
+    ) -> None:
+        self._filesystem = filesystem
+        self._folder = path
+        self._path = f"{path}/{LOCK_NAME}"
+        self._location = location
+        self._stale_after_s = stale_after_s
+        self._heartbeat_s = heartbeat_s
+        self._settle_s = settle_s
+        self._local = isinstance(filesystem, pafs.LocalFileSystem)
+        self._fd: int | None = None
+        self._created_folder = False
+        self._token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock, creating the folder if needed; `BatchInputError` if another run has it."""
+        if self._filesystem.get_file_info(self._folder).type == pafs.FileType.NotFound:
+            self._filesystem.create_dir(self._folder, recursive=True)
+            self._created_folder = True
+        if self._local:
+            self._acquire_local()
+        else:
+            self._acquire_object()
+
+    def release(self) -> None:
+        """Let go of the lock (and remove the folder if this run created it and left it empty)."""
+        if self._local and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            os.close(self._fd)
+            self._fd = None
+        elif not self._local and self._beat is not None:
+            self._stop.set()
+            self._beat.join()
+            self._beat = None
+            if (self._read() or {}).get("token") == self._token:
+                with contextlib.suppress(OSError):
+                    self._filesystem.delete_file(self._path)
+        if self._created_folder:
+            with contextlib.suppress(OSError):
+                listing = self._filesystem.get_file_info(pafs.FileSelector(self._folder))
+                if not listing:
+                    self._filesystem.delete_dir(self._folder)
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        while True:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe(_read_fd(fd))
+                os.close(fd)
+                raise self._busy(holder) from None
+            try:  # the holder before us may have removed the file as we opened it
+                same = os.fstat(fd).st_ino == os.stat(self._path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(self._holder()).encode())
+        self._fd = fd
+
+    def _acquire_object(self) -> None:
+        current = self._read()
+        if current is not None and time.time() - current.get("heartbeat", 0) < self._stale_after_s:
+            raise self._busy(_describe(current))
+        self._write()
+        time.sleep(self._settle_s)  # a run that wrote at the same moment: the last write wins
+        current = self._read()
+        if current is None or current.get("token") != self._token:
+            raise self._busy(_describe(current))
+        self._beat = threading.Thread(target=self._heartbeat, name="rig_ray-lock", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            current = self._read()
+            if current is not None and current.get("token") != self._token:
+                return  # taken over (this run looked dead): never overwrite the new holder
+            with contextlib.suppress(OSError):
+                self._write()
+
+    def _holder(self) -> dict[str, t.Any]:
+        now = time.time()
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self._token,
+            "started": getattr(self, "_started", now),
+            "heartbeat": now,
+        }
+
+    def _write(self) -> None:
+        holder = self._holder()
+        self._started = holder["started"]
+        with self._filesystem.open_output_stream(self._path) as out:
+            out.write(json.dumps(holder).encode())
+
+    def _read(self) -> dict[str, t.Any] | None:
+        try:
+            with self._filesystem.open_input_stream(self._path) as stream:
+                value = json.loads(stream.read() or b"{}")
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _busy(self, holder: str) -> BatchInputError:
+        return BatchInputError(
+            f"output folder {self._location!r} is in use by another run ({holder}); wait for "
+            "it to end or give another output folder",
+            source=self._location,
+        )
+
+
+def _read_fd(fd: int) -> dict[str, t.Any] | None:
+    try:
+        value = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _describe(holder: dict[str, t.Any] | None) -> str:
+    if not holder or "pid" not in holder:
+        return "holder unknown"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+    return f"pid {holder['pid']} on host {holder.get('host', '?')}, since {started}"

@@ -1,0 +1,151 @@
+"""Where a batch job runs: which Ray to join, and whether its actors fit there.
+
+`join` picks a cluster as `rig-ray serve` does: `address=`, else `RAY_ADDRESS`, else a local
+Ray of the job's own; a cluster that does not answer within `JOIN_TIMEOUT_S` is a one-line
+`BatchInputError` naming the address. `fit_cpus` compares what the actor pools ask for with
+what the cluster has before anything is scheduled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import typing as t
+
+from rig_ray.errors import BatchInputError
+from rig_ray.redaction import redact
+
+JOIN_TIMEOUT_S = 60.0
+DEFAULT_NUM_CPUS = 1.0
+"""CPUs per actor when the user leaves it open and the cluster has them."""
+
+
+def join(address: str | None) -> bool:
+    """Start or join Ray unless it is running; True when this call started a Ray of its own.
+
+    The caller's SIGTERM handler stays in place (Ray's own prints C++ stack traces).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    chosen = address or os.environ.get("RAY_ADDRESS") or "local"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if chosen == "local":
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            return True
+        _connect(chosen)
+        return False
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    _probe(address)
+    logging.getLogger("ray._private.worker").addFilter(_NoThreadNotice())
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+            outcome.append(None)
+        except BaseException as error:  # handed to the caller's thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=connect, name="rig_ray-join", daemon=True)
+    worker.start()
+    worker.join(JOIN_TIMEOUT_S)
+    if not outcome:
+        raise BatchInputError(
+            f"the Ray cluster at {redact(address)!r} did not answer within "
+            f"{JOIN_TIMEOUT_S:.0f}s; check --address / RAY_ADDRESS, or leave both unset for a "
+            "local Ray"
+        )
+    if outcome[0] is not None:
+        first = (str(outcome[0]).strip().splitlines() or [""])[0]
+        raise BatchInputError(
+            f"cannot join the Ray cluster at {redact(address)!r}: {redact(first)}"
+        ) from outcome[0]
+
+
+class _NoThreadNotice(logging.Filter):
+    """Drops Ray's notice that a Ray joined from a thread sets no SIGTERM handler: the job's
+    own handler stays in place, as wanted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _probe(address: str) -> None:
+    """Fail at once when nothing listens at a `host:port` address (a head that has gone)."""
+    if "://" in address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise BatchInputError(
+            f"cannot reach the Ray cluster at {address!r}: {error.strerror or error}; check "
+            "--address / RAY_ADDRESS, or leave both unset for a local Ray"
+        ) from None
+
+
+def fixed_cluster() -> bool:
+    """Whether the cluster cannot grow: a local Ray this process started."""
+    try:
+        from ray._private import worker
+
+        node = worker.global_worker.node
+        return bool(node is not None and node.head)
+    except (AttributeError, ImportError):
+        return False
+
+
+def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[float, str | None]:
+    """CPUs per actor, and a note for the progress line when the job must wait for resources.
+
+    One CPU (half of a one-CPU cluster) stays free for Ray Data's own tasks. On a fixed
+    cluster, `num_cpus=None` shrinks to fit and an explicit request that cannot fit is a
+    `BatchInputError` with the numbers; on a cluster that can grow, the job waits, and the
+    note says for what.
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    reserve = min(1.0, cpus / 2)
+    wanted = DEFAULT_NUM_CPUS if num_cpus is None else num_cpus
+    fixed = fixed_cluster()
+    if num_cpus is None and fixed and actors * wanted + reserve > cpus:
+        wanted = round(max(cpus - reserve, 0.0) / actors, 3)
+    short = actors * wanted + reserve > cpus + 1e-9 or actors * num_gpus > gpus + 1e-9
+    if not short:
+        return wanted, None
+    need = f"{actors} actor(s) needing {wanted:g} CPU" + (
+        f" and {num_gpus:g} GPU each" if num_gpus else " each"
+    )
+    have = f"{cpus:g} CPUs and {gpus:g} GPUs, {reserve:g} CPU kept for Ray Data's tasks"
+    if fixed:
+        raise BatchInputError(
+            f"the job cannot be placed: {need}, but this Ray has {have}; lower --num-cpus, "
+            "--num-gpus or --replicas, or give fewer generators"
+        )
+    return wanted, f"waiting for {need} (the cluster has {have} now)"
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's notices for newcomers out of a batch job's console; errors still show."""
+    for name in ("ray._private.authentication", "ray.data._internal.execution"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+__all__: t.Sequence[str] = ["JOIN_TIMEOUT_S", "fit_cpus", "fixed_cluster", "join"]

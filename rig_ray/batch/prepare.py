@@ -1,0 +1,113 @@
+"""The driver's pass over the input before any model loads: ids, checks, what is left to do.
+
+Rows are read once, in input order. Each gets its id (its id column's value as a string, else
+the hash of its rendered conversation, repeats told apart by order: `#1`, `#2`, ...), a
+duplicated id is refused, and each row keeps only the generation indices not finished yet.
+Rows with nothing left are dropped here, so the generate stage holds no record of what is done.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray.errors import BatchInputError
+
+if t.TYPE_CHECKING:
+    import ray.data
+
+ID_COLUMN = "__rig_ray_id"
+"""Each prepared row's id, for the generate stage."""
+TODO_COLUMN = "__rig_ray_todo"
+"""Each prepared row's generation indices still to make."""
+INTERNAL_COLUMNS = (ID_COLUMN, TODO_COLUMN)
+
+
+class Plan(t.NamedTuple):
+    """The rows still to generate for (None when there are none), and the counts."""
+
+    dataset: ray.data.Dataset | None
+    rows_in: int
+    pending: int
+
+
+class _Ids:
+    """Assigns ids in input order and remembers them compactly, to find duplicates."""
+
+    def __init__(self, spec: PromptSpec) -> None:
+        self._spec = spec
+        self._repeats: dict[str, int] = {}
+        self.chunks: list[pa.Array] = []
+
+    def assign(self, rows: list[dict[str, t.Any]]) -> pa.Array:
+        ids: list[str] = []
+        for row in rows:
+            value = row.get(self._spec.id_column)
+            if value is not None:
+                ids.append(str(value))
+                continue
+            base = content_id(self._spec.prompt_key(row))
+            seen = self._repeats.get(base, 0)
+            self._repeats[base] = seen + 1
+            ids.append(f"{base}#{seen}" if seen else base)
+        array = pa.array(ids, type=pa.string())
+        self.chunks.append(array)
+        return array
+
+    def check_unique(self) -> None:
+        """`BatchInputError` naming the first id (in input order) that appears twice."""
+        if not self.chunks:
+            return
+        every = pa.chunked_array(self.chunks, type=pa.string())
+        counts = pc.value_counts(every)
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated) == 0:
+            return
+        first = pc.index(pc.is_in(every, value_set=repeated), True).as_py()
+        row_id = every[first].as_py()
+        raise BatchInputError(
+            f"the id {row_id!r} appears more than once in column {self._spec.id_column!r} "
+            f"(ids are compared as text, so 1 and '1' are the same); give every row its own id",
+            column=self._spec.id_column,
+        )
+
+
+def plan_rows(
+    dataset: ray.data.Dataset,
+    spec: PromptSpec,
+    *,
+    num_generations: int,
+    finished: t.Mapping[str, int],
+) -> Plan:
+    """Read `dataset` once, in order, and keep the rows with generations still to make.
+
+    `finished` maps an id to a bitmask of its generation indices not to make again. The kept
+    rows get `ID_COLUMN` and `TODO_COLUMN` and go to Ray's object store as they are read.
+    """
+    import ray
+
+    dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
+    ids = _Ids(spec)
+    refs: list[t.Any] = []
+    rows_in = pending = 0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        table = t.cast(pa.Table, batch)
+        id_array = ids.assign(table.to_pylist())
+        todo = [
+            [g for g in range(num_generations) if not finished.get(row_id, 0) >> g & 1]
+            for row_id in id_array.to_pylist()
+        ]
+        rows_in += table.num_rows
+        pending += sum(len(indices) for indices in todo)
+        keep = pa.array([bool(indices) for indices in todo], type=pa.bool_())
+        if table.num_rows and pc.any(keep).as_py():
+            table = table.append_column(ID_COLUMN, id_array)
+            table = table.append_column(TODO_COLUMN, pa.array(todo, type=pa.list_(pa.int32())))
+            refs.append(ray.put(table.filter(keep)))
+    ids.check_unique()
+    if not refs:
+        return Plan(None, rows_in, 0)
+    return Plan(ray.data.from_arrow_refs(refs), rows_in, pending)

@@ -1,0 +1,176 @@
+"""One way to keep secrets out of everything rig_ray shows or writes: `redact`.
+
+A secret is an `api_key`, the password of any URL (`https://user:password@host`), a bearer
+token, or the value of any key that looks like a credential (`token`, `secret`, `password`,
+`authorization`, `api-key`, `x-api-key`, `hf_token`, ...) in a dict such as `extra`,
+`engine_args` or headers. `redact` replaces each with `***` in strings (free text, URLs,
+identifier strings, including their `base64:` JSON values), dicts and lists, and in the
+identifier of a generator. Errors, the CLI's lines, logs, the batch output's `generator` column
+and the batch manifest all go through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import typing as t
+
+MASK = "***"
+"""What a secret is replaced with."""
+
+_SECRET_WORDS = frozenset(
+    {
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "credential",
+        "credentials",
+        "authorization",
+        "auth",
+        "cookie",
+        "apikey",
+        "bearer",
+        "signature",
+    }
+)
+_KEY_OWNERS = frozenset({"api", "access", "private", "secret", "auth", "subscription", "account"})
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*:)[^\s@/'\"]+@")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}")
+# key=value, key: value, "key": "value", 'key': 'value' (a JSON or dict repr, a header line)
+_PAIR = re.compile(
+    r"""(?P<key>["']?(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)["']?)(?P<sep>\s*[:=]\s*)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;}\])'"]+)"""
+)
+_BASE64_VALUE = re.compile(r"base64:(?P<data>[A-Za-z0-9_\-]+)")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key (a field, a dict key, a header) names a credential."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    words = [word for word in re.split(r"[_\-.\s]+", spaced.lower()) if word]
+    if any(word in _SECRET_WORDS for word in words):
+        return True
+    return any(
+        word in ("key", "keys") and index > 0 and words[index - 1] in _KEY_OWNERS
+        for index, word in enumerate(words)
+    )
+
+
+@t.overload
+def redact(value: str) -> str: ...
+@t.overload
+def redact(value: t.Mapping[str, t.Any]) -> dict[str, t.Any]: ...
+@t.overload
+def redact(value: t.Any) -> t.Any: ...
+def redact(value: t.Any) -> t.Any:
+    """`value` with every secret in it replaced by `MASK`.
+
+    Strings (free text, URLs, identifiers), dicts (recursively: a credential-looking key keeps
+    its key and loses its value), lists and tuples; other values come back as they are.
+    """
+    if isinstance(value, str):
+        return _redact_text(value)
+    if isinstance(value, t.Mapping):
+        return {key: MASK if _masks(key, item) else redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(item) for item in value)
+    return value
+
+
+def scrub(text: str, *sources: t.Any) -> str:
+    """`text` redacted, with any secret value found in `sources` (identifiers, dicts) masked
+    wherever it appears: an error that quotes a bad value repeats no key."""
+    for secret in sorted(_secrets_in(sources), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return redact(text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message (with its arguments filled in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def redact_logs(*names: str) -> None:
+    """Put a `RedactingFilter` on the handlers that print log records to the console: the
+    root's, Python's last-resort handler, and those of the loggers `names` (default: Ray's)."""
+    handlers: list[logging.Handler] = list(logging.getLogger().handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for name in names or ("ray", "ray.data", "ray.serve"):
+        handlers.extend(logging.getLogger(name).handlers)
+    for handler in handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def _masks(key: t.Any, item: t.Any) -> bool:
+    return isinstance(key, str) and is_secret_key(key) and item not in (None, "", MASK)
+
+
+def _redact_text(text: str) -> str:
+    text = _BASE64_VALUE.sub(_redact_base64, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    return _PAIR.sub(_redact_pair, text)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    if not is_secret_key(match.group("name")) or match.group("value").strip("\"'") == MASK:
+        return match.group(0)
+    value = match.group("value")
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"
+
+
+def _redact_base64(match: re.Match[str]) -> str:
+    decoded = _decode_base64(match.group("data"))
+    if decoded is None:
+        return match.group(0)
+    cleaned = redact(decoded)
+    if cleaned == decoded:
+        return match.group(0)
+    payload = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
+    return "base64:" + base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _decode_base64(data: str) -> t.Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode((data + "=" * (-len(data) % 4)).encode()))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _secrets_in(sources: t.Iterable[t.Any]) -> set[str]:
+    """The secret values themselves, as written in `sources`."""
+    found: set[str] = set()
+    for source in sources:
+        if isinstance(source, str):
+            for match in _URL_PASSWORD.finditer(source):
+                found.add(match.group(0)[len(match.group("head")) : -1])
+            for match in _PAIR.finditer(source):
+                if is_secret_key(match.group("name")):
+                    found.add(match.group("value").strip("\"'"))
+            for match in _BASE64_VALUE.finditer(source):
+                decoded = _decode_base64(match.group("data"))
+                if decoded is not None:
+                    found |= _secrets_in([decoded])
+        elif isinstance(source, t.Mapping):
+            for key, item in source.items():
+                if _masks(key, item):
+                    found.add(str(item))
+                found |= _secrets_in([item])
+        elif isinstance(source, list | tuple):
+            found |= _secrets_in(source)
+    return {secret for secret in found if len(secret) >= 3 and secret != MASK}

@@ -1,0 +1,38 @@
+"""Which Ray a batch job joins: a cluster that listens but never answers is a one-line error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_cluster_that_never_answers_is_a_batch_input_error_after_the_timeout() -> None:
+    # In a process of its own: the abandoned join keeps Ray half set up until the process ends.
+    script = textwrap.dedent(
+        """
+        import socket, time
+        from rig_ray.batch import placement
+        from rig_ray.errors import BatchInputError
+
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts connections, never speaks Ray's protocol
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        placement.JOIN_TIMEOUT_S = 3
+        started = time.monotonic()
+        try:
+            placement.join(address)
+        except BatchInputError as error:
+            print(f"{time.monotonic() - started:.1f}|{address}|{error}", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    seconds, address, message = done.stdout.strip().splitlines()[-1].split("|", 2)
+    assert f"the Ray cluster at '{address}' did not answer within 3s" in message
+    assert 2.5 <= float(seconds) < 60
