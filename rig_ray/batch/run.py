@@ -19,7 +19,7 @@ from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
-from rig_ray.cluster.actor import describe
+from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.redaction import redact, redact_logs
