@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--messages-column", help="column holding each row's OpenAI-shaped messages"
     )
     parser.add_argument(
+        "--params-column",
+        help="column holding each row's own params, e.g. {\"max_tokens\": 64}, laid over the job's",
+    )
+    parser.add_argument(
         "--num-generations", type=int, default=1, metavar="N", help="generations per row (1)"
     )
     parser.add_argument(
@@ -164,6 +168,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         template=args.template,
         system=args.system,
         messages_column=args.messages_column,
+        params_column=args.params_column,
         num_generations=args.num_generations,
         params=GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature),
         replicas=args.replicas,

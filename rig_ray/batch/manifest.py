@@ -29,6 +29,7 @@ _LABELS = {
     "seed": "seed",
     "num_generations": "num_generations (lower)",
     "id_column": "id column",
+    "params_column": "params column",
 }
 
 
@@ -48,6 +49,7 @@ class Manifest(BaseModel):
     seed: int | None
     num_generations: int
     id_column: str
+    params_column: str | None = None
 
     def differences(self, earlier: Manifest) -> list[str]:
         """The fields in which this run's settings differ from the `earlier` run's; a higher

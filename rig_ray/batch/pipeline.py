@@ -33,6 +33,7 @@ def generate(
     template: str | None = None,
     system: str | None = None,
     messages_column: str | None = None,
+    params_column: str | None = None,
     num_generations: int = 1,
     params: GenerateParams | None = None,
     replicas: int = 1,
@@ -50,10 +51,12 @@ def generate(
     Each row becomes a conversation: the user message `template` with `$column` fields filled
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
-    `$prompt`.) Each generator runs in a pool of `replicas` Ray actors that load it once, take
-    `num_gpus` / `num_cpus` each, and make one engine call per `batch_size` rows, with up to
-    `max_concurrent_batches` calls in flight per actor (engines that batch continuously, such
-    as vLLM's, take the next batch while earlier ones finish). A call that runs longer than
+    `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
+    (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
+    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each, and make one
+    engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in flight per
+    actor (engines that batch continuously, such as vLLM's, take the next batch while earlier
+    ones finish). A call that runs longer than
     `batch_timeout_s` fails its rows with a timeout error.
 
     With several `generators`, each row's `num_generations` are split across them by the
@@ -79,7 +82,11 @@ def generate(
         raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
     columns = tuple(c for c in dataset.columns() or () if c not in INTERNAL_COLUMNS)
     spec = PromptSpec(
-        template=template, system=system, messages_column=messages_column, id_column=id_column
+        template=template,
+        system=system,
+        messages_column=messages_column,
+        id_column=id_column,
+        params_column=params_column,
     ).resolve(columns)
     from ray.data import ActorPoolStrategy
 

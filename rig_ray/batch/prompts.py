@@ -7,9 +7,10 @@ import json
 import string
 import typing as t
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rig_ray.errors import BatchInputError, InvalidMessageError
+from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message, template_fields
 
 DEFAULT_PROMPT_COLUMN = "prompt"
@@ -24,6 +25,8 @@ class PromptSpec(BaseModel):
     One of: `template` (a user message with `$column` fields), or `messages_column` (a list of
     OpenAI-shaped messages). `system` is put first unless the conversation already starts with
     a system message. Rows without a value in `id_column` get an id made from their content.
+    `params_column`, when given, holds each row's own params (e.g. `{"max_tokens": 64}`),
+    laid over the job's.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,8 +35,9 @@ class PromptSpec(BaseModel):
     system: str | None = None
     messages_column: str | None = None
     id_column: str = "id"
+    params_column: str | None = None
 
-    @field_validator("template", "system", "messages_column", "id_column")
+    @field_validator("template", "system", "messages_column", "id_column", "params_column")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -70,6 +74,12 @@ class PromptSpec(BaseModel):
             if spec.template is not None
             else [t.cast(str, spec.messages_column)]
         )
+        if spec.params_column is not None and spec.params_column not in columns:
+            raise BatchInputError(
+                f"params column {spec.params_column!r} is not a column of the input "
+                f"(columns: {_listed(columns)})",
+                column=spec.params_column,
+            )
         for column in needed:
             if column not in columns:
                 what = "template field" if spec.template is not None else "messages column"
@@ -110,6 +120,27 @@ class PromptSpec(BaseModel):
         if self.system is not None and messages[0].role != "system":
             messages.insert(0, Message(role="system", content=self.system))
         return messages
+
+    def row_params(self, row: t.Mapping[str, t.Any], base: GenerateParams) -> GenerateParams:
+        """`base` with the row's own params (from `params_column`: an object, or its JSON)
+        laid over it; `BatchInputError` when they are not valid params."""
+        column = self.params_column
+        raw = None if column is None else row.get(column)
+        if column is None or raw is None:
+            return base
+        try:
+            values = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(values, t.Mapping):
+                raise TypeError(f"a {type(values).__name__}, not an object of params")
+            # Arrow gives every row of a struct column every key: unset ones are null.
+            own = GenerateParams.model_validate({k: v for k, v in values.items() if v is not None})
+        except (ValueError, TypeError, ValidationError) as error:
+            reason = " ".join(str(error).split())
+            raise BatchInputError(
+                f"column {column!r} does not hold valid params in this row: {reason}",
+                column=column,
+            ) from error
+        return base.merge_with(own)
 
     def row_id(self, row: t.Mapping[str, t.Any]) -> str:
         """The row's id: its `id_column` value as a string, else `content_id` of its prompt.

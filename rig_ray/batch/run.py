@@ -143,6 +143,7 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
         system=options.get("system"),
         messages_column=options.get("messages_column"),
         id_column=options.get("id_column", "id"),
+        params_column=options.get("params_column"),
     ).resolve(columns)
 
 
@@ -158,6 +159,7 @@ def _manifest(members: list[Generator], spec: PromptSpec, options: dict[str, t.A
         seed=options.get("seed"),
         num_generations=int(options.get("num_generations", 1)),
         id_column=spec.id_column,
+        params_column=spec.params_column,
     )
 
 

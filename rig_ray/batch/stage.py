@@ -71,6 +71,7 @@ class GenerateStage:
         rows = batch.to_pylist()
         pending: list[_Pending] = []
         conversations: list[list[Message]] = []
+        params: list[GenerateParams] = []
         failures: dict[int, str] = {}  # row -> why its prompt could not be made
         for index, row in enumerate(rows):
             row_id, todo = self._todo(row)
@@ -78,14 +79,15 @@ class GenerateStage:
                 continue
             try:
                 conversation = config.prompts.conversation(row)
+                row_params = config.prompts.row_params(row, config.params)
             except Exception as error:  # a row that cannot be read fails alone
                 failures[index] = _error_text(error)
-                conversation = []
             for generation_index in todo:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index not in failures:
                     conversations.append(conversation)
-        results, latency = await self._generate(conversations)
+                    params.append(row_params)
+        results, latency = await self._generate(conversations, params)
         return self._output(batch, pending, failures, iter(results), latency)
 
     def _todo(self, row: dict[str, t.Any]) -> tuple[str, list[int]]:
@@ -102,12 +104,11 @@ class GenerateStage:
         return row_id, list(mine) if left is None else [g for g in left if g in mine]
 
     async def _generate(
-        self, conversations: list[list[Message]]
+        self, conversations: list[list[Message]], params: list[GenerateParams]
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
         started = time.perf_counter()
-        params = [self._config.params] * len(conversations)
         call = self._generator.generate_messages(conversations, params)
         try:
             results = await asyncio.wait_for(call, self._config.batch_timeout_s)

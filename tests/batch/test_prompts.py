@@ -277,3 +277,41 @@ def test_content_id_reads_nested_and_non_json_values() -> None:
     same = {"day": datetime.date(2024, 1, 2), "messages": [{"content": "hi", "role": "user"}]}
     assert content_id(row) == content_id(same)
     assert len(content_id(row)) == 16
+
+
+# -- per-row params ----------------------------------------------------------------------------
+
+
+def test_row_params_lay_each_rows_own_over_the_jobs() -> None:
+    from rig_ray import GenerateParams
+
+    spec = PromptSpec(template="$q", params_column="p").resolve(["q", "p"])
+    base = GenerateParams(temperature=0, max_tokens=8)
+    own = spec.row_params({"q": "x", "p": {"max_tokens": 64, "top_k": None}}, base)
+    assert (own.temperature, own.max_tokens, own.top_k) == (0, 64, None)
+    assert spec.row_params({"q": "x", "p": '{"max_tokens": 3}'}, base).max_tokens == 3
+    assert spec.row_params({"q": "x", "p": None}, base) == base
+    assert PromptSpec(template="$q").row_params({"q": "x", "p": {"max_tokens": 1}}, base) == base
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"nucleus": 1}, "nucleus"),
+        ("not json", "Expecting value"),
+        ([1, 2], "not an object"),
+    ],
+)
+def test_row_params_that_are_not_params_name_the_column(value: t.Any, reason: str) -> None:
+    from rig_ray import GenerateParams
+
+    spec = PromptSpec(template="$q", params_column="p")
+    with pytest.raises(BatchInputError, match=f"column 'p' does not hold valid params.*{reason}"):
+        spec.row_params({"q": "x", "p": value}, GenerateParams())
+
+
+def test_resolve_names_a_missing_params_column() -> None:
+    with pytest.raises(BatchInputError, match="params column 'p' is not a column") as caught:
+        PromptSpec(template="$q", params_column="p").resolve(["q"])
+    assert caught.value.column == "p"

@@ -235,3 +235,34 @@ def _ray() -> t.Any:
     import ray
 
     return ray
+
+
+def test_each_row_can_carry_its_own_params(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        {"id": "short", "topic": "a", "params": {"max_tokens": 4}},
+        {"id": "long", "topic": "b", "params": {"max_tokens": 200}},
+        {"id": "default", "topic": "c", "params": None},
+        {"id": "bad", "topic": "d", "params": {"max_tokens": -1}},
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    generator = CallbackGenerator(
+        model="cb", callback=lambda item, params: f"{params.max_tokens} {params.temperature}"
+    )
+    summary = run(
+        str(source),
+        str(tmp_path / "out"),
+        generator=generator,
+        template="$topic",
+        params=GenerateParams(max_tokens=16, temperature=0.5),
+        params_column="params",
+        **FAST,
+    )
+    assert (summary.generations_written, summary.failed) == (4, 1)
+    got = {r["id"]: r for r in output_rows(tmp_path / "out")}
+    assert [got[k]["text"] for k in ("short", "long", "default")] == [
+        "4 0.5",
+        "200 0.5",
+        "16 0.5",
+    ]
+    assert "column 'params' does not hold valid params" in got["bad"]["error"]
