@@ -109,6 +109,11 @@ class LiteLLMGenerator(Generator):
         default_factory=weakref.WeakKeyDictionary
     )
 
+    def load(self) -> t.Self:
+        """Import litellm (seconds, the first time), so the first request does not wait."""
+        _import_litellm()
+        return self
+
     def _limiter(self) -> _RequestLimiter:
         loop = asyncio.get_running_loop()
         if loop not in self._limiters:

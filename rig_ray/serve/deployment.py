@@ -26,7 +26,7 @@ from rig_ray.serve import http_errors
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
 from rig_ray.serve.limits import check_context
-from rig_ray.serve.streaming import merge_streams
+from rig_ray.serve.streaming import aclose, merge_streams
 
 logger = logging.getLogger("ray.serve")
 
@@ -195,29 +195,40 @@ class GeneratorDeployment:
     async def _stream(
         self, request_id: str, kind: str, prompts: list[t.Any], params: GenerateParams, n: int
     ) -> t.AsyncIterator[StreamEvent]:
+        """The events of a streamed request. It is accepted (None) once its first piece is
+        there, so a request refused or failed before that gets an ordinary error reply."""
+        method = "stream_message" if kind == "chat" else "stream_text"
+        if not _overrides(self._generator, method):  # whole replies, grouped like any others
+            results = await self._request(request_id, kind, prompts, params, n)
+            if isinstance(results[0], ServeRequestError):
+                yield results[0]
+                return
+            yield None
+            for index, result in enumerate(results):
+                yield index, GeneratedChunk.whole(result)
+            return
         try:
             await self._admit(kind, prompts, params)
         except ServeRequestError as error:
             yield error
             return
-        yield None
-        method = "stream_message" if kind == "chat" else "stream_text"
-        if not _overrides(self._generator, method):  # whole replies, grouped like any others
-            results = await self._run(request_id, kind, prompts, params, n)
-            for index, result in enumerate(results):
-                if isinstance(result, ServeRequestError):
-                    yield result
-                else:
-                    yield index, GeneratedChunk.whole(result)
-            return
         streams = [self._open_stream(kind, prompt, params) for prompt in prompts for _ in range(n)]
+        merged = merge_streams(streams)
+        accepted = False
         try:
-            async for index, chunk in merge_streams(streams):
+            async for index, chunk in merged:
                 if self._health is not None:
                     self._health.answered()
+                if not accepted:
+                    accepted = True
+                    yield None
                 yield index, chunk
+            if not accepted:  # a stream with no piece at all
+                yield None
         except Exception as error:
             yield self._public(error, request_id)
+        finally:
+            await aclose(merged)
 
     def _open_stream(
         self, kind: str, prompt: t.Any, params: GenerateParams

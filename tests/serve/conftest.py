@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.openai_stub import OpenAIStub
 from tests.serve.support import GUARD, KEY, SMOL, Endpoint, free_port
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -83,11 +84,18 @@ def stream_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def guarded(local_serve: int, stream_records: Path) -> t.Iterator[Endpoint]:
+def upstream() -> t.Iterator[OpenAIStub]:
+    """An OpenAI-compatible stub on 127.0.0.1 that streams one word each 0.2 s."""
+    with OpenAIStub(stream_delay=0.2) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="package")
+def guarded(local_serve: int, stream_records: Path, upstream: OpenAIStub) -> t.Iterator[Endpoint]:
     """A second app, at /guard, with a short request timeout (4 s): `hang` (hangs on HANG,
     batched), `stuck` (after STICK, every call hangs; health probes every 0.5 s), `boom`
-    (every call fails with internal text) and `ticker` (a registered provider that streams
-    8 chunks 0.25 s apart)."""
+    (every call fails with internal text), `ticker` (a registered provider that streams
+    8 chunks 0.25 s apart) and `relay` (LiteLLM to the `upstream` stub)."""
     from ray import serve
 
     from rig_ray.generator import registry
@@ -109,6 +117,11 @@ def guarded(local_serve: int, stream_records: Path) -> t.Iterator[Endpoint]:
         ServedModel(generator=BoomGenerator(model="boom"), ray_actor_options=FAKE_CPU),
         ServedModel(
             generator=f"ticker!ticker,record_dir={stream_records}", ray_actor_options=FAKE_CPU
+        ),
+        ServedModel(
+            generator=f"openai/stub-model,api_base={upstream.base_url},api_key=sk-up",
+            name="relay",
+            ray_actor_options=FAKE_CPU,
         ),
     ]
     try:

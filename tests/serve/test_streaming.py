@@ -1,6 +1,7 @@
 """Token streaming over real HTTP with the official `openai` client, on `ticker`: a
-registered provider whose stream yields 8 chunks 0.25 s apart. Chunks reach the client as the
-generator makes them, and a client that hangs up stops the generation."""
+registered provider whose stream yields 8 chunks 0.25 s apart, and on `relay`, a LiteLLM
+generator in front of a streaming OpenAI stub. Chunks reach the client as the generator makes
+them, and a client that hangs up stops the generation."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.openai_stub import OpenAIStub
 from tests.serve.support import Endpoint, chat_body
 
 CHUNKS, DELAY = 8, 0.25
@@ -91,3 +93,32 @@ def test_vllm_sampling_fields_are_refused_for_other_generators(
     error = reply.json()["error"]
     assert (error["code"], error["param"]) == ("unsupported_parameter", field)
     assert field in error["message"]
+
+
+async def test_litellm_streams_through_the_endpoint(
+    guarded: Endpoint, upstream: OpenAIStub
+) -> None:
+    async with guarded.openai() as client:
+        await client.chat.completions.create(  # warm up: the replica imports litellm
+            model="relay", messages=[{"role": "user", "content": "warm"}]
+        )
+        upstream.reset()
+        started = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="relay",
+            messages=[{"role": "user", "content": "one two three four five"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals, text, usage = [], "", None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+                text += chunk.choices[0].delta.content
+            usage = chunk.usage or usage
+        total = time.monotonic() - started
+    assert text == "echo: one two three four five" and len(arrivals) == 6
+    assert arrivals[0] < total / 2
+    assert usage is not None and usage.completion_tokens == 6
+    [request] = upstream.requests
+    assert request.body["stream"] is True and request.api_key == "sk-up"
