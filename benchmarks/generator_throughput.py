@@ -1,7 +1,9 @@
 """Generated tokens/s of rig_ray's local generators against the raw engines they wrap.
 
 The same engine object serves both sides (`from_obj`), so the ratio is rig_ray's own cost:
-building per-item params, the worker thread, and turning outputs into results.
+building per-item params, rendering, the engine's loop or worker thread, and turning outputs
+into results. `--dtypes bfloat16,float32` runs everything in both dtypes: on a CPU without
+native bf16, float32 is what `dtype="auto"` picks.
 
     .venv/bin/python benchmarks/generator_throughput.py --prompts 64 --max-tokens 32
 
@@ -18,6 +20,8 @@ import os
 import time
 import typing as t
 from concurrent.futures import ProcessPoolExecutor
+
+from common import machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,41 +61,60 @@ def best_of(
     return best[0], best[1]
 
 
-def bench_vllm(path: str, prompts: list[str], max_tokens: int) -> list[tuple[str, float, int]]:
-    from vllm import LLM, SamplingParams
+def bench_vllm(
+    path: str, prompts: list[str], max_tokens: int, dtype: str
+) -> list[tuple[str, float, int]]:
+    """vLLM's AsyncLLM driven directly (one request per prompt, all gathered) against
+    `generate_texts` of a generator wrapping the same engine, both on one event loop."""
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
 
     import rig_ray as rr
 
+    loop = asyncio.new_event_loop()
+    settings = {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.3}
+
+    async def start() -> t.Any:  # built on the loop its output task will run on
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, dtype=dtype, **settings))
+
     started = time.perf_counter()
-    llm = LLM(
-        model=path,
-        dtype="bfloat16",
-        enforce_eager=True,
-        max_model_len=1024,
-        gpu_memory_utilization=0.3,
-    )
+    engine = loop.run_until_complete(start())
     print(f"vLLM load: {time.perf_counter() - started:.1f}s")
-    sampling = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+    async def one(index: int, prompt: str) -> int:
+        sampling = SamplingParams(
+            temperature=0,
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        tokens = 0
+        async for output in engine.generate(prompt, sampling, f"raw-{time.time()}-{index}"):
+            tokens = len(output.outputs[0].token_ids)
+        return tokens
 
     def raw() -> int:
-        outputs = llm.generate(prompts, sampling, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outputs)
+        gathered = asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        return sum(loop.run_until_complete(gathered))
 
-    generator = rr.VLLMGenerator.from_obj(llm)
+    generator = rr.VLLMGenerator.from_obj(engine)
     params = [rr.GenerateParams(temperature=0, max_tokens=max_tokens, extra={"ignore_eos": True})]
 
     def wrapped() -> int:
-        results = asyncio.run(generator.generate_texts(prompts, params * len(prompts)))
+        results = loop.run_until_complete(generator.generate_texts(prompts, params * len(prompts)))
         return sum(r.usage.output_tokens for r in results)
 
     raw()  # warm-up
     raw_run, our_run = best_of(raw, wrapped)
     generator.unload()
-    return [("vllm raw LLM.generate", *raw_run), ("vllm rig_ray generate_texts", *our_run)]
+    engine.shutdown()
+    return [("vllm raw AsyncLLM.generate", *raw_run), ("vllm rig_ray generate_texts", *our_run)]
 
 
 def _transformers_side(
-    path: str, prompts: list[str], max_tokens: int, side: str
+    path: str, prompts: list[str], max_tokens: int, side: str, dtype: str
 ) -> tuple[float, int]:
     """One side of the transformers comparison, in its own process: torch keeps an OpenMP
     thread team per calling thread, and two teams in one process slow each other down."""
@@ -101,7 +124,7 @@ def _transformers_side(
     import rig_ray as rr
 
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
     def raw() -> int:
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -144,7 +167,7 @@ def _transformers_side(
 
 
 def bench_transformers(
-    path: str, prompts: list[str], max_tokens: int
+    path: str, prompts: list[str], max_tokens: int, dtype: str
 ) -> list[tuple[str, float, int]]:
     spawn = multiprocessing.get_context("spawn")
     rows = []
@@ -154,7 +177,7 @@ def bench_transformers(
     ):
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             seconds, tokens = pool.submit(
-                _transformers_side, path, prompts, max_tokens, side
+                _transformers_side, path, prompts, max_tokens, side, dtype
             ).result()
         rows.append((name, seconds, tokens))
     return rows
@@ -165,26 +188,36 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--engines", default="vllm,transformers")
+    parser.add_argument(
+        "--dtypes",
+        default="bfloat16",
+        help="comma-separated engine dtypes, each run in turn (e.g. bfloat16,float32: the "
+        "checkpoint's dtype against the one dtype=auto picks on a CPU without native bf16)",
+    )
     args = parser.parse_args()
 
     from rig_ray.embedded import embedded_model_path
 
     path = str(embedded_model_path())
     prompts = make_prompts(args.prompts)
-    print(f"SmolLM2-135M bf16, {args.prompts} prompts x {args.max_tokens} tokens, greedy")
+    print(f"machine: {machine()}")
+    print(f"SmolLM2-135M, {args.prompts} prompts x {args.max_tokens} tokens, greedy")
     engines = args.engines.split(",")
     rows: list[tuple[str, float, int]] = []
-    if "vllm" in engines:
-        rows += bench_vllm(path, prompts, args.max_tokens)
-    if "transformers" in engines:
-        rows += bench_transformers(path, prompts, args.max_tokens)
-    print(f"\n{'run':40} {'seconds':>8} {'tokens':>7} {'tok/s':>8} {'ratio':>6}")
+    for dtype in args.dtypes.split(","):
+        if "vllm" in engines:
+            found = bench_vllm(path, prompts, args.max_tokens, dtype)
+            rows += [(f"{name} {dtype}", seconds, tokens) for name, seconds, tokens in found]
+        if "transformers" in engines:
+            found = bench_transformers(path, prompts, args.max_tokens, dtype)
+            rows += [(f"{name} {dtype}", seconds, tokens) for name, seconds, tokens in found]
+    print(f"\n{'run':48} {'seconds':>8} {'tokens':>7} {'tok/s':>8} {'ratio':>6}")
     raw_rate = 0.0
     for name, seconds, tokens in rows:
         rate = tokens / seconds
         raw_rate = rate if " raw " in name else raw_rate
         ratio = rate / raw_rate if raw_rate else float("nan")
-        print(f"{name:40} {seconds:8.2f} {tokens:7d} {rate:8.1f} {ratio:6.2f}")
+        print(f"{name:48} {seconds:8.2f} {tokens:7d} {rate:8.1f} {ratio:6.2f}")
 
 
 if __name__ == "__main__":

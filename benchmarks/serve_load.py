@@ -18,11 +18,11 @@ import argparse
 import asyncio
 import datetime
 import os
-import platform
-import socket
 import statistics
 import time
 import typing as t
+
+from common import free_port, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,12 +45,6 @@ class Level(t.NamedTuple):
 
     def percentile(self, q: int) -> float:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def load(url: str, model: str, requests: int, concurrency: int) -> tuple[float, list[float]]:
@@ -127,21 +121,6 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, list[Level]]:
                 elif level.rate > best[side][index].rate:
                     best[side][index] = level
     return best
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load_1m = os.getloadavg()[0]
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, "
-        f"load average {load_1m:.1f} at start"
-    )
 
 
 def print_table(batched: list[Level], unbatched: list[Level]) -> None:

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rig_ray.batch.plan import done_key, member_indices
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
-from rig_ray.cluster.actor import describe
 from rig_ray.cluster.options import restore_payload
+from rig_ray.cluster.remote_generator import describe
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message
 

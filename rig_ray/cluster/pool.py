@@ -6,7 +6,7 @@ import asyncio
 import random
 import typing as t
 
-from rig_ray.cluster.actor import describe
+from rig_ray.cluster.remote_generator import describe
 from rig_ray.cluster.split import generations_per_member
 from rig_ray.errors import InvalidPoolError, PoolMemberError
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator

@@ -19,8 +19,9 @@ class LocalGenerator(Generator):
 
     Engine calls block, so they never run on the event loop. They all run on the same thread:
     torch keeps an OpenMP thread team per calling thread, and teams of different threads fight
-    over the cores (a fifth of transformers' throughput on 2 cores). `_lock` serialises load,
-    unload and generation.
+    over the cores (a fifth of transformers' throughput on 2 cores). `_lock` serialises load
+    and unload (and, for transformers, generation; vLLM's async engine takes requests from any
+    number of calls at once).
     """
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)

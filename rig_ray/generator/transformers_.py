@@ -26,6 +26,7 @@ from rig_ray.generator.base import (
     StopReason,
     Usage,
 )
+from rig_ray.generator.cpu import auto_cpu_dtype
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.message import Message
 
@@ -55,7 +56,8 @@ class TransformersGenerator(LocalGenerator):
     """
 
     dtype: t.Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Torch dtype of the weights; auto keeps the checkpoint's."""
+    """Torch dtype of the weights. auto keeps the checkpoint's, except on a CPU without native
+    16-bit arithmetic, where it loads float32 (about 3x faster there)."""
     device: str | None = None
     """Where to run: cpu, cuda, cuda:1, ...; unset picks CUDA when present."""
     device_map: str | None = None
@@ -107,19 +109,28 @@ class TransformersGenerator(LocalGenerator):
             options: dict[str, t.Any] = {"trust_remote_code": self.trust_remote_code}
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path, **options)
-                if self.dtype != "auto":
-                    options["dtype"] = getattr(torch, self.dtype)
+                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                dtype = self._load_dtype(path, on_cpu=not self.device_map and device == "cpu")
+                if dtype is not None:
+                    options["dtype"] = getattr(torch, dtype)
                 if self.device_map:
                     options["device_map"] = self.device_map
                 model = transformers.AutoModelForCausalLM.from_pretrained(path, **options)
                 if not self.device_map:
-                    model.to(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                    model.to(device)
             except (OSError, ValueError, RuntimeError) as error:
                 raise ModelNotAvailableError(
                     f"transformers could not load {self.model!r}: {error}", model=self.model
                 ) from error
             self._install(model, tokenizer)
         return self
+
+    def _load_dtype(self, path: str, *, on_cpu: bool) -> str | None:
+        """The dtype to load in: the one asked for, else float32 on a CPU that would emulate
+        the checkpoint's 16-bit dtype, else None (the checkpoint's own)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return auto_cpu_dtype(path) if on_cpu else None
 
     def unload(self) -> t.Self:
         with self._lock:

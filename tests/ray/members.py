@@ -73,3 +73,35 @@ def wait_for_restart(remote: rr.RemoteGenerator, pid: int) -> dict[str, t.Any]:
             return info
         time.sleep(0.1)
     raise AssertionError("the actor was not restarted")
+
+
+class Trickle(rr.Generator):
+    """Streams the words of its reply one by one, `pause` seconds apart; `fail_after` words in,
+    it raises. Records, in a file, whether a stream was stopped before its end."""
+
+    pause: float = 0.05
+    fail_after: int | None = None
+    stopped_file: str | None = None
+
+    async def generate_texts(self, texts, params):
+        replies = [f"{text} one two three" for text in texts]
+        return [rr.GeneratedText(text=reply, stop_reason="stop") for reply in replies]
+
+    async def stream_text(self, text, params=None):
+        words = f"{text} one two three".split(" ")
+        try:
+            for index, word in enumerate(words):
+                if self.fail_after is not None and index == self.fail_after:
+                    raise rr.GenerationError(f"failed after {index} words")
+                await asyncio.sleep(self.pause)
+                last = index == len(words) - 1
+                yield rr.GeneratedChunk(
+                    text=word if index == 0 else f" {word}",
+                    stop_reason="stop" if last else None,
+                    usage=rr.Usage(input_tokens=1, output_tokens=len(words)) if last else None,
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            if self.stopped_file:
+                with open(self.stopped_file, "w") as marker:
+                    marker.write("stopped")
+            raise

@@ -3,6 +3,7 @@ restarts, failures and pools of remote members."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import sys
@@ -21,7 +22,14 @@ import rig_ray as rr
 from rig_ray.cluster.options import actor_options
 from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
-from tests.ray.members import Boom, Loadable, RaisesKeywordOnly, Sleepy, wait_for_restart
+from tests.ray.members import (
+    Boom,
+    Loadable,
+    RaisesKeywordOnly,
+    Sleepy,
+    Trickle,
+    wait_for_restart,
+)
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 CPU = 0.5  # four actors fit in ray.init(num_cpus=2)
@@ -303,3 +311,35 @@ async def test_chat_and_completion_pipelines_run_on_a_remote_generator(start) ->
     assert [chat.last.content for chat in chats] == ["same words back"] * 2
     completion = await remote.complete("echo me").run()
     assert completion.generated == "echo me"
+
+
+async def test_a_remote_stream_arrives_chunk_by_chunk(start):
+    remote = start(Trickle(model="t", pause=0.3))
+    await remote.aload()
+    arrivals: list[float] = []
+    chunks: list[rr.GeneratedChunk] = []
+    started = time.monotonic()
+    async for chunk in remote.stream_text("hello"):
+        arrivals.append(time.monotonic() - started)
+        chunks.append(chunk)
+    assert "".join(c.text for c in chunks) == "hello one two three"
+    assert chunks[-1].stop_reason == "stop" and chunks[-1].usage.output_tokens == 4
+    assert arrivals[0] < arrivals[-1] - 0.6  # not all at once at the end
+
+
+async def test_a_remote_stream_raises_the_actors_error_and_stops_when_left(start, tmp_path):
+    failing = start(Trickle(model="t", fail_after=2))
+    chunks = []
+    with pytest.raises(rr.GenerationError, match="failed after 2 words"):
+        async for chunk in failing.stream_text("x"):
+            chunks.append(chunk.text)
+    assert chunks == ["x", " one"]
+    marker = tmp_path / "stopped"
+    slow = start(Trickle(model="t", pause=1.0, stopped_file=str(marker)))
+    stream = slow.stream_text("y")
+    assert (await anext(stream)).text == "y"
+    await stream.aclose()
+    deadline = time.monotonic() + 20
+    while not marker.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert marker.exists(), "leaving the stream stops it in the actor"

@@ -1,0 +1,206 @@
+"""Streamed chat load on vLLM's own OpenAI server against `rig-ray serve` on the same engine.
+
+    .venv/bin/python benchmarks/serve_vs_vllm.py --requests 48 --concurrency 16
+
+Both servers load the same model folder (the embedded SmolLM2) with the same engine settings
+(`--dtype`, default bfloat16; eager; max_model_len 1024; VLLM_CPU_KVCACHE_SPACE=2) and face
+the same load, one server at a time, each in its own processes: `--requests` streamed chat
+requests, `--concurrency` in flight, each asking for `max_tokens` drawn (seeded) from
+16/32/64/128 with `ignore_eos`, so both do the same work. The client is the official `openai`
+package with `stream_options.include_usage`. Printed: output tok/s (usage tokens / wall
+time), time to first content token (TTFT) p50/p99, end-to-end p50/p99, and the ratios
+rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+from pathlib import Path
+
+from common import free_port, machine
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TOPICS = ("the sea", "a city at night", "winter", "a library", "trains", "the moon", "bread")
+MAX_TOKENS = (16, 32, 64, 128)
+TARGETS = {"tok/s": 0.9, "ttft_p50": 1.5}
+
+
+class Reply(t.NamedTuple):
+    ttft: float
+    latency: float
+    tokens: int
+
+
+def start_server(side: str, folder: str, port: int, dtype: str, log: Path) -> subprocess.Popen:
+    python = sys.executable
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    if side == "vllm":
+        command = [
+            python, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+            "--served-model-name", "bench", "--dtype", dtype, "--enforce-eager",
+            "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port),
+            "--disable-log-requests",
+        ]  # fmt: skip
+    else:
+        identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
+        command = [
+            python, "-m", "rig_ray.cli", "serve", "-g", identifier, "--name", "bench",
+            "--port", str(port), "--num-cpus", str(os.cpu_count() or 2),
+        ]  # fmt: skip
+    handle = log.open("w")
+    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+
+
+async def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            try:
+                if (await client.get(f"{url}/v1/models")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(1)
+    raise TimeoutError(f"no server at {url} after {timeout:.0f} s")
+
+
+async def one_request(client: t.Any, index: int, max_tokens: int) -> Reply:
+    content = f"Write a long story about {TOPICS[index % len(TOPICS)]} (#{index})."
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model="bench",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - started
+    return Reply(ttft=latency if first is None else first, latency=latency, tokens=tokens)
+
+
+async def load(url: str, requests: int, concurrency: int, seed: int) -> tuple[float, list[Reply]]:
+    from openai import AsyncOpenAI
+
+    sizes = random.Random(seed).choices(MAX_TOKENS, k=requests)
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", timeout=1800, max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(index: int) -> Reply:
+        async with gate:
+            return await one_request(client, index, sizes[index])
+
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(gated(i) for i in range(requests)))
+    wall = time.perf_counter() - started
+    await client.close()
+    return wall, list(replies)
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def run_side(side: str, args: argparse.Namespace, folder: str, logs: Path) -> dict[str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = logs / f"{side}.log"
+    process = start_server(side, folder, port, args.dtype, log)
+    try:
+        asyncio.run(wait_ready(url, process, args.start_timeout))
+        asyncio.run(load(url, args.concurrency, args.concurrency, args.seed + 1))  # warm-up
+        wall, replies = asyncio.run(load(url, args.requests, args.concurrency, args.seed))
+    except Exception:
+        print(f"{side} failed; last lines of {log}:\n{log.read_text()[-3000:]}", flush=True)
+        raise
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    tokens = sum(r.tokens for r in replies)
+    return {
+        "tok/s": tokens / wall,
+        "tokens": tokens,
+        "ttft_p50": percentile([r.ttft for r in replies], 50),
+        "ttft_p99": percentile([r.ttft for r in replies], 99),
+        "e2e_p50": percentile([r.latency for r in replies], 50),
+        "e2e_p99": percentile([r.latency for r in replies], 99),
+    }
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    columns = ("tok/s", "ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99")
+    print(f"\n| server | tokens | {' | '.join(columns)} |")
+    print(f"|---|---:|{'---:|' * len(columns)}")
+    for side, result in results.items():
+        cells = " | ".join(f"{result[c]:.2f}" for c in columns)
+        print(f"| {side} | {result['tokens']:.0f} | {cells} |")
+    if len(results) == 2:
+        vllm, ours = results["vllm serve"], results["rig-ray serve"]
+        ratios = " | ".join(f"{ours[c] / vllm[c]:.2f}x" for c in columns)
+        print(f"| rig_ray / vLLM | | {ratios} |")
+        verdicts = [
+            f"tok/s {ours['tok/s'] / vllm['tok/s']:.2f}x (target >= {TARGETS['tok/s']})",
+            f"TTFT p50 {ours['ttft_p50'] / vllm['ttft_p50']:.2f}x "
+            f"(target <= {TARGETS['ttft_p50']})",
+        ]
+        print("\n" + "; ".join(verdicts))
+    print("(latencies in seconds; TTFT: first content token)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--dtype", default="bfloat16", help="engine dtype of both servers")
+    parser.add_argument("--sides", default="vllm,rig_ray", help="which servers, in order")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start-timeout", type=float, default=600)
+    args = parser.parse_args()
+
+    from rig_ray.embedded import embedded_model_path
+
+    folder = str(embedded_model_path())
+    print(f"machine: {machine()}")
+    print(
+        f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed chats, "
+        f"{args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
+    )
+    names = {"vllm": "vllm serve", "rig_ray": "rig-ray serve"}
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as logs:
+        for side in args.sides.split(","):
+            results[names[side]] = run_side(side, args, folder, Path(logs))
+            print(f"{names[side]}: {results[names[side]]}", flush=True)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
