@@ -113,3 +113,28 @@ def test_vllm_sampling_fields_are_taken(vllm_endpoint: Endpoint) -> None:
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == 12
     assert reply.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_prompts_are_counted_against_max_model_len(vllm_endpoint: Endpoint) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 1100}]}
+    with vllm_endpoint.client() as client:
+        too_long = client.post("/v1/chat/completions", json=body)
+        with_completion = client.post(
+            "/v1/chat/completions",
+            json={
+                **body,
+                "messages": [{"role": "user", "content": "hello " * 900}],
+                "max_tokens": 300,
+            },
+        )
+        fine = client.post(
+            "/v1/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        )
+    for reply in (too_long, with_completion):
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "context_length_exceeded"
+        assert "maximum context length is 1024 tokens" in error["message"]
+    assert "300 in the completion" in with_completion.json()["error"]["message"]
+    assert fine.status_code == 200
