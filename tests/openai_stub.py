@@ -15,7 +15,10 @@ Behaviour, keyed on the last user message (chat) or the prompt (completions):
 - content containing ``EMPTY`` gets a 200 answer with no choices;
 - a `stop` string in the reply cuts it there (finish_reason "stop");
 - `max_tokens` below the reply's word count truncates it to that many words (finish_reason
-  "length").
+  "length");
+- `stream: true` sends the reply as server-sent events, one word a chunk, `stream_delay`
+  seconds apart, then a finish chunk, a usage chunk when `stream_options.include_usage` is
+  set, and `data: [DONE]`; a client that hangs up mid-stream counts in `streams_aborted`.
 
 Tokens are whitespace-separated words. Every request is recorded (path, JSON body, Authorization
 header, arrival time on `time.monotonic()`), and the peak number of requests in flight at once is
@@ -124,11 +127,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         try:
             status, payload = 200, self._respond(body)
+            if isinstance(body, dict) and body.get("stream") and status == 200:
+                return self._send_stream(payload, body)
         except _StubError as error:
             status, payload = error.status, _error_body(error)
         finally:
             stub._end()
         self._send_json(status, payload)
+
+    def _send_stream(self, payload: dict[str, t.Any], body: dict[str, t.Any]) -> None:
+        """The reply as SSE chunks, one word each; the connection closes at the end."""
+        stub = self.server.stub
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for event in _stream_events(payload, body):
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(stub.stream_delay)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:  # the client hung up
+            with stub._lock:
+                stub.streams_aborted += 1
 
     def _respond(self, body: t.Any) -> dict[str, t.Any]:
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -136,8 +160,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _StubError(404, f"no route POST {self.path}", "not_found")
         if not isinstance(body, dict):
             raise _StubError(400, "the body must be a JSON object", "invalid_json")
-        if body.get("stream"):
-            raise _StubError(400, "the stub does not stream", "stream_unsupported")
         chat = path == "/v1/chat/completions"
         if chat:
             messages = body.get("messages")
@@ -219,6 +241,30 @@ def _error_body(error: _StubError) -> dict[str, t.Any]:
     }
 
 
+def _stream_events(payload: dict[str, t.Any], body: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """A whole reply cut into streamed chunks: one a word, then the finish, then the usage."""
+    [choice] = payload["choices"]
+    chat = "message" in choice
+    text = choice["message"]["content"] if chat else choice["text"]
+    base = {k: payload[k] for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(piece: str | None, finish: str | None = None) -> dict[str, t.Any]:
+        if chat:
+            delta = {} if piece is None else {"content": piece}
+            one = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            one = {"index": 0, "text": piece or "", "finish_reason": finish}
+        return {**base, "choices": [one]}
+
+    words = text.split(" ")
+    events = [chunk(word if i == 0 else f" {word}") for i, word in enumerate(words)]
+    events.append(chunk(None, choice["finish_reason"]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "choices": [], "usage": payload["usage"]})
+    return events
+
+
 def _reply(content: str, stop: t.Any, max_tokens: t.Any) -> tuple[str, str]:
     reply = f"echo: {content}"
     stops = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str) and s]
@@ -240,8 +286,12 @@ class _Server(http.server.ThreadingHTTPServer):
 class OpenAIStub:
     """An OpenAI-compatible server on 127.0.0.1, running while its `with` block runs."""
 
-    def __init__(self, *, slow_seconds: float = 0.3):
+    def __init__(self, *, slow_seconds: float = 0.3, stream_delay: float = 0.0):
         self.slow_seconds = slow_seconds
+        self.stream_delay = stream_delay
+        """Seconds between two streamed chunks."""
+        self.streams_aborted = 0
+        """Streams whose client hung up before the end."""
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0

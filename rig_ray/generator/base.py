@@ -213,6 +213,10 @@ class Generator(BaseModel, rounds.SyncGenerate):
     params: GenerateParams = Field(default_factory=GenerateParams)
     """Defaults for every generation; per-call params override them."""
 
+    batches_continuously: t.ClassVar[bool] = False
+    """Whether the engine batches concurrent calls itself (vLLM's async engine, remote APIs),
+    so a server sends it each request at once instead of grouping requests first."""
+
     def __eq__(self, other: object) -> bool:
         """Same class and settings; the api_key, never written into identifiers, is not compared.
 
@@ -271,6 +275,15 @@ class Generator(BaseModel, rounds.SyncGenerate):
     ) -> t.Sequence[GeneratedText | BaseException]:
         """Generate a completion of each text, with the matching params."""
         raise NotImplementedError(f"{type(self).__name__} does not generate text completions")
+
+    async def context_window(self) -> int | None:
+        """The most tokens prompt + completion may hold, or None where unknown (remote APIs)."""
+        return None
+
+    async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
+        """Tokens of a prompt as the engine would see it (a conversation rendered with the chat
+        template and the generation prompt, or a text), or None where it cannot be counted."""
+        return None
 
     async def stream_message(
         self, messages: t.Sequence[Message], params: GenerateParams | None = None

@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.errors import GenerationError
 from rig_ray.generator.base import (
+    GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
     GenerateParams,
@@ -97,6 +98,8 @@ class LiteLLMGenerator(Generator):
     from `api_key` or the provider's usual environment variables.
     """
 
+    batches_continuously: t.ClassVar[bool] = True
+
     max_connections: int = Field(10, ge=1)
     """Most requests in flight at once."""
     min_delay_between_requests: float = Field(0.0, ge=0)
@@ -105,6 +108,11 @@ class LiteLLMGenerator(Generator):
     _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RequestLimiter] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
+
+    def load(self) -> t.Self:
+        """Import litellm (seconds, the first time), so the first request does not wait."""
+        _import_litellm()
+        return self
 
     def _limiter(self) -> _RequestLimiter:
         loop = asyncio.get_running_loop()
@@ -174,3 +182,57 @@ class LiteLLMGenerator(Generator):
             usage=_usage(response),
             extra=_extra(response),
         )
+
+    async def stream_message(
+        self, messages: t.Sequence[Message], params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        """The reply as the API streams it (`stream=True`); the last chunk has the usage."""
+        request = {"messages": [message.to_openai() for message in messages]}
+        async for chunk in self._stream("acompletion", request, params):
+            yield chunk
+
+    async def stream_text(
+        self, text: str, params: GenerateParams | None = None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        """The completion as the API streams it (`stream=True`)."""
+        async for chunk in self._stream("atext_completion", {"prompt": text}, params):
+            yield chunk
+
+    async def _stream(
+        self, call: str, request: dict[str, t.Any], params: GenerateParams | None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        litellm = await asyncio.to_thread(_import_litellm)
+        [merged] = self.merged_params([params or GenerateParams()], 1)
+        kwargs = {**self._request_kwargs(merged), "stream": True}
+        kwargs.setdefault("stream_options", {"include_usage": True})
+        async with self._limiter():
+            stream = await getattr(litellm, call)(model=self.model, **request, **kwargs)
+            finish: str | None = None
+            usage: Usage | None = None
+            extra: dict[str, t.Any] = {}
+            try:
+                async for piece in stream:
+                    usage = _usage(piece) or usage
+                    extra = _extra(piece)
+                    choices = getattr(piece, "choices", None) or []
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    finish = getattr(choice, "finish_reason", None) or finish
+                    delta = getattr(choice, "delta", None)
+                    text = getattr(delta, "content", None) if delta is not None else None
+                    text = text if delta is not None else getattr(choice, "text", None)
+                    if text:
+                        yield GeneratedChunk(text=text)
+            finally:
+                await _close(stream)
+        yield GeneratedChunk(stop_reason=to_stop_reason(finish), usage=usage, extra=extra)
+
+
+async def _close(stream: t.Any) -> None:
+    """Close a litellm stream (and its HTTP response); text streams wrap a chat stream."""
+    for target in (stream, getattr(stream, "completion_stream", None)):
+        close = getattr(target, "aclose", None)
+        if close is not None:
+            await close()
+            return

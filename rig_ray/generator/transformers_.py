@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import dataclasses
 import gc
 import json
 import logging
 import sys
+import threading
 import typing as t
 
 from pydantic import PrivateAttr
@@ -64,6 +67,10 @@ class TransformersGenerator(LocalGenerator):
 
     _model: t.Any = PrivateAttr(None)
     _tokenizer: t.Any = PrivateAttr(None)
+    _counter: t.Any = PrivateAttr(None)
+    """A copy of the tokenizer for counting prompts while the engine thread generates (a fast
+    tokenizer refuses to be used from two threads while one changes its padding)."""
+    _counter_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def from_obj(
@@ -90,6 +97,7 @@ class TransformersGenerator(LocalGenerator):
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
         self._model, self._tokenizer = model, tokenizer
+        self._counter = None
 
     def load(self) -> t.Self:
         with self._lock:
@@ -126,12 +134,41 @@ class TransformersGenerator(LocalGenerator):
 
     def unload(self) -> t.Self:
         with self._lock:
-            self._model = self._tokenizer = None
+            self._model = self._tokenizer = self._counter = None
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         return self
+
+    async def context_window(self) -> int | None:
+        """The model's `max_position_embeddings` (None before load, or when it has none)."""
+        config = getattr(self._model, "config", None)
+        value = getattr(config, "max_position_embeddings", None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
+        """Tokens of the prompt as `generate_*` encodes it (None before load)."""
+        if self._tokenizer is None:
+            return None
+        return await asyncio.to_thread(self._count, prompt)
+
+    def _count(self, prompt: t.Sequence[Message] | str) -> int | None:
+        with self._counter_lock:
+            tokenizer = self._tokenizer
+            if tokenizer is None:
+                return None
+            if self._counter is None:
+                self._counter = copy.deepcopy(tokenizer)
+            counter = self._counter
+            if isinstance(prompt, str):
+                return len(counter(prompt, add_special_tokens=True)["input_ids"])
+            text = counter.apply_chat_template(
+                [message.to_openai() for message in prompt],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            return len(counter(text, add_special_tokens=False)["input_ids"])
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]

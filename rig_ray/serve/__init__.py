@@ -1,4 +1,5 @@
-"""An OpenAI-compatible endpoint on Ray Serve: one deployment per generator, requests batched.
+"""An OpenAI-compatible endpoint on Ray Serve: one deployment per generator, behind request
+limits, fail-closed auth and timeouts.
 
     from ray import serve
     from rig_ray.serve import APP_NAME, build_app
@@ -10,20 +11,22 @@ or a replica starts.
 """
 
 from rig_ray.serve.app import (
-    API_KEY_ENV,
     APP_NAME,
     INGRESS_NAME,
     ServedModel,
     build_app,
     deployment_name,
 )
+from rig_ray.serve.auth import API_KEY_ENV
 from rig_ray.serve.config import AppArgs, app_builder
+from rig_ray.serve.limits import RequestLimits
 
 __all__ = [
     "API_KEY_ENV",
     "APP_NAME",
     "INGRESS_NAME",
     "AppArgs",
+    "RequestLimits",
     "ServedModel",
     "app_builder",
     "build_app",

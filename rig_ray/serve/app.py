@@ -3,8 +3,8 @@ OpenAI-compatible ingress."""
 
 from __future__ import annotations
 
-import os
 import re
+import sys
 import typing as t
 from pathlib import PurePosixPath
 
@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rig_ray.errors import InvalidGeneratorError, ServeConfigError
 from rig_ray.generator.base import Generator
+from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import get_generator
+from rig_ray.serve.auth import auth_from
+from rig_ray.serve.limits import RequestLimits
 
 if t.TYPE_CHECKING:
     from ray.serve import Application, Deployment
@@ -21,8 +24,8 @@ APP_NAME = "rig_ray"
 """The Serve application name that `rig-ray serve` and jobs/serve_config.yaml use."""
 INGRESS_NAME = "OpenAIIngress"
 """The name of the ingress deployment."""
-API_KEY_ENV = "RIG_RAY_API_KEY"
-"""The environment variable read for the API key when `api_key` is not given."""
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+"""Seconds a request may take before it is stopped with 504."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -89,6 +92,16 @@ class ServedModel(BaseModel):
     """The Retry-After of that reply, in seconds."""
     max_tokens_limit: int | None = Field(4096, ge=1)
     """Most tokens a request may ask for (None: no limit)."""
+    health_probe: bool | None = None
+    """Whether the health check runs a tiny generation (see health_probe_interval_s); unset:
+    for engines in the replica (transformers, vLLM), not for remote APIs."""
+    health_probe_interval_s: float = Field(30.0, gt=0)
+    """Least seconds between two probe generations (none while requests keep finishing)."""
+    health_probe_timeout_s: float = Field(300.0, gt=0)
+    """Seconds a probe may wait, with no request finishing meanwhile, before the replica
+    counts as hung and Serve replaces it; keep it above the longest generate call."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    """Seconds between Serve's health checks of a replica."""
 
     @field_validator("generator", mode="before")
     @classmethod
@@ -125,12 +138,31 @@ class ServedModel(BaseModel):
                 "max_batch_size": self.max_batch_size,
                 "batch_wait_timeout_s": self.batch_wait_timeout_s,
             },
+            "health_check_period_s": self.health_check_period_s,
         }
         if self.autoscaling_config is not None:
             options["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options
+
+    def replica_options(self) -> t.Any:
+        """How its replicas drive the generator (a deployment.ReplicaOptions)."""
+        from rig_ray.serve.deployment import ReplicaOptions
+
+        probe = self.health_probe
+        return ReplicaOptions(
+            max_concurrent_batches=self.max_concurrent_batches,
+            health_probe=isinstance(self.generator, LocalGenerator) if probe is None else probe,
+            health_probe_interval_s=self.health_probe_interval_s,
+            health_probe_timeout_s=self.health_probe_timeout_s,
+        )
+
+
+def takes_vllm_fields(generator: Generator) -> bool:
+    """Whether `generator` runs on vLLM (its module is loaded if it does)."""
+    module = sys.modules.get("rig_ray.generator.vllm_")
+    return module is not None and isinstance(generator, module.VLLMGenerator)
 
 
 ModelLike = Generator | str | ServedModel
@@ -185,17 +217,14 @@ def _check_names(served: list[ServedModel]) -> None:
         seen[deployment] = model.served_name
 
 
-def resolve_api_key(api_key: str | None) -> str | None:
-    """`api_key`, else $RIG_RAY_API_KEY; empty means none."""
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    return key or None
-
-
 def build_app(
     generators: ModelLike | t.Sequence[ModelLike],
     *,
     name: str | t.Sequence[str] | None = None,
     api_key: str | None = None,
+    api_key_env: str | None = None,
+    limits: RequestLimits | dict[str, t.Any] | None = None,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ingress_options: dict[str, t.Any] | None = None,
     **options: t.Any,
 ) -> Application:
@@ -204,27 +233,37 @@ def build_app(
     `generators`: Generators, identifier strings or ServedModels. `options` are ServedModel
     settings (num_replicas, autoscaling_config, ray_actor_options, max_ongoing_requests,
     max_queued_requests, max_batch_size, batch_wait_timeout_s, ...) for every generator given
-    without its own ServedModel. `api_key` (else $RIG_RAY_API_KEY) turns on bearer-token auth;
-    only its SHA-256 reaches the cluster. `ingress_options` go to the ingress's `.options()`.
-    Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
+    without its own ServedModel.
+
+    Auth: `api_key` (only its SHA-256 reaches the cluster), or `api_key_env`, the name of an
+    environment variable read where the ingress runs (it refuses to start without it), else
+    $RIG_RAY_API_KEY read here; none of them set means no auth, and an empty key is an error.
+    `limits` caps what one request may send (RequestLimits); `request_timeout_s` is how long
+    a request may take before it is stopped with 504. `ingress_options` go to the ingress's
+    `.options()`. Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
     """
     from rig_ray.cluster.options import config_payload
     from rig_ray.serve.deployment import GeneratorDeployment
-    from rig_ray.serve.ingress import ModelRoute, OpenAIIngress, key_digest
+    from rig_ray.serve.ingress import ModelRoute, OpenAIIngress
 
+    if not request_timeout_s > 0:
+        raise ServeConfigError("request_timeout_s must be > 0", field="request_timeout_s")
+    auth = auth_from(api_key, api_key_env)
+    request_limits = RequestLimits.model_validate(limits or {})
     served = served_models(generators, name=name, **options)
     replica = t.cast("Deployment", GeneratorDeployment)  # what @serve.deployment made of it
     routes = {}
     for model in served:
         bound = replica.options(**model.deployment_options()).bind(
-            config_payload(model.generator), model.served_name, model.max_concurrent_batches
+            config_payload(model.generator), model.served_name, model.replica_options()
         )
-        routes[model.served_name] = ModelRoute(bound, model.max_tokens_limit)
-    key = resolve_api_key(api_key)
+        routes[model.served_name] = ModelRoute(
+            bound, model.max_tokens_limit, takes_vllm_fields(model.generator)
+        )
     ingress: dict[str, t.Any] = {"name": INGRESS_NAME, "ray_actor_options": {"num_cpus": 0}}
     ingress.update(ingress_options or {})
     return (
         t.cast("Deployment", OpenAIIngress)
         .options(**ingress)
-        .bind(routes, key_digest(key) if key else None)
+        .bind(routes, auth, request_limits, request_timeout_s)
     )

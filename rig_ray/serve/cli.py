@@ -16,15 +16,25 @@ import typing as t
 
 from pydantic import ValidationError
 
-from rig_ray.errors import RigRayError
-from rig_ray.serve.app import API_KEY_ENV, APP_NAME, ServedModel, build_app, served_models
+from rig_ray.errors import RigRayError, ServeConfigError
+from rig_ray.serve.app import (
+    APP_NAME,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ServedModel,
+    build_app,
+    served_models,
+)
+from rig_ray.serve.auth import API_KEY_ENV, is_loopback
+from rig_ray.serve.limits import RequestLimits
 
 DESCRIPTION = """\
 Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one deployment per
 generator, concurrent requests batched into one generate call.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
-Set RIG_RAY_API_KEY to require 'Authorization: Bearer <key>' on every route but /health.
+Set RIG_RAY_API_KEY to require 'Authorization: Bearer <key>' on every route but /health;
+bound to an address other than loopback, it refuses to start without a key unless --no-auth
+is given.
 Runs until SIGTERM or Ctrl-C, then shuts Serve (and the Ray it started) down.
 """
 
@@ -43,6 +53,19 @@ class _Stop(BaseException):
 
 def _default(field: str) -> t.Any:
     return ServedModel.model_fields[field].default
+
+
+def _limit(field: str) -> t.Any:
+    return RequestLimits.model_fields[field].default
+
+
+_LIMITS = {
+    "--max-body-bytes": ("max_body_bytes", "largest request body in bytes; past it, 413"),
+    "--max-messages": ("max_messages", "most messages in one chat request"),
+    "--max-stop": ("max_stop", "most stop strings in one request"),
+    "--max-stop-length": ("max_stop_length", "longest stop string, in characters"),
+    "--max-n": ("max_n", "most choices (n) one request may ask for"),
+}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -134,6 +157,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="N",
         help="most tokens a request may ask for (default: %(default)s)",
     )
+    for flag, (field, text) in _LIMITS.items():
+        parser.add_argument(
+            flag,
+            type=int,
+            default=_limit(field),
+            metavar="N",
+            help=f"{text} (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="S",
+        help="seconds a request may take; past it, 504 and its generation is stopped "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help=f"serve without an API key on an address other than loopback (without "
+        f"{API_KEY_ENV}, such a --host is refused)",
+    )
     parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS") or "local",
@@ -149,7 +194,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # everything that can be checked before Ray starts
         served = served_models(args.generators, name=args.names, **_options(args))
-        app = build_app(served, api_key=os.environ.get(API_KEY_ENV))
+        limits = RequestLimits(**{field: getattr(args, field) for field, _ in _LIMITS.values()})
+        app = build_app(
+            served,
+            api_key=_api_key(args),
+            limits=limits,
+            request_timeout_s=args.request_timeout_s,
+        )
         if args.address == "local":
             _check_port(args.host, args.port)
     except (RigRayError, ValidationError, OSError) as error:
@@ -178,6 +229,22 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key from $RIG_RAY_API_KEY; refuses an empty one, and no key off loopback unless
+    --no-auth says so."""
+    key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise ServeConfigError(f"{API_KEY_ENV} is set but empty; set a key or unset it")
+    if key and args.no_auth:
+        raise ServeConfigError(f"--no-auth given while {API_KEY_ENV} is set; drop one of them")
+    if not key and not args.no_auth and not is_loopback(args.host):
+        raise ServeConfigError(
+            f"refusing to serve on {args.host} without an API key: set {API_KEY_ENV} to "
+            "require one, or pass --no-auth to serve without"
+        )
+    return key
 
 
 def _raise_stop(signum: int, frame: t.Any) -> None:

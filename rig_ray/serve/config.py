@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import typing as t
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rig_ray.serve.app import ServedModel, build_app
+from rig_ray.serve.app import DEFAULT_REQUEST_TIMEOUT_S, ServedModel, build_app
+from rig_ray.serve.auth import API_KEY_ENV
+from rig_ray.serve.limits import RequestLimits
 
 if t.TYPE_CHECKING:
     from ray.serve import Application
@@ -24,6 +26,23 @@ class AppArgs(BaseModel):
     """Extra providers to register first: name -> `module:Class` of a Generator subclass."""
     ingress_options: dict[str, t.Any] = Field(default_factory=dict)
     """Options of the ingress deployment (num_replicas, ray_actor_options, ...)."""
+    api_key_env: str | None = Field(API_KEY_ENV, min_length=1)
+    """The environment variable holding the API key where the ingress runs; the ingress
+    refuses to start when it is unset or empty there. None (with `no_auth`): no auth."""
+    no_auth: bool = False
+    """Serve without auth; `api_key_env` must then be null."""
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    """Caps on what one request may send (max_body_bytes, max_messages, ...)."""
+    request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    """Seconds a request may take before it is stopped with 504."""
+
+    @model_validator(mode="after")
+    def _auth_is_explicit(self) -> t.Self:
+        if self.no_auth == (self.api_key_env is not None):
+            raise ValueError(
+                "give api_key_env (the variable with the API key) or no_auth: true, not both"
+            )
+        return self
 
 
 def _register_providers(providers: dict[str, str]) -> None:
@@ -37,9 +56,16 @@ def _register_providers(providers: dict[str, str]) -> None:
 
 
 def app_builder(args: dict[str, t.Any]) -> Application:
-    """Build the app of a Serve config file. The API key comes from $RIG_RAY_API_KEY where
-    the app is built (the `serve run` process, or the cluster for `serve deploy`)."""
+    """Build the app of a Serve config file. Auth fails closed: unless the file says
+    `no_auth: true`, the ingress reads the key from `api_key_env` ($RIG_RAY_API_KEY by
+    default) in its own environment, on the cluster, and does not start without it."""
     providers = dict(args.get("providers") or {}) if isinstance(args, dict) else {}
     _register_providers(providers)  # before the identifiers in `models` are read
     parsed = AppArgs.model_validate(args)
-    return build_app(parsed.models, ingress_options=parsed.ingress_options)
+    return build_app(
+        parsed.models,
+        api_key_env=parsed.api_key_env,
+        limits=parsed.limits,
+        request_timeout_s=parsed.request_timeout_s,
+        ingress_options=parsed.ingress_options,
+    )

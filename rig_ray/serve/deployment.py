@@ -1,35 +1,41 @@
-"""The per-generator Serve deployment: builds and loads its engine from a config payload, and
-groups concurrent requests with `@serve.batch` (and a BatchMerger behind it) so they share one
-generate call."""
+"""The per-generator Serve deployment: builds and loads its engine from a config payload,
+checks each request against the model's context, and sends it to the engine: straight away
+for engines that batch continuously, else grouped with other requests by a BatchMerger.
+
+What it returns to the ingress never holds an engine's own error text: failures become
+ServeRequestErrors with a stable code and the request id, and the full error goes to this
+replica's log under that id.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import typing as t
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from rig_ray.cluster.runtime import portable
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import (
-    GeneratedMessage,
-    GeneratedText,
-    GenerateParams,
-    Generator,
-)
+from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
+from rig_ray.serve import http_errors
 from rig_ray.serve.batching import BatchMerger
+from rig_ray.serve.health import HealthProbe, tiny_generation
+from rig_ray.serve.limits import check_context
+from rig_ray.serve.streaming import aclose, merge_streams
+
+logger = logging.getLogger("ray.serve")
 
 _T = t.TypeVar("_T")
-_FORMED_AT_ONCE = 1024
-"""Batches Serve may hand over at once: all go to the merger, which decides what runs."""
-
-ChatItem = tuple[list[Message], GenerateParams]
-TextItem = tuple[str, GenerateParams]
+Prompt = t.Sequence[Message] | str
+Item = tuple[Prompt, GenerateParams]
+StreamEvent = None | tuple[int, GeneratedChunk] | ServeRequestError
+"""What `stream_*` yields: None once the request is accepted, then `(choice, chunk)`s; or an
+error (first, for a refused request, or last, for one that failed on the way)."""
 
 
 class BatchSettings(BaseModel):
@@ -44,8 +50,21 @@ class BatchSettings(BaseModel):
     """Longest wait for more requests once the first of a batch has arrived."""
 
 
+class ReplicaOptions(BaseModel):
+    """How a replica drives its generator (set when the app is built)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrent_batches: int = Field(1, ge=1)
+    """Generate calls of grouped requests at once."""
+    health_probe: bool = True
+    """Whether `check_health` runs a tiny generation (see HealthProbe)."""
+    health_probe_interval_s: float = Field(30.0, gt=0)
+    health_probe_timeout_s: float = Field(300.0, gt=0)
+
+
 class BatchStats:
-    """Sizes of the batches this replica sent to its generator."""
+    """Sizes of the generate calls this replica made."""
 
     def __init__(self, keep: int = 1000) -> None:
         self.recent: collections.deque[int] = collections.deque(maxlen=keep)
@@ -68,20 +87,8 @@ class BatchStats:
         }
 
 
-def _batch_failure(error: BaseException, name: str) -> ServeRequestError:
-    """What a generate call that failed as a whole means for each of its requests."""
-    if isinstance(error, NotImplementedError):
-        return ServeRequestError(
-            f"model {name!r} does not support this endpoint ({error})",
-            code="unsupported_endpoint",
-            param="model",
-        )
-    return ServeRequestError(
-        f"model {name!r} failed ({type(error).__name__}: {error})",
-        status_code=500,
-        error_type="server_error",
-        code="generator_error",
-    )
+def _overrides(generator: Generator, name: str) -> bool:
+    return getattr(type(generator), name) is not getattr(Generator, name)
 
 
 @serve.deployment(max_constructor_retry_count=3)
@@ -89,27 +96,34 @@ class GeneratorDeployment:
     """One generator, built and loaded in each replica from its config payload."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
-        self, payload: bytes, name: str, max_concurrent_batches: int = 1
+        self, payload: bytes, name: str, options: ReplicaOptions | None = None
     ) -> None:
         from ray import cloudpickle
 
+        options = options or ReplicaOptions()
         generator, providers = cloudpickle.loads(payload)
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
         self._generator: Generator = generator
         self._name = name
         self._stats = BatchStats()
-        # @serve.batch forms the batches; the mergers join those that wait for the engine.
-        self._chat = BatchMerger(self._generate_messages, concurrency=max_concurrent_batches)
-        self._text = BatchMerger(self._generate_texts, concurrency=max_concurrent_batches)
         defaults = BatchSettings()
-        batch = serve.batch(
-            max_batch_size=defaults.max_batch_size,
-            batch_wait_timeout_s=defaults.batch_wait_timeout_s,
-            max_concurrent_batches=_FORMED_AT_ONCE,
-        )
-        self._chat_batch: t.Any = batch(self._chat.submit)
-        self._text_batch: t.Any = batch(self._text.submit)
+        self._mergers = {
+            kind: BatchMerger(
+                self._call_for(kind),
+                concurrency=options.max_concurrent_batches,
+                max_items=defaults.max_batch_size,
+                wait_s=defaults.batch_wait_timeout_s,
+            )
+            for kind in ("chat", "text")
+        }
+        self._health: HealthProbe | None = None
+        if options.health_probe:
+            self._health = HealthProbe(
+                lambda: tiny_generation(self._generator),
+                interval_s=options.health_probe_interval_s,
+                timeout_s=options.health_probe_timeout_s,
+            )
         await self._blocking(self._generator.load)
 
     async def _blocking(self, fn: t.Callable[[], _T]) -> _T:
@@ -120,57 +134,151 @@ class GeneratorDeployment:
 
     def reconfigure(self, user_config: dict[str, t.Any]) -> None:
         settings = BatchSettings.model_validate(user_config)
-        for handler in (self._chat_batch, self._text_batch):
-            handler.set_max_batch_size(settings.max_batch_size)
-            handler.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        self._chat.max_items = self._text.max_items = settings.max_batch_size
+        for merger in self._mergers.values():
+            merger.max_items = settings.max_batch_size
+            merger.wait_s = settings.batch_wait_timeout_s
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         if not self._generator.is_loaded:
             raise RuntimeError(f"the engine of model {self._name!r} is not loaded")
+        if self._health is not None:
+            self._health.check()
 
     def stats(self) -> dict[str, t.Any]:
         """Sizes of the generate calls this replica made: batches, items, largest, recent."""
         return self._stats.summary()
 
+    # -- requests --------------------------------------------------------------------------
+
     async def chat(
-        self, messages: list[Message], params: GenerateParams, n: int = 1
-    ) -> list[GeneratedMessage | BaseException]:
-        """`n` replies to one conversation; each is an item of the current batch."""
-        replies = await asyncio.gather(*(self._chat_batch((messages, params)) for _ in range(n)))
-        return portable(replies)
+        self, request_id: str, messages: list[Message], params: GenerateParams, n: int = 1
+    ) -> list[t.Any]:
+        """`n` replies to one conversation, or one ServeRequestError for the request."""
+        return await self._request(request_id, "chat", [messages], params, n)
 
     async def complete(
-        self, prompts: list[str], params: GenerateParams, n: int = 1
-    ) -> list[GeneratedText | BaseException]:
-        """`n` completions of each prompt, in prompt order; each is an item of the batch."""
-        items = [(prompt, params) for prompt in prompts for _ in range(n)]
-        return portable(await asyncio.gather(*(self._text_batch(item) for item in items)))
+        self, request_id: str, prompts: list[str], params: GenerateParams, n: int = 1
+    ) -> list[t.Any]:
+        """`n` completions of each prompt, in prompt order, or one ServeRequestError."""
+        return await self._request(request_id, "text", list(prompts), params, n)
 
-    async def _generate_messages(
-        self, items: list[ChatItem]
-    ) -> list[GeneratedMessage | BaseException]:
-        self._stats.record(len(items))
+    async def stream_chat(
+        self, request_id: str, messages: list[Message], params: GenerateParams, n: int = 1
+    ) -> t.AsyncIterator[StreamEvent]:
+        async for item in self._stream(request_id, "chat", [messages], params, n):
+            yield item
+
+    async def stream_complete(
+        self, request_id: str, prompts: list[str], params: GenerateParams, n: int = 1
+    ) -> t.AsyncIterator[StreamEvent]:
+        async for item in self._stream(request_id, "text", list(prompts), params, n):
+            yield item
+
+    async def _request(
+        self, request_id: str, kind: str, prompts: list[t.Any], params: GenerateParams, n: int
+    ) -> list[t.Any]:
         try:
-            results = await self._generator.generate_messages(
-                [messages for messages, _ in items], [params for _, params in items]
-            )
-        except Exception as error:
-            return [_batch_failure(error, self._name)] * len(items)
-        return self._checked(results, len(items))
+            await self._admit(kind, prompts, params)
+        except ServeRequestError as error:
+            return [error]
+        return await self._run(request_id, kind, prompts, params, n)
 
-    async def _generate_texts(self, items: list[TextItem]) -> list[GeneratedText | BaseException]:
-        self._stats.record(len(items))
+    async def _run(
+        self, request_id: str, kind: str, prompts: list[t.Any], params: GenerateParams, n: int
+    ) -> list[t.Any]:
+        items: list[Item] = [(prompt, params) for prompt in prompts for _ in range(n)]
+        results = await self._generate(kind, items)
+        public = [self._public(result, request_id) for result in results]
+        failed = [result for result in public if isinstance(result, ServeRequestError)]
+        return failed[:1] or public  # one failed item fails the request
+
+    async def _stream(
+        self, request_id: str, kind: str, prompts: list[t.Any], params: GenerateParams, n: int
+    ) -> t.AsyncIterator[StreamEvent]:
+        """The events of a streamed request. It is accepted (None) once its first piece is
+        there, so a request refused or failed before that gets an ordinary error reply."""
+        method = "stream_message" if kind == "chat" else "stream_text"
+        if not _overrides(self._generator, method):  # whole replies, grouped like any others
+            results = await self._request(request_id, kind, prompts, params, n)
+            if isinstance(results[0], ServeRequestError):
+                yield results[0]
+                return
+            yield None
+            for index, result in enumerate(results):
+                yield index, GeneratedChunk.whole(result)
+            return
         try:
-            results = await self._generator.generate_texts(
-                [text for text, _ in items], [params for _, params in items]
-            )
+            await self._admit(kind, prompts, params)
+        except ServeRequestError as error:
+            yield error
+            return
+        streams = [self._open_stream(kind, prompt, params) for prompt in prompts for _ in range(n)]
+        merged = merge_streams(streams)
+        accepted = False
+        try:
+            async for index, chunk in merged:
+                if self._health is not None:
+                    self._health.answered()
+                if not accepted:
+                    accepted = True
+                    yield None
+                yield index, chunk
+            if not accepted:  # a stream with no piece at all
+                yield None
         except Exception as error:
-            return [_batch_failure(error, self._name)] * len(items)
-        return self._checked(results, len(items))
+            yield self._public(error, request_id)
+        finally:
+            await aclose(merged)
 
-    def _checked(self, results: t.Sequence[_T], count: int) -> list[_T | BaseException]:
-        if len(results) == count:
+    def _open_stream(
+        self, kind: str, prompt: t.Any, params: GenerateParams
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        if kind == "chat":
+            return self._generator.stream_message(prompt, params)
+        return self._generator.stream_text(prompt, params)
+
+    async def _admit(self, kind: str, prompts: list[t.Any], params: GenerateParams) -> None:
+        """400 for a prompt past the model's context, before it reaches the engine."""
+        param = "messages" if kind == "chat" else "prompt"
+        await check_context(self._generator, prompts, params, param=param)
+
+    async def _generate(self, kind: str, items: list[Item]) -> list[t.Any]:
+        if self._generator.batches_continuously:
+            return await self._call_for(kind)(items)
+        return await self._mergers[kind].submit(items)
+
+    def _call_for(self, kind: str) -> t.Callable[[list[Item]], t.Awaitable[list[t.Any]]]:
+        """One generate call over `items`; a call that fails whole fails each item with a
+        CallFailed."""
+
+        async def call(items: list[Item]) -> list[t.Any]:
+            self._stats.record(len(items))
+            prompts = [prompt for prompt, _ in items]
+            params = [p for _, p in items]
+            try:
+                if kind == "chat":
+                    results: t.Sequence[t.Any] = await self._generator.generate_messages(
+                        t.cast(list[list[Message]], prompts), params
+                    )
+                else:
+                    results = await self._generator.generate_texts(
+                        t.cast(list[str], prompts), params
+                    )
+                if len(results) != len(items):
+                    raise RuntimeError(
+                        f"the generator returned {len(results)} results for {len(items)} items"
+                    )
+            except Exception as error:
+                return [http_errors.CallFailed(error)] * len(items)
+            if self._health is not None:
+                self._health.answered()
             return list(results)
-        error = RuntimeError(f"the generator returned {len(results)} results for {count} items")
-        return [_batch_failure(error, self._name)] * count
+
+        return call
+
+    def _public(self, result: _T | BaseException, request_id: str) -> _T | ServeRequestError:
+        """A result as it may leave the replica: errors become ServeRequestErrors with a
+        stable code and the request id, logged here in full under that id."""
+        if not isinstance(result, BaseException):
+            return result
+        return http_errors.item_error(result, request_id=request_id, model=self._name)

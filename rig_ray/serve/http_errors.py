@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from rig_ray.errors import ServeRequestError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # so it lands in the replica's log
 
 _TYPES = {
     401: "invalid_request_error",
@@ -113,27 +113,62 @@ def from_validation(error: ValidationError) -> ServeRequestError:
     return ServeRequestError(f"{where}{message}", code=code, param=param)
 
 
-def from_item_failure(error: BaseException) -> ServeRequestError:
-    """What a generator's per-item error means for its request: the batch ran, so the fault
-    is in this request (400 for a rejected value, 422 otherwise); a timeout is 504."""
+class CallFailed(Exception):
+    """A generate call failed as a whole (not one item of it); `error` is why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def with_id(message: str, request_id: str | None) -> str:
+    return f"{message} (request id {request_id})" if request_id else message
+
+
+def item_error(error: BaseException, *, request_id: str, model: str) -> ServeRequestError:
+    """What a generator's error means for its request, with nothing of the error's own text
+    (it may name upstream URLs or model paths): a stable code, a generic message and the
+    request id; the full error is logged under that id.
+
+    An item's error: 400 for a rejected value, 504 for a timeout, 422 otherwise (the batch ran,
+    so the fault is in this request). A call that failed whole: 400 when the generator lacks
+    the endpoint, else 500."""
     if isinstance(error, ServeRequestError):
         return error
-    text = f"{type(error).__name__}: {error}"
-    if isinstance(error, TimeoutError):
+    if isinstance(error, CallFailed) and isinstance(error.error, NotImplementedError):
         return ServeRequestError(
-            f"generation timed out ({text})",
-            status_code=504,
-            error_type="timeout",
-            code="generation_timeout",
+            f"model {model!r} does not support this endpoint",
+            code="unsupported_endpoint",
+            param="model",
         )
-    if isinstance(error, ValueError | TypeError | KeyError | IndexError):
-        return ServeRequestError(
-            f"the generator rejected this request ({text})", code="invalid_input"
-        )
+    cause = error.error if isinstance(error, CallFailed) else error
+    logger.error("request %s to model %r failed: %r", request_id, model, cause, exc_info=cause)
+    if isinstance(error, CallFailed):
+        status, kind, code, message = 500, "server_error", "generator_error", "The model failed"
+    elif isinstance(error, TimeoutError):
+        status, kind, code = 504, "timeout", "generation_timeout"
+        message = "Generation timed out"
+    elif isinstance(error, ValueError | TypeError | KeyError | IndexError):
+        status, kind, code = 400, "invalid_request_error", "invalid_input"
+        message = "The model rejected this request's input"
+    else:
+        status, kind, code = 422, "invalid_request_error", "generation_failed"
+        message = "The model could not complete this request"
     return ServeRequestError(
-        f"the generator could not complete this request ({text})",
-        status_code=422,
-        code="generation_failed",
+        with_id(f"{message}; the server log has the details", request_id),
+        status_code=status,
+        error_type=kind,
+        code=code,
+    )
+
+
+def timed_out(timeout_s: float, request_id: str) -> ServeRequestError:
+    """504 for a request past the endpoint's `request_timeout_s`."""
+    return ServeRequestError(
+        with_id(f"The request took longer than {timeout_s:g} s and was stopped", request_id),
+        status_code=504,
+        error_type="timeout",
+        code="request_timeout",
     )
 
 
@@ -156,9 +191,12 @@ def _serve_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseExc
     return (BackPressureError,), unavailable
 
 
-def from_failure(error: BaseException, *, model: str | None = None) -> ServeRequestError:
+def from_failure(
+    error: BaseException, *, model: str | None = None, request_id: str | None = None
+) -> ServeRequestError:
     """What any other failure means: overload is 503 or 429 with Retry-After, a replica that
-    is gone is 503, anything unexpected is 500 (a server fault: client input never gets here)."""
+    is gone is 503, anything unexpected is 500 (a server fault: client input never gets here,
+    and its text is only logged, under the request id)."""
     if isinstance(error, ServeRequestError):
         return error
     back_pressure, unavailable = _serve_errors()
@@ -178,29 +216,31 @@ def from_failure(error: BaseException, *, model: str | None = None) -> ServeRequ
         )
     if isinstance(error, unavailable):
         return ServeRequestError(
-            f"{what} is unavailable just now ({type(error).__name__}); retry later",
+            with_id(f"{what} is unavailable just now; retry later", request_id),
             status_code=503,
             error_type="server_error",
             code="unavailable",
             retry_after_s=5.0,
         )
-    logger.error("request failed unexpectedly", exc_info=error)
+    logger.error("request %s failed unexpectedly: %r", request_id, error, exc_info=error)
     return ServeRequestError(
-        f"internal server error ({type(error).__name__}); see the server log",
+        with_id("The server had an error processing your request", request_id),
         status_code=500,
         error_type="server_error",
         code="internal_error",
     )
 
 
-async def guarded(work: t.Awaitable[t.Any], *, model: str | None = None) -> t.Any:
+async def guarded(
+    work: t.Awaitable[t.Any], *, model: str | None = None, request_id: str | None = None
+) -> t.Any:
     """Await a route's work; any failure becomes its OpenAI error reply."""
     try:
         return await work
     except asyncio.CancelledError:
         raise
     except Exception as error:
-        return error_response(from_failure(error, model=model))
+        return error_response(from_failure(error, model=model, request_id=request_id))
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -1,197 +1,53 @@
-"""The HTTP side: the FastAPI routes of the OpenAI API, bearer-token auth, and the Serve
-ingress deployment that sends each request to its model's deployment."""
+"""The Serve ingress deployment: sends each request to its model's deployment, within the
+endpoint's request timeout (a request past it is cancelled there, which stops its generation
+where the engine allows)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import time
 import typing as t
-import uuid
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from fastapi import FastAPI
 from ray import serve
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams
+from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message
-from rig_ray.serve import http_errors, streaming, wire
+from rig_ray.serve import http_errors
+from rig_ray.serve.auth import Auth
+from rig_ray.serve.limits import RequestLimits
+from rig_ray.serve.routes import Stream, build_api
+from rig_ray.serve.wire import VLLM_FIELDS
 
-OPEN_PATHS = frozenset({"/health"})
-"""Routes that need no API key."""
-
-_Req = t.TypeVar("_Req", bound=BaseModel)
-_R = t.TypeVar("_R", GeneratedMessage, GeneratedText)
-
-
-def key_digest(api_key: str) -> str:
-    """What the ingress keeps of the API key: its SHA-256, never the key itself."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
-class BearerAuth:
-    """ASGI middleware: every route but OPEN_PATHS needs `Authorization: Bearer <key>`."""
-
-    def __init__(self, app: ASGIApp, *, digest: str) -> None:
-        self.app = app
-        self.digest = digest
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _route_path(scope) not in OPEN_PATHS:
-            scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                message = "Missing bearer token: send the header 'Authorization: Bearer <key>'."
-                return await _unauthorized(message)(scope, receive, send)
-            if not hmac.compare_digest(key_digest(token.strip()), self.digest):
-                return await _unauthorized("Incorrect API key provided.")(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _unauthorized(message: str) -> JSONResponse:
-    return http_errors.error_response(
-        ServeRequestError(message, status_code=401, code="invalid_api_key")
-    )
-
-
-class Backend(t.Protocol):
-    """What the routes need from the deployment behind them."""
-
-    created: int
-
-    def model_names(self) -> list[str]: ...
-
-    def check(self, model: str, params: GenerateParams) -> None:
-        """Raise ServeRequestError for a model not served or params it does not allow."""
-
-    async def chat(
-        self, model: str, messages: list[Message], params: GenerateParams, n: int
-    ) -> list[GeneratedMessage | BaseException]: ...
-
-    async def complete(
-        self, model: str, prompts: list[str], params: GenerateParams, n: int
-    ) -> list[GeneratedText | BaseException]: ...
-
-
-async def _parse(request: Request, model: type[_Req]) -> _Req:
-    body = http_errors.parse_json(await request.body())
-    try:
-        return model.model_validate(body)
-    except ValidationError as error:
-        raise http_errors.from_validation(error) from None
-
-
-def _succeeded(results: t.Sequence[_R | BaseException]) -> list[_R]:
-    """The results, or the error of the first item that failed (the request fails whole)."""
-    for result in results:
-        if isinstance(result, BaseException):
-            raise http_errors.from_item_failure(result)
-    return t.cast(list[_R], list(results))
-
-
-def _stream(events: list[str]) -> StreamingResponse:
-    async def send() -> t.AsyncIterator[str]:
-        for event in events:
-            yield event
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(send(), media_type="text/event-stream", headers=headers)
-
-
-def build_api(backend: Backend, *, api_key_digest: str | None = None) -> FastAPI:
-    """The FastAPI app of the OpenAI routes on `backend`."""
-    app = FastAPI(title="rig_ray", docs_url=None, redoc_url=None, openapi_url=None)
-    http_errors.install_handlers(app)
-    if api_key_digest is not None:
-        app.add_middleware(BearerAuth, digest=api_key_digest)
-
-    def model_card(name: str) -> dict[str, t.Any]:
-        return wire.ModelCard(id=name, created=backend.created).model_dump()
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, t.Any]:
-        return {"object": "list", "data": [model_card(name) for name in backend.model_names()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def get_model(name: str) -> Response:
-        async def work() -> Response:
-            backend.check(name, GenerateParams())
-            return JSONResponse(model_card(name))
-
-        return t.cast(Response, await http_errors.guarded(work()))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return t.cast(Response, await http_errors.guarded(_chat(backend, request)))
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return t.cast(Response, await http_errors.guarded(_complete(backend, request)))
-
-    return app
-
-
-async def _chat(backend: Backend, request: Request) -> Response:
-    body = await _parse(request, wire.ChatCompletionRequest)
-    params = body.to_params()
-    backend.check(body.model, params)
-    try:
-        results = await backend.chat(body.model, body.to_messages(), params, body.n)
-    except Exception as error:
-        raise http_errors.from_failure(error, model=body.model) from None
-    replies = _succeeded(results)
-    request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    if body.stream:
-        events = streaming.chat_events(
-            request_id, created, body.model, replies, include_usage=body.include_usage
-        )
-        return _stream(events)
-    reply = wire.chat_completion(request_id, created, body.model, replies)
-    return JSONResponse(reply.model_dump(mode="json"))
-
-
-async def _complete(backend: Backend, request: Request) -> Response:
-    body = await _parse(request, wire.CompletionRequest)
-    params = body.to_params()
-    backend.check(body.model, params)
-    try:
-        results = await backend.complete(body.model, body.prompts, params, body.n)
-    except Exception as error:
-        raise http_errors.from_failure(error, model=body.model) from None
-    texts = _succeeded(results)
-    request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    if body.stream:
-        return _stream(streaming.completion_events(request_id, created, body, texts))
-    return JSONResponse(wire.completion(request_id, created, body, texts).model_dump(mode="json"))
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
 
 
 class ModelRoute(t.NamedTuple):
-    """Where the ingress sends a model's requests, and the most tokens one may ask for."""
+    """Where the ingress sends a model's requests, and what it may ask for."""
 
     handle: t.Any
     max_tokens_limit: int | None
+    vllm_fields: bool = False
+    """Whether the generator takes vLLM's extra sampling fields (ignore_eos, min_tokens, ...)."""
 
 
-@serve.deployment(max_ongoing_requests=1024)
+@serve.deployment(max_ongoing_requests=1024, max_constructor_retry_count=3)
 @serve.ingress()
 class OpenAIIngress:
     """Routes OpenAI requests to the deployment of the model they name."""
 
-    def __init__(self, routes: dict[str, ModelRoute], api_key_digest: str | None = None) -> None:
+    def __init__(
+        self,
+        routes: dict[str, ModelRoute],
+        auth: Auth | None = None,
+        limits: RequestLimits | None = None,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
         self._routes = routes
-        self._digest = api_key_digest
+        self._digest = (auth or Auth()).resolve()
+        self.limits = limits or RequestLimits()
+        self.timeout_s = request_timeout_s
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -215,19 +71,74 @@ class OpenAIIngress:
             raise http_errors.bad_request(
                 f"max_tokens: at most {limit} for model {model!r}", param="max_tokens"
             )
+        for name in VLLM_FIELDS:
+            if name in params.extra and not route.vllm_fields:
+                raise http_errors.bad_request(
+                    f"{name}: only vLLM generators take it, and model {model!r} is not one",
+                    code="unsupported_parameter",
+                    param=name,
+                )
 
     async def chat(
-        self, model: str, messages: list[Message], params: GenerateParams, n: int
-    ) -> list[GeneratedMessage | BaseException]:
-        return t.cast(
-            list[GeneratedMessage | BaseException],
-            await self._routes[model].handle.chat.remote(messages, params, n),
+        self, model: str, request_id: str, messages: list[Message], params: GenerateParams, n: int
+    ) -> list[t.Any]:
+        handle = self._routes[model].handle
+        return await self._within_timeout(
+            handle.chat.remote(request_id, messages, params, n), request_id
         )
 
     async def complete(
-        self, model: str, prompts: list[str], params: GenerateParams, n: int
-    ) -> list[GeneratedText | BaseException]:
-        return t.cast(
-            list[GeneratedText | BaseException],
-            await self._routes[model].handle.complete.remote(prompts, params, n),
+        self, model: str, request_id: str, prompts: list[str], params: GenerateParams, n: int
+    ) -> list[t.Any]:
+        handle = self._routes[model].handle
+        return await self._within_timeout(
+            handle.complete.remote(request_id, prompts, params, n), request_id
         )
+
+    def stream_chat(
+        self, model: str, request_id: str, messages: list[Message], params: GenerateParams, n: int
+    ) -> Stream:
+        handle = self._routes[model].handle.options(stream=True)
+        response = handle.stream_chat.remote(request_id, messages, params, n)
+        return self._stream_within_timeout(response, request_id)
+
+    def stream_complete(
+        self, model: str, request_id: str, prompts: list[str], params: GenerateParams, n: int
+    ) -> Stream:
+        handle = self._routes[model].handle.options(stream=True)
+        response = handle.stream_complete.remote(request_id, prompts, params, n)
+        return self._stream_within_timeout(response, request_id)
+
+    async def _within_timeout(self, response: t.Any, request_id: str) -> list[t.Any]:
+        """The reply of a replica call; past the timeout, the call is cancelled and the
+        request gets 504 (so is a caller that left, a client that hung up)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return t.cast(list[t.Any], await response)
+        except TimeoutError:
+            response.cancel()
+            raise http_errors.timed_out(self.timeout_s, request_id) from None
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+
+    async def _stream_within_timeout(self, response: t.Any, request_id: str) -> Stream:
+        """The events of a streamed replica call until the request's deadline; past it, a
+        504 error and the call cancelled. Closing this early cancels the call too."""
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        done = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await response.__anext__()
+                except StopAsyncIteration:
+                    done = True
+                    return
+                except TimeoutError:
+                    yield http_errors.timed_out(self.timeout_s, request_id)
+                    return
+                yield item
+        finally:
+            if not done:
+                response.cancel()

@@ -10,12 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams
 from rig_ray.message import Message
 
-MAX_CHOICES = 16
-"""Most choices (`n`) one request may ask for."""
 MAX_ITEMS = 64
 """Most generations one request may ask for (completions: prompts x n)."""
-MAX_STOP = 16
-"""Most stop strings one request may give."""
+VLLM_FIELDS = ("ignore_eos", "min_tokens", "repetition_penalty")
+"""Sampling fields of vLLM's own server beyond OpenAI's (with `top_k`); they travel in
+`GenerateParams.extra`, and only vLLM generators take them."""
 
 _INT64 = 2**63
 
@@ -38,7 +37,7 @@ class _Request(BaseModel):
     """vLLM-style extension: sample from the k most likely tokens (-1: all)."""
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=-_INT64, lt=_INT64)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -48,11 +47,15 @@ class _Request(BaseModel):
     """Accepted and ignored, as are `metadata`, `store` and `service_tier` on chats."""
     logit_bias: dict[str, float] | None = None
     logprobs: t.Any = None
+    ignore_eos: bool | None = None
+    """vLLM extension: go on past the end-of-sequence token."""
+    min_tokens: int | None = Field(None, ge=0)
+    """vLLM extension: generate at least this many tokens."""
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    """vLLM extension: > 1 discourages repeated tokens."""
 
     @model_validator(mode="after")
     def _check_request(self) -> t.Self:
-        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP:
-            raise ValueError(f"stop: at most {MAX_STOP} stop strings")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
         if self.logit_bias:
@@ -72,6 +75,9 @@ class _Request(BaseModel):
             seed=self.seed,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            extra={
+                name: getattr(self, name) for name in VLLM_FIELDS if getattr(self, name) is not None
+            },
         )
 
     @property

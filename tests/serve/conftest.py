@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.support import KEY, SMOL, Endpoint, free_port
+from tests.openai_stub import OpenAIStub
+from tests.serve.support import GUARD, KEY, SMOL, Endpoint, free_port
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -72,5 +73,62 @@ def endpoint(local_serve: int, smollm2_path: Path) -> t.Iterator[Endpoint]:
         serve.run(build_app(models, api_key=KEY), name=APP_NAME, route_prefix="/")
         yield Endpoint(local_serve)
     finally:
+        registry._providers.clear()
+        registry._providers.update(saved)
+
+
+@pytest.fixture(scope="package")
+def stream_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the `ticker` generator records the streams that were stopped early."""
+    return tmp_path_factory.mktemp("streams")
+
+
+@pytest.fixture(scope="package")
+def upstream() -> t.Iterator[OpenAIStub]:
+    """An OpenAI-compatible stub on 127.0.0.1 that streams one word each 0.2 s."""
+    with OpenAIStub(stream_delay=0.2) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="package")
+def guarded(local_serve: int, stream_records: Path, upstream: OpenAIStub) -> t.Iterator[Endpoint]:
+    """A second app, at /guard, with a short request timeout (4 s): `hang` (hangs on HANG,
+    batched), `stuck` (after STICK, every call hangs; health probes every 0.5 s), `boom`
+    (every call fails with internal text), `ticker` (a registered provider that streams
+    8 chunks 0.25 s apart) and `relay` (LiteLLM to the `upstream` stub)."""
+    from ray import serve
+
+    from rig_ray.generator import registry
+    from rig_ray.serve import ServedModel, build_app
+    from tests.serve.generators import BoomGenerator, HangingGenerator, TickerGenerator
+
+    saved = dict(registry._providers)
+    registry.register_generator("ticker", TickerGenerator)
+    models = [
+        ServedModel(generator=HangingGenerator(model="hang"), ray_actor_options=FAKE_CPU),
+        ServedModel(
+            generator=HangingGenerator(model="stuck"),
+            ray_actor_options=FAKE_CPU,
+            health_probe=True,
+            health_probe_interval_s=0.5,
+            health_probe_timeout_s=2,
+            health_check_period_s=1,
+        ),
+        ServedModel(generator=BoomGenerator(model="boom"), ray_actor_options=FAKE_CPU),
+        ServedModel(
+            generator=f"ticker!ticker,record_dir={stream_records}", ray_actor_options=FAKE_CPU
+        ),
+        ServedModel(
+            generator=f"openai/stub-model,api_base={upstream.base_url},api_key=sk-up",
+            name="relay",
+            ray_actor_options=FAKE_CPU,
+        ),
+    ]
+    try:
+        app = build_app(models, api_key=KEY, request_timeout_s=4)
+        serve.run(app, name="guard", route_prefix=GUARD)
+        yield Endpoint(local_serve, GUARD)
+    finally:
+        serve.delete("guard")
         registry._providers.clear()
         registry._providers.update(saved)

@@ -12,6 +12,8 @@ KEY = "test-key-123"
 """The API key of the test app."""
 SMOL = "smollm2-135m"
 """The embedded model's served name."""
+GUARD = "/guard"
+"""The route prefix of the second test app (short timeouts, hanging and streaming fakes)."""
 TIMEOUT = 300.0
 """Seconds a request may take: the machine may be busy with other Ray tests."""
 
@@ -26,10 +28,11 @@ class Endpoint(t.NamedTuple):
     """The running test app, on 127.0.0.1:port."""
 
     port: int
+    prefix: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     @property
     def base_url(self) -> str:
@@ -39,9 +42,10 @@ class Endpoint(t.NamedTuple):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
 
-    def async_client(self) -> httpx.AsyncClient:
+    def async_client(self, connections: int = 100) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {KEY}"}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=TIMEOUT)
+        limits = httpx.Limits(max_connections=connections)
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=TIMEOUT, limits=limits)
 
     def openai(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(

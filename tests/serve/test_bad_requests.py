@@ -90,6 +90,22 @@ CASES = [
     case("n too large", chat_body(n=1000), "invalid_value", "n"),
     case("stop a number", chat_body(stop=5), "invalid_type", "stop"),
     case("too many stops", chat_body(stop=["s"] * 17), "invalid_value", "stop"),
+    case("stop too long", chat_body(stop=["s" * 257]), "invalid_value", "stop"),
+    case(
+        "too many messages",
+        {"model": "echo", "messages": [{"role": "user", "content": "m"}] * 1025},
+        "invalid_value",
+        "messages",
+    ),
+    case("ignore_eos off vLLM", chat_body(ignore_eos=True), "unsupported_parameter", "ignore_eos"),
+    case("min_tokens off vLLM", chat_body(min_tokens=3), "unsupported_parameter", "min_tokens"),
+    case(
+        "repetition_penalty off vLLM",
+        chat_body(repetition_penalty=1.2),
+        "unsupported_parameter",
+        "repetition_penalty",
+    ),
+    case("min_tokens < 0", chat_body(min_tokens=-1), "invalid_value", "min_tokens"),
     case("seed a word", chat_body(seed="x"), "invalid_type", "seed"),
     case("seed beyond int64", chat_body(seed=2**70), "invalid_value", "seed"),
     case("penalty > 2", chat_body(presence_penalty=3), "invalid_value", "presence_penalty"),
@@ -167,7 +183,8 @@ JUNK: list[t.Any] = [None, -1, 0, 2**70, 1e308, -1e308, "", "x" * 300, [], [None
 CHAT_FIELDS = [
     "model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens",
     "stop", "n", "seed", "presence_penalty", "frequency_penalty", "stream", "stream_options",
-    "user", "logprobs", "tools", "tool_choice", "response_format", "metadata",
+    "user", "logprobs", "tools", "tool_choice", "response_format", "metadata", "ignore_eos",
+    "min_tokens", "repetition_penalty",
 ]  # fmt: skip
 TEXT_FIELDS = ["prompt", "echo", "suffix", "best_of", "max_tokens", "stop", "n", "logprobs"]
 

@@ -86,3 +86,44 @@ async def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
     leaving.cancel()
     assert await first == [2] and await staying == [6]
     assert leaving.cancelled()
+
+
+async def test_a_request_that_finds_the_engine_idle_waits_for_others() -> None:
+    engine = Engine()
+    merger = BatchMerger(engine.run, wait_s=0.2)
+    first = asyncio.create_task(merger.submit([1]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(merger.submit([2]))
+    assert (await first, await second) == ([2], [4])
+    assert engine.calls == [[1, 2]]
+
+
+async def test_a_full_batch_does_not_wait() -> None:
+    engine = Engine()
+    merger = BatchMerger(engine.run, wait_s=10, max_items=2)
+    assert await asyncio.wait_for(merger.submit([1, 2]), timeout=1) == [2, 4]
+
+
+class Hanging:
+    """An engine whose calls with 0 in them never end (unless cancelled)."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def run(self, items: list[int]) -> list[int]:
+        if 0 in items:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return items
+
+
+async def test_a_call_whose_callers_all_left_is_cancelled_and_frees_the_engine() -> None:
+    engine = Hanging()
+    merger = BatchMerger(engine.run)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(merger.submit([0]), timeout=0.1)
+    assert await asyncio.wait_for(merger.submit([5]), timeout=1) == [5]
+    assert engine.cancelled == 1

@@ -41,7 +41,8 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         "--generator", "--name", "--host", "--port", "--replicas", "--num-cpus", "--num-gpus",
         "--max-batch-size", "--batch-wait-timeout-s", "--max-ongoing-requests",
         "--max-queued-requests", "--max-tokens-limit", "--address", "RIG_RAY_API_KEY",
-        "/v1/chat/completions", "SIGTERM",
+        "/v1/chat/completions", "SIGTERM", "--max-body-bytes", "--max-messages", "--max-stop",
+        "--max-stop-length", "--max-n", "--request-timeout-s", "--no-auth",
     ):  # fmt: skip
         assert flag in out, flag
 
@@ -75,6 +76,77 @@ def test_bad_input_is_one_line_and_status_2(
     err = capsys.readouterr().err
     assert message in err and err.startswith("rig-ray: error: ")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "myhost.example"])
+def test_a_public_address_without_a_key_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.delenv("RIG_RAY_API_KEY", raising=False)
+    monkeypatch.setattr(cli, "_start", lambda *args: pytest.fail("Ray must not start"))
+    assert cli.run(parse(["-g", REMOTE, "--host", host])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rig-ray: error: ")
+    assert "RIG_RAY_API_KEY" in err and "--no-auth" in err and host in err
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ("", [], "RIG_RAY_API_KEY is set but empty"),
+        ("  ", ["--host", "0.0.0.0"], "RIG_RAY_API_KEY is set but empty"),
+        ("k", ["--no-auth"], "drop one"),
+    ],
+)
+def test_an_empty_or_contradicted_key_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: str,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("RIG_RAY_API_KEY", env)
+    monkeypatch.setattr(cli, "_start", lambda *args: pytest.fail("Ray must not start"))
+    assert cli.run(parse(["-g", REMOTE, *argv])) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "argv"),
+    [
+        (None, ["--host", "0.0.0.0", "--no-auth"]),
+        ("k", ["--host", "0.0.0.0"]),
+        (None, ["--host", "127.0.0.1"]),
+        (None, ["--host", "localhost"]),
+    ],
+)
+def test_a_key_or_no_auth_or_loopback_starts(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, argv: list[str]
+) -> None:
+    if env is None:
+        monkeypatch.delenv("RIG_RAY_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("RIG_RAY_API_KEY", env)
+    started = []
+    monkeypatch.setattr(cli, "_start", lambda app, args: started.append(app) or 1 / 0)
+    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    assert cli.run(parse(["-g", REMOTE, "--port", str(free_port()), *argv])) == 1
+    assert started
+
+
+def test_limits_and_timeout_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    monkeypatch.delenv("RIG_RAY_API_KEY", raising=False)
+    monkeypatch.setattr(cli, "build_app", lambda served, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(cli, "_start", lambda *args: 1 / 0)
+    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    argv = ["-g", REMOTE, "--max-body-bytes", "100", "--max-messages", "3", "--max-stop", "2"]
+    argv += ["--max-stop-length", "9", "--max-n", "4", "--request-timeout-s", "7.5"]
+    cli.run(parse([*argv, "--port", str(free_port())]))
+    limits = seen["limits"]
+    assert (limits.max_body_bytes, limits.max_messages, limits.max_stop) == (100, 3, 2)
+    assert (limits.max_stop_length, limits.max_n) == (9, 4)
+    assert seen["request_timeout_s"] == 7.5 and seen["api_key"] is None
 
 
 def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,11 +227,15 @@ def test_serve_run_of_the_config_file(tmp_path: Path, smollm2_path: Path) -> Non
     config["http_options"]["port"] = port
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     serve = Path(sys.executable).with_name("serve")
-    process = start([str(serve), "run", "--address", "local", str(tmp_path / "config.yaml")], log)
+    command = [str(serve), "run", "--address", "local", str(tmp_path / "config.yaml")]
+    process = start(command, log, RIG_RAY_API_KEY="config-key")
     try:
         wait_for(lambda: health(port), process, log)
         body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=300).status_code == 401
+        headers = {"Authorization": "Bearer config-key"}
+        reply = httpx.post(url, json=body, headers=headers, timeout=300)
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     finally:
         stop(process, signal.SIGINT, psutil.Process(process.pid).children(True))

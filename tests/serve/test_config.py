@@ -149,3 +149,69 @@ def test_importing_the_serve_package_and_cli_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "match"),
+    [
+        ({"api_key": ""}, None, "api_key is empty"),
+        ({"api_key": "  "}, None, "api_key is empty"),
+        ({}, "", "RIG_RAY_API_KEY is set but empty"),
+        ({"api_key": "k", "api_key_env": "X"}, None, "not both"),
+        ({"api_key_env": ""}, None, "api_key_env is empty"),
+        ({"request_timeout_s": 0}, None, "request_timeout_s"),
+    ],
+)
+def test_an_empty_key_is_an_error_not_no_auth(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, t.Any], env: str | None, match: str
+) -> None:
+    if env is None:
+        monkeypatch.delenv("RIG_RAY_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("RIG_RAY_API_KEY", env)
+    with pytest.raises(ServeConfigError, match=match):
+        build_app("transformers!smollm2-135m", **kwargs)
+
+
+def test_a_key_named_by_its_variable_is_read_where_the_ingress_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray import cloudpickle
+
+    from rig_ray.serve.auth import Auth, key_digest
+
+    monkeypatch.setenv("MY_SERVE_KEY", "secret-in-the-cluster-42")
+    app = build_app("transformers!smollm2-135m", api_key_env="MY_SERVE_KEY")
+    assert b"secret-in-the-cluster-42" not in cloudpickle.dumps(app)
+    auth = Auth(env="MY_SERVE_KEY")
+    assert auth.resolve() == key_digest("secret-in-the-cluster-42")
+    for value in (None, ""):  # the ingress refuses to start: never serve without the key
+        if value is None:
+            monkeypatch.delenv("MY_SERVE_KEY")
+        else:
+            monkeypatch.setenv("MY_SERVE_KEY", value)
+        with pytest.raises(ServeConfigError, match="MY_SERVE_KEY"):
+            auth.resolve()
+
+
+def test_config_files_require_a_key_unless_they_say_no_auth() -> None:
+    models = [{"generator": "transformers!smollm2-135m"}]
+    assert AppArgs.model_validate({"models": models}).api_key_env == "RIG_RAY_API_KEY"
+    assert AppArgs.model_validate({"models": models, "api_key_env": None, "no_auth": True})
+    with pytest.raises(ValidationError, match="not both"):
+        AppArgs.model_validate({"models": models, "no_auth": True})
+    with pytest.raises(ValidationError, match="not both"):
+        AppArgs.model_validate({"models": models, "api_key_env": None})
+    parsed = AppArgs.model_validate(
+        {"models": models, "limits": {"max_body_bytes": 1000}, "request_timeout_s": 5}
+    )
+    assert parsed.limits.max_body_bytes == 1000 and parsed.request_timeout_s == 5
+    with pytest.raises(ValidationError, match="max_bodybytes"):
+        AppArgs.model_validate({"models": models, "limits": {"max_bodybytes": 1}})
+
+
+def test_health_probes_default_to_local_engines() -> None:
+    assert ServedModel(generator="transformers!m").replica_options().health_probe
+    remote = ServedModel(generator="openai/gpt-4o,api_base=http://127.0.0.1:1/v1")
+    assert not remote.replica_options().health_probe
+    assert ServedModel(generator="openai/x", health_probe=True).replica_options().health_probe

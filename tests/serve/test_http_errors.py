@@ -31,31 +31,52 @@ def test_a_deployment_that_is_gone_is_503() -> None:
     from ray.serve.exceptions import DeploymentUnavailableError
 
     error = DeploymentUnavailableError(DeploymentID(name="m", app_name="a"))
-    status, headers, body = reply(http_errors.from_failure(error, model="m"))
+    status, headers, body = reply(http_errors.from_failure(error, model="m", request_id="r1"))
     assert (status, headers["retry-after"], body["code"]) == (503, "5", "unavailable")
-    assert "model 'm'" in str(body["message"])
+    assert "model 'm'" in str(body["message"]) and "request id r1" in str(body["message"])
 
 
-def test_anything_unexpected_is_a_500_that_names_only_the_type() -> None:
-    status, _, body = reply(http_errors.from_failure(KeyError("secret detail")))
+def test_anything_unexpected_is_a_500_with_a_request_id_and_nothing_of_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    error = KeyError("secret detail /models/private")
+    status, _, body = reply(http_errors.from_failure(error, request_id="abc123"))
     assert (status, body["type"], body["code"]) == (500, "server_error", "internal_error")
-    assert "secret detail" not in str(body["message"]) and "KeyError" in str(body["message"])
+    message = str(body["message"])
+    assert "secret" not in message and "KeyError" not in message and "abc123" in message
+    [record] = [r for r in caplog.records if "abc123" in r.getMessage()]
+    assert "secret detail" in record.getMessage()  # the whole error is in the server log
+
+
+LEAKY = "upstream http://10.0.0.1:8000/v1?key=sk-live /models/private"
 
 
 @pytest.mark.parametrize(
     ("error", "status", "code"),
     [
-        (InvalidMessageError({"role": "x"}, "bad role"), 400, "invalid_input"),
-        (ValueError("prompt too long"), 400, "invalid_input"),
-        (GenerationError("refused"), 422, "generation_failed"),
-        (RuntimeError("CUDA error"), 422, "generation_failed"),
-        (TimeoutError("slow"), 504, "generation_timeout"),
-        (ServeRequestError("own", status_code=418, code="teapot"), 418, "teapot"),
+        (InvalidMessageError({"role": LEAKY}, "bad role"), 400, "invalid_input"),
+        (ValueError(LEAKY), 400, "invalid_input"),
+        (GenerationError(LEAKY), 422, "generation_failed"),
+        (RuntimeError(LEAKY), 422, "generation_failed"),
+        (TimeoutError(LEAKY), 504, "generation_timeout"),
+        (http_errors.CallFailed(RuntimeError(LEAKY)), 500, "generator_error"),
+        (http_errors.CallFailed(NotImplementedError(LEAKY)), 400, "unsupported_endpoint"),
     ],
 )
-def test_item_failures(error: BaseException, status: int, code: str) -> None:
-    mapped = http_errors.from_item_failure(error)
+def test_item_failures_carry_a_code_and_request_id_but_no_error_text(
+    error: BaseException, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapped = http_errors.item_error(error, request_id="rid-7", model="m")
     assert (mapped.status_code, mapped.code) == (status, code)
+    assert "10.0.0.1" not in str(mapped) and "/models" not in str(mapped)
+    if status >= 422 or code == "invalid_input":
+        assert "rid-7" in str(mapped)
+        assert any("rid-7" in r.getMessage() and LEAKY in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_error_of_the_generator_is_kept() -> None:
+    own = ServeRequestError("own", status_code=418, code="teapot")
+    assert http_errors.item_error(own, request_id="r", model="m") is own
 
 
 def test_streamed_chat_events() -> None:
@@ -67,7 +88,12 @@ def test_streamed_chat_events() -> None:
         )
         for text, reason in (("Hello", "stop"), ("", "length"))
     ]
-    events = streaming.chat_events("id-1", 7, "m", results, include_usage=True)
+    stream = streaming.EventStream("id-1", 7, "m", include_usage=True, n=2)
+    events = [
+        line
+        for index, result in enumerate(results)
+        for line in stream.events(index, rr.GeneratedChunk.whole(result))
+    ] + stream.end()
     assert events[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
     deltas = [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in chunks[:-1]]

@@ -313,3 +313,67 @@ def test_sync_generate_in_a_script_leaves_no_open_sessions(stub: OpenAIStub) -> 
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["echo: world"] * 3
     assert "Unclosed" not in done.stderr, done.stderr
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def test_remote_apis_batch_continuously_and_count_no_tokens(stub: OpenAIStub) -> None:
+    generator = _generator(stub)
+    assert LiteLLMGenerator.batches_continuously
+    assert asyncio.run(generator.context_window()) is None
+    assert asyncio.run(generator.count_prompt_tokens("some text")) is None
+
+
+async def test_stream_message_yields_chunks_as_they_arrive() -> None:
+    with OpenAIStub(stream_delay=0.2) as stub:
+        generator = _generator(stub, ",max_tokens=50")
+        messages = [Message(role="user", content="one two three four")]
+        started = time.monotonic()
+        arrivals = []
+        chunks = []
+        async for chunk in generator.stream_message(messages):
+            arrivals.append(time.monotonic() - started)
+            chunks.append(chunk)
+    texts = [chunk.text for chunk in chunks if chunk.text]
+    assert "".join(texts) == "echo: one two three four" and len(texts) == 5
+    assert arrivals[0] < arrivals[-1] / 2  # the first came long before the last
+    last = chunks[-1]
+    assert last.stop_reason == "stop" and last.text == ""
+    assert last.usage is not None and last.usage.output_tokens == 5
+    assert all(chunk.stop_reason is None for chunk in chunks[:-1])
+    [request] = stub.requests
+    assert request.body["stream"] is True and request.body["max_tokens"] == 50
+    assert request.authorization == "Bearer sk-test"
+
+
+async def test_stream_text_and_its_stop_reason() -> None:
+    with OpenAIStub() as stub:
+        generator = _generator(stub)
+        chunks = [c async for c in generator.stream_text("a b c d", GenerateParams(max_tokens=2))]
+    assert "".join(chunk.text for chunk in chunks) == "echo: a"
+    assert chunks[-1].stop_reason == "length"
+    assert stub.requests[0].path == "/v1/completions"
+
+
+async def test_closing_a_stream_early_hangs_up_on_the_server() -> None:
+    with OpenAIStub(stream_delay=0.2) as stub:
+        generator = _generator(stub)
+        stream = generator.stream_message([Message(role="user", content="w " * 40)])
+        first = await anext(stream)
+        await stream.aclose()
+        deadline = time.monotonic() + 10
+        while stub.streams_aborted == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    assert first.text == "echo:"
+    assert stub.streams_aborted == 1
+
+
+async def test_a_refused_stream_raises() -> None:
+    import litellm
+
+    with OpenAIStub() as stub:
+        generator = _generator(stub)
+        with pytest.raises(litellm.BadRequestError):
+            async for _ in generator.stream_message([Message(role="user", content="FAIL")]):
+                pass

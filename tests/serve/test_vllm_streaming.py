@@ -1,0 +1,140 @@
+"""vLLM behind the endpoint, over real HTTP with the official `openai` client: tokens stream as
+the engine makes them, a short request is not held behind a long one (each request goes to
+the engine at once, which batches continuously), and vLLM's own sampling fields are taken.
+Runs the embedded SmolLM2 on vLLM's async engine (CPU here), eager, max_model_len 1024."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import typing as t
+
+import pytest
+
+from tests.serve.support import KEY, TIMEOUT, Endpoint
+
+pytestmark = pytest.mark.engine
+
+MODEL = "smol-vllm"
+PREFIX = "/vllm"
+
+
+def _continuous_vllm() -> bool:
+    try:
+        from rig_ray.generator.vllm_ import VLLMGenerator
+
+        return VLLMGenerator.batches_continuously
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
+    if not _continuous_vllm():
+        pytest.skip("needs the vLLM generator on the async engine (batches_continuously)")
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    model = ServedModel(
+        generator="vllm!smollm2-135m,enforce_eager=True,max_model_len=1024,temperature=0",
+        name=MODEL,
+        ray_actor_options={"num_cpus": 0.1},  # the cores are shared with the package's apps
+    )
+    try:
+        serve.run(build_app(model, api_key=KEY), name="vllm", route_prefix=PREFIX)
+        yield Endpoint(local_serve, PREFIX)
+    finally:
+        serve.delete("vllm")
+
+
+async def stream(
+    endpoint: Endpoint, content: str, max_tokens: int, **extra: t.Any
+) -> tuple[list[float], str, float]:
+    """Arrival times (from the start) of each content chunk, the text, and the end time."""
+    import openai
+
+    async with openai.AsyncOpenAI(
+        base_url=endpoint.base_url, api_key=KEY, max_retries=0, timeout=TIMEOUT
+    ) as client:
+        started = time.monotonic()
+        response = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=max_tokens,
+            stream=True,
+            extra_body=extra or None,
+        )
+        arrivals, text = [], ""
+        async for chunk in response:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+                text += chunk.choices[0].delta.content
+        return arrivals, text, time.monotonic() - started
+
+
+async def test_a_streamed_reply_starts_early(vllm_endpoint: Endpoint) -> None:
+    await stream(vllm_endpoint, "Hi", 4)  # warm up
+    arrivals, text, total = await stream(
+        vllm_endpoint, "Tell me a long story about the sea.", 96, ignore_eos=True
+    )
+    assert len(arrivals) >= 10 and text.strip()
+    assert arrivals[0] < total / 2  # the first token came after prefill, not with the last
+
+
+async def test_short_requests_are_not_held_behind_a_long_one(vllm_endpoint: Endpoint) -> None:
+    long_request = asyncio.create_task(
+        stream(vllm_endpoint, "Write a long essay about rivers.", 256, ignore_eos=True)
+    )
+    await asyncio.sleep(1.0)  # the long one is decoding
+    started = time.monotonic()
+    shorts = await asyncio.gather(
+        *(stream(vllm_endpoint, f"Say {i}.", 8, ignore_eos=True) for i in range(4))
+    )
+    shorts_done = time.monotonic() - started
+    long_arrivals, _, long_total = await long_request
+    assert len(long_arrivals) >= 100
+    assert all(len(arrivals) >= 4 for arrivals, _, _ in shorts)
+    assert shorts_done + 1.0 < long_total / 2  # they finished while the long one ran on
+
+
+def test_vllm_sampling_fields_are_taken(vllm_endpoint: Endpoint) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 12,
+        "ignore_eos": True,
+        "min_tokens": 12,
+        "repetition_penalty": 1.1,
+        "top_k": 5,
+    }
+    with vllm_endpoint.client() as client:
+        reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 12
+    assert reply.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_prompts_are_counted_against_max_model_len(vllm_endpoint: Endpoint) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 1100}]}
+    with vllm_endpoint.client() as client:
+        too_long = client.post("/v1/chat/completions", json=body)
+        with_completion = client.post(
+            "/v1/chat/completions",
+            json={
+                **body,
+                "messages": [{"role": "user", "content": "hello " * 900}],
+                "max_tokens": 300,
+            },
+        )
+        fine = client.post(
+            "/v1/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        )
+    for reply in (too_long, with_completion):
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "context_length_exceeded"
+        assert "maximum context length is 1024 tokens" in error["message"]
+    assert "300 in the completion" in with_completion.json()["error"]["message"]
+    assert fine.status_code == 200
