@@ -52,7 +52,6 @@ def start_server(side: str, folder: str, port: int, dtype: str, log: Path) -> su
             python, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
             "--served-model-name", "bench", "--dtype", dtype, "--enforce-eager",
             "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port),
-            "--disable-log-requests",
         ]  # fmt: skip
     else:
         identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
