@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import typing as t
 
+from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE
 from rig_ray.generator.base import GenerateParams
 
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the split across several generators")
     parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    add_structured_arguments(parser)
     parser.add_argument(
         "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
     )
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
             batch_size=args.batch_size,
             id_column=args.id_column,
             seed=args.seed,
+            **structured_options(args),
         )
         _show_some(args.output)
         print(summary.line())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 import warnings
 
+from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
@@ -12,6 +13,7 @@ from rig_ray.errors import InvalidGeneratorError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.registry import get_generator
 from rig_ray.generator.rounds import check_count
+from rig_ray.model import Model
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -40,6 +42,9 @@ def generate(
     seed: int | None = None,
     skip: t.Collection[str] | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
+    parse_as: type[Model] | None = None,
+    max_parse_retries: int = DEFAULT_MAX_PARSE_RETRIES,
+    json_schema: dict[str, t.Any] | type | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -56,6 +61,13 @@ def generate(
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
     stops the job. `skip` holds `done_key`s of generations not to make again (for resuming).
     An actor whose process dies is restarted up to `max_restarts` times, its batch retried.
+
+    Structured outputs: with `parse_as` (a `rig_ray.Model` subclass) every reply is parsed
+    and the rows that do not parse are asked again (`max_parse_retries` rounds, one engine
+    batch each, as `ChatPipeline.until_parsed_as` does); with `json_schema` (a dict, or a
+    pydantic model class) decoding is constrained to the schema and the reply read as JSON.
+    Either way each field (top-level property) becomes a typed column after the generation
+    columns (see `rig_ray.batch.parsed`).
     """
     members = _members(generator, generators)
     count = check_count(num_generations)
@@ -63,6 +75,8 @@ def generate(
         raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
     if batch_size < 1:
         raise InvalidGeneratorError(f"batch_size must be at least 1, got {batch_size}")
+    structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
+    params = with_json_schema(members, params, structured)
     columns = tuple(dataset.columns() or ())
     spec = PromptSpec(
         template=template, system=system, messages_column=messages_column, id_column=id_column
@@ -83,6 +97,7 @@ def generate(
             seed=seed,
             params=params or GenerateParams(),
             input_columns=columns,
+            structured=structured,
         )
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.

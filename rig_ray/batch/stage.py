@@ -14,6 +14,7 @@ import typing as t
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from rig_ray.batch.parsed import StructuredSpec, generate_messages, structured_step
 from rig_ray.batch.plan import done_key, member_indices
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
@@ -37,6 +38,8 @@ class StageConfig(BaseModel):
     params: GenerateParams = Field(default_factory=GenerateParams)
     input_columns: tuple[str, ...]
     """The input's columns, in order, written through after the generation columns."""
+    structured: StructuredSpec | None = None
+    """What to read out of each reply into typed columns (parse_as / json_schema)."""
 
 
 class _Pending(t.NamedTuple):
@@ -58,6 +61,7 @@ class GenerateStage:
 
             self._done = ray.get(done[0])
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
+        self._structured = structured_step(config.structured, self._passthrough.values())
         self._loop = asyncio.new_event_loop()
         self._generator.load()
 
@@ -92,9 +96,10 @@ class GenerateStage:
             return [], 0.0
         started = time.perf_counter()
         params = [self._config.params] * len(conversations)
+        generate = self._structured.generate if self._structured else generate_messages
         try:
             results = self._loop.run_until_complete(
-                self._generator.generate_messages(conversations, params)
+                generate(self._generator, conversations, params)
             )
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
@@ -109,10 +114,12 @@ class GenerateStage:
         latency: float,
     ) -> pa.Table:
         columns: dict[str, list[t.Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
+        row_results: list[GeneratedMessage | BaseException | None] = []
         for item in pending:
             result: GeneratedMessage | BaseException | None = (
                 None if item.row in failures else next(results)
             )
+            row_results.append(result)
             ok = isinstance(result, GeneratedMessage)
             usage = result.usage if isinstance(result, GeneratedMessage) else None
             values = {
@@ -133,6 +140,8 @@ class GenerateStage:
             for name, value in values.items():
                 columns[name].append(value)
         generated = pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+        if self._structured:
+            generated = self._structured.finish(generated, row_results)
         inputs = batch.take(pa.array([item.row for item in pending], type=pa.int64()))
         for column, out in self._passthrough.items():
             if column in inputs.column_names:

@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr
 
 from rig_ray._deps import require
 from rig_ray.errors import GenerationError
+from rig_ray.generator import structured
 from rig_ray.generator.base import (
     GeneratedMessage,
     GeneratedText,
@@ -97,6 +98,8 @@ class LiteLLMGenerator(Generator):
     from `api_key` or the provider's usual environment variables.
     """
 
+    honours_json_schema: t.ClassVar[bool] = True
+
     max_connections: int = Field(10, ge=1)
     """Most requests in flight at once."""
     min_delay_between_requests: float = Field(0.0, ge=0)
@@ -115,7 +118,7 @@ class LiteLLMGenerator(Generator):
         return self._limiters[loop]
 
     def _request_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
-        kwargs = params.to_dict()
+        kwargs = structured.litellm_request_kwargs(params.to_dict())
         if self.api_key is not None:
             kwargs["api_key"] = self.api_key
         return kwargs

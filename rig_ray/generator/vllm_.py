@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import ModelNotAvailableError
+from rig_ray.generator import structured
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
     GeneratedMessage,
@@ -57,6 +58,8 @@ class VLLMGenerator(LocalGenerator):
     name of an embedded model (`smollm2-135m`). The engine runs on the generator's own
     thread, so the event loop never waits on it.
     """
+
+    honours_json_schema: t.ClassVar[bool] = True
 
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     """Share of accelerator memory the engine may take (weights + KV cache); on CPU builds, the
@@ -150,7 +153,7 @@ class VLLMGenerator(LocalGenerator):
 
         values = {k: v for k, v in params.to_dict().items() if k not in _REMOTE_ONLY}
         values.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        return SamplingParams(**values)
+        return SamplingParams(**structured.vllm_sampling_kwargs(values))
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
