@@ -23,7 +23,7 @@ def schema_dict(value: t.Any) -> dict[str, t.Any]:
     schema_of = getattr(value, "model_json_schema", None)
     if isinstance(value, type) and callable(schema_of):
         return t.cast(dict[str, t.Any], schema_of())
-    raise TypeError(
+    raise ValueError(
         f"a JSON schema is a dict or a pydantic model class, not {type(value).__name__}"
     )
 

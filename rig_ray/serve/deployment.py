@@ -22,6 +22,7 @@ from rig_ray.generator.base import (
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
+from rig_ray.serve import response_format
 from rig_ray.serve.batching import BatchMerger
 
 _T = t.TypeVar("_T")
@@ -137,6 +138,8 @@ class GeneratorDeployment:
         self, messages: list[Message], params: GenerateParams, n: int = 1
     ) -> list[GeneratedMessage | BaseException]:
         """`n` replies to one conversation; each is an item of the current batch."""
+        if (refused := response_format.refusal(self._generator, params, self._name)) is not None:
+            return [refused] * n
         replies = await asyncio.gather(*(self._chat_batch((messages, params)) for _ in range(n)))
         return portable(replies)
 
