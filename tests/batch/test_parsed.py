@@ -37,9 +37,7 @@ def test_parsed_fields_become_typed_columns_with_clashes_prefixed(tmp_path: Path
     generator = CallbackGenerator(
         model="xml", callback=lambda conv, _: record_xml(int(conv[-1].content.split()[-1]))
     )
-    summary = run(
-        str(source), str(tmp_path / "out"), generator=generator, parse_as=Record, **FAST
-    )
+    summary = run(str(source), str(tmp_path / "out"), generator=generator, parse_as=Record, **FAST)
     assert (summary.generations_written, summary.failed) == (3, 0)
     table = pq.read_table(summary.parts[0])
     fields = {f.name: f.type for f in table.schema}
@@ -91,7 +89,12 @@ def test_retries_resend_only_unparsed_rows_one_batch_per_round(tmp_path: Path) -
     assert calls(log) == [6, 4, 2]
     got = _by_id(tmp_path / "out")
     assert {k: got[k]["parse_retries"] for k in needs} == {
-        "a": 0, "b": 1, "c": 2, "d": 0, "e": 1, "f": 2
+        "a": 0,
+        "b": 1,
+        "c": 2,
+        "d": 0,
+        "e": 1,
+        "f": 2,
     }
     assert all(got[k]["value"] == "positive" and got[k]["error"] is None for k in "abcde")
     assert summary.failed == 1
