@@ -462,9 +462,21 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one side may take")
     parser.add_argument("--verbose", action="store_true", help="print a failed side's log tail")
+    parser.add_argument(
+        "--parse-as",
+        action="store_true",
+        help="instead: the cost of parsing and parse retries next to plain generation "
+        "(benchmarks/parse_cost.py), on --engine vllm or transformers",
+    )
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.parse_as:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import parse_cost
+
+        parse_cost.run(args, machine())
+        return
     if args.side:
         child(args)
         return
