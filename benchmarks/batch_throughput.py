@@ -26,6 +26,9 @@ the engine (vLLM's own request metrics) to the job's end, with the time before i
 and the engine calls alone (the sum of their own times: what is left for transformers, whose
 engine keeps no timestamps).
 Targets: (b) >= 0.95x (a), (c) generation >= 0.85x (a).
+
+`--parse-as` measures instead what parsing and parse retries cost next to plain generation
+(`benchmarks/parse_cost.py`).
 """
 
 from __future__ import annotations
