@@ -34,6 +34,9 @@ batching engine refills the slots of finished rows while longer ones run; target
 generation >= 0.95x (a) and >= 1.0x (d). `--dtype` sets every side's engine dtype (bfloat16 by
 default, the figures recorded before; float32 runs several times faster on CPUs without native
 bf16).
+
+`--parse-as` measures instead what parsing and parse retries cost next to plain generation
+(`benchmarks/parse_cost.py`).
 """
 
 from __future__ import annotations
@@ -496,11 +499,23 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one side may take")
     parser.add_argument("--verbose", action="store_true", help="print a failed side's log tail")
+    parser.add_argument(
+        "--parse-as",
+        action="store_true",
+        help="instead: the cost of parsing and parse retries next to plain generation "
+        "(benchmarks/parse_cost.py), on --engine vllm or transformers",
+    )
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload == "mixed" and args.engine != "vllm":
         parser.error("--workload mixed is for --engine vllm (transformers batches equal params)")
+    if args.parse_as:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import parse_cost
+
+        parse_cost.run(args, machine())
+        return
     if args.side:
         child(args)
         return

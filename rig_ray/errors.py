@@ -130,6 +130,16 @@ class ParseRetriesExhaustedError(RigRayError):
         )
 
 
+class UnsupportedParamsError(RigRayError, ValueError):
+    """A generator was asked for a setting it cannot honour (json_schema on transformers);
+    `generator` names the generator class and `param` the setting."""
+
+    def __init__(self, message: str, *, generator: str, param: str):
+        self.generator = generator
+        self.param = param
+        super().__init__(message)
+
+
 class InvalidPoolError(RigRayError, ValueError):
     """An LLMPool was built from fewer than two generators, or from something not a generator."""
 

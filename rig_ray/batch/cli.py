@@ -9,6 +9,7 @@ import threading
 import typing as t
 
 from rig_ray.batch.console import quiet_stderr
+from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
@@ -95,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the split across several generators")
     parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    add_structured_arguments(parser)
     parser.add_argument(
         "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
     )
@@ -179,6 +181,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         batch_timeout_s=args.batch_timeout_s,
         id_column=args.id_column,
         seed=args.seed,
+        **structured_options(args),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 import warnings
 
+from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -13,6 +14,7 @@ from rig_ray.errors import InvalidGeneratorError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.registry import get_generator
 from rig_ray.generator.rounds import check_count
+from rig_ray.model import Model
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -45,6 +47,9 @@ def generate(
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
     batch_timeout_s: float | None = None,
+    parse_as: type[Model] | None = None,
+    max_parse_retries: int = DEFAULT_MAX_PARSE_RETRIES,
+    json_schema: dict[str, t.Any] | type | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -67,6 +72,13 @@ def generate(
     stops the job. An actor whose process dies is restarted up to `max_restarts` times, its
     batch retried. Rows without an id get the hash of their conversation (`run` also tells
     repeated conversations apart, and skips what an earlier run made).
+
+    Structured outputs: with `parse_as` (a `rig_ray.Model` subclass) every reply is parsed
+    and the rows that do not parse are asked again (`max_parse_retries` rounds, one engine
+    batch each, as `ChatPipeline.until_parsed_as` does); with `json_schema` (a dict, or a
+    pydantic model class) decoding is constrained to the schema and the reply read as JSON.
+    Either way each field (top-level property) becomes a typed column after the generation
+    columns (see `rig_ray.batch.parsed`).
     """
     members = generator_members(generator, generators)
     count = check_count(num_generations)
@@ -80,6 +92,8 @@ def generate(
         )
     if batch_timeout_s is not None and batch_timeout_s <= 0:
         raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
+    structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
+    params = with_json_schema(members, params, structured)
     columns = tuple(c for c in dataset.columns() or () if c not in INTERNAL_COLUMNS)
     spec = PromptSpec(
         template=template,
@@ -104,6 +118,7 @@ def generate(
             params=params or GenerateParams(),
             input_columns=columns,
             batch_timeout_s=batch_timeout_s,
+            structured=structured,
         )
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.

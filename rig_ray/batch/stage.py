@@ -15,6 +15,7 @@ import typing as t
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from rig_ray.batch.parsed import StructuredSpec, generate_messages, structured_step
 from rig_ray.batch.plan import member_indices
 from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN
 from rig_ray.batch.prompts import PromptSpec
@@ -42,6 +43,8 @@ class StageConfig(BaseModel):
     """The input's columns, in order, written through after the generation columns."""
     batch_timeout_s: float | None = Field(None, gt=0)
     """A batch whose engine call runs longer fails its rows with a timeout error."""
+    structured: StructuredSpec | None = None
+    """What to read out of each reply into typed columns (parse_as / json_schema)."""
 
 
 class _Pending(t.NamedTuple):
@@ -64,6 +67,7 @@ class GenerateStage:
         self._generator: Generator = restore_payload(payload)
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
+        self._structured = structured_step(config.structured, self._passthrough.values())
         self._generator.load()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -109,7 +113,8 @@ class GenerateStage:
         if not conversations:
             return [], 0.0
         started = time.perf_counter()
-        call = self._generator.generate_messages(conversations, params)
+        generate = self._structured.generate if self._structured else generate_messages
+        call = generate(self._generator, conversations, params)
         try:
             results = await asyncio.wait_for(call, self._config.batch_timeout_s)
         except TimeoutError:
@@ -130,10 +135,12 @@ class GenerateStage:
         latency: float,
     ) -> pa.Table:
         columns: dict[str, list[t.Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
+        row_results: list[GeneratedMessage | BaseException | None] = []
         for item in pending:
             result: GeneratedMessage | BaseException | None = (
                 None if item.row in failures else next(results)
             )
+            row_results.append(result)
             ok = isinstance(result, GeneratedMessage)
             usage = result.usage if isinstance(result, GeneratedMessage) else None
             values = {
@@ -154,6 +161,8 @@ class GenerateStage:
             for name, value in values.items():
                 columns[name].append(value)
         generated = pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+        if self._structured:
+            generated = self._structured.finish(generated, row_results)
         inputs = batch.take(pa.array([item.row for item in pending], type=pa.int64()))
         for column, out in self._passthrough.items():
             if column in inputs.column_names:

@@ -8,7 +8,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rig_ray.errors import GenerationError
-from rig_ray.generator import rounds
+from rig_ray.generator import rounds, structured
 from rig_ray.message import Message, MessageLike
 
 if t.TYPE_CHECKING:
@@ -69,6 +69,9 @@ class GenerateParams(BaseModel):
     """Seconds a remote request may take."""
     seed: int | None = None
     """Random seed, for repeatable sampling."""
+    json_schema: dict[str, t.Any] | None = None
+    """Constrain the reply to JSON matching this schema (a dict, or a pydantic model class,
+    turned into its schema); vLLM and LiteLLM honour it, other generators refuse it."""
     extra: dict[str, t.Any] = Field(default_factory=dict)
     """Engine-specific settings, passed through to the engine call as they are."""
 
@@ -76,6 +79,11 @@ class GenerateParams(BaseModel):
     @classmethod
     def _one_stop_string(cls, value: t.Any) -> t.Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema_of_model(cls, value: t.Any) -> t.Any:
+        return None if value is None else structured.schema_dict(value)
 
     @field_validator("extra")
     @classmethod
@@ -205,6 +213,9 @@ class Generator(BaseModel, rounds.SyncGenerate):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    honours_json_schema: t.ClassVar[bool] = False
+    """Whether the engine can constrain replies to `GenerateParams.json_schema`."""
 
     model: str = Field(min_length=1)
     """What the provider runs: a model name, path or route."""

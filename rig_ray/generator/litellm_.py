@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr
 
 from rig_ray._deps import require
 from rig_ray.errors import GenerationError
+from rig_ray.generator import structured
 from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
@@ -99,6 +100,7 @@ class LiteLLMGenerator(Generator):
     """
 
     batches_continuously: t.ClassVar[bool] = True
+    honours_json_schema: t.ClassVar[bool] = True
 
     max_connections: int = Field(10, ge=1)
     """Most requests in flight at once."""
@@ -123,7 +125,7 @@ class LiteLLMGenerator(Generator):
         return self._limiters[loop]
 
     def _request_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
-        kwargs = params.to_dict()
+        kwargs = structured.litellm_request_kwargs(params.to_dict())
         if self.api_key is not None:
             kwargs["api_key"] = self.api_key
         return kwargs

@@ -17,6 +17,7 @@ from pydantic import PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import ModelNotAvailableError
+from rig_ray.generator import structured
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
     GeneratedMessage,
@@ -241,6 +242,8 @@ class TransformersGenerator(LocalGenerator):
 
     def _generation_kwargs(self, params: GenerateParams) -> dict[str, t.Any]:
         values = params.to_dict()
+        if values.get("json_schema") is not None:
+            raise structured.refuse_json_schema(self)
         ignored = _UNSUPPORTED.intersection(values) - _warned
         if ignored:  # once per setting and process: batch jobs call this for every batch
             _warned.update(ignored)

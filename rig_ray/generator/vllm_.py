@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import GenerationError, ModelNotAvailableError
+from rig_ray.generator import structured
 from rig_ray.generator import vllm_requests as requests
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
@@ -51,6 +52,8 @@ class VLLMGenerator(LocalGenerator):
 
     batches_continuously: t.ClassVar[bool] = True
     """Requests go straight to the engine, which batches whatever is in flight."""
+    honours_json_schema: t.ClassVar[bool] = True
+    """`json_schema` constrains decoding (vLLM's structured outputs)."""
 
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     """Share of accelerator memory the engine may take (weights + KV cache); on CPU builds, the
@@ -201,7 +204,7 @@ class VLLMGenerator(LocalGenerator):
 
         values = {k: v for k, v in params.to_dict().items() if k not in _REMOTE_ONLY}
         values.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        return SamplingParams(**values, **engine_fields)
+        return SamplingParams(**structured.vllm_sampling_kwargs(values), **engine_fields)
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]

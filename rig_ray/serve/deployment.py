@@ -22,7 +22,7 @@ from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
-from rig_ray.serve import http_errors
+from rig_ray.serve import http_errors, response_format
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
 from rig_ray.serve.limits import check_context
@@ -238,7 +238,10 @@ class GeneratorDeployment:
         return self._generator.stream_text(prompt, params)
 
     async def _admit(self, kind: str, prompts: list[t.Any], params: GenerateParams) -> None:
-        """400 for a prompt past the model's context, before it reaches the engine."""
+        """400 for a response_format the generator cannot honour, or a prompt past the model's
+        context, before it reaches the engine."""
+        if (refused := response_format.refusal(self._generator, params, self._name)) is not None:
+            raise refused
         param = "messages" if kind == "chat" else "prompt"
         await check_context(self._generator, prompts, params, param=param)
 

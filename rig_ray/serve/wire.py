@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams
 from rig_ray.message import Message
+from rig_ray.serve import response_format
 
 MAX_ITEMS = 64
 """Most generations one request may ask for (completions: prompts x n)."""
@@ -144,13 +145,13 @@ class ChatCompletionRequest(_Request):
             "tools": bool(self.tools),
             "tool_choice": self.tool_choice not in (None, "none", "auto"),
             "functions": bool(self.functions),
-            "response_format": (self.response_format or {}).get("type", "text") != "text",
             "top_logprobs": bool(self.top_logprobs),
             "modalities": self.modalities not in (None, ["text"]),
         }
         for name, is_set in unsupported.items():
             if is_set:
                 raise ValueError(f"{name}: not supported by this endpoint")
+        response_format.schema_of(self.response_format)
         return self
 
     def to_messages(self) -> list[Message]:
@@ -158,6 +159,9 @@ class ChatCompletionRequest(_Request):
 
     def to_params(self) -> GenerateParams:
         params = super().to_params()
+        schema = response_format.schema_of(self.response_format)
+        if schema is not None:
+            params = params.model_copy(update={"json_schema": schema})
         if self.max_completion_tokens is not None:
             return params.model_copy(update={"max_tokens": self.max_completion_tokens})
         return params

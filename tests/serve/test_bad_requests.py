@@ -119,10 +119,16 @@ CASES = [
     case("unknown field", chat_body(foo=1), "unknown_parameter", "foo"),
     case("tools", chat_body(tools=[{"type": "function"}]), "invalid_value", "tools"),
     case(
-        "json mode",
+        "json mode on a generator that cannot constrain decoding",
         chat_body(response_format={"type": "json_object"}),
-        "invalid_value",
+        "unsupported_parameter",
         "response_format",
+    ),
+    case(
+        "unknown response_format type",
+        chat_body(response_format={"type": "xml"}),
+        "invalid_value",
+        "response_format.type",
     ),
     case("logprobs", chat_body(logprobs=True), "invalid_value", "logprobs"),
     case("logit_bias", chat_body(logit_bias={"1": 5}), "invalid_value", "logit_bias"),
