@@ -91,7 +91,10 @@ def token_limits(args: argparse.Namespace) -> list[int]:
 
 
 def vllm_engine(args: argparse.Namespace) -> dict[str, t.Any]:
-    return {**VLLM_ENGINE, "dtype": args.dtype}
+    settings = {**VLLM_ENGINE, "dtype": args.dtype}
+    if args.dtype in ("float32", "float"):  # a float32 KV cache needs a larger share
+        settings["gpu_memory_utilization"] = 0.3
+    return settings
 
 
 def identifier(engine: str, args: argparse.Namespace) -> str:
