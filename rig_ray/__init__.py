@@ -21,6 +21,7 @@ from rig_ray.errors import (
     RigRayError,
     TemplateError,
     UnknownProviderError,
+    UnsupportedParamsError,
 )
 from rig_ray.generator import (
     GeneratedChunk,
@@ -80,6 +81,7 @@ __all__ = [
     "TemplateError",
     "TransformersGenerator",
     "UnknownProviderError",
+    "UnsupportedParamsError",
     "Usage",
     "VLLMGenerator",
     "__version__",

@@ -30,6 +30,7 @@ _LABELS = {
     "num_generations": "num_generations (lower)",
     "id_column": "id column",
     "params_column": "params column",
+    "structured": "structured output (parse_as / json_schema)",
 }
 
 
@@ -50,6 +51,8 @@ class Manifest(BaseModel):
     num_generations: int
     id_column: str
     params_column: str | None = None
+    structured: dict[str, t.Any] | None = None
+    """`parse_as` (as module:Class) and `json_schema`, when the job reads them out of replies."""
 
     def differences(self, earlier: Manifest) -> list[str]:
         """The fields in which this run's settings differ from the `earlier` run's; a higher

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
+from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec
 from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import fit_cpus, join, quiet_ray_logs
 from rig_ray.batch.prepare import plan_rows
@@ -149,6 +150,11 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
 
 def _manifest(members: list[Generator], spec: PromptSpec, options: dict[str, t.Any]) -> Manifest:
     params = options.get("params") or GenerateParams()
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
     return Manifest(
         generators=[redact(describe(member)) for member in members],
         num_generators=len(members),
@@ -160,6 +166,9 @@ def _manifest(members: list[Generator], spec: PromptSpec, options: dict[str, t.A
         num_generations=int(options.get("num_generations", 1)),
         id_column=spec.id_column,
         params_column=spec.params_column,
+        structured=None
+        if structured is None
+        else {"parse_as": structured.model_key, "json_schema": structured.json_schema},
     )
 
 

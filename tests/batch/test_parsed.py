@@ -123,6 +123,9 @@ def test_zero_retries_and_resume_keep_the_parsed_columns(tmp_path: Path) -> None
     assert table.schema.field("value").type == pa.string()
     got = {r["id"]: (r["value"], r["parse_retries"]) for r in table.to_pylist()}
     assert got == {"a": ("positive", 0), "b": (None, 0), "c": ("positive", 0)}
+    plain = {k: v for k, v in options.items() if k != "parse_as"}
+    with pytest.raises(BatchInputError, match="structured output"):  # the manifest refuses
+        run(str(source), str(tmp_path / "out"), **plain)
 
 
 def test_json_schema_properties_become_typed_columns(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ def test_equal_settings_differ_in_nothing() -> None:
         ({"schema_version": 99}, ["schema_version"]),
         ({"num_generations": 1}, ["num_generations"]),  # fewer: the folder holds more
         ({"num_generations": 5}, []),  # more: resume makes the new ones
+        ({"params_column": "p"}, ["params_column"]),
+        ({"structured": {"parse_as": "books:Book", "json_schema": None}}, ["structured"]),
     ],
 )
 def test_differences_name_the_fields(change: dict, fields: list[str]) -> None:
