@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
-from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec
+from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import fit_cpus, join, quiet_ray_logs
 from rig_ray.batch.prepare import plan_rows
@@ -101,6 +101,12 @@ def run(
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     quiet_ray_logs()
     join(address)
@@ -108,7 +114,7 @@ def run(
     with _ray_data_quiet(progress):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
-        manifest = _manifest(members, spec, options)
+        manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output):
             return _run(
                 folder,
@@ -148,13 +154,13 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
     ).resolve(columns)
 
 
-def _manifest(members: list[Generator], spec: PromptSpec, options: dict[str, t.Any]) -> Manifest:
+def _manifest(
+    members: list[Generator],
+    spec: PromptSpec,
+    structured: StructuredSpec | None,
+    options: dict[str, t.Any],
+) -> Manifest:
     params = options.get("params") or GenerateParams()
-    structured = StructuredSpec.build(
-        options.get("parse_as"),
-        options.get("json_schema"),
-        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
-    )
     return Manifest(
         generators=[redact(describe(member)) for member in members],
         num_generators=len(members),
