@@ -36,7 +36,7 @@ def vllm_url(local_serve: int) -> t.Iterator[str]:
     model = ServedModel(
         generator="vllm!smollm2-135m,enforce_eager=true,max_model_len=1024,temperature=0",
         name="smol-json",
-        ray_actor_options={"num_cpus": 0.5},
+        ray_actor_options={"num_cpus": 0.1},  # the cores are shared with the package's apps
     )
     serve.run(build_app([model], api_key=KEY), name=APP, route_prefix=f"/{APP}")
     try:
