@@ -206,19 +206,7 @@ class RemoteGenerator(Generator):
             await self._await("generate_texts", list(texts), list(params)),
         )
 
-    async def stream_message(
-        self, messages: t.Sequence[Message], params: GenerateParams | None = None
-    ) -> t.AsyncIterator[GeneratedChunk]:
-        async for chunk in self._stream(list(messages), params):
-            yield chunk
-
-    async def stream_text(
-        self, text: str, params: GenerateParams | None = None
-    ) -> t.AsyncIterator[GeneratedChunk]:
-        async for chunk in self._stream(text, params):
-            yield chunk
-
-    async def _stream(
+    async def _stream_prompt(
         self, prompt: str | list[Message], params: GenerateParams | None
     ) -> t.AsyncIterator[GeneratedChunk]:
         """Chunks from the actor's stream as it makes them; leaving early cancels it there."""

@@ -304,16 +304,29 @@ class Generator(BaseModel, rounds.SyncGenerate):
         Generators that cannot stream yield the whole reply as one chunk. Closing the iterator
         early (or cancelling its task) stops the generation where the engine allows it.
         """
-        results = await self.generate_messages([list(messages)], [params or GenerateParams()])
-        yield GeneratedChunk.whole(_raise_if_error(results[0]))
+        async for chunk in self._stream_prompt(list(messages), params):
+            yield chunk
 
     async def stream_text(
         self, text: str, params: GenerateParams | None = None
     ) -> t.AsyncIterator[GeneratedChunk]:
         """The completion of one text, chunk by chunk as the engine makes it (see
         `stream_message`)."""
-        results = await self.generate_texts([text], [params or GenerateParams()])
-        yield GeneratedChunk.whole(_raise_if_error(results[0]))
+        async for chunk in self._stream_prompt(text, params):
+            yield chunk
+
+    async def _stream_prompt(
+        self, prompt: str | list[Message], params: GenerateParams | None
+    ) -> t.AsyncIterator[GeneratedChunk]:
+        """One text or conversation, streamed: what streaming generators override. Here, the
+        whole reply as one chunk."""
+        each = [params or GenerateParams()]
+        if isinstance(prompt, str):
+            texts = await self.generate_texts([prompt], each)
+            yield GeneratedChunk.whole(_raise_if_error(texts[0]))
+        else:
+            replies = await self.generate_messages([prompt], each)
+            yield GeneratedChunk.whole(_raise_if_error(replies[0]))
 
     def chat(
         self,

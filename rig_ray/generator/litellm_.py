@@ -185,24 +185,16 @@ class LiteLLMGenerator(Generator):
             extra=_extra(response),
         )
 
-    async def stream_message(
-        self, messages: t.Sequence[Message], params: GenerateParams | None = None
+    async def _stream_prompt(
+        self, prompt: str | list[Message], params: GenerateParams | None
     ) -> t.AsyncIterator[GeneratedChunk]:
         """The reply as the API streams it (`stream=True`); the last chunk has the usage."""
-        request = {"messages": [message.to_openai() for message in messages]}
-        async for chunk in self._stream("acompletion", request, params):
-            yield chunk
-
-    async def stream_text(
-        self, text: str, params: GenerateParams | None = None
-    ) -> t.AsyncIterator[GeneratedChunk]:
-        """The completion as the API streams it (`stream=True`)."""
-        async for chunk in self._stream("atext_completion", {"prompt": text}, params):
-            yield chunk
-
-    async def _stream(
-        self, call: str, request: dict[str, t.Any], params: GenerateParams | None
-    ) -> t.AsyncIterator[GeneratedChunk]:
+        request: dict[str, t.Any]
+        if isinstance(prompt, str):
+            call, request = "atext_completion", {"prompt": prompt}
+        else:
+            call = "acompletion"
+            request = {"messages": [message.to_openai() for message in prompt]}
         litellm = await asyncio.to_thread(_import_litellm)
         [merged] = self.merged_params([params or GenerateParams()], 1)
         kwargs = {**self._request_kwargs(merged), "stream": True}

@@ -248,25 +248,13 @@ class VLLMGenerator(LocalGenerator):
                 results[index] = outcome if failed else t.cast(list[t.Any], outcome)[position]
         return results
 
-    async def stream_message(
-        self, messages: t.Sequence[Message], params: GenerateParams | None = None
-    ) -> t.AsyncIterator[GeneratedChunk]:
-        conversation = [message.to_openai() for message in messages]
-        async for chunk in self._stream(conversation, params):
-            yield chunk
-
-    async def stream_text(
-        self, text: str, params: GenerateParams | None = None
-    ) -> t.AsyncIterator[GeneratedChunk]:
-        async for chunk in self._stream(text, params):
-            yield chunk
-
-    async def _stream(
-        self, prompt: requests.Prompt, params: GenerateParams | None
+    async def _stream_prompt(
+        self, prompt: str | list[Message], params: GenerateParams | None
     ) -> t.AsyncIterator[GeneratedChunk]:
         engine, loop = await self._running()
         sampling = self._sampling_params(self.params.merge_with(params))
-        async for chunk in loop.stream(lambda: requests.stream(engine, prompt, sampling)):
+        rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
+        async for chunk in loop.stream(lambda: requests.stream(engine, rendered, sampling)):
             yield chunk
 
 

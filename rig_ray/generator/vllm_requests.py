@@ -27,14 +27,6 @@ Prompt = str | list[dict[str, t.Any]]
 Result = GeneratedMessage | GeneratedText
 
 
-def item_errors() -> tuple[type[BaseException], ...]:
-    """Errors that reject one request (too long, bad template or params), not the engine."""
-    from vllm.exceptions import VLLMClientError
-    from vllm.v1.engine.exceptions import EngineGenerateError
-
-    return (ValueError, TypeError, VLLMClientError, EngineGenerateError)
-
-
 def engine_dead_error() -> type[BaseException]:
     from vllm.v1.engine.exceptions import EngineDeadError
 

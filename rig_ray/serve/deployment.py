@@ -198,7 +198,10 @@ class GeneratorDeployment:
         """The events of a streamed request. It is accepted (None) once its first piece is
         there, so a request refused or failed before that gets an ordinary error reply."""
         method = "stream_message" if kind == "chat" else "stream_text"
-        if not _overrides(self._generator, method):  # whole replies, grouped like any others
+        streaming = _overrides(self._generator, method) or _overrides(
+            self._generator, "_stream_prompt"
+        )
+        if not streaming:  # whole replies, grouped like any others
             results = await self._request(request_id, kind, prompts, params, n)
             if isinstance(results[0], ServeRequestError):
                 yield results[0]
