@@ -514,8 +514,7 @@ def main() -> None:
     if args.workload == "mixed" and args.engine != "vllm":
         parser.error("--workload mixed is for --engine vllm (transformers batches equal params)")
     if args.parse_as:
-        sys.path.insert(0, str(Path(__file__).parent))
-        import parse_cost
+        import parse_cost  # beside this script, so on sys.path already
 
         parse_cost.run(args, machine())
         return
