@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the Parquet parts (local or URI); a rerun into it resumes",
     )
     parser.add_argument(
+        "-g",
         "--generator",
         dest="generators",
         action="append",
