@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import re
+import traceback
 import typing as t
 
 MASK = "***"
@@ -96,20 +97,55 @@ def redact(value: t.Any) -> t.Any:
 
 
 def scrub(text: str, *sources: t.Any) -> str:
-    """`text` redacted, with any secret value found in `sources` (identifiers, dicts) masked
-    wherever it appears: an error that quotes a bad value repeats no key."""
+    """`text` redacted, with any secret value found in `sources` (identifiers, dicts, and
+    pydantic models such as a generator, whose `api_key`, URLs, `extra` and `engine_args`
+    count) masked wherever it appears: an error that quotes a bad value repeats no key."""
     for secret in sorted(_secrets_in(sources), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return redact(text)
 
 
+def error_text(error: BaseException, *sources: t.Any, with_traceback: bool = False) -> str:
+    """`Type: message` of `error` (and its traceback, chained causes included, when asked),
+    scrubbed with `sources`: what a log or a console may show of it."""
+    if with_traceback:
+        text = "".join(traceback.format_exception(error)).rstrip()
+    else:
+        message = " ".join(str(error).split())
+        text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return scrub(text, *sources)
+
+
+def scrubbed_error(error: BaseException, *sources: t.Any) -> BaseException:
+    """`error` itself when its text holds no secret of `sources`, else an error of the same
+    type (a `RuntimeError` when that type cannot be made from a message) with the scrubbed
+    text and no cause: raise it `from None`, so no traceback repeats the original."""
+    text = str(error)
+    cleaned = scrub(text, *sources)
+    if cleaned == text:
+        return error
+    try:
+        replacement = type(error)(cleaned)
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {cleaned}")
+    return replacement if str(replacement) == cleaned else RuntimeError(cleaned)
+
+
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts each record's message (with its arguments filled in)."""
+    """A logging filter that redacts each record's message (with its arguments filled in) and
+    its traceback, scrubbed with `sources` too (see `scrub`)."""
+
+    def __init__(self, *sources: t.Any) -> None:
+        super().__init__()
+        self.sources = sources
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
+        if record.exc_info and record.exc_info[1] is not None:
+            message += "\n" + error_text(record.exc_info[1], with_traceback=True)
+            record.exc_info = record.exc_text = None
+        cleaned = scrub(message, *self.sources)
+        if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True
 
@@ -220,4 +256,13 @@ def _secrets_in(sources: t.Iterable[t.Any]) -> set[str]:
                 found |= _secrets_in([item])
         elif isinstance(source, list | tuple):
             found |= _secrets_in(source)
+        elif callable(getattr(source, "model_dump", None)):  # a generator, its params
+            found |= _secrets_in([_dumped(source)])
     return {secret for secret in found if len(secret) >= 3 and secret != MASK}
+
+
+def _dumped(model: t.Any) -> t.Any:
+    try:
+        return model.model_dump(mode="json")
+    except Exception:  # a field JSON cannot hold: the plain dump still has the strings
+        return model.model_dump()
