@@ -187,7 +187,7 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
     while match := _PAIR.search(text, position):
         # A pair's value is searched too: a quoted message may hold `api_key=...` itself.
         position = match.start("value")
-        if not is_secret_key(match.group("name")):
+        if not is_secret_key(match.group("name")) or match.group("value").strip("\"'") == MASK:
             continue
         start, stop = match.span("value")
         if text[start] in "'\"":
@@ -253,6 +253,7 @@ def _secrets_in(sources: t.Iterable[t.Any]) -> set[str]:
             for key, item in source.items():
                 if _masks(key, item):
                     found.add(str(item))
+                    found.add((str(item).split() or [""])[-1])  # the credential after a scheme
                 found |= _secrets_in([item])
         elif isinstance(source, list | tuple):
             found |= _secrets_in(source)
