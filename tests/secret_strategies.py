@@ -7,6 +7,7 @@ the surrounding text by chance: finding it in an output means it leaked.
 
 from __future__ import annotations
 
+import re
 import string
 import typing as t
 
@@ -122,3 +123,12 @@ def generator_identifiers(draw: st.DrawFn, provider: str = "leaky") -> Generator
         f"extra={encode_value(extra)}"
     )
     return GeneratorSecrets(identifier, (api_key, password, query_value, credential))
+
+
+def leaks(value: str, shown: str, source: str = "", piece: int = 4) -> list[str]:
+    """The parts of the secret `value` that `shown` still holds: the whole of it, or any run
+    of `piece` or more letters and digits of it (a secret masked only in part) that the
+    `source` text it came from holds nowhere else."""
+    rest = source.replace(value, "\0")
+    pieces = [p for p in re.split(r"[^A-Za-z0-9]+", value) if len(p) >= piece and p not in rest]
+    return [p for p in [value, *pieces] if p in shown]

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+import time
 import typing as t
 
 from rig_ray.redaction import RedactingFilter, scrub
@@ -67,60 +68,81 @@ def redacting_logs(sources: t.Sequence[t.Any] = ()) -> t.Iterator[None]:
             handler.removeFilter(installed)
 
 
+LATE_S = 10.0
+"""How long after a quiet job ends its actors' late lines are still kept out."""
+_KEPT_SOURCES = 64
+
+
+class _Forwarding:
+    """How this process's forwarded actor output is shown: scrubbed with the secrets of every
+    job run here (lines arrive after their job ends), and kept out while a quiet job runs and
+    for `LATE_S` after."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sources: list[t.Any] = []
+        self.quiet_jobs = 0
+        self.quiet_until = 0.0
+
+    def keeps(self) -> bool:
+        return not self.quiet_jobs and time.monotonic() >= self.quiet_until
+
+    def learn(self, sources: t.Sequence[t.Any]) -> None:
+        with self.lock:
+            self.sources = [*self.sources, *sources][-_KEPT_SOURCES:]
+
+
+_FORWARDING = _Forwarding()
+
+
 @contextlib.contextmanager
 def actor_output(sources: t.Sequence[t.Any] = (), *, verbose: bool = False) -> t.Iterator[None]:
-    """What Ray forwards from actors to this driver, redacted (and kept only when `verbose`).
-
-    Ray prints it through a named handler of its stream dispatcher; that handler is wrapped
-    meanwhile, and put back after. Without a Ray of this process's own, nothing changes."""
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:  # pragma: no cover - Ray's internals moved: leave its output as it is
+    """What Ray forwards from actors to this driver, scrubbed with `sources` (and kept out
+    unless `verbose`) while the job runs, and until its late lines have come."""
+    forward_redacted(sources)
+    if verbose:
         yield
         return
-    originals: dict[int, t.Callable[[dict[str, t.Any]], None]] = {}
-    with dispatcher._lock:
-        handlers = []
-        for name, handler in dispatcher.handlers:
-            if name == _FORWARDER:
-                wrapped = _forwarding(handler, sources, verbose)
-                originals[id(wrapped)] = handler
-                handler = wrapped
-            handlers.append((name, handler))
-        dispatcher.handlers = handlers
+    with _FORWARDING.lock:
+        _FORWARDING.quiet_jobs += 1
     try:
         yield
     finally:
-        with dispatcher._lock:
-            dispatcher.handlers = [
-                (name, originals.get(id(handler), handler)) for name, handler in dispatcher.handlers
-            ]
+        with _FORWARDING.lock:
+            _FORWARDING.quiet_jobs -= 1
+            _FORWARDING.quiet_until = max(_FORWARDING.quiet_until, time.monotonic() + LATE_S)
 
 
 def forward_redacted(sources: t.Sequence[t.Any] = ()) -> None:
-    """Redact (with `sources`) what Ray forwards from actors to this driver from now on, for a
-    process that runs until it stops (`rig-ray serve`)."""
+    """From now on, what Ray forwards from actors to this driver is redacted and scrubbed with
+    `sources` too. Ray prints it through a named handler of its stream dispatcher, which is
+    wrapped (once per Ray session: `ray.shutdown` drops it)."""
+    _FORWARDING.learn(sources)
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - Ray's internals moved: its output stays as it is
         return
     with dispatcher._lock:
         dispatcher.handlers = [
-            (name, _forwarding(handler, sources, True) if name == _FORWARDER else handler)
+            (name, _wrapped(handler) if name == _FORWARDER else handler)
             for name, handler in dispatcher.handlers
         ]
 
 
-def _forwarding(
-    handler: t.Callable[[dict[str, t.Any]], None], sources: t.Sequence[t.Any], verbose: bool
+def _wrapped(
+    handler: t.Callable[[dict[str, t.Any]], None],
 ) -> t.Callable[[dict[str, t.Any]], None]:
+    if getattr(handler, "_rig_ray_redacts", False):
+        return handler
+
     @functools.wraps(handler)
     def forward(data: dict[str, t.Any]) -> None:
-        if not verbose:
+        if not _FORWARDING.keeps():
             return
-        lines = [scrub(str(line), *sources) for line in data.get("lines", [])]
-        handler({**data, "lines": lines})
+        sources = _FORWARDING.sources
+        handler({**data, "lines": [scrub(str(line), *sources) for line in data.get("lines", [])]})
 
+    forward._rig_ray_redacts = True  # type: ignore[attr-defined]
     return forward
 
 
