@@ -16,6 +16,7 @@ import typing as t
 
 from pydantic import ValidationError
 
+from rig_ray.batch.console import forward_redacted
 from rig_ray.errors import RigRayError, ServeConfigError
 from rig_ray.redaction import scrub
 from rig_ray.serve.app import (
@@ -211,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
     owns_cluster = args.address == "local"
     status = 0
     try:
-        _start(app, args, served)
+        forward_redacted([model.generator for model in served])  # learns the secrets
+        _start(app, args)
         names = ", ".join(model.served_name for model in served)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"rig-ray: serving {names} at http://{host}:{args.port}/v1", flush=True)
@@ -278,19 +280,17 @@ def _check_port(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def _start(app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel] = ()) -> None:
+def _start(app: t.Any, args: argparse.Namespace) -> None:
     """Start (or join) Ray, start Serve on the host and port, and run the app. What the
     replicas print reaches this console redacted, and scrubbed with the served generators'
-    own secrets."""
+    own secrets (`forward_redacted` learnt them)."""
     import ray
     from ray import serve
-
-    from rig_ray.batch.console import forward_redacted
 
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
-    forward_redacted([model.generator for model in served])
+    forward_redacted()
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name=APP_NAME, route_prefix="/")
 
