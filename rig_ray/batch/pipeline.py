@@ -61,11 +61,11 @@ def generate(
     (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
-    group on one node, and a value that disagrees with the engine is a PlacementError), and make one
-    engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in flight per
-    actor (engines that batch continuously, such as vLLM's, take the next batch while earlier
-    ones finish). A call that runs longer than
-    `batch_timeout_s` fails its rows with a timeout error.
+    group on one node, and a value that disagrees with the engine is a PlacementError), and
+    make one engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in
+    flight per actor (engines that batch continuously, such as vLLM's, take the next batch
+    while earlier ones finish). A call that runs longer than `batch_timeout_s` fails its rows
+    with a timeout error. An actor whose engine died exits, to be restarted with its batches.
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
