@@ -102,12 +102,16 @@ class EngineDiesOnce(NotesUnload):
     EngineDeadError for every item, as a generator whose engine process died."""
 
     marker: str
+    raises: bool = False
+    """Raise the error from the call, rather than return it for each item."""
 
     async def generate_messages(
         self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
     ) -> list[GeneratedMessage | BaseException]:
         if not Path(self.marker).exists():
             Path(self.marker).write_text(str(os.getpid()))
+            if self.raises:
+                raise EngineDeadError("the engine process died")
             return [EngineDeadError("the engine process died") for _ in messages]
         return await super().generate_messages(messages, params)
 

@@ -106,14 +106,15 @@ def test_a_deleted_serve_replica_unloads(ray_and_serve, tmp_path: Path) -> None:
     assert [kind for kind, _ in found] == ["load", "unload"]
 
 
+@pytest.mark.parametrize("raises", [False, True], ids=["in-place", "raised"])
 def test_a_dead_engine_restarts_the_batch_actor_and_its_batch_is_retried(
-    ray_and_serve, tmp_path: Path
+    ray_and_serve, tmp_path: Path, raises: bool
 ) -> None:
     from rig_ray.batch import generate
 
     log, marker = tmp_path / "log", tmp_path / "died"
     dataset = ray_and_serve.data.from_items([{"prompt": f"p{n}"} for n in range(6)])
-    generator = EngineDiesOnce(model="d", log=str(log), marker=str(marker))
+    generator = EngineDiesOnce(model="d", log=str(log), marker=str(marker), raises=raises)
     rows = generate(
         dataset, generator=generator, num_cpus=CPU, batch_size=2, max_restarts=2
     ).take_all()
