@@ -53,7 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replicas", type=int, default=1, metavar="R", help="actors per generator (1)"
     )
-    parser.add_argument("--num-gpus", type=float, default=0, metavar="G", help="GPUs per actor (0)")
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per actor (default: the engine's tensor x pipeline parallel size when it is "
+        "more than 1, else 0)",
+    )
     parser.add_argument(
         "--num-cpus",
         type=float,

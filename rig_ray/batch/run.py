@@ -19,6 +19,7 @@ from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.cluster.placement import BatchGroups, place
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
@@ -112,6 +113,7 @@ def run(
         options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
     )
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
+    gpus = max(place(m, num_gpus=options.get("num_gpus")).total_gpus for m in members)
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     if not verbose:
         quiet_ray_logs()
@@ -132,6 +134,7 @@ def run(
                     seconds_per_part=seconds_per_part,
                     retry_failed=retry_failed,
                     num_cpus=num_cpus,
+                    gpus_per_actor=gpus,
                 ),
                 options,
             )
@@ -143,6 +146,7 @@ class _Settings(t.NamedTuple):
     seconds_per_part: float
     retry_failed: bool
     num_cpus: float | None
+    gpus_per_actor: float
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -219,10 +223,11 @@ def _run(
     counts = _Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
         actors = manifest.num_generators * int(options.get("replicas", 1))
-        num_cpus, waiting = fit_cpus(settings.num_cpus, options.get("num_gpus", 0), actors)
+        num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_per_actor, actors)
         meter.note = waiting
-        generations = generate(plan.dataset, num_cpus=num_cpus, **options)
-        _write(generations, writer, meter, counts, folder.location)
+        with BatchGroups.scope():  # the actors' GPU groups go when the job is done
+            generations = generate(plan.dataset, num_cpus=num_cpus, **options)
+            _write(generations, writer, meter, counts, folder.location)
         if retried:
             folder.compact()  # the retried generations' old failed rows go
     return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)

@@ -7,8 +7,11 @@ turns every batch of input rows into output rows, one per generation, with one e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import threading
 import time
 import typing as t
 
@@ -22,9 +25,15 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
+from rig_ray.errors import EngineDeadError
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message
 from rig_ray.redaction import error_text, redact, scrubbed_error
+
+logger = logging.getLogger(__name__)
+
+EXIT_UNLOAD_S = 60.0
+"""How long an actor whose engine died waits for the unload before it exits all the same."""
 
 
 class StageConfig(BaseModel):
@@ -72,6 +81,15 @@ class GenerateStage:
             self._generator.load()
         except Exception as error:  # the driver shows this error: it must not quote a key
             raise scrubbed_error(error, self._generator) from None
+
+    def __del__(self) -> None:
+        """The engine goes with the actor: Ray Data drops the stage when it ends its actors
+        (`__ray_shutdown__` of its worker), and an engine left behind would keep its
+        processes and memory."""
+        generator = getattr(self, "_generator", None)
+        if generator is not None:
+            with contextlib.suppress(Exception):
+                generator.unload()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
@@ -127,7 +145,23 @@ class GenerateStage:
             results = [timeout] * len(conversations)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
+        if dead := next((r for r in results if _engine_died(r)), None):
+            self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started
+
+    def _exit_for_restart(self, error: BaseException) -> t.NoReturn:
+        """A dead engine fails no rows: the actor unloads what is left of it and exits, so Ray
+        starts it again and retries its batches (up to `max_restarts`). `os._exit` is a system
+        failure to Ray, which retries the task; an orderly actor exit would not."""
+        logger.error(
+            "%s: the engine died (%s); the actor exits to be restarted",
+            self._name,
+            redact(str(error)),
+        )
+        unloading = threading.Thread(target=self.__del__, name="rig_ray-unload", daemon=True)
+        unloading.start()
+        unloading.join(EXIT_UNLOAD_S)
+        os._exit(1)
 
     def _output(
         self,
@@ -172,6 +206,11 @@ class GenerateStage:
             if column in inputs.column_names:
                 generated = generated.append_column(out, inputs.column(column))
         return generated
+
+
+def _engine_died(result: object) -> bool:
+    """Whether a result is the error of an engine whose process died (ours, or vLLM's own)."""
+    return isinstance(result, EngineDeadError) or type(result).__name__ == "EngineDeadError"
 
 
 def _metadata(result: GeneratedMessage) -> str | None:

@@ -136,6 +136,16 @@ class GeneratorDeployment:
             return await self._generator._in_engine_thread(fn)
         return await asyncio.to_thread(fn)
 
+    async def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: the engine, its processes and its
+        memory go with the replica (off the event loop, like the load)."""
+        generator = getattr(self, "_generator", None)
+        if generator is not None:
+            try:
+                await self._blocking(generator.unload)
+            except Exception:
+                logger.exception("the engine of model %r did not unload", self._name)
+
     def reconfigure(self, user_config: dict[str, t.Any]) -> None:
         settings = BatchSettings.model_validate(user_config)
         for merger in self._mergers.values():
