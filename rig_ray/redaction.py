@@ -54,9 +54,11 @@ _QUERY = re.compile(
 _QUERY_SECRET_WORDS = frozenset({"key", "keys", "code", "sig", "hmac", "jwt", "session"})
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=\-]{4,})")
 # key=value, key: value, "key": "value", 'key': 'value' (a JSON or dict repr, a header line)
+# Quotes may come escaped (`\'key\': \'value\'`: a message's repr inside a repr).
 _PAIR = re.compile(
-    r"""(?P<key>["']?(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)["']?)(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;}\])'"]+)"""
+    r"""(?P<key>\\*["']?(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)\\*["']?)(?P<sep>\s*[:=]\s*)"""
+    r"""(?P<value>(?P<esc>\\+)(?P<q>["'])(?:(?!(?P=esc)(?P=q)).)*(?P=esc)(?P=q)"""
+    r"""|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;}\])'"]+)"""
 )
 # What follows an unquoted authorization value's first word: the credential after its scheme.
 _SCHEME_CREDENTIAL = re.compile(r"[ \t]+[^\s,;}\])'\"]+")
@@ -190,7 +192,10 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         if not is_secret_key(match.group("name")) or match.group("value").strip("\"'") == MASK:
             continue
         start, stop = match.span("value")
-        if text[start] in "'\"":
+        if match.group("q"):  # \'escaped\' (once or more)
+            width = len(match.group("esc")) + 1
+            start, stop = start + width, stop - width
+        elif text[start] in "'\"":
             start, stop = start + 1, stop - 1
         elif _is_authorization(match.group("name")) and (
             after := _SCHEME_CREDENTIAL.match(text, stop)

@@ -70,7 +70,8 @@ def placed_in_text(draw: st.DrawFn) -> Placed:
     """A secret in one of the places free text (an error, a log line) can hold it."""
     where = draw(
         st.sampled_from(["api_key", "userinfo", "query", "header", "header_repr", "json_body",
-                         "bearer", "identifier_url", "engine_args", "extra_header"])
+                         "bearer", "identifier_url", "engine_args", "extra_header",
+                         "nested_repr"])
     )  # fmt: skip
     value = draw(secret(PASSWORD_CHARS if where == "userinfo" else KEY_CHARS))
     name, scheme = draw(header_names), draw(schemes)
@@ -89,6 +90,9 @@ def placed_in_text(draw: st.DrawFn) -> Placed:
         text = f"{name}: {header}"
     elif where == "header_repr":
         text = f"headers {{'{name}': '{header}', 'Accept': 'application/json'}}"
+    elif where == "nested_repr":  # an error's repr in a log line, quoted again (escaped quotes)
+        inner = RuntimeError(f"headers {{'{name}': '{header}'}} \"")
+        text = repr(inner) if draw(st.booleans()) else repr(repr(inner))
     elif where == "json_body":
         text = f'{{"error": {{"message": "bad", "headers": {{"{name}": "{header}"}}}}}}'
     elif where == "bearer":

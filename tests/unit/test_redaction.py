@@ -181,3 +181,11 @@ def test_identifier_with_url_secrets_is_redacted_in_describe() -> None:
     generator = get_generator("openai/m,api_base=https://h/v1?code=AZFUNCKEY,api_key=SECRETQ")
     shown = redact(describe(generator))
     assert "AZFUNCKEY" not in shown and "SECRETQ" not in shown
+
+
+def test_escaped_quotes_of_a_repr_in_a_repr_still_hide_the_value() -> None:
+    error = RuntimeError(f"headers {{'Authorization': 'Token {SECRET}'}} \"")
+    for text in (repr(error), repr(repr(error)), repr([repr(repr(error))])):
+        assert SECRET not in redact(text), text
+    assert redact('x {"api_key": "ab\\"cd"}') == 'x {"api_key": "***"}'
+    assert redact("password=ab\\cd more") == "password=*** more"
