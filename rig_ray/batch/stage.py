@@ -156,7 +156,7 @@ class GenerateStage:
         logger.error(
             "%s: the engine died (%s); the actor exits to be restarted",
             self._name,
-            redact(str(error)),
+            error_text(error, self._generator),
         )
         unloading = threading.Thread(target=self.__del__, name="rig_ray-unload", daemon=True)
         unloading.start()

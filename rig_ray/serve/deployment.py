@@ -22,7 +22,7 @@ from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
-from rig_ray.redaction import scrubbed_error
+from rig_ray.redaction import RedactingFilter, scrubbed_error
 from rig_ray.serve import http_errors, response_format
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
@@ -106,6 +106,9 @@ class GeneratorDeployment:
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
         self._generator: Generator = generator
+        # Every record of Serve's logger in this replica (Serve's own too) is scrubbed with the
+        # generator's secrets, its traceback included.
+        logger.addFilter(RedactingFilter(generator))
         self._name = name
         self._stats = BatchStats()
         defaults = BatchSettings()
