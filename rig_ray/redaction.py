@@ -1,12 +1,17 @@
 """One way to keep secrets out of everything rig_ray shows or writes: `redact`.
 
-A secret is an `api_key`, the password of any URL (`https://user:password@host`), a bearer
-token, or the value of any key that looks like a credential (`token`, `secret`, `password`,
-`authorization`, `api-key`, `x-api-key`, `hf_token`, ...) in a dict such as `extra`,
-`engine_args` or headers. `redact` replaces each with `***` in strings (free text, URLs,
-identifier strings, including their `base64:` JSON values), dicts and lists, and in the
-identifier of a generator. Errors, the CLI's lines, logs, the batch output's `generator` column
-and the batch manifest all go through it.
+A secret is an `api_key`, the password of any URL (`https://user:p@ss@host`: up to the last
+`@` before the host), a URL query parameter whose name looks like a credential (`key`, `code`,
+`sig`, `access_token`, `X-Amz-Signature`, ...), whatever follows an `Authorization` header
+name (any scheme: `Token X`, `Digest ...`), a bearer or basic credential, or the value of any
+key that looks like a credential (`token`, `secret`, `password`, `authorization`, `api-key`,
+`x-api-key`, `hf_token`, ...) in a dict such as `extra`, `engine_args` or headers, in a JSON or
+dict repr (escaped quotes too) or a `key=value` pair. `redact` replaces each with `***` in
+strings (free text, URLs, identifier strings, including their `base64:` JSON values), dicts
+and lists. `scrub` also masks the secrets a generator holds (its `api_key`, the secrets of its
+identifier) wherever they appear, named or not. Errors, the CLI's lines, logs, the console,
+the batch output's `generator` and `error` columns, the batch manifest and Serve's logs all go
+through them.
 """
 
 from __future__ import annotations
@@ -150,19 +155,6 @@ class RedactingFilter(logging.Filter):
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True
-
-
-def redact_logs(*names: str) -> None:
-    """Put a `RedactingFilter` on the handlers that print log records to the console: the
-    root's, Python's last-resort handler, and those of the loggers `names` (default: Ray's)."""
-    handlers: list[logging.Handler] = list(logging.getLogger().handlers)
-    if logging.lastResort is not None:
-        handlers.append(logging.lastResort)
-    for name in names or ("ray", "ray.data", "ray.serve"):
-        handlers.extend(logging.getLogger(name).handlers)
-    for handler in handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
 
 
 def _masks(key: t.Any, item: t.Any) -> bool:
