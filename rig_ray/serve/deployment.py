@@ -108,6 +108,8 @@ class GeneratorDeployment:
         self._generator: Generator = generator
         # Every record of Serve's logger in this replica (Serve's own too) is scrubbed with the
         # generator's secrets, its traceback included.
+        for old in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
+            logger.removeFilter(old)
         logger.addFilter(RedactingFilter(generator))
         self._name = name
         self._stats = BatchStats()
