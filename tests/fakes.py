@@ -151,7 +151,7 @@ class LeakyGenerator(_FakeGenerator):
 
     def confession(self) -> str:
         return (
-            f"401 from {self.params.api_base}: invalid api key {self.api_key} "
+            f"401 from {self.params.api_base} for {self.model}: invalid api key {self.api_key} "
             f"(headers {self.params.extra!r}, key {self.api_key!r})"
         )
 

@@ -100,7 +100,9 @@ def actor_output(sources: t.Sequence[t.Any] = (), *, verbose: bool = False) -> t
     """What Ray forwards from actors to this driver, scrubbed with `sources` (and kept out
     unless `verbose`) while the job runs, and until its late lines have come."""
     forward_redacted(sources)
-    if verbose:
+    if verbose:  # this job wants its lines, whatever the one before it did
+        with _FORWARDING.lock:
+            _FORWARDING.quiet_until = 0.0
         yield
         return
     with _FORWARDING.lock:
