@@ -147,9 +147,10 @@ def item_error(
         )
     cause = error.error if isinstance(error, CallFailed) else error
     logger.error(
-        "request %s to model %s failed: %s",
+        "request %s to model %s failed: %s\n%s",
         request_id,
         redact(repr(model)),
+        error_text(cause, *secrets),
         error_text(cause, *secrets, with_traceback=True),
     )
     if isinstance(error, CallFailed):
@@ -232,8 +233,9 @@ def from_failure(
             retry_after_s=5.0,
         )
     logger.error(
-        "request %s failed unexpectedly: %s",
+        "request %s failed unexpectedly: %s\n%s",
         request_id,
+        error_text(error),
         error_text(error, with_traceback=True),
     )
     return ServeRequestError(
