@@ -84,6 +84,7 @@ def run(
     address: str | None = None,
     retry_failed: bool = False,
     num_cpus: float | None = None,
+    progress_label: str = "rig-ray batch",
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -98,6 +99,7 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+    Progress lines start with `progress_label`.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
@@ -127,9 +129,38 @@ def run(
                     seconds_per_part=seconds_per_part,
                     retry_failed=retry_failed,
                     num_cpus=num_cpus,
+                    label=progress_label,
                 ),
                 options,
             )
+
+
+def pending(source: str, output: str, *, retry_failed: bool = False, **options: t.Any) -> int:
+    """The generations a `run` with these arguments would make, loading no model.
+
+    The output folder's manifest is checked as `run` checks it: other settings are refused
+    with the same `BatchInputError`. Runs on the Ray already initialised (or starts one).
+    """
+    input_files(source)
+    members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    folder = OutputFolder(output)
+    join(options.get("address"))
+    dataset = read_prompts(source)
+    spec = _resolve(dataset, source, options)
+    manifest = _manifest(members, spec, structured, options)
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    plan = plan_rows(
+        dataset,
+        spec,
+        num_generations=manifest.num_generations,
+        finished=folder.scan().finished(retry_failed=retry_failed),
+    )
+    return plan.pending
 
 
 class _Settings(t.NamedTuple):
@@ -138,6 +169,7 @@ class _Settings(t.NamedTuple):
     seconds_per_part: float
     retry_failed: bool
     num_cpus: float | None
+    label: str = "rig-ray batch"
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -207,7 +239,7 @@ def _run(
     check_manifest(folder.filesystem, folder.path, folder.location, manifest)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.rows_in * manifest.num_generations - plan.pending
-    meter = Progress(plan.pending, every_s=settings.progress_every_s)
+    meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
         rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
     )
