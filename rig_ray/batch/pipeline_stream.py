@@ -75,6 +75,8 @@ class Stream:
         """Load every stage's engines at once."""
         if not engines:
             return
+        for stage_engines in engines.values():  # one thread: configs are pickled one by one
+            stage_engines.start()
         with concurrent.futures.ThreadPoolExecutor(len(engines)) as pool:
             for future in [pool.submit(e.load) for e in engines.values()]:
                 future.result()
