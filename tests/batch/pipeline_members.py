@@ -56,3 +56,32 @@ class Answerer(EchoGenerator):
     async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
         time.sleep(self.seconds)
         return await super().generate_messages(messages, params)
+
+
+class FailingAnswerer(Answerer):
+    """An `Answerer` that fails the items whose prompt holds FAIL."""
+
+    def _reply(self, item: t.Any, params: t.Any) -> t.Any:
+        text = super()._reply(item, params)
+        if "FAIL" in text:
+            return RuntimeError(f"refused {text!r}")
+        return text
+
+
+def questions(path: t.Any, count: int = 3) -> t.Any:
+    """JSONL questions q0.. ; q1 makes the judge reply non-JSON (BAD), q2 fails answers."""
+    marks = {1: " BAD", 2: " FAIL"}
+    with open(path, "w") as out:
+        for n in range(count):
+            row = {"id": f"q{n}", "question": f"question {n}{marks.get(n, '')}"}
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def loads(log: t.Any) -> int:
+    """Loads noted in a log file (0 when there is none)."""
+    try:
+        with open(log) as file:
+            return len(file.read().splitlines())
+    except FileNotFoundError:
+        return 0
