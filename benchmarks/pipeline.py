@@ -67,7 +67,8 @@ def separate(work: Path, max_tokens: int) -> dict[str, float]:
     )
     pq.write_table(judge_input, work / "judge-input.parquet")
     cli("batch", str(work / "judge-input.parquet"), str(work / "sep-judge"), "--generator", VLLM,
-        "--template", JUDGE, "--json-schema", str(schema), "--max-tokens", "16", "--quiet")  # fmt: skip
+        "--template", JUDGE, "--json-schema", str(schema), "--max-tokens", "16",
+        "--quiet")  # fmt: skip
     return {"wall_s": time.monotonic() - started}
 
 
