@@ -79,9 +79,11 @@ def questions(path: t.Any, count: int = 3) -> t.Any:
 
 
 def loads(log: t.Any) -> int:
-    """Loads noted in a log file (0 when there is none)."""
+    """Processes that loaded the generator, from its log file (0 when there is none): each
+    engine actor is one (the stage's Ray Data actors load it again through the actor, which
+    a real engine takes as a no-op)."""
     try:
         with open(log) as file:
-            return len(file.read().splitlines())
+            return len(set(file.read().splitlines()))
     except FileNotFoundError:
         return 0
