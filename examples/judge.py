@@ -1,13 +1,16 @@
 """Generate, then judge, as one resumable job: `batch.run_pipeline` with two stages.
 
     python examples/judge.py [OUTPUT] [auto|swap|stream]     # default out/judge, auto
+    python examples/judge.py OUTPUT MODE --transformers-only  # no vLLM: parse_as judge
 
 Each question gets two answers from a pool of the bundled SmolLM2 on transformers and on
 vLLM; a vLLM SmolLM2 then scores every answer with a {"score": int} JSON schema, which gives
 a typed `score` column. A 135M model is a weak judge: the example shows the mechanism (ids,
 parent ids, typed columns, resume per stage), not a good grader. Run it again and nothing
 is generated or loaded; add a stage and only that stage runs.
-(`examples/pipeline.yaml` is the same job for `rig-ray pipeline`.)
+(`examples/pipeline.yaml` is the same job for `rig-ray pipeline`.) With
+`--transformers-only`, both answerers are SmolLM2 on transformers (float32 and bfloat16) and
+the judge, on transformers too, is asked for `<score>N</score>`, read with `parse_as=Score`.
 """
 
 from __future__ import annotations
@@ -49,10 +52,32 @@ STAGES = [
 ]
 
 
-def main(output: str, gpu_sharing: str) -> None:
+class Score(rr.Model):
+    """`<score>7</score>`"""
+
+    score: int
+
+
+TRANSFORMERS_STAGES = [
+    STAGES[0].model_copy(
+        update={"generators": (TRANSFORMERS, TRANSFORMERS.replace("float32", "bfloat16"))}
+    ),
+    batch.Stage(
+        "judge",
+        generator=TRANSFORMERS,
+        system="You grade answers. Reply only with <score>N</score>, N from 1 to 10.",
+        template="Question: $question\nAnswer: $text",
+        parse_as=Score,
+        params=rr.GenerateParams(max_tokens=16, temperature=0),
+    ),
+]
+
+
+def main(output: str, gpu_sharing: str, transformers_only: bool = False) -> None:
     sharing = t.cast(t.Literal["auto", "stream", "swap"], gpu_sharing)
+    stages = TRANSFORMERS_STAGES if transformers_only else STAGES
     summary = batch.run_pipeline(
-        "examples/questions.jsonl", output, stages=STAGES, gpu_sharing=sharing
+        "examples/questions.jsonl", output, stages=stages, gpu_sharing=sharing
     )
     for line in summary.lines():
         print(line)
@@ -66,4 +91,5 @@ if __name__ == "__main__":
     main(
         sys.argv[1] if len(sys.argv) > 1 else "out/judge",
         sys.argv[2] if len(sys.argv) > 2 else "auto",
+        "--transformers-only" in sys.argv,
     )
