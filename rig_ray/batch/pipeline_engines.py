@@ -50,7 +50,9 @@ class EngineTimes(BaseModel):
 
 
 class Replicas(RemoteGenerator):
-    """Several actors of one generator behind one handle: calls go round them in turn."""
+    """The handle a stage's `batch.run` gets on one generator's actors (one per replica):
+    calls go round them in turn. The pipeline owns the engines: `unload()` here is a no-op
+    (a batch actor that ends unloads its generator; these engines outlive it)."""
 
     _members: list[RemoteGenerator] = PrivateAttr(default_factory=list)
     _next: int = PrivateAttr(0)
@@ -75,9 +77,7 @@ class Replicas(RemoteGenerator):
         return self
 
     def unload(self) -> t.Self:
-        for member in self._members:
-            member.unload()
-        return self
+        return self  # `StageEngines.unload` unloads the engines, once the stage is done
 
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
@@ -135,7 +135,7 @@ class StageEngines:
 
     def handles(self) -> list[Generator]:
         """One generator per member for `batch.run`: its actor, or its replicas in turn."""
-        return [member[0] if len(member) == 1 else Replicas.of(member) for member in self._members]
+        return [Replicas.of(member) for member in self._members]
 
     def unload(self) -> None:
         """Unload every engine, end the actors and wait for their processes to exit."""

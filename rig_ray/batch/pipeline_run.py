@@ -20,12 +20,13 @@ import threading
 import time
 import typing as t
 
+from rig_ray.batch.console import job_console
 from rig_ray.batch.pipeline_data import Layout, StageInput, derive
 from rig_ray.batch.pipeline_engines import StageEngines
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
 from rig_ray.batch.placement import join, quiet_ray_logs
-from rig_ray.batch.run import BatchSummary, _ray_data_quiet, pending, run
+from rig_ray.batch.run import BatchSummary, pending, run
 from rig_ray.batch.source import input_files, read_prompts
 from rig_ray.errors import BatchInputError, PipelineError
 from rig_ray.redaction import redact, redact_logs
@@ -66,7 +67,7 @@ def run_pipeline(
     quiet_ray_logs()
     join(address)
     redact_logs()
-    with _ray_data_quiet(progress):
+    with job_console([m for s in chosen for m in s.members], progress=progress):
         job = _Job(layout, chosen, source, progress, progress_every_s)
         return job.run(gpu_sharing)
 
@@ -108,7 +109,7 @@ def choose_mode(
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     actors = [len(stage.members) * stage.replicas for stage in stages]
-    need_gpus = sum(s.num_gpus * n for s, n in zip(stages, actors, strict=True))
+    need_gpus = sum(_stage_gpus(stage) * stage.replicas for stage in stages)
     need_cpus = sum((s.num_cpus or 0) * n for s, n in zip(stages, actors, strict=True))
     need_cpus += min(DATA_CPUS, cpus) + PROXY_CPUS * sum(actors)  # Ray Data's own
     have = f"the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
@@ -281,6 +282,17 @@ class _named:
     def __exit__(self, kind: t.Any, error: t.Any, trace: t.Any) -> None:
         if isinstance(error, BatchInputError) and not isinstance(error, PipelineError):
             raise PipelineError(f"stage {self.name!r}: {error}", stage=self.name) from error
+
+
+def _stage_gpus(stage: Stage) -> float:
+    """GPUs one replica of each of the stage's generators takes, added up."""
+    from rig_ray.cluster.placement import place
+    from rig_ray.generator.registry import get_generator
+
+    return sum(
+        place(get_generator(m) if isinstance(m, str) else m, num_gpus=stage.num_gpus).total_gpus
+        for m in stage.members
+    )
 
 
 def _cpus_per_actor(sharing: int) -> float:

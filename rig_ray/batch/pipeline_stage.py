@@ -28,7 +28,8 @@ class Stage(BaseModel):
     `name` names its folder (`<output>/<name>/`) and the prefix (`<name>_`) under which later
     stages see its columns. `on_error="keep"` passes rows whose parent failed or did not parse
     on to this stage (by default they are skipped). `replicas`, `num_gpus`, `num_cpus` and
-    `max_restarts` size the stage's engine actors.
+    `max_restarts` size the stage's engine actors (`num_gpus` left None: the GPUs the engine
+    uses, by `rig_ray.cluster.placement`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -43,7 +44,7 @@ class Stage(BaseModel):
     num_generations: int = Field(1, ge=1)
     params: GenerateParams | None = None
     replicas: int = Field(1, ge=1)
-    num_gpus: float = Field(0, ge=0)
+    num_gpus: float | None = Field(None, ge=0)
     num_cpus: float | None = Field(None, gt=0)
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     id_column: str = "id"
