@@ -6,7 +6,7 @@ from rig_ray.batch.stage import _engine_died
 from rig_ray.errors import EngineDeadError, GenerationError
 
 
-class EngineDeadError_(Exception):  # noqa: N801  # vLLM's own class goes by this name
+class EngineDeadError_(Exception):  # vLLM's own class goes by this name
     pass
 
 
