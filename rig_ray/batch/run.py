@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import typing as t
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -24,7 +23,7 @@ from rig_ray.cluster.placement import BatchGroups, place
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
-from rig_ray.redaction import redact, redact_logs
+from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -85,6 +84,7 @@ def run(
     address: str | None = None,
     retry_failed: bool = False,
     num_cpus: float | None = None,
+    verbose: bool = False,
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -99,6 +99,11 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+
+    The console shows rig_ray's own lines only (its progress line, when `progress`): Ray
+    Data's logs and bars and what the actors print (engines' loading bars and warnings) are
+    kept out unless `verbose`. Whatever is shown is redacted, and scrubbed with the
+    generators' own secrets (see `rig_ray.batch.console`).
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
@@ -110,10 +115,10 @@ def run(
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
     gpus = max(place(m, num_gpus=options.get("num_gpus")).total_gpus for m in members)
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
-    quiet_ray_logs()
+    if not verbose:
+        quiet_ray_logs()
     join(address)
-    redact_logs()
-    with _ray_data_quiet(progress):
+    with job_console(members, progress=progress, verbose=verbose):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
@@ -290,25 +295,3 @@ def _cause(error: BaseException) -> str:
     root = cause if isinstance(cause, BaseException) else error
     first = (str(root).strip().splitlines() or [""])[0]
     return redact(f"{type(root).__name__}: {' '.join(first.split())[:500]}")
-
-
-@contextlib.contextmanager
-def _ray_data_quiet(progress: bool) -> t.Iterator[None]:
-    """With our own progress line on, Ray Data's bars and execution logs are off meanwhile."""
-    if not progress:
-        yield
-        return
-    from ray.data import DataContext
-    from ray.util.debug import log_once
-
-    context = DataContext.get_current()
-    logger = logging.getLogger("ray.data")
-    saved = context.enable_progress_bars, context.print_on_execution_start, logger.level
-    log_once("ray_data_progress_manager_disabled")  # no "bars disabled" warning: we show ours
-    context.enable_progress_bars = context.print_on_execution_start = False
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved[:2]
-        logger.setLevel(saved[2])

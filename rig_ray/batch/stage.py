@@ -28,7 +28,7 @@ from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import EngineDeadError
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message
-from rig_ray.redaction import redact
+from rig_ray.redaction import error_text, redact, scrubbed_error
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class GenerateStage:
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
-        self._generator.load()
+        try:
+            self._generator.load()
+        except Exception as error:  # the driver shows this error: it must not quote a key
+            raise scrubbed_error(error, self._generator) from None
 
     def __del__(self) -> None:
         """The engine goes with the actor: Ray Data drops the stage when it ends its actors
@@ -103,7 +106,7 @@ class GenerateStage:
                 conversation = config.prompts.conversation(row)
                 row_params = config.prompts.row_params(row, config.params)
             except Exception as error:  # a row that cannot be read fails alone
-                failures[index] = _error_text(error)
+                failures[index] = _error_text(error, self._generator)
             for generation_index in todo:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index not in failures:
@@ -189,7 +192,8 @@ class GenerateStage:
                 "latency_s": latency if result is not None else None,
                 "error": None
                 if ok
-                else failures.get(item.row) or _error_text(t.cast(BaseException, result)),
+                else failures.get(item.row)
+                or _error_text(t.cast(BaseException, result), self._generator),
                 "metadata": _metadata(result) if isinstance(result, GeneratedMessage) else None,
             }
             for name, value in values.items():
@@ -213,6 +217,7 @@ def _metadata(result: GeneratedMessage) -> str | None:
     return json.dumps(result.extra, default=str, sort_keys=True) if result.extra else None
 
 
-def _error_text(error: BaseException) -> str:
-    text = redact(" ".join(str(error).split()))
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _error_text(error: BaseException, generator: Generator) -> str:
+    """The error column's text: redacted, and scrubbed with the generator's own secrets (its
+    api_key, and those of its identifier), so a provider error that quotes the key loses it."""
+    return error_text(error, generator)
