@@ -5,6 +5,7 @@
 earlier run left. Nothing here imports Ray until it is called.
 """
 
+from rig_ray.batch.openai_export import export_openai
 from rig_ray.batch.output import OutputFolder, read_output
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, generate
 from rig_ray.batch.prompts import PromptSpec, content_id
@@ -19,6 +20,7 @@ __all__ = [
     "OutputFolder",
     "PromptSpec",
     "content_id",
+    "export_openai",
     "generate",
     "read_output",
     "run",

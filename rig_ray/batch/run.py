@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from rig_ray.batch import openai_files
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -84,6 +85,7 @@ def run(
     address: str | None = None,
     retry_failed: bool = False,
     num_cpus: float | None = None,
+    output_format: t.Literal["parquet", "openai"] = "parquet",
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -98,9 +100,53 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+
+    An OpenAI batch file (rows with `custom_id` and `body`) is read as one (see
+    `rig_ray.batch.openai_files`); with `output_format="openai"`, `output.jsonl` and
+    `errors.jsonl` are written into `output` when the run ends, also when it stops early.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
+    if output_format not in ("parquet", "openai"):
+        raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
+    if openai_files.is_openai_batch(source):
+        source, options = openai_files.job_options(source, output, members, options)
+    elif output_format == "openai":
+        raise BatchInputError(
+            "output_format='openai' needs an OpenAI batch file as input (lines with "
+            "custom_id, method, url and body)",
+            source=source,
+        )
+    try:
+        return _run_source(
+            source,
+            output,
+            members,
+            _Settings(
+                progress_every_s=progress_every_s if progress else -1,
+                rows_per_part=rows_per_part,
+                seconds_per_part=seconds_per_part,
+                retry_failed=retry_failed,
+                num_cpus=num_cpus,
+            ),
+            address,
+            options,
+        )
+    finally:
+        if output_format == "openai" and openai_files.is_prepared(output):
+            from rig_ray.batch.openai_export import export_into_folder
+
+            export_into_folder(output)
+
+
+def _run_source(
+    source: str,
+    output: str,
+    members: list[Generator],
+    settings: _Settings,
+    address: str | None,
+    options: dict[str, t.Any],
+) -> BatchSummary:
     structured = StructuredSpec.build(
         options.get("parse_as"),
         options.get("json_schema"),
@@ -111,25 +157,12 @@ def run(
     quiet_ray_logs()
     join(address)
     redact_logs()
-    with _ray_data_quiet(progress):
+    with _ray_data_quiet(settings.progress_every_s >= 0):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output):
-            return _run(
-                folder,
-                dataset,
-                spec,
-                manifest,
-                _Settings(
-                    progress_every_s=progress_every_s if progress else -1,
-                    rows_per_part=rows_per_part,
-                    seconds_per_part=seconds_per_part,
-                    retry_failed=retry_failed,
-                    num_cpus=num_cpus,
-                ),
-                options,
-            )
+            return _run(folder, dataset, spec, manifest, settings, options)
 
 
 class _Settings(t.NamedTuple):
