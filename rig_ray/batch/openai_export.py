@@ -15,7 +15,14 @@ import json
 import secrets
 import typing as t
 
-from rig_ray.batch.openai_files import REQUESTS_FILE, InvalidLine, job_info, meta_path, read_invalid
+from rig_ray.batch.openai_files import (
+    COMPLETIONS_URL,
+    REQUESTS_FILE,
+    InvalidLine,
+    job_info,
+    meta_path,
+    read_invalid,
+)
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
 
@@ -46,7 +53,7 @@ def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSu
     try:
         requests = pq.read_table(
             requests_path,
-            columns=["id", "line", "request_model", "n"],
+            columns=["id", "line", "url", "request_model", "n", "prompt", "echo"],
             filesystem=filesystem,
         ).to_pylist()
     except (FileNotFoundError, OSError) as error:
@@ -107,10 +114,6 @@ def _ids(token: str, custom_id: str) -> tuple[str, str]:
 def _result_line(
     token: str, created: int, request: dict[str, t.Any], rows: list[dict[str, t.Any]]
 ) -> tuple[str, dict[str, t.Any]]:
-    from rig_ray.generator.base import GeneratedMessage, Usage
-    from rig_ray.message import Message
-    from rig_ray.serve import wire
-
     line_id, request_id = _ids(token, request["id"])
     failed = next((row for row in rows if row["error"] is not None), None)
     if failed is not None:
@@ -123,21 +126,55 @@ def _result_line(
         body = {"error": error}
         response = {"status_code": 500, "request_id": request_id, "body": body}
         return ERRORS_FILE, _line(line_id, request["id"], response, None)
+    response = {
+        "status_code": 200,
+        "request_id": request_id,
+        "body": _body(request_id, created, request, rows),
+    }
+    return OUTPUT_FILE, _line(line_id, request["id"], response, None)
+
+
+def _body(
+    request_id: str, created: int, request: dict[str, t.Any], rows: list[dict[str, t.Any]]
+) -> dict[str, t.Any]:
+    """The reply the endpoint would have made, by its own builders."""
+    from rig_ray.generator.base import GeneratedMessage, GeneratedText, Usage
+    from rig_ray.message import Message
+    from rig_ray.serve import wire
+
+    def usage(row: dict[str, t.Any]) -> Usage | None:
+        if row["input_tokens"] is None:
+            return None
+        return Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"] or 0)
+
+    if request["url"] == COMPLETIONS_URL:
+        texts = [
+            GeneratedText(
+                text=row["text"] or "",
+                stop_reason=row["stop_reason"] or "unknown",
+                usage=usage(row),
+            )
+            for row in rows
+        ]
+        asked = wire.CompletionRequest(
+            model=request["request_model"],
+            prompt=request["prompt"],
+            n=request["n"],
+            echo=bool(request["echo"]),
+        )
+        return wire.completion(f"cmpl-{request_id}", created, asked, texts).model_dump(mode="json")
     results = [
         GeneratedMessage(
             message=Message(role="assistant", content=row["text"] or ""),
             stop_reason=row["stop_reason"] or "unknown",
-            usage=None
-            if row["input_tokens"] is None
-            else Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"] or 0),
+            usage=usage(row),
         )
         for row in rows
     ]
     reply = wire.chat_completion(
         f"chatcmpl-{request_id}", created, request["request_model"], results
     )
-    response = {"status_code": 200, "request_id": request_id, "body": reply.model_dump(mode="json")}
-    return OUTPUT_FILE, _line(line_id, request["id"], response, None)
+    return reply.model_dump(mode="json")
 
 
 def _invalid_line(token: str, invalid: InvalidLine) -> dict[str, t.Any]:

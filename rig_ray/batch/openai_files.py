@@ -22,16 +22,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rig_ray.batch.source import format_of, input_files, open_filesystem
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
+from rig_ray.serve import wire
 
 if t.TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from rig_ray.serve.wire import ChatCompletionRequest
-
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
-URLS = (CHAT_URL,)
+URLS = (CHAT_URL, COMPLETIONS_URL)
 """The endpoints a batch file's lines may name."""
 META_FOLDER = "_openai"
 """Inside the output folder: the prepared requests, the invalid lines and the job's token
@@ -41,6 +40,7 @@ INVALID_FILE = "invalid.jsonl"
 JOB_FILE = "job.json"
 MESSAGES_COLUMN = "messages"
 PARAMS_COLUMN = "params"
+TEXT_COLUMN = "prompt"
 _CHUNK = 10_000
 
 
@@ -98,7 +98,7 @@ def job_options(
     number of generations are refused: the file says them."""
     from rig_ray.serve.app import takes_vllm_fields
 
-    for name in ("template", "messages_column", "params_column"):
+    for name in ("template", "messages_column", "params_column", "text_column"):
         if options.get(name) is not None:
             raise BatchInputError(
                 f"{name}: not taken with an OpenAI batch file (its bodies say it)"
@@ -120,6 +120,7 @@ def job_options(
         **options,
         "messages_column": MESSAGES_COLUMN,
         "params_column": PARAMS_COLUMN,
+        "text_column": TEXT_COLUMN,
         "num_generations": prepared.num_generations,
     }
 
@@ -241,6 +242,8 @@ def _schema() -> pa.Schema:
             pa.field("n", pa.int32()),
             pa.field(MESSAGES_COLUMN, pa.list_(message)),
             pa.field(PARAMS_COLUMN, pa.string()),
+            pa.field(TEXT_COLUMN, pa.string()),
+            pa.field("echo", pa.bool_()),
         ]
     )
 
@@ -322,23 +325,26 @@ def _row(number: int, line: t.Any, vllm_fields: bool) -> dict[str, t.Any] | Inva
     if not isinstance(body, dict):
         return bad(f"line {number}: body: an object is required", param="body")
     try:
-        request = _chat_request(body)
+        request = _request(body, chat=url == CHAT_URL)
         params = request.to_params()
         _check(request, params, vllm_fields)
     except _Refused as error:
         return bad(f"line {number}: {error.message}", error.code, error.param)
-    return {
+    row = {
         "id": custom_id,
         "line": number,
         "url": url,
         "request_model": request.model,
         "n": request.n,
-        MESSAGES_COLUMN: [
-            {"role": m.role, "content": m.content, "name": m.name, "tool_call_id": m.tool_call_id}
-            for m in request.to_messages()
-        ],
         PARAMS_COLUMN: params.model_dump_json(exclude_none=True, exclude_defaults=True),
     }
+    if isinstance(request, wire.CompletionRequest):
+        return {**row, TEXT_COLUMN: request.prompts[0], "echo": request.echo}
+    messages = [
+        {"role": m.role, "content": m.content, "name": m.name, "tool_call_id": m.tool_call_id}
+        for m in request.to_messages()
+    ]
+    return {**row, MESSAGES_COLUMN: messages}
 
 
 class _Refused(Exception):
@@ -347,12 +353,14 @@ class _Refused(Exception):
         self.message, self.code, self.param = message, code, param
 
 
-def _chat_request(body: dict[str, t.Any]) -> ChatCompletionRequest:
+def _request(
+    body: dict[str, t.Any], *, chat: bool
+) -> wire.ChatCompletionRequest | wire.CompletionRequest:
     """The body read by the endpoint's own request model; `_Refused` as the endpoint's 400."""
-    from rig_ray.serve import wire
-
     try:
-        return wire.ChatCompletionRequest.model_validate(body)
+        if chat:
+            return wire.ChatCompletionRequest.model_validate(body)
+        return wire.CompletionRequest.model_validate(body)
     except ValidationError as error:
         from rig_ray.serve.http_errors import from_validation
 
@@ -360,10 +368,14 @@ def _chat_request(body: dict[str, t.Any]) -> ChatCompletionRequest:
         raise _Refused(str(refused), refused.code or "invalid_value", refused.param) from None
 
 
-def _check(request: ChatCompletionRequest, params: t.Any, vllm_fields: bool) -> None:
+def _check(
+    request: wire.ChatCompletionRequest | wire.CompletionRequest, params: t.Any, vllm_fields: bool
+) -> None:
     """What the endpoint refuses before a request reaches a model, as it words it."""
     from rig_ray.serve.wire import VLLM_FIELDS
 
+    if isinstance(request, wire.CompletionRequest) and len(request.prompts) != 1:
+        raise _Refused("prompt: one prompt per batch line", "invalid_value", "prompt")
     if request.stream:
         raise _Refused("stream: not supported in a batch file", "unsupported_parameter", "stream")
     for name in VLLM_FIELDS:

@@ -36,6 +36,7 @@ def generate(
     system: str | None = None,
     messages_column: str | None = None,
     params_column: str | None = None,
+    text_column: str | None = None,
     num_generations: int = 1,
     params: GenerateParams | None = None,
     replicas: int = 1,
@@ -57,7 +58,8 @@ def generate(
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
-    (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
+    (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
+    gets a text completion of it instead (no chat template). Each generator runs in a pool of
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each, and make one
     engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in flight per
     actor (engines that batch continuously, such as vLLM's, take the next batch while earlier
@@ -101,6 +103,7 @@ def generate(
         messages_column=messages_column,
         id_column=id_column,
         params_column=params_column,
+        text_column=text_column,
     ).resolve(columns)
     from ray.data import ActorPoolStrategy
 

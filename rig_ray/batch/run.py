@@ -184,6 +184,7 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
         messages_column=options.get("messages_column"),
         id_column=options.get("id_column", "id"),
         params_column=options.get("params_column"),
+        text_column=options.get("text_column"),
     ).resolve(columns)
 
 

@@ -102,6 +102,12 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
         *BAD_LINES,
         chat_line("three-choices", "many", n=3),
         chat_line("fails", "please FAIL"),
+        {
+            "custom_id": "text",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "m", "prompt": "Once", "echo": True, "max_tokens": 3},
+        },
     ]
     source = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out"
@@ -110,7 +116,7 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     )
     outputs = read_jsonl(out / "output.jsonl")
     errors = read_jsonl(out / "errors.jsonl")
-    assert [line["custom_id"] for line in outputs] == ["ok-1", "ok-2", "three-choices"]
+    assert [line["custom_id"] for line in outputs] == ["ok-1", "ok-2", "three-choices", "text"]
     assert [line["custom_id"] for line in errors] == [
         "bad-url",
         None,
@@ -138,6 +144,10 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     many = outputs[2]["response"]["body"]
     assert [choice["index"] for choice in many["choices"]] == [0, 1, 2]
     assert many["usage"]["prompt_tokens"] == 1 and many["usage"]["completion_tokens"] == 3
+    completion = outputs[3]["response"]["body"]
+    assert completion["object"] == "text_completion"
+    assert completion["id"].startswith("cmpl-")
+    assert completion["choices"][0]["text"] == "OnceOnce"  # echo: the prompt, then the reply
     assert errors[-1]["response"]["status_code"] == 500
     assert "FAIL" in errors[-1]["response"]["body"]["error"]["message"]
     assert errors[0]["response"] is None and errors[0]["error"]["code"] == "invalid_url"
