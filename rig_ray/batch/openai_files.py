@@ -137,11 +137,14 @@ def meta_path(folder: str, name: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, f"{path.rstrip('/')}/{META_FOLDER}/{name}"
 
 
-def prepare(source: str, output: str, *, vllm_fields: bool) -> Prepared:
+def prepare(
+    source: str, output: str, *, vllm_fields: bool, urls: t.Sequence[str] = URLS
+) -> Prepared:
     """Read the batch file `source` into the output folder's `_openai` folder.
 
     A `custom_id` used twice refuses the whole file (OpenAI requires them unique), naming it
-    and its lines. `vllm_fields`: whether the generator takes vLLM's extra sampling fields.
+    and its lines. `vllm_fields`: whether the generator takes vLLM's extra sampling fields;
+    `urls`: the endpoints lines may name (a batch of the endpoint runs one).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -158,7 +161,7 @@ def prepare(source: str, output: str, *, vllm_fields: bool) -> Prepared:
     schema = _schema()
     with pq.ParquetWriter(temporary, schema, filesystem=filesystem) as writer:
         for number, line in _lines(source):
-            row = _row(number, line, vllm_fields)
+            row = _row(number, line, vllm_fields, tuple(urls))
             if isinstance(row, InvalidLine):
                 invalid.append(row)
             custom_id = row.custom_id if isinstance(row, InvalidLine) else row["id"]
@@ -292,7 +295,9 @@ def _text_lines(stream: t.Any) -> t.Iterator[str]:
         yield rest.decode("utf-8", errors="replace")
 
 
-def _row(number: int, line: t.Any, vllm_fields: bool) -> dict[str, t.Any] | InvalidLine:
+def _row(
+    number: int, line: t.Any, vllm_fields: bool, urls: tuple[str, ...]
+) -> dict[str, t.Any] | InvalidLine:
     """The prepared row of one line, or why it cannot run."""
 
     def bad(message: str, code: str = "invalid_request", param: str | None = None) -> InvalidLine:
@@ -315,9 +320,9 @@ def _row(number: int, line: t.Any, vllm_fields: bool) -> dict[str, t.Any] | Inva
     if line.get("method", "POST") != "POST":
         return bad(f"line {number}: method: only POST is supported", param="method")
     url = line.get("url")
-    if url not in URLS:
+    if url not in urls:
         return bad(
-            f"line {number}: url {url!r} is not one this batch runs ({', '.join(URLS)})",
+            f"line {number}: url {url!r} is not one this batch runs ({', '.join(urls)})",
             code="invalid_url",
             param="url",
         )
