@@ -13,6 +13,7 @@ import secrets
 import time
 import typing as t
 
+from fastapi import FastAPI, Request, Response  # at module level: FastAPI reads the annotations
 from pydantic import BaseModel, Field
 
 from rig_ray.batch.openai_files import URLS
@@ -20,8 +21,6 @@ from rig_ray.errors import ServeRequestError
 from rig_ray.serve.files import FileStore, not_found
 
 if t.TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from rig_ray.serve.batch_runner import BatchRunner
 
 Status = t.Literal[
@@ -199,7 +198,6 @@ def page(batches: list[BatchObject], after: str | None, limit: int) -> dict[str,
 
 def add_batch_routes(app: FastAPI, runner: BatchRunner) -> None:
     """POST/GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel."""
-    from fastapi import Request, Response
     from fastapi.responses import JSONResponse
     from pydantic import ValidationError
 

@@ -14,6 +14,7 @@ import secrets
 import time
 import typing as t
 
+from fastapi import FastAPI, Request, Response  # at module level: FastAPI reads the annotations
 from pydantic import BaseModel
 
 from rig_ray.batch.source import open_filesystem
@@ -21,7 +22,6 @@ from rig_ray.errors import ServeRequestError
 
 if t.TYPE_CHECKING:
     import pyarrow.fs as pafs
-    from fastapi import FastAPI
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """OpenAI's limit on one batch input file."""
@@ -155,7 +155,6 @@ def _check_requests(chunks: list[bytes]) -> None:
 
 def add_file_routes(app: FastAPI, store: FileStore) -> None:
     """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content."""
-    from fastapi import Request, Response
     from fastapi.responses import JSONResponse
 
     from rig_ray.serve import http_errors
