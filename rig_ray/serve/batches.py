@@ -8,13 +8,14 @@ is; `rig_ray.serve.batch_runner` runs it. Ids are random (`batch_` and 128 rando
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import time
 import typing as t
 
 from fastapi import FastAPI, Request, Response  # at module level: FastAPI reads the annotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from rig_ray.batch.openai_files import URLS
 from rig_ray.errors import ServeRequestError
@@ -80,6 +81,8 @@ class BatchObject(BaseModel):
     cancelled_at: int | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+    _created_ns: int = PrivateAttr(0)
+    """When it was made, in ns: orders the list (created_at is in whole seconds)."""
 
     def moved(self, status: Status, **fields: t.Any) -> BatchObject:
         """This batch in `status`, its `<status>_at` stamped now."""
@@ -129,6 +132,7 @@ class BatchStore:
             expires_at=now + 24 * 3600,
             metadata=request.metadata,
         )
+        batch._created_ns = time.time_ns()
         self.filesystem.create_dir(self.folder(batch.id), recursive=True)
         self.save(batch)
         return batch
@@ -137,16 +141,20 @@ class BatchStore:
         """Write whole: to a temporary name, then renamed over the old object."""
         folder = self.folder(batch.id)
         temporary = f"{folder}/.tmp-{secrets.token_hex(6)}.json"
+        stored = {"batch": batch.model_dump(mode="json"), "created_ns": batch._created_ns}
         with self.filesystem.open_output_stream(temporary) as stream:
-            stream.write(batch.model_dump_json().encode())
+            stream.write(json.dumps(stored).encode())
         self.filesystem.move(temporary, f"{folder}/batch.json")
 
     def get(self, batch_id: str) -> BatchObject:
         try:
             with self.filesystem.open_input_stream(f"{self.folder(batch_id)}/batch.json") as s:
-                return BatchObject.model_validate_json(s.read())
+                stored = json.loads(s.read())
         except (FileNotFoundError, OSError):
             raise not_found("batch", batch_id) from None
+        batch = BatchObject.model_validate(stored["batch"])
+        batch._created_ns = int(stored.get("created_ns", 0))
+        return batch
 
     def list(self) -> list[BatchObject]:
         """Newest first."""
@@ -159,7 +167,7 @@ class BatchStore:
                     found.append(self.get(info.base_name))
                 except ServeRequestError:
                     continue
-        return sorted(found, key=lambda batch: (-batch.created_at, batch.id))
+        return sorted(found, key=lambda batch: (-batch._created_ns, batch.id))
 
 
 def check_create(files: FileStore, request: CreateBatch) -> None:
