@@ -252,3 +252,22 @@ async def test_a_restarted_app_completes_the_batch(slow_endpoint: tuple[Endpoint
 
     made = read_output(f"{storage}/batches/{batch.id}/job", columns=["id"]).column("id").to_pylist()
     assert sorted(made) == sorted(f"r{i}" for i in range(count))  # nothing made twice
+
+
+async def test_a_file_over_200_mb_is_refused_naming_the_limit() -> None:
+    from rig_ray.errors import ServeRequestError
+    from rig_ray.serve import files
+
+    class Upload:  # 201 chunks of 1 MiB, without holding them all
+        def __init__(self) -> None:
+            self.left = 201
+
+        async def read(self, size: int) -> bytes:
+            if not self.left:
+                return b""
+            self.left -= 1
+            return b"x" * size
+
+    with pytest.raises(ServeRequestError, match="limit of 200 MB per file") as refused:
+        await files._upload_chunks(Upload())
+    assert refused.value.status_code == 400
