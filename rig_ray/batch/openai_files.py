@@ -111,6 +111,11 @@ def job_options(
         raise BatchInputError(
             "num_generations: not taken with an OpenAI batch file (each body's n says it)"
         )
+    if len(members) > 1:
+        raise BatchInputError(
+            "an OpenAI batch file runs on one generator (body.model is recorded, not used to "
+            "choose among several)"
+        )
     vllm_fields = bool(members) and all(takes_vllm_fields(member) for member in members)
     prepared = prepare(source, output, vllm_fields=vllm_fields)
     location = prepared.requests  # a local path, or the same file by the output's URI
