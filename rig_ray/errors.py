@@ -82,6 +82,10 @@ class GenerationError(RigRayError):
         super().__init__(message)
 
 
+class EngineDeadError(GenerationError):
+    """The engine's process died; the engine must be built again before it can generate."""
+
+
 class ModelNotAvailableError(RigRayError):
     """A model could not be found or prepared locally (nothing is ever downloaded)."""
 
@@ -153,6 +157,16 @@ class PoolMemberError(RigRayError):
         self.identifier = redact(identifier)
         self.cause = scrub(cause, identifier)
         super().__init__(f"generator {self.identifier!r} failed: {self.cause}")
+
+
+class PlacementError(RigRayError, ValueError):
+    """A generator's actor cannot be placed as asked: an explicit `num_gpus` that disagrees
+    with the GPUs its engine uses (`need`: tensor x pipeline x data parallel size)."""
+
+    def __init__(self, message: str, *, need: int | None = None, num_gpus: float | None = None):
+        self.need = need
+        self.num_gpus = num_gpus
+        super().__init__(message)
 
 
 class BatchInputError(RigRayError, ValueError):

@@ -8,7 +8,6 @@ import sys
 import threading
 import typing as t
 
-from rig_ray.batch.console import quiet_stderr
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
@@ -31,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the Parquet parts (local or URI); a rerun into it resumes",
     )
     parser.add_argument(
+        "-g",
         "--generator",
         dest="generators",
         action="append",
@@ -54,7 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replicas", type=int, default=1, metavar="R", help="actors per generator (1)"
     )
-    parser.add_argument("--num-gpus", type=float, default=0, metavar="G", help="GPUs per actor (0)")
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per actor (default: the engine's tensor x pipeline parallel size when it is "
+        "more than 1, else 0)",
+    )
     parser.add_argument(
         "--num-cpus",
         type=float,
@@ -125,6 +132,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray Data's logs and what the actors print (engine loading bars and "
+        "warnings), redacted",
+    )
 
 
 def add_parser(commands: t.Any) -> None:
@@ -156,8 +169,7 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         _on_signals(_stop)
-        with quiet_stderr():
-            summary = _run_batch(args)
+        summary = _run_batch(args)
         _on_signals(signal.SIG_IGN)
         _show_some(args.output)
         print(summary.line())
@@ -189,6 +201,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         args.output,
         address=args.address,
         progress=not args.quiet,
+        verbose=getattr(args, "verbose", False),
         retry_failed=args.retry_failed,
         generators=args.generators,
         template=args.template,

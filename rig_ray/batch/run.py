@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import typing as t
 
 import pyarrow as pa
@@ -11,6 +9,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch import openai_files
+from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -21,10 +20,11 @@ from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.cluster.placement import BatchGroups, place
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
-from rig_ray.redaction import redact, redact_logs
+from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -85,6 +85,7 @@ def run(
     address: str | None = None,
     retry_failed: bool = False,
     num_cpus: float | None = None,
+    verbose: bool = False,
     output_format: t.Literal["parquet", "openai"] = "parquet",
     **options: t.Any,
 ) -> BatchSummary:
@@ -100,6 +101,11 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+
+    The console shows rig_ray's own lines only (its progress line, when `progress`): Ray
+    Data's logs and bars and what the actors print (engines' loading bars and warnings) are
+    kept out unless `verbose`. Whatever is shown is redacted, and scrubbed with the
+    generators' own secrets (see `rig_ray.batch.console`).
 
     An OpenAI batch file (rows with `custom_id` and `body`) is read as one (see
     `rig_ray.batch.openai_files`); with `output_format="openai"`, `output.jsonl` and
@@ -117,21 +123,16 @@ def run(
             "custom_id, method, url and body)",
             source=source,
         )
+    settings = _Settings(
+        progress_every_s=progress_every_s if progress else -1,
+        rows_per_part=rows_per_part,
+        seconds_per_part=seconds_per_part,
+        retry_failed=retry_failed,
+        num_cpus=num_cpus,
+        gpus_per_actor=0,
+    )
     try:
-        return _run_source(
-            source,
-            output,
-            members,
-            _Settings(
-                progress_every_s=progress_every_s if progress else -1,
-                rows_per_part=rows_per_part,
-                seconds_per_part=seconds_per_part,
-                retry_failed=retry_failed,
-                num_cpus=num_cpus,
-            ),
-            address,
-            options,
-        )
+        return _run_source(source, output, members, settings, address, verbose, options)
     finally:
         if output_format == "openai" and openai_files.is_prepared(output):
             from rig_ray.batch.openai_export import export_into_folder
@@ -145,6 +146,7 @@ def _run_source(
     members: list[Generator],
     settings: _Settings,
     address: str | None,
+    verbose: bool,
     options: dict[str, t.Any],
 ) -> BatchSummary:
     structured = StructuredSpec.build(
@@ -153,16 +155,25 @@ def _run_source(
         options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
     )
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
+    gpus = max(place(m, num_gpus=options.get("num_gpus")).total_gpus for m in members)
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
-    quiet_ray_logs()
+    if not verbose:
+        quiet_ray_logs()
     join(address)
-    redact_logs()
-    with _ray_data_quiet(settings.progress_every_s >= 0):
+    progress = settings.progress_every_s >= 0
+    with job_console(members, progress=progress, verbose=verbose):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output):
-            return _run(folder, dataset, spec, manifest, settings, options)
+            return _run(
+                folder,
+                dataset,
+                spec,
+                manifest,
+                settings._replace(gpus_per_actor=gpus),
+                options,
+            )
 
 
 class _Settings(t.NamedTuple):
@@ -171,6 +182,7 @@ class _Settings(t.NamedTuple):
     seconds_per_part: float
     retry_failed: bool
     num_cpus: float | None
+    gpus_per_actor: float
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -248,10 +260,11 @@ def _run(
     counts = _Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
         actors = manifest.num_generators * int(options.get("replicas", 1))
-        num_cpus, waiting = fit_cpus(settings.num_cpus, options.get("num_gpus", 0), actors)
+        num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_per_actor, actors)
         meter.note = waiting
-        generations = generate(plan.dataset, num_cpus=num_cpus, **options)
-        _write(generations, writer, meter, counts, folder.location)
+        with BatchGroups.scope():  # the actors' GPU groups go when the job is done
+            generations = generate(plan.dataset, num_cpus=num_cpus, **options)
+            _write(generations, writer, meter, counts, folder.location)
         if retried:
             folder.compact()  # the retried generations' old failed rows go
     return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
@@ -319,25 +332,3 @@ def _cause(error: BaseException) -> str:
     root = cause if isinstance(cause, BaseException) else error
     first = (str(root).strip().splitlines() or [""])[0]
     return redact(f"{type(root).__name__}: {' '.join(first.split())[:500]}")
-
-
-@contextlib.contextmanager
-def _ray_data_quiet(progress: bool) -> t.Iterator[None]:
-    """With our own progress line on, Ray Data's bars and execution logs are off meanwhile."""
-    if not progress:
-        yield
-        return
-    from ray.data import DataContext
-    from ray.util.debug import log_once
-
-    context = DataContext.get_current()
-    logger = logging.getLogger("ray.data")
-    saved = context.enable_progress_bars, context.print_on_execution_start, logger.level
-    log_once("ray_data_progress_manager_disabled")  # no "bars disabled" warning: we show ours
-    context.enable_progress_bars = context.print_on_execution_start = False
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved[:2]
-        logger.setLevel(saved[2])

@@ -7,8 +7,11 @@ turns every batch of input rows into output rows, one per generation, with one e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import threading
 import time
 import typing as t
 
@@ -22,9 +25,15 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
+from rig_ray.errors import EngineDeadError
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.message import Message
-from rig_ray.redaction import redact
+from rig_ray.redaction import error_text, redact, scrubbed_error
+
+logger = logging.getLogger(__name__)
+
+EXIT_UNLOAD_S = 60.0
+"""How long an actor whose engine died waits for the unload before it exits all the same."""
 
 
 class StageConfig(BaseModel):
@@ -68,7 +77,19 @@ class GenerateStage:
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
-        self._generator.load()
+        try:
+            self._generator.load()
+        except Exception as error:  # the driver shows this error: it must not quote a key
+            raise scrubbed_error(error, self._generator) from None
+
+    def __del__(self) -> None:
+        """The engine goes with the actor: Ray Data drops the stage when it ends its actors
+        (`__ray_shutdown__` of its worker), and an engine left behind would keep its
+        processes and memory."""
+        generator = getattr(self, "_generator", None)
+        if generator is not None:
+            with contextlib.suppress(Exception):
+                generator.unload()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
@@ -87,7 +108,7 @@ class GenerateStage:
                 conversation = [] if text is not None else config.prompts.conversation(row)
                 row_params = config.prompts.row_params(row, config.params)
             except Exception as error:  # a row that cannot be read fails alone
-                failures[index] = _error_text(error)
+                failures[index] = _error_text(error, self._generator)
             for generation_index in todo:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index in failures:
@@ -132,6 +153,8 @@ class GenerateStage:
             results = [timeout] * len(conversations)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
+        if dead := next((r for r in results if _engine_died(r)), None):
+            self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started
 
     async def _generate_texts(
@@ -150,7 +173,23 @@ class GenerateStage:
             results = [timeout] * len(texts)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(texts)
+        if dead := next((r for r in results if _engine_died(r)), None):
+            self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started
+
+    def _exit_for_restart(self, error: BaseException) -> t.NoReturn:
+        """A dead engine fails no rows: the actor unloads what is left of it and exits, so Ray
+        starts it again and retries its batches (up to `max_restarts`). `os._exit` is a system
+        failure to Ray, which retries the task; an orderly actor exit would not."""
+        logger.error(
+            "%s: the engine died (%s); the actor exits to be restarted",
+            self._name,
+            redact(str(error)),
+        )
+        unloading = threading.Thread(target=self.__del__, name="rig_ray-unload", daemon=True)
+        unloading.start()
+        unloading.join(EXIT_UNLOAD_S)
+        os._exit(1)
 
     def _output(
         self,
@@ -182,7 +221,8 @@ class GenerateStage:
                 "latency_s": latency if result is not None else None,
                 "error": None
                 if ok
-                else failures.get(item.row) or _error_text(t.cast(BaseException, result)),
+                else failures.get(item.row)
+                or _error_text(t.cast(BaseException, result), self._generator),
                 "metadata": _metadata(done) if done else None,
             }
             for name, value in values.items():
@@ -217,10 +257,16 @@ class _Items(t.Generic[_Item]):
         return dict(zip(self.places, results, strict=True))
 
 
+def _engine_died(result: object) -> bool:
+    """Whether a result is the error of an engine whose process died (ours, or vLLM's own)."""
+    return isinstance(result, EngineDeadError) or type(result).__name__ == "EngineDeadError"
+
+
 def _metadata(result: GeneratedMessage | GeneratedText) -> str | None:
     return json.dumps(result.extra, default=str, sort_keys=True) if result.extra else None
 
 
-def _error_text(error: BaseException) -> str:
-    text = redact(" ".join(str(error).split()))
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _error_text(error: BaseException, generator: Generator) -> str:
+    """The error column's text: redacted, and scrubbed with the generator's own secrets (its
+    api_key, and those of its identifier), so a provider error that quotes the key loses it."""
+    return error_text(error, generator)

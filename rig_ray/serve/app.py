@@ -127,7 +127,7 @@ class ServedModel(BaseModel):
         """Keyword arguments of the deployment's `.options()`."""
         options: dict[str, t.Any] = {
             "name": deployment_name(self.served_name),
-            "ray_actor_options": dict(self.ray_actor_options),
+            **self.placement_options(),
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "backpressure_config": {
@@ -144,6 +144,24 @@ class ServedModel(BaseModel):
             options["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             options["num_replicas"] = self.num_replicas or 1
+        return options
+
+    def placement_options(self) -> dict[str, t.Any]:
+        """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
+        placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the
+        engine is a PlacementError)."""
+        from rig_ray.cluster.placement import place, serve_options
+
+        actor = dict(self.ray_actor_options)
+        placement = place(
+            self.generator,
+            num_gpus=actor.pop("num_gpus", None),
+            num_cpus=actor.pop("num_cpus", 1),
+            resources=actor.pop("resources", None),
+            accelerator_type=actor.pop("accelerator_type", None),
+        )
+        options = serve_options(placement)
+        options["ray_actor_options"].update(actor)  # runtime_env, memory, ...
         return options
 
     def replica_options(self) -> t.Any:
