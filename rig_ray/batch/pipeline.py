@@ -37,6 +37,7 @@ def generate(
     system: str | None = None,
     messages_column: str | None = None,
     params_column: str | None = None,
+    text_column: str | None = None,
     num_generations: int = 1,
     params: GenerateParams | None = None,
     replicas: int = 1,
@@ -58,7 +59,8 @@ def generate(
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
-    (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
+    (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
+    gets a text completion of it instead (no chat template). Each generator runs in a pool of
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
     group on one node, and a value that disagrees with the engine is a PlacementError), and
@@ -104,6 +106,7 @@ def generate(
         messages_column=messages_column,
         id_column=id_column,
         params_column=params_column,
+        text_column=text_column,
     ).resolve(columns)
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from rig_ray.batch import openai_files
 from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
@@ -85,6 +86,8 @@ def run(
     retry_failed: bool = False,
     num_cpus: float | None = None,
     verbose: bool = False,
+    progress_label: str = "rig-ray batch",
+    output_format: t.Literal["parquet", "openai"] = "parquet",
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -99,14 +102,56 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+    Progress lines start with `progress_label`.
 
     The console shows rig_ray's own lines only (its progress line, when `progress`): Ray
     Data's logs and bars and what the actors print (engines' loading bars and warnings) are
     kept out unless `verbose`. Whatever is shown is redacted, and scrubbed with the
     generators' own secrets (see `rig_ray.batch.console`).
+
+    An OpenAI batch file (rows with `custom_id` and `body`) is read as one (see
+    `rig_ray.batch.openai_files`); with `output_format="openai"`, `output.jsonl` and
+    `errors.jsonl` are written into `output` when the run ends, also when it stops early.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
+    if output_format not in ("parquet", "openai"):
+        raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
+    if openai_files.is_openai_batch(source):
+        source, options = openai_files.job_options(source, output, members, options)
+    elif output_format == "openai":
+        raise BatchInputError(
+            "output_format='openai' needs an OpenAI batch file as input (lines with "
+            "custom_id, method, url and body)",
+            source=source,
+        )
+    settings = _Settings(
+        progress_every_s=progress_every_s if progress else -1,
+        rows_per_part=rows_per_part,
+        seconds_per_part=seconds_per_part,
+        retry_failed=retry_failed,
+        num_cpus=num_cpus,
+        gpus_per_actor=0,
+        label=progress_label,
+    )
+    try:
+        return _run_source(source, output, members, settings, address, verbose, options)
+    finally:
+        if output_format == "openai" and openai_files.is_prepared(output):
+            from rig_ray.batch.openai_export import export_into_folder
+
+            export_into_folder(output)
+
+
+def _run_source(
+    source: str,
+    output: str,
+    members: list[Generator],
+    settings: _Settings,
+    address: str | None,
+    verbose: bool,
+    options: dict[str, t.Any],
+) -> BatchSummary:
     structured = StructuredSpec.build(
         options.get("parse_as"),
         options.get("json_schema"),
@@ -118,6 +163,7 @@ def run(
     if not verbose:
         quiet_ray_logs()
     join(address)
+    progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
@@ -128,16 +174,37 @@ def run(
                 dataset,
                 spec,
                 manifest,
-                _Settings(
-                    progress_every_s=progress_every_s if progress else -1,
-                    rows_per_part=rows_per_part,
-                    seconds_per_part=seconds_per_part,
-                    retry_failed=retry_failed,
-                    num_cpus=num_cpus,
-                    gpus_per_actor=gpus,
-                ),
+                settings._replace(gpus_per_actor=gpus),
                 options,
             )
+
+
+def pending(source: str, output: str, *, retry_failed: bool = False, **options: t.Any) -> int:
+    """The generations a `run` with these arguments would make, loading no model.
+
+    The output folder's manifest is checked as `run` checks it: other settings are refused
+    with the same `BatchInputError`. Runs on the Ray already initialised (or starts one).
+    """
+    input_files(source)
+    members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    folder = OutputFolder(output)
+    join(options.get("address"))
+    dataset = read_prompts(source)
+    spec = _resolve(dataset, source, options)
+    manifest = _manifest(members, spec, structured, options)
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    plan = plan_rows(
+        dataset,
+        spec,
+        num_generations=manifest.num_generations,
+        finished=folder.scan().finished(retry_failed=retry_failed),
+    )
+    return plan.pending
 
 
 class _Settings(t.NamedTuple):
@@ -147,6 +214,7 @@ class _Settings(t.NamedTuple):
     retry_failed: bool
     num_cpus: float | None
     gpus_per_actor: float
+    label: str = "rig-ray batch"
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -160,6 +228,7 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
         messages_column=options.get("messages_column"),
         id_column=options.get("id_column", "id"),
         params_column=options.get("params_column"),
+        text_column=options.get("text_column"),
     ).resolve(columns)
 
 
@@ -216,7 +285,7 @@ def _run(
     check_manifest(folder.filesystem, folder.path, folder.location, manifest)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.rows_in * manifest.num_generations - plan.pending
-    meter = Progress(plan.pending, every_s=settings.progress_every_s)
+    meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
         rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
     )
