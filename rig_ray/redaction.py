@@ -157,6 +157,21 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def redact_logs(*names: str) -> None:
+    """Put a `RedactingFilter` on the handlers that print log records to the console: the
+    root's, Python's last-resort handler, and those of the loggers `names` (default: Ray's).
+    (A batch job's console, `rig_ray.batch.console.job_console`, also scrubs with the job's
+    own secrets while it runs.)"""
+    handlers: list[logging.Handler] = list(logging.getLogger().handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for name in names or ("ray", "ray.data", "ray.serve"):
+        handlers.extend(logging.getLogger(name).handlers)
+    for handler in handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def _masks(key: t.Any, item: t.Any) -> bool:
     return isinstance(key, str) and is_secret_key(key) and item not in (None, "", MASK)
 
