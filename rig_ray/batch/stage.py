@@ -23,6 +23,7 @@ from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
 from rig_ray.message import Message
 from rig_ray.redaction import redact
 
@@ -69,6 +70,9 @@ class GenerateStage:
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
         self._generator.load()
+        self._one_batch_at_a_time = isinstance(self._generator, LocalGenerator) and not (
+            self._generator.batches_continuously
+        )
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
@@ -114,14 +118,25 @@ class GenerateStage:
             return [], 0.0
         started = time.perf_counter()
         generate = self._structured.generate if self._structured else generate_messages
-        call = generate(self._generator, conversations, params)
+        running = asyncio.Event()
+        token = BATCH_STARTED.set(running.set)
+        try:  # the task copies the context, and with it the callback, now
+            call = asyncio.ensure_future(generate(self._generator, conversations, params))
+        finally:
+            BATCH_STARTED.reset(token)
+        timeout = self._config.batch_timeout_s
         try:
-            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
-        except TimeoutError:
-            timeout = TimeoutError(
+            if timeout is not None and self._one_batch_at_a_time:
+                # the clock starts when the engine thread takes the batch, not while it waits
+                waiting = asyncio.ensure_future(running.wait())
+                await asyncio.wait({call, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+            results = await asyncio.wait_for(call, timeout)
+        except TimeoutError:  # the call was cancelled: the engine thread stops on it
+            timeout_error = TimeoutError(
                 f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
             )
-            results = [timeout] * len(conversations)
+            results = [timeout_error] * len(conversations)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
         return results, time.perf_counter() - started
