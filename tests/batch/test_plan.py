@@ -26,7 +26,9 @@ def test_each_index_has_one_member(num_generations: int, members: int) -> None:
         assert sorted(i for indices in owned for i in indices) == list(range(num_generations))
 
 
-@pytest.mark.parametrize(("before", "after", "members"), [(2, 4, 2), (1, 5, 3), (3, 7, 2), (4, 9, 4)])
+@pytest.mark.parametrize(
+    ("before", "after", "members"), [(2, 4, 2), (1, 5, 3), (3, 7, 2), (4, 9, 4)]
+)
 def test_raising_num_generations_keeps_every_member_and_follows_the_rule(
     before: int, after: int, members: int
 ) -> None:
