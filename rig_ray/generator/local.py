@@ -41,6 +41,9 @@ class LocalGenerator(Generator):
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _worker: ThreadPoolExecutor | None = PrivateAttr(None)
+    _worker_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    """Guards making the engine thread only: `_lock` is held by the engine thread while a
+    batch runs, and the event loop must never wait on it."""
 
     async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
         """Run `fn(*args)` on this generator's engine thread without blocking the loop.
@@ -49,7 +52,7 @@ class LocalGenerator(Generator):
         runs sees `cancelled()` turn true (generation loops stop on it). `BATCH_STARTED`'s
         callback, if the caller set one, is called on the loop when the call starts running.
         """
-        with self._lock:
+        with self._worker_lock:
             if self._worker is None:
                 name = f"rig_ray-{type(self).__name__}"
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix=name)
