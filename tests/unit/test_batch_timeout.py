@@ -132,3 +132,26 @@ def test_transformers_stops_a_generation_its_caller_gave_up(
     finally:
         generator.unload()
     assert len(made) == 2 and made[0] < 900 and made[1] <= 2
+
+
+def test_serve_merger_a_request_past_its_timeout_frees_the_engine_thread(tmp_path: Path) -> None:
+    from rig_ray.serve.batching import BatchMerger
+
+    stopped = tmp_path / "stopped"
+    generator = OneAtATime(model="one", stopped=str(stopped))
+
+    async def call(items: list[str]) -> list[t.Any]:
+        chats = [[Message(role="user", content=item)] for item in items]
+        return list(await generator.generate_messages(chats, [GenerateParams()] * len(items)))
+
+    async def scenario() -> list[t.Any]:
+        merger: BatchMerger[str, t.Any] = BatchMerger(call, concurrency=2, max_items=1)
+        slow = asyncio.ensure_future(asyncio.wait_for(merger.submit(["SLOW"]), 1.0))
+        await asyncio.sleep(0)
+        fast = asyncio.ensure_future(merger.submit(["fast"]))
+        with pytest.raises(TimeoutError):
+            await slow
+        return await asyncio.wait_for(fast, 25)  # the slow call stopped: the engine is free
+
+    (fast,) = asyncio.run(scenario())
+    assert fast.message.content == "fast" and stopped.exists()
