@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -75,8 +76,12 @@ class BatchFolder(RuleBasedStateMachine):
     """The model: the input rows (each with a `uid` that the output carries through), the
     folder's rows as they must be, and whether the last run finished."""
 
+    examples = 0
+    steps = 0
+
     def __init__(self) -> None:
         super().__init__()
+        BatchFolder.examples += 1
         self.root = Path(tempfile.mkdtemp(prefix="rig-ray-stateful-"))
         self.source, self.output = self.root / "in.jsonl", self.root / "out"
         self.healthy = self.root / "healthy"
@@ -113,20 +118,30 @@ class BatchFolder(RuleBasedStateMachine):
         self.rows = self._make(drawn)
         self._save()
 
-    @rule(drawn=st.lists(_row, min_size=1, max_size=3))
-    def append_rows(self, drawn: list[dict[str, t.Any]]) -> None:
+    # (each change may be followed by a run at once: sequences that matter come sooner)
+
+    @rule(drawn=st.lists(_row, min_size=1, max_size=3), then_run=st.booleans())
+    def append_rows(self, drawn: list[dict[str, t.Any]], then_run: bool) -> None:
         self.rows += self._make(drawn)
         self._save()
+        self._then(then_run)
 
-    @rule(drawn=st.lists(_row, min_size=1, max_size=3))
-    def insert_rows_at_the_front(self, drawn: list[dict[str, t.Any]]) -> None:
+    @rule(drawn=st.lists(_row, min_size=1, max_size=3), then_run=st.booleans())
+    def insert_rows_at_the_front(self, drawn: list[dict[str, t.Any]], then_run: bool) -> None:
         self.rows = self._make(drawn) + self.rows
         self._save()
+        self._then(then_run)
 
-    @rule(by=st.integers(1, 3))
-    def raise_num_generations(self, by: int) -> None:
+    @rule(by=st.integers(1, 3), then_run=st.booleans())
+    def raise_num_generations(self, by: int, then_run: bool) -> None:
         self.n += by
         self.complete = False
+        self._then(then_run)
+
+    def _then(self, then_run: bool) -> None:
+        if then_run:
+            self._run()
+            self.complete = True
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -240,6 +255,7 @@ class BatchFolder(RuleBasedStateMachine):
 
     @invariant()
     def the_folder_holds_what_it_must(self) -> None:
+        BatchFolder.steps += 1
         if not hasattr(self, "rows") or not self.rows:
             return
         found = self._folder()
@@ -291,20 +307,29 @@ class BatchFolder(RuleBasedStateMachine):
             assert counts == sorted([share + (k < extra) for k in range(2)])  # the pool's rule
 
 
-def _machine_settings(examples: int, steps: int) -> settings:
-    return settings(
+def _explore(examples: int, steps: int) -> None:
+    """Run the machine (`RIG_RAY_STATEFUL_EXAMPLES` / `_STEPS` override the numbers) and
+    print how much it explored."""
+    examples = int(os.environ.get("RIG_RAY_STATEFUL_EXAMPLES", examples))
+    steps = int(os.environ.get("RIG_RAY_STATEFUL_STEPS", steps))
+    BatchFolder.examples = BatchFolder.steps = 0
+    options = settings(
         max_examples=examples,
         stateful_step_count=steps,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         database=None,
     )
+    try:
+        run_state_machine_as_test(BatchFolder, settings=options)
+    finally:
+        print(f"stateful batch test: {BatchFolder.examples} examples, {BatchFolder.steps} checks")
 
 
 def test_batch_folders_hold_their_invariants_over_random_runs() -> None:
-    run_state_machine_as_test(BatchFolder, settings=_machine_settings(examples=2, steps=4))
+    _explore(examples=2, steps=4)
 
 
 @pytest.mark.slow
 def test_batch_folders_hold_their_invariants_over_many_random_runs() -> None:
-    run_state_machine_as_test(BatchFolder, settings=_machine_settings(examples=12, steps=8))
+    _explore(examples=12, steps=8)
