@@ -151,7 +151,8 @@ class _JsonRows:
         rows: list[dict[str, t.Any]] = []
         for data in batch.column("bytes").to_pylist():
             rows.extend(json_rows(data, self._id_column))
-        return pa.Table.from_pylist(rows)
+        names = dict.fromkeys(name for row in rows for name in row)  # every row's keys
+        return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
 
 
 class _Number(str):

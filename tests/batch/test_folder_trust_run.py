@@ -142,3 +142,12 @@ def test_the_cli_exits_2_for_no_generations_and_1_for_a_generation_error(
     assert not out.exists()
     code = main(["batch", *common, "--generator", "failstoload!/typo"])
     assert code == 1 and "the batch job stopped" in capsys.readouterr().err
+
+
+def test_a_jsonl_column_missing_from_the_first_row_is_still_read(tmp_path: Path) -> None:
+    # found by the stateful test: ids given only on later rows were dropped
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\n{"prompt": "b", "id": "named"}\n')
+    run(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"), **FAST)
+    got = {r["text"]: r["id"] for r in output_rows(tmp_path / "out")}
+    assert got["b"] == "named" and len(got["a"]) == 16
