@@ -196,7 +196,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     )
     folder = OutputFolder(output)
     join(options.get("address"))
-    dataset = read_prompts(source)
+    dataset = read_prompts(source, id_column=options.get("id_column", "id"))
     spec = _resolve(dataset, source, options)
     manifest = _manifest(members, spec, structured, options)
     check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
