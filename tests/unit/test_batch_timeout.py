@@ -72,18 +72,20 @@ def test_a_batch_waiting_behind_a_slow_one_is_not_timed_out_and_the_slow_one_sto
 
 def test_a_call_cancelled_while_it_waits_for_the_engine_thread_never_runs() -> None:
     ran: list[str] = []
+    began = threading.Event()
 
     class Recording(LocalGenerator):
         def work(self, name: str, hold: threading.Event | None) -> None:
             ran.append(name)
             if hold is not None:
+                began.set()
                 hold.wait(30)
 
     async def scenario() -> None:
         generator = Recording(model="r")
         hold = threading.Event()
         first = asyncio.ensure_future(generator._in_engine_thread(generator.work, "first", hold))
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(began.wait, 30)  # the engine thread is busy with `first`
         second = asyncio.ensure_future(generator._in_engine_thread(generator.work, "second", None))
         await asyncio.sleep(0.05)
         second.cancel()
