@@ -5,8 +5,9 @@
 earlier run left. Nothing here imports Ray until it is called.
 """
 
+from rig_ray.batch.concurrency import DEFAULT_BATCH_SIZE
 from rig_ray.batch.output import OutputFolder, read_output
-from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, generate
+from rig_ray.batch.pipeline import generate
 from rig_ray.batch.prompts import PromptSpec, content_id
 from rig_ray.batch.run import BatchSummary, run
 from rig_ray.batch.schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA

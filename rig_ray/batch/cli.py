@@ -8,9 +8,9 @@ import sys
 import threading
 import typing as t
 
+from rig_ray.batch.concurrency import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.batch.console import quiet_stderr
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
-from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
 
@@ -63,9 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_BATCH_SIZE,
         metavar="B",
-        help=f"rows per engine call ({DEFAULT_BATCH_SIZE})",
+        help=f"rows an actor takes at a time ({DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--id-column",
@@ -76,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent-batches",
         type=int,
-        default=DEFAULT_MAX_CONCURRENT_BATCHES,
         metavar="K",
-        help=f"engine calls in flight per actor ({DEFAULT_MAX_CONCURRENT_BATCHES})",
+        help=f"batches in flight per actor ({DEFAULT_MAX_CONCURRENT_BATCHES}; for vLLM, "
+        "enough to fill the engine)",
     )
     parser.add_argument(
         "--batch-timeout-s",

@@ -23,6 +23,7 @@ from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.generator.vllm_sizing import in_flight
 from rig_ray.message import Message
 from rig_ray.redaction import redact
 
@@ -45,6 +46,9 @@ class StageConfig(BaseModel):
     """A batch whose engine call runs longer fails its rows with a timeout error."""
     structured: StructuredSpec | None = None
     """What to read out of each reply into typed columns (parse_as / json_schema)."""
+    row_requests: int | None = Field(None, ge=1)
+    """Rows go to the engine one request at a time, at most this many per actor at once (1.1 x
+    the loaded engine's capacity, where it reports one); None: one engine call per batch."""
 
 
 class _Pending(t.NamedTuple):
@@ -68,6 +72,7 @@ class GenerateStage:
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
+        self._slots: asyncio.Semaphore | None = None
         self._generator.load()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -113,8 +118,11 @@ class GenerateStage:
         if not conversations:
             return [], 0.0
         started = time.perf_counter()
-        generate = self._structured.generate if self._structured else generate_messages
-        call = generate(self._generator, conversations, params)
+        if self._config.row_requests is None:
+            generate = self._structured.generate if self._structured else generate_messages
+            call = generate(self._generator, conversations, params)
+        else:
+            call = self._row_by_row(conversations, params)
         try:
             results = await asyncio.wait_for(call, self._config.batch_timeout_s)
         except TimeoutError:
@@ -125,6 +133,31 @@ class GenerateStage:
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
         return results, time.perf_counter() - started
+
+    async def _row_by_row(
+        self, conversations: list[list[Message]], params: list[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        """Each item as its own engine call, holding one of the actor's row slots while it
+        runs: the batches of this actor share the engine, and a slow row keeps only its slot."""
+        slots = await self._row_slots()
+        generate = self._structured.generate if self._structured else generate_messages
+
+        async def one(conversation: list[Message], item: GenerateParams) -> t.Any:
+            async with slots:
+                try:
+                    return (await generate(self._generator, [conversation], [item]))[0]
+                except Exception as error:  # the call failed: this item gets the error
+                    return error
+
+        return list(await asyncio.gather(*map(one, conversations, params)))
+
+    async def _row_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            capacity = await self._generator.capacity()
+            size = in_flight(capacity) if capacity else self._config.row_requests
+            if self._slots is None:  # another batch may have made them meanwhile
+                self._slots = asyncio.Semaphore(size or 1)
+        return self._slots
 
     def _output(
         self,

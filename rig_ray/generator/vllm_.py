@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import GenerationError, ModelNotAvailableError
-from rig_ray.generator import structured
+from rig_ray.generator import structured, vllm_sizing
 from rig_ray.generator import vllm_requests as requests
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
@@ -78,6 +78,10 @@ class VLLMGenerator(LocalGenerator):
     _loop: EngineLoop | None = PrivateAttr(None)
     _owns_engine: bool = PrivateAttr(True)
     _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
+    _usage_context: vllm_sizing.UsageName = PrivateAttr(vllm_sizing.OFFLINE)
+    """vLLM's usage context the engine starts in, which sizes its scheduler as vLLM's own entry
+    points do: LLM_CLASS (as `vllm.LLM`), or OPENAI_API_SERVER in a Serve replica (as `vllm
+    serve`). Not a setting: where the generator runs decides it."""
 
     @classmethod
     def from_obj(
@@ -138,7 +142,7 @@ class VLLMGenerator(LocalGenerator):
             loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
             before = set(multiprocessing.active_children())
             try:
-                self._engine = loop.run_sync(_start_engine(path, kwargs))
+                self._engine = loop.run_sync(_start_engine(path, kwargs, self._usage_context))
             except (OSError, ValueError, RuntimeError) as error:
                 loop.stop()
                 raise ModelNotAvailableError(
@@ -191,6 +195,13 @@ class VLLMGenerator(LocalGenerator):
         if engine is None:
             return self.max_model_len
         return int(engine.model_config.max_model_len)
+
+    async def capacity(self) -> int | None:
+        """The engine scheduler's max_num_seqs; before load, what vLLM's defaults will give it."""
+        engine = self._engine
+        if engine is None:
+            return vllm_sizing.max_num_seqs_for(self, self._usage_context)
+        return int(engine.vllm_config.scheduler_config.max_num_seqs)
 
     async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
         """Tokens of the prompt rendered by the engine (chat template included), loading it
@@ -273,12 +284,17 @@ def _groups(prompts: t.Sequence[requests.Prompt], params: list[GenerateParams]) 
     return groups
 
 
-async def _start_engine(path: str, kwargs: dict[str, t.Any]) -> t.Any:
-    """Build the engine on the loop it will live on (its output task starts there)."""
+async def _start_engine(
+    path: str, kwargs: dict[str, t.Any], context: vllm_sizing.UsageName = vllm_sizing.OFFLINE
+) -> t.Any:
+    """Build the engine on the loop it will live on (its output task starts there), in vLLM's
+    usage `context` (which picks its default max_num_seqs / max_num_batched_tokens)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **kwargs))
+    return AsyncLLM.from_engine_args(
+        AsyncEngineArgs(model=path, **kwargs), usage_context=vllm_sizing.usage_context(context)
+    )
 
 
 def _release_distributed_state() -> None:
