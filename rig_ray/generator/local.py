@@ -26,10 +26,12 @@ class LocalGenerator(Generator):
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _worker: ThreadPoolExecutor | None = PrivateAttr(None)
+    _worker_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
-        """Run `fn(*args)` on this generator's engine thread without blocking the loop."""
-        with self._lock:
+        """Run `fn(*args)` on this generator's engine thread without blocking the loop (not
+        even while another thread holds `_lock` for a load or an unload)."""
+        with self._worker_lock:
             if self._worker is None:
                 name = f"rig_ray-{type(self).__name__}"
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix=name)
