@@ -22,6 +22,7 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
+from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.message import Message
 from rig_ray.redaction import redact
@@ -90,7 +91,7 @@ class GenerateStage:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index not in failures:
                     conversations.append(conversation)
-                    params.append(row_params)
+                    params.append(seeds.for_sample(row_params, row_id, generation_index))
         results, latency = await self._generate(conversations, params)
         return self._output(batch, pending, failures, iter(results), latency)
 

@@ -159,7 +159,11 @@ class EngineLoop:
             else:
                 handoff.put(_END)
 
-        future = self._submit(pump())
+        try:
+            future = self._submit(pump())
+        except GenerationError:
+            handoff.close()
+            raise
         try:
             while True:
                 taken = await handoff.take(lambda: self._gone(future))
@@ -176,6 +180,7 @@ class EngineLoop:
                             raise error
                         return
         finally:
+            handoff.close()
             future.cancel()
 
     def _gone(self, future: concurrent.futures.Future[t.Any]) -> BaseException | None:
@@ -218,7 +223,8 @@ class EngineLoop:
 
 class _Handoff:
     """Items from the engine's thread to a caller's loop: a buffer, and at most one wake-up
-    of the caller in flight (the next one is sent only after the caller took the buffer)."""
+    of the caller in flight (the next one is sent only after the caller took the buffer).
+    A timer wakes the caller every POLL_S as well, to check that items can still come."""
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self._caller = caller
@@ -226,6 +232,16 @@ class _Handoff:
         self._buffer: list[tuple[t.Any, BaseException | None]] = []
         self._woken = False
         self._ready = asyncio.Event()
+        self._ticks = 0
+        self._timer = caller.call_later(POLL_S, self._tick)
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        self._ready.set()
+        self._timer = self._caller.call_later(POLL_S, self._tick)
+
+    def close(self) -> None:
+        self._timer.cancel()
 
     def put(self, item: t.Any, error: BaseException | None = None) -> None:
         with self._lock:
@@ -241,20 +257,21 @@ class _Handoff:
         self, gone: t.Callable[[], BaseException | None]
     ) -> list[tuple[t.Any, BaseException | None]]:
         """Everything handed over since the last take (at least one item); `gone()` is asked
-        every POLL_S while nothing comes, and its error ends the wait."""
+        when a poll period passes with nothing handed over, and its error ends the wait."""
+        ticks = self._ticks
         while True:
             with self._lock:
                 if self._buffer:
                     taken, self._buffer = self._buffer, []
                     self._woken = False
                     return taken
-                self._ready.clear()  # a wake-up for items already taken
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), POLL_S)
-                continue
-            error = gone()
-            if error is not None:
-                raise error
+                self._ready.clear()  # a wake-up for items already taken, or a tick
+            if self._ticks != ticks:
+                ticks = self._ticks
+                error = gone()
+                if error is not None:
+                    raise error
+            await self._ready.wait()
 
 
 def _poll(deadline: float | None) -> float:
