@@ -298,7 +298,8 @@ async def test_fifty_calls_with_an_unload_in_the_middle_all_end(tiny):
     running = [asyncio.create_task(tiny.generate_texts([f"a{i}"], [LONG])) for i in range(25)]
     await wait_until(lambda: tiny._engine.get_num_unfinished_requests() == 25)
     unloading = asyncio.create_task(asyncio.to_thread(tiny.unload))
-    late = [asyncio.create_task(tiny.generate_texts([f"b{i}"], [LONG])) for i in range(25)]
+    short = RUN_ON.merge_with(GenerateParams(max_tokens=8))  # may run on a reloaded engine
+    late = [asyncio.create_task(tiny.generate_texts([f"b{i}"], [short])) for i in range(25)]
     outcomes = await asyncio.wait_for(asyncio.gather(*running, *late, return_exceptions=True), 300)
     await unloading
     for outcome in outcomes:
