@@ -33,9 +33,14 @@ LONG = RUN_ON.merge_with(GenerateParams(max_tokens=1000))
 """A request that runs ~1000 engine steps: it outlasts anything a test does meanwhile."""
 
 
+_MODULE_ENGINES: list[rr.VLLMGenerator] = []
+"""The module's shared engine, once made: a test that needs the machine to itself unloads it."""
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_path: Path) -> rr.VLLMGenerator:
     generator = rr.VLLMGenerator(model=str(tiny_llama_path), **ENGINE)
+    _MODULE_ENGINES.append(generator)
     yield generator.load()
     generator.unload()
 
@@ -333,8 +338,9 @@ async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
     assert isinstance(result, rr.GeneratedText)
 
 
-async def test_smollm2_knows_the_capital_of_france(tiny, smollm2_path):
-    tiny.unload()  # one engine at a time on this machine
+async def test_smollm2_knows_the_capital_of_france(smollm2_path):
+    for shared in _MODULE_ENGINES:
+        shared.unload()  # one engine at a time on this machine
     generator = rr.get_generator(
         "vllm!smollm2-135m,enforce_eager=True,max_model_len=1024,temperature=0,max_tokens=24"
     )
