@@ -134,3 +134,14 @@ async def test_a_keeping_up_consumer_gets_items_as_they_come(engine_loop):
         received.append(item)
         go_on.set()
     assert received == ["0", "1", "2", "3", "4"]
+
+
+def test_merged_stream_chunks_keep_the_text_and_the_last_ones_ending():
+    from rig_ray.generator.base import GeneratedChunk, Usage
+    from rig_ray.generator.vllm_requests import merge_chunks
+
+    last = GeneratedChunk(text="!", stop_reason="length", usage=Usage(output_tokens=3))
+    merged = merge_chunks([GeneratedChunk(text="Hel"), GeneratedChunk(text="lo"), last])
+    assert merged.text == "Hello!"
+    assert merged.stop_reason == "length" and merged.usage == last.usage
+    assert merge_chunks([GeneratedChunk(text="a"), GeneratedChunk(text="b")]).stop_reason is None
