@@ -6,6 +6,7 @@ earlier run left; `run_pipeline` chains `run`s (generate, then judge, ...) as `S
 Nothing here imports Ray until it is called.
 """
 
+from rig_ray.batch.openai_export import export_openai
 from rig_ray.batch.output import OutputFolder, read_output
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, generate
 from rig_ray.batch.pipeline_data import read_pipeline
@@ -27,6 +28,7 @@ __all__ = [
     "Stage",
     "StageSummary",
     "content_id",
+    "export_openai",
     "generate",
     "read_output",
     "read_pipeline",

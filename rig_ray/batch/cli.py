@@ -10,6 +10,8 @@ import typing as t
 
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
+from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
+from rig_ray.errors import GenerationError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
 
@@ -103,6 +105,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the split across several generators")
     parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--rows-per-part",
+        type=int,
+        default=DEFAULT_ROWS_PER_PART,
+        metavar="N",
+        help=f"write a Parquet part every N generations ({DEFAULT_ROWS_PER_PART:,})",
+    )
+    parser.add_argument(
+        "--seconds-per-part",
+        type=float,
+        default=DEFAULT_SECONDS_PER_PART,
+        metavar="S",
+        help=f"and at least every S seconds ({DEFAULT_SECONDS_PER_PART:g}); what a killed run "
+        "made since its last part is made again",
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=("parquet", "openai"),
+        default="parquet",
+        help="openai: an OpenAI batch file in (custom_id, method, url, body), and "
+        "output.jsonl + errors.jsonl written into OUTPUT beside the Parquet parts when the run "
+        "ends (parquet: the parts only)",
+    )
     add_structured_arguments(parser)
     parser.add_argument(
         "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
@@ -138,7 +163,8 @@ class Stopped(BaseException):
 
 def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
     """Run the batch job that `args` describe: 0 when every generation succeeded, 1 when some
-    failed, 130 / 143 when stopped by SIGINT / SIGTERM (what was made is written)."""
+    failed or the job stopped on a `GenerationError`, 130 / 143 when stopped by SIGINT /
+    SIGTERM (what was made is written); wrong input or options raise (exit 2)."""
     import ray
 
     started_ray = not ray.is_initialized()
@@ -152,6 +178,10 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
         if summary.failed:
             print(f"rig-ray batch: {summary.failed:,} generations failed; see the error column")
         return 1 if summary.failed else 0
+    except GenerationError as error:  # the job ran and stopped: what it made is written
+        _on_signals(signal.SIG_IGN)
+        print(f"rig-ray: error: {redact(' '.join(str(error).split()))}", file=sys.stderr)
+        return 1
     except (Stopped, KeyboardInterrupt) as stop:
         _on_signals(signal.SIG_IGN)  # a second signal must not cut the shutdown short
         code = stop.code if isinstance(stop, Stopped) else 128 + signal.SIGINT
@@ -194,6 +224,9 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         batch_timeout_s=args.batch_timeout_s,
         id_column=args.id_column,
         seed=args.seed,
+        rows_per_part=args.rows_per_part,
+        seconds_per_part=args.seconds_per_part,
+        output_format=args.output_format,
         **structured_options(args),
     )
 

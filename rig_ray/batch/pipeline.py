@@ -37,6 +37,7 @@ def generate(
     system: str | None = None,
     messages_column: str | None = None,
     params_column: str | None = None,
+    text_column: str | None = None,
     num_generations: int = 1,
     params: GenerateParams | None = None,
     replicas: int = 1,
@@ -58,7 +59,8 @@ def generate(
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
-    (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
+    (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
+    gets a text completion of it instead (no chat template). Each generator runs in a pool of
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
     group on one node, and a value that disagrees with the engine is a PlacementError), and
@@ -73,8 +75,8 @@ def generate(
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
     stops the job. An actor whose process dies is restarted up to `max_restarts` times, its
-    batch retried. Rows without an id get the hash of their conversation (`run` also tells
-    repeated conversations apart, and skips what an earlier run made).
+    batch retried. Rows without an id get the hash of their conversation and own params
+    (`run` also tells identical rows apart, and skips what an earlier run made).
 
     Structured outputs: with `parse_as` (a `rig_ray.Model` subclass) every reply is parsed
     and the rows that do not parse are asked again (`max_parse_retries` rounds, one engine
@@ -104,6 +106,7 @@ def generate(
         messages_column=messages_column,
         id_column=id_column,
         params_column=params_column,
+        text_column=text_column,
     ).resolve(columns)
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy

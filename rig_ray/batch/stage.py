@@ -26,7 +26,8 @@ from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import EngineDeadError
-from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
 from rig_ray.message import Message
 from rig_ray.redaction import error_text, redact, scrubbed_error
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_UNLOAD_S = 60.0
 """How long an actor whose engine died waits for the unload before it exits all the same."""
+
+
+_R = t.TypeVar("_R")
 
 
 class StageConfig(BaseModel):
@@ -81,6 +85,9 @@ class GenerateStage:
             self._generator.load()
         except Exception as error:  # the driver shows this error: it must not quote a key
             raise scrubbed_error(error, self._generator) from None
+        self._one_batch_at_a_time = isinstance(self._generator, LocalGenerator) and not (
+            self._generator.batches_continuously
+        )
 
     def __del__(self) -> None:
         """The engine goes with the actor: Ray Data drops the stage when it ends its actors
@@ -95,25 +102,33 @@ class GenerateStage:
         config = self._config
         rows = batch.to_pylist()
         pending: list[_Pending] = []
-        conversations: list[list[Message]] = []
-        params: list[GenerateParams] = []
+        chats = _Items[list[Message]]()
+        texts = _Items[str]()
         failures: dict[int, str] = {}  # row -> why its prompt could not be made
         for index, row in enumerate(rows):
             row_id, todo = self._todo(row)
             if not todo:
                 continue
+            text: str | None = None
             try:
-                conversation = config.prompts.conversation(row)
+                text = config.prompts.text_prompt(row)
+                conversation = [] if text is not None else config.prompts.conversation(row)
                 row_params = config.prompts.row_params(row, config.params)
             except Exception as error:  # a row that cannot be read fails alone
                 failures[index] = _error_text(error, self._generator)
             for generation_index in todo:
                 pending.append(_Pending(index, row_id, generation_index))
-                if index not in failures:
-                    conversations.append(conversation)
-                    params.append(row_params)
-        results, latency = await self._generate(conversations, params)
-        return self._output(batch, pending, failures, iter(results), latency)
+                if index in failures:
+                    continue
+                if text is not None:
+                    texts.add(len(pending) - 1, text, row_params)
+                else:
+                    chats.add(len(pending) - 1, conversation, row_params)
+        chat_results, latency = await self._generate(chats.items, chats.params)
+        text_results, text_latency = await self._generate_texts(texts.items, texts.params)
+        by_pending = {**chats.placed(chat_results), **texts.placed(text_results)}
+        results = (by_pending[number] for number in sorted(by_pending))
+        return self._output(batch, pending, failures, results, latency + text_latency)
 
     def _todo(self, row: dict[str, t.Any]) -> tuple[str, list[int]]:
         """The row's id, and the generation indices of it that this stage's generator makes:
@@ -133,18 +148,45 @@ class GenerateStage:
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
-        started = time.perf_counter()
         generate = self._structured.generate if self._structured else generate_messages
-        call = generate(self._generator, conversations, params)
+        return await self._timed(
+            lambda: generate(self._generator, conversations, params), len(conversations)
+        )
+
+    async def _generate_texts(
+        self, texts: list[str], params: list[GenerateParams]
+    ) -> tuple[t.Sequence[GeneratedText | BaseException], float]:
+        if not texts:
+            return [], 0.0
+        return await self._timed(lambda: self._generator.generate_texts(texts, params), len(texts))
+
+    async def _timed(
+        self, make: t.Callable[[], t.Awaitable[t.Sequence[_R]]], count: int
+    ) -> tuple[t.Sequence[_R | BaseException], float]:
+        """Run the engine call `make()` under `batch_timeout_s`: on an engine that runs one
+        call at a time, the clock starts when the engine takes the call, not while it waits."""
+        started = time.perf_counter()
+        running = asyncio.Event()
+        token = BATCH_STARTED.set(running.set)
+        try:  # the task copies the context, and with it the callback, now
+            call = asyncio.ensure_future(make())
+        finally:
+            BATCH_STARTED.reset(token)
+        timeout = self._config.batch_timeout_s
+        results: t.Sequence[_R | BaseException]
         try:
-            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
-        except TimeoutError:
-            timeout = TimeoutError(
+            if timeout is not None and self._one_batch_at_a_time:
+                waiting = asyncio.ensure_future(running.wait())
+                await asyncio.wait({call, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+            results = await asyncio.wait_for(call, timeout)
+        except TimeoutError:  # the call was cancelled: the engine thread stops on it
+            timeout_error = TimeoutError(
                 f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
             )
-            results = [timeout] * len(conversations)
+            results = [timeout_error] * count
         except Exception as error:  # the whole call failed: every item gets the error
-            results = [error] * len(conversations)
+            results = [error] * count
         if dead := next((r for r in results if _engine_died(r)), None):
             self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started
@@ -168,25 +210,26 @@ class GenerateStage:
         batch: pa.Table,
         pending: list[_Pending],
         failures: dict[int, str],
-        results: t.Iterator[GeneratedMessage | BaseException],
+        results: t.Iterator[GeneratedMessage | GeneratedText | BaseException],
         latency: float,
     ) -> pa.Table:
         columns: dict[str, list[t.Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
-        row_results: list[GeneratedMessage | BaseException | None] = []
+        row_results: list[GeneratedMessage | GeneratedText | BaseException | None] = []
         for item in pending:
-            result: GeneratedMessage | BaseException | None = (
+            result: GeneratedMessage | GeneratedText | BaseException | None = (
                 None if item.row in failures else next(results)
             )
             row_results.append(result)
-            ok = isinstance(result, GeneratedMessage)
-            usage = result.usage if isinstance(result, GeneratedMessage) else None
+            done = result if isinstance(result, GeneratedMessage | GeneratedText) else None
+            ok = done is not None
+            usage = done.usage if done else None
             values = {
                 "id": item.row_id,
                 "generation_index": item.generation_index,
                 "generator": self._name,
                 "model": self._generator.model,
-                "text": result.message.content if isinstance(result, GeneratedMessage) else None,
-                "stop_reason": result.stop_reason if isinstance(result, GeneratedMessage) else None,
+                "text": done.text if done else None,
+                "stop_reason": done.stop_reason if done else None,
                 "input_tokens": usage.input_tokens if usage else None,
                 "output_tokens": usage.output_tokens if usage else None,
                 "latency_s": latency if result is not None else None,
@@ -194,7 +237,7 @@ class GenerateStage:
                 if ok
                 else failures.get(item.row)
                 or _error_text(t.cast(BaseException, result), self._generator),
-                "metadata": _metadata(result) if isinstance(result, GeneratedMessage) else None,
+                "metadata": _metadata(done) if done else None,
             }
             for name, value in values.items():
                 columns[name].append(value)
@@ -208,12 +251,32 @@ class GenerateStage:
         return generated
 
 
+_Item = t.TypeVar("_Item")
+
+
+class _Items(t.Generic[_Item]):
+    """One engine call's items, each with its params and its place among the pending."""
+
+    def __init__(self) -> None:
+        self.places: list[int] = []
+        self.items: list[_Item] = []
+        self.params: list[GenerateParams] = []
+
+    def add(self, place: int, item: _Item, params: GenerateParams) -> None:
+        self.places.append(place)
+        self.items.append(item)
+        self.params.append(params)
+
+    def placed(self, results: t.Sequence[t.Any]) -> dict[int, t.Any]:
+        return dict(zip(self.places, results, strict=True))
+
+
 def _engine_died(result: object) -> bool:
     """Whether a result is the error of an engine whose process died (ours, or vLLM's own)."""
     return isinstance(result, EngineDeadError) or type(result).__name__ == "EngineDeadError"
 
 
-def _metadata(result: GeneratedMessage) -> str | None:
+def _metadata(result: GeneratedMessage | GeneratedText) -> str | None:
     return json.dumps(result.extra, default=str, sort_keys=True) if result.extra else None
 
 

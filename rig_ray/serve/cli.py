@@ -175,6 +175,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--batch-storage",
+        metavar="URI",
+        help="folder or pyarrow filesystem URI (s3://, gs://, ...) for /v1/files and "
+        "/v1/batches; replicas and restarts that share it share the files and batches "
+        "(default: a folder under $RIG_RAY_CACHE)",
+    )
+    parser.add_argument(
+        "--batch-max-in-flight",
+        type=int,
+        default=4,
+        metavar="K",
+        help="batch requests in the model deployments at once, all batches together; online "
+        "requests wait behind at most these (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         help=f"serve without an API key on an address other than loopback (without "
@@ -201,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=_api_key(args),
             limits=limits,
             request_timeout_s=args.request_timeout_s,
+            batch_storage=args.batch_storage,
+            batch_max_in_flight=args.batch_max_in_flight,
         )
         if args.address == "local":
             _check_port(args.host, args.port)
