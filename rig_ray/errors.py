@@ -239,3 +239,14 @@ class ServeRequestError(RigRayError):
         self.param = param
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class FolderLockLostError(RigRayError):
+    """A batch run no longer holds its output folder's lock (another run took it over, or
+    its heartbeat could not be written): it stops before writing another part."""
+
+    def __init__(self, message: str, *, location: str | None = None):
+        from rig_ray.redaction import redact
+
+        self.location = redact(location) if isinstance(location, str) else location
+        super().__init__(redact(message))
