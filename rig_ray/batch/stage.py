@@ -26,6 +26,7 @@ from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import EngineDeadError
+from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
 from rig_ray.generator.vllm_sizing import in_flight
@@ -125,10 +126,11 @@ class GenerateStage:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index in failures:
                     continue
+                sample_params = seeds.for_sample(row_params, row_id, generation_index)
                 if text is not None:
-                    texts.add(len(pending) - 1, text, row_params)
+                    texts.add(len(pending) - 1, text, sample_params)
                 else:
-                    chats.add(len(pending) - 1, conversation, row_params)
+                    chats.add(len(pending) - 1, conversation, sample_params)
         chat_results, latency = await self._generate(chats.items, chats.params)
         text_results, text_latency = await self._generate_texts(texts.items, texts.params)
         by_pending = {**chats.placed(chat_results), **texts.placed(text_results)}
