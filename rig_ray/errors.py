@@ -83,7 +83,13 @@ class GenerationError(RigRayError):
 
 
 class EngineDeadError(GenerationError):
-    """The engine's process died; the engine must be built again before it can generate."""
+    """The local engine behind a generator died (its process exited or failed), so no request
+    can succeed on it until it is started again.
+
+    An owned engine is started again by the generator's next call, off the caller's loop; a
+    wrapped one (`from_obj`) never is. A Ray Data actor that meets this error should exit, so
+    Ray restarts it and retries its batch.
+    """
 
 
 class ModelNotAvailableError(RigRayError):

@@ -291,6 +291,11 @@ class Generator(BaseModel, rounds.SyncGenerate):
         """The most tokens prompt + completion may hold, or None where unknown (remote APIs)."""
         return None
 
+    async def capacity(self) -> int | None:
+        """Requests the engine runs at once (vLLM's max_num_seqs), or None where it has no such
+        limit or it is unknown; callers keep about this many in flight to fill the engine."""
+        return None
+
     async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
         """Tokens of a prompt as the engine would see it (a conversation rendered with the chat
         template and the generation prompt, or a text), or None where it cannot be counted."""

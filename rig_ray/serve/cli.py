@@ -142,7 +142,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=_default("max_ongoing_requests"),
         metavar="N",
-        help="requests a replica takes at once (default: %(default)s)",
+        help="requests a replica takes at once (default: 64, or about 1.1 x max_num_seqs for vLLM)",
     )
     parser.add_argument(
         "--max-queued-requests",

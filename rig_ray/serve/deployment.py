@@ -92,6 +92,17 @@ def _overrides(generator: Generator, name: str) -> bool:
     return getattr(type(generator), name) is not getattr(Generator, name)
 
 
+def _for_serving(generator: Generator) -> Generator:
+    """The generator, told that it serves online traffic: a vLLM engine then starts in vLLM's
+    server context and gets `vllm serve`'s scheduler sizes."""
+    from rig_ray.generator import vllm_sizing
+    from rig_ray.generator.vllm_ import VLLMGenerator
+
+    if isinstance(generator, VLLMGenerator):
+        generator._usage_context = vllm_sizing.SERVER
+    return generator
+
+
 @serve.deployment(max_constructor_retry_count=3)
 class GeneratorDeployment:
     """One generator, built and loaded in each replica from its config payload."""
@@ -105,7 +116,7 @@ class GeneratorDeployment:
         generator, providers = cloudpickle.loads(payload)
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
-        self._generator: Generator = generator
+        self._generator: Generator = _for_serving(generator)
         # Every record of Serve's logger in this replica (Serve's own too) is scrubbed with the
         # generator's secrets, its traceback included.
         for old in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
@@ -162,6 +173,10 @@ class GeneratorDeployment:
             raise RuntimeError(f"the engine of model {self._name!r} is not loaded")
         if self._health is not None:
             self._health.check()
+
+    async def capacity(self) -> int | None:
+        """Requests this replica's engine runs at once (vLLM's max_num_seqs), or None."""
+        return await self._generator.capacity()
 
     def stats(self) -> dict[str, t.Any]:
         """Sizes of the generate calls this replica made: batches, items, largest, recent."""
