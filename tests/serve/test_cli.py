@@ -128,7 +128,7 @@ def test_a_key_or_no_auth_or_loopback_starts(
     else:
         monkeypatch.setenv("RIG_RAY_API_KEY", env)
     started = []
-    monkeypatch.setattr(cli, "_start", lambda app, args: started.append(app) or 1 / 0)
+    monkeypatch.setattr(cli, "_start", lambda app, *rest: started.append(app) or 1 / 0)
     monkeypatch.setattr(cli, "_stop", lambda owns: None)
     assert cli.run(parse(["-g", REMOTE, "--port", str(free_port()), *argv])) == 1
     assert started
