@@ -47,6 +47,12 @@ examples:
 """
 
 
+READY_POLL_S = 0.5
+"""Seconds between two looks at /health while the models load."""
+STOP_WAIT_S = 5.0
+"""Longest wait, on SIGTERM, for the running requests to be told the server is stopping."""
+
+
 class _Stop(BaseException):
     """Raised in the main thread by SIGTERM / SIGINT."""
 
@@ -208,24 +214,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     owns_cluster = args.address == "local"
-    status = 0
+    status, deployed = 0, True
     try:
-        _start(app, args)
+        host, port = _start(app, args)
+        url = f"http://{_client_host(host)}:{port}"
+        _wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"rig-ray: serving {names} at http://{host}:{args.port}/v1", flush=True)
+        print(f"rig-ray: serving {names} at {url}/v1", flush=True)
         print("rig-ray: SIGTERM or Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     except _Stop:
         print("rig-ray: stopping", flush=True)
+    except ServeConfigError as error:  # joined a Serve whose address needs a key
+        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
         print(f"rig-ray: error: {_deploy_failure() or _one_line(error)}", file=sys.stderr)
         status = 1
     finally:
         for sig in previous:  # a second signal must not cut the shutdown short
             signal.signal(sig, signal.SIG_IGN)
-        _stop(owns_cluster)
+        _stop(owns_cluster, deployed)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
@@ -274,8 +284,10 @@ def _check_port(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def _start(app: t.Any, args: argparse.Namespace) -> None:
-    """Start (or join) Ray, start Serve on the host and port, and run the app."""
+def _start(app: t.Any, args: argparse.Namespace) -> tuple[str, int]:
+    """Start (or join) Ray and Serve, run the app, and return the host and port Serve really
+    listens on. A Serve that already runs keeps its own, so auth is checked again against
+    them before the app runs."""
     import ray
     from ray import serve
 
@@ -283,7 +295,47 @@ def _start(app: t.Any, args: argparse.Namespace) -> None:
         ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
     serve.start(http_options={"host": args.host, "port": args.port})
+    host, port = _listening()
+    if (host, port) != (args.host, args.port):
+        print(
+            f"rig-ray: Serve already runs on this cluster, on {host}:{port}; "
+            "--host and --port do not apply",
+            file=sys.stderr,
+            flush=True,
+        )
+        _api_key(argparse.Namespace(**{**vars(args), "host": host}))
     serve.run(app, name=APP_NAME, route_prefix="/")
+    return host, port
+
+
+def _listening() -> tuple[str, int]:
+    """The host and port of the running Serve's HTTP proxies (from its controller)."""
+    from ray.serve.context import _get_global_client
+
+    options = t.cast(t.Any, _get_global_client()).http_config
+    return str(options.host), int(options.port)
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _wait_until_ready(url: str) -> None:
+    """Wait until GET /health answers 200: every model has loaded."""
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):  # 503 while loading, or not listening yet
+            pass
+        time.sleep(READY_POLL_S)
 
 
 def _deploy_failure() -> str | None:
@@ -302,21 +354,36 @@ def _deploy_failure() -> str | None:
     return None
 
 
-def _stop(owns_cluster: bool) -> None:
-    """Take the app down: all of Serve and Ray when this process started them, else only the
-    app (other apps on a shared cluster keep running)."""
+def _stop(owns_cluster: bool, deployed: bool = True) -> None:
+    """Take the app down: first the requests still running are answered that the server is
+    stopping, then all of Serve and Ray go when this process started them, else only the app
+    (other apps on a shared cluster keep running)."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
     try:
+        if deployed:
+            _stop_requests()
         if owns_cluster:
             serve.shutdown()
-        else:
+        elif deployed:
             serve.delete(APP_NAME)
     finally:
         ray.shutdown()
+
+
+def _stop_requests() -> None:
+    """Have the ingress answer its running requests 503 `server_shutting_down`, so Serve's
+    shutdown does not wait for them (nor cut them off without a reply)."""
+    from ray import serve
+
+    try:
+        handle = serve.get_app_handle(APP_NAME)
+        handle.stop_requests.remote(STOP_WAIT_S).result(timeout_s=STOP_WAIT_S + 10)
+    except Exception as error:  # the app is gone already: nothing left to answer
+        print(f"rig-ray: could not stop the running requests: {type(error).__name__}", flush=True)
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
