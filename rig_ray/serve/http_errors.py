@@ -83,8 +83,7 @@ def parse_json(raw: bytes) -> dict[str, t.Any]:
         ) from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    if _depth_past(body, MAX_JSON_DEPTH):
-        raise _too_deep()
+    _check_tree(body)
     return body
 
 
@@ -95,17 +94,31 @@ def _too_deep() -> ServeRequestError:
     )
 
 
-def _depth_past(value: t.Any, limit: int) -> bool:
-    """Whether `value` nests lists and dicts more than `limit` deep (walked without recursion)."""
+def _check_tree(value: t.Any) -> None:
+    """400 for a body nested more than MAX_JSON_DEPTH deep, or with a string that holds a lone
+    surrogate (a `\ud800` escape: valid JSON, but no UTF-8 reply could echo it back). Walked
+    without recursion."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in children)
-    return False
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(
+                    "The JSON body of your request holds a lone UTF-16 surrogate "
+                    "(an unpaired \\ud800-\\udfff escape), which is not valid Unicode.",
+                    code="invalid_json",
+                ) from None
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            children = list(item.items()) if isinstance(item, dict) else item
+            for child in children:
+                if isinstance(child, tuple):  # a key and its value
+                    stack.extend((part, depth + 1) for part in child)
+                else:
+                    stack.append((child, depth + 1))
 
 
 def _param(loc: t.Sequence[int | str]) -> str | None:
