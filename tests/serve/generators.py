@@ -128,3 +128,18 @@ class GatedGenerator(Generator):
     ) -> list[GeneratedMessage | BaseException]:
         reply = Message(role="assistant", content="ready")
         return [GeneratedMessage(message=reply, stop_reason="stop") for _ in messages]
+
+
+class BlockingGenerator(Generator):
+    """Every call writes a file into `started_dir` (named after the last message) and then
+    waits until it is cancelled: a request that runs for as long as the test wants."""
+
+    started_dir: str = ""
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        for conversation in messages:
+            (Path(self.started_dir) / conversation[-1].content).write_text("started")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
