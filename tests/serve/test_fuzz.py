@@ -20,7 +20,7 @@ from tests.serve.support import KEY, Endpoint
 
 PREFIX = "/fuzz"
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
-EXAMPLES, SLOW_EXAMPLES = 150, 3000
+EXAMPLES, SLOW_EXAMPLES = 150, 1000
 
 FIELDS = [
     "model", "messages", "prompt", "temperature", "top_p", "top_k", "max_tokens",
