@@ -87,7 +87,7 @@ def test_a_64_mib_body_through_the_openai_client_gets_the_413_once(fakes: Endpoi
         )
     assert refused.value.status_code == 413
     assert refused.value.body["code"] == "request_too_large"  # type: ignore[index]
-    assert len(sent) == 1  # a 413 is not retried; a reset was, upload and all
+    assert len(sent) == 1  # a 413 is not retried (a reset would be, upload and all)
     assert_still_answers(fakes)
 
 
