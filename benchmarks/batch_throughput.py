@@ -101,7 +101,8 @@ def identifier(engine: str, args: argparse.Namespace) -> str:
     if engine == "vllm":
         settings = ",".join(f"{key}={value}" for key, value in vllm_engine(args).items())
         return f"vllm!smollm2-135m,{settings}"
-    return f"transformers!smollm2-135m,device=cpu,dtype={args.dtype}"
+    device = "cuda" if getattr(args, "gpus", 0) else "cpu"
+    return f"transformers!smollm2-135m,device={device},dtype={args.dtype}"
 
 
 def take_turns(runs: list[t.Callable[[], int]], repeats: int) -> list[tuple[float, int]]:
@@ -258,6 +259,7 @@ def side_batch_run(args: argparse.Namespace) -> Result:
             params_column="params",
             replicas=1,
             num_cpus=args.num_cpus,
+            num_gpus=args.gpus or None,
             batch_size=args.batch_size,
             progress=False,
         )
@@ -288,7 +290,7 @@ def side_ray_data_llm(args: argparse.Namespace) -> Result:
         config = vLLMEngineProcessorConfig(
             model_source=str(embedded_model_path()),
             engine_kwargs=vllm_engine(args),
-            placement_group_config={"bundles": [{"CPU": 1}]},
+            placement_group_config={"bundles": [{"CPU": 1, **({"GPU": 1} if args.gpus else {})}]},
             batch_size=args.batch_size,
             concurrency=1,
             chat_template_stage=light,
@@ -330,7 +332,13 @@ def ray_side(args: argparse.Namespace, once: t.Callable[[str, str], Job]) -> Res
     from ray.data import DataContext
 
     # address="local": a cluster of our own, never one another program started here
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=args.gpus,
+        include_dashboard=False,
+        logging_level="warning",
+    )
     DataContext.get_current().enable_progress_bars = False
     best: Result = {"seconds": float("inf")}
     try:
@@ -388,7 +396,7 @@ def run_side(args: argparse.Namespace, engine: str, side: str) -> Result:
     with tempfile.TemporaryDirectory() as folder:
         result, log = Path(folder, "result.json"), Path(folder, "side.log")
         passed = ("prompts", "max_tokens", "batch_size", "num_cpus", "repeats", "timeout")
-        passed += ("workload", "dtype")
+        passed += ("workload", "dtype", "gpus")
         command = [sys.executable, __file__, "--side", side, "--engine", engine]
         command += ["--result", str(result)]
         for name in passed:
@@ -490,6 +498,12 @@ def main() -> None:
         "--batch-size", type=int, default=64, help="rows per engine call in (c), (d)"
     )
     parser.add_argument("--num-cpus", type=float, default=1, help="CPUs of the (c) actor")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        help="on a GPU machine: 1 gives Ray one GPU and the (c) actor and (d) engine one each",
+    )
     parser.add_argument(
         "--engine-threads",
         type=int,

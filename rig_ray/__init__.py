@@ -1,8 +1,12 @@
 """rig_ray: LLM generators named by identifier strings, run in scripts, on Ray and in batch.
 
 Importing this package loads no torch, transformers, vLLM or litellm; each backend imports its
-engine when a generator of it is first loaded.
+engine when a generator of it is first loaded. The subpackages `batch` and `serve` are
+attributes that import on first use (`rr.batch.run(...)`, `rr.serve.build_app(...)`).
 """
+
+import importlib
+import typing as t
 
 from rig_ray.chat import DEFAULT_MAX_DEPTH, Chat, ChatPipeline
 from rig_ray.cluster import GeneratorActor, LLMPool, RemoteGenerator, remote
@@ -17,6 +21,7 @@ from rig_ray.errors import (
     ModelNotAvailableError,
     ParseError,
     ParseRetriesExhaustedError,
+    PipelineError,
     PoolMemberError,
     RigRayError,
     TemplateError,
@@ -44,6 +49,26 @@ from rig_ray.model import Model
 from rig_ray.pipeline import FailMode
 
 __version__ = "0.1.0"
+
+_LAZY_SUBPACKAGES = ("batch", "serve")
+
+if t.TYPE_CHECKING:
+    from rig_ray import batch as batch
+    from rig_ray import serve as serve
+
+
+def __getattr__(name: str) -> t.Any:
+    """`rig_ray.batch` and `rig_ray.serve`, imported when first asked for (PEP 562)."""
+    if name in _LAZY_SUBPACKAGES:
+        module = importlib.import_module(f"rig_ray.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'rig_ray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBPACKAGES})
+
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -73,6 +98,7 @@ __all__ = [
     "ParseError",
     "ParseRetriesExhaustedError",
     "ParsedMessagePart",
+    "PipelineError",
     "PoolMemberError",
     "RemoteGenerator",
     "RigRayError",

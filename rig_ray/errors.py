@@ -103,6 +103,10 @@ class ContextLengthError(RigRayError, ValueError):
         super().__init__(message)
 
 
+class EngineDeadError(GenerationError):
+    """The engine's process died; the engine must be built again before it can generate."""
+
+
 class ModelNotAvailableError(RigRayError):
     """A model could not be found or prepared locally (nothing is ever downloaded)."""
 
@@ -176,6 +180,16 @@ class PoolMemberError(RigRayError):
         super().__init__(f"generator {self.identifier!r} failed: {self.cause}")
 
 
+class PlacementError(RigRayError, ValueError):
+    """A generator's actor cannot be placed as asked: an explicit `num_gpus` that disagrees
+    with the GPUs its engine uses (`need`: tensor x pipeline x data parallel size)."""
+
+    def __init__(self, message: str, *, need: int | None = None, num_gpus: float | None = None):
+        self.need = need
+        self.num_gpus = num_gpus
+        super().__init__(message)
+
+
 class BatchInputError(RigRayError, ValueError):
     """A batch job's input or options are wrong: a path that matches nothing, a format that
     cannot be read, or a column the prompts need that the data does not have.
@@ -189,6 +203,23 @@ class BatchInputError(RigRayError, ValueError):
         self.source = redact(source) if isinstance(source, str) else source
         self.column = column
         super().__init__(redact(message))
+
+
+class PipelineError(BatchInputError):
+    """A pipeline's stages or config are wrong, or a stage was refused (its settings changed
+    since the run that made its folder); `stage` names the stage, `key` a config key at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        key: str | None = None,
+        source: str | None = None,
+    ):
+        self.stage = stage
+        self.key = key
+        super().__init__(message, source=source)
 
 
 class ServeConfigError(RigRayError, ValueError):

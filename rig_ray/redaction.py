@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import re
+import traceback
 import typing as t
 
 MASK = "***"
@@ -40,13 +41,25 @@ _SECRET_WORDS = frozenset(
 )
 _KEY_OWNERS = frozenset({"api", "access", "private", "secret", "auth", "subscription", "account"})
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*:)[^\s@/'\"]+@")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}")
+# The password of a URL's userinfo, up to the last '@' before the host: `user:p@ss@host`.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:'\"]*:)(?P<value>[^\s/?#'\"]*)@"
+    r"(?=[^\s@/?#'\"]*(?:[/?#\s'\",]|$))"
+)
+# A query parameter: `?key=...`, `&sig=...` (in a URL or a bare path such as `m:gen?key=`).
+_QUERY = re.compile(
+    r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.\-\[\]%]+)=(?P<value>[^&#\s'\"<>,;)\]}]+)"
+)
+# Names that hold a credential in a query string besides those `is_secret_key` knows.
+_QUERY_SECRET_WORDS = frozenset({"key", "keys", "code", "sig", "hmac", "jwt", "session"})
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=\-]{4,})")
 # key=value, key: value, "key": "value", 'key': 'value' (a JSON or dict repr, a header line)
 _PAIR = re.compile(
     r"""(?P<key>["']?(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)["']?)(?P<sep>\s*[:=]\s*)"""
     r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;}\])'"]+)"""
 )
+# What follows an unquoted authorization value's first word: the credential after its scheme.
+_SCHEME_CREDENTIAL = re.compile(r"[ \t]+[^\s,;}\])'\"]+")
 _BASE64_VALUE = re.compile(r"base64:(?P<data>[A-Za-z0-9_\-]+)")
 
 
@@ -84,20 +97,55 @@ def redact(value: t.Any) -> t.Any:
 
 
 def scrub(text: str, *sources: t.Any) -> str:
-    """`text` redacted, with any secret value found in `sources` (identifiers, dicts) masked
-    wherever it appears: an error that quotes a bad value repeats no key."""
+    """`text` redacted, with any secret value found in `sources` (identifiers, dicts, and
+    pydantic models such as a generator, whose `api_key`, URLs, `extra` and `engine_args`
+    count) masked wherever it appears: an error that quotes a bad value repeats no key."""
     for secret in sorted(_secrets_in(sources), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return redact(text)
 
 
+def error_text(error: BaseException, *sources: t.Any, with_traceback: bool = False) -> str:
+    """`Type: message` of `error` (and its traceback, chained causes included, when asked),
+    scrubbed with `sources`: what a log or a console may show of it."""
+    if with_traceback:
+        text = "".join(traceback.format_exception(error)).rstrip()
+    else:
+        message = " ".join(str(error).split())
+        text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return scrub(text, *sources)
+
+
+def scrubbed_error(error: BaseException, *sources: t.Any) -> BaseException:
+    """`error` itself when its text holds no secret of `sources`, else an error of the same
+    type (a `RuntimeError` when that type cannot be made from a message) with the scrubbed
+    text and no cause: raise it `from None`, so no traceback repeats the original."""
+    text = str(error)
+    cleaned = scrub(text, *sources)
+    if cleaned == text:
+        return error
+    try:
+        replacement = type(error)(cleaned)
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {cleaned}")
+    return replacement if str(replacement) == cleaned else RuntimeError(cleaned)
+
+
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts each record's message (with its arguments filled in)."""
+    """A logging filter that redacts each record's message (with its arguments filled in) and
+    its traceback, scrubbed with `sources` too (see `scrub`)."""
+
+    def __init__(self, *sources: t.Any) -> None:
+        super().__init__()
+        self.sources = sources
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
+        if record.exc_info and record.exc_info[1] is not None:
+            message += "\n" + error_text(record.exc_info[1], with_traceback=True)
+            record.exc_info = record.exc_text = None
+        cleaned = scrub(message, *self.sources)
+        if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True
 
@@ -121,17 +169,56 @@ def _masks(key: t.Any, item: t.Any) -> bool:
 
 def _redact_text(text: str) -> str:
     text = _BASE64_VALUE.sub(_redact_base64, text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
-    return _PAIR.sub(_redact_pair, text)
+    out, end = [], 0
+    for start, stop in _merged(_secret_spans(text)):
+        out += [text[end:start], MASK]
+        end = stop
+    return "".join([*out, text[end:]])
 
 
-def _redact_pair(match: re.Match[str]) -> str:
-    if not is_secret_key(match.group("name")) or match.group("value").strip("\"'") == MASK:
-        return match.group(0)
-    value = match.group("value")
-    quote = value[0] if value[:1] in ("'", '"') else ""
-    return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where the secrets of `text` are: URL passwords, credential query parameters, bearer
+    and basic credentials, and the values of credential-named pairs (an authorization's
+    value with the credential after its scheme)."""
+    spans = [m.span("value") for m in _URL_PASSWORD.finditer(text) if m.group("value")]
+    spans += [m.span("value") for m in _QUERY.finditer(text) if _is_query_secret(m["name"])]
+    spans += [m.span("value") for m in _BEARER.finditer(text)]
+    position = 0
+    while match := _PAIR.search(text, position):
+        # A pair's value is searched too: a quoted message may hold `api_key=...` itself.
+        position = match.start("value")
+        if not is_secret_key(match.group("name")) or match.group("value").strip("\"'") == MASK:
+            continue
+        start, stop = match.span("value")
+        if text[start] in "'\"":
+            start, stop = start + 1, stop - 1
+        elif _is_authorization(match.group("name")) and (
+            after := _SCHEME_CREDENTIAL.match(text, stop)
+        ):
+            stop = after.end()
+        if text[start:stop] not in ("", MASK):
+            spans.append((start, stop))
+        position = stop
+    return spans
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _is_query_secret(name: str) -> bool:
+    words = re.split(r"[_\-.\[\]]+|%5[Ff]", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    return is_secret_key(name) or any(word in _QUERY_SECRET_WORDS for word in words)
+
+
+def _is_authorization(name: str) -> bool:
+    return any(word in ("authorization", "auth") for word in re.split(r"[_\-.]+", name.lower()))
 
 
 def _redact_base64(match: re.Match[str]) -> str:
@@ -157,11 +244,7 @@ def _secrets_in(sources: t.Iterable[t.Any]) -> set[str]:
     found: set[str] = set()
     for source in sources:
         if isinstance(source, str):
-            for match in _URL_PASSWORD.finditer(source):
-                found.add(match.group(0)[len(match.group("head")) : -1])
-            for match in _PAIR.finditer(source):
-                if is_secret_key(match.group("name")):
-                    found.add(match.group("value").strip("\"'"))
+            found |= {source[start:stop] for start, stop in _secret_spans(source)}
             for match in _BASE64_VALUE.finditer(source):
                 decoded = _decode_base64(match.group("data"))
                 if decoded is not None:
@@ -170,7 +253,17 @@ def _secrets_in(sources: t.Iterable[t.Any]) -> set[str]:
             for key, item in source.items():
                 if _masks(key, item):
                     found.add(str(item))
+                    found.add((str(item).split() or [""])[-1])  # the credential after a scheme
                 found |= _secrets_in([item])
         elif isinstance(source, list | tuple):
             found |= _secrets_in(source)
+        elif callable(getattr(source, "model_dump", None)):  # a generator, its params
+            found |= _secrets_in([_dumped(source)])
     return {secret for secret in found if len(secret) >= 3 and secret != MASK}
+
+
+def _dumped(model: t.Any) -> t.Any:
+    try:
+        return model.model_dump(mode="json")
+    except Exception:  # a field JSON cannot hold: the plain dump still has the strings
+        return model.model_dump()

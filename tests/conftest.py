@@ -72,7 +72,8 @@ def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path
 
 @pytest.fixture
 def fake_providers() -> t.Iterator[None]:
-    """Register the fakes as providers (fixed!, echo!, failing!) for one test, then restore."""
+    """Register the fakes as providers (fixed!, echo!, failing!, leaky!) for one test, then
+    restore."""
     saved = dict(registry._providers)
     for name, generator_cls in FAKE_PROVIDERS.items():
         registry.register_generator(name, generator_cls)

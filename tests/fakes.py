@@ -8,6 +8,8 @@ that want identifiers register them (see `FAKE_PROVIDERS`) and clean up after.
 
 from __future__ import annotations
 
+import logging
+import sys
 import typing as t
 
 from pydantic import Field, PrivateAttr
@@ -128,9 +130,42 @@ class FailingGenerator(_FakeGenerator):
         return text
 
 
+class LeakyGenerator(_FakeGenerator):
+    """Echoes, but fails items containing `fail_on` with an error that quotes every secret it
+    holds (as careless providers do: the key, the api_base URL, the extra headers), and says
+    the same on its stdout, its stderr and a log record of its own, once per call."""
+
+    fail_on: str = "FAIL"
+    chatty: bool = True
+    """Whether each call also prints and logs the confession."""
+
+    def _run(
+        self, items: t.Sequence[str | Conversation], params: t.Sequence[GenerateParams]
+    ) -> list[tuple[str, str | BaseException]]:
+        if self.chatty:
+            said = self.confession()
+            print(said, flush=True)
+            print(said, file=sys.stderr, flush=True)
+            logging.getLogger("tests.leaky").warning("%s", said)
+        return super()._run(items, params)
+
+    def confession(self) -> str:
+        return (
+            f"401 from {self.params.api_base}: invalid api key {self.api_key} "
+            f"(headers {self.params.extra!r}, key {self.api_key!r})"
+        )
+
+    def _reply(self, item: str | Conversation, params: GenerateParams) -> str | BaseException:
+        text = _last_text(item)
+        if self.fail_on in text:
+            return GenerationError(self.confession())
+        return text
+
+
 FAKE_PROVIDERS: dict[str, type[Generator]] = {
     "fixed": FixedGenerator,
     "echo": EchoGenerator,
     "failing": FailingGenerator,
+    "leaky": LeakyGenerator,
 }
 """Provider names to register the identifier-friendly fakes under (CallbackGenerator has none)."""

@@ -8,9 +8,9 @@ import sys
 import threading
 import typing as t
 
-from rig_ray.batch.console import quiet_stderr
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
+from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
 
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the Parquet parts (local or URI); a rerun into it resumes",
     )
     parser.add_argument(
+        "-g",
         "--generator",
         dest="generators",
         action="append",
@@ -53,7 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replicas", type=int, default=1, metavar="R", help="actors per generator (1)"
     )
-    parser.add_argument("--num-gpus", type=float, default=0, metavar="G", help="GPUs per actor (0)")
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per actor (default: the engine's tensor x pipeline parallel size when it is "
+        "more than 1, else 0)",
+    )
     parser.add_argument(
         "--num-cpus",
         type=float,
@@ -96,11 +104,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the split across several generators")
     parser.add_argument("--max-tokens", type=int, help="most tokens per generation")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--rows-per-part",
+        type=int,
+        default=DEFAULT_ROWS_PER_PART,
+        metavar="N",
+        help=f"write a Parquet part every N generations ({DEFAULT_ROWS_PER_PART:,})",
+    )
+    parser.add_argument(
+        "--seconds-per-part",
+        type=float,
+        default=DEFAULT_SECONDS_PER_PART,
+        metavar="S",
+        help=f"and at least every S seconds ({DEFAULT_SECONDS_PER_PART:g}); what a killed run "
+        "made since its last part is made again",
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=("parquet", "openai"),
+        default="parquet",
+        help="openai: an OpenAI batch file in (custom_id, method, url, body), and "
+        "output.jsonl + errors.jsonl written into OUTPUT beside the Parquet parts when the run "
+        "ends (parquet: the parts only)",
+    )
     add_structured_arguments(parser)
     parser.add_argument(
         "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray Data's logs and what the actors print (engine loading bars and "
+        "warnings), redacted",
+    )
 
 
 def add_parser(commands: t.Any) -> None:
@@ -132,8 +169,7 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         _on_signals(_stop)
-        with quiet_stderr():
-            summary = _run_batch(args)
+        summary = _run_batch(args)
         _on_signals(signal.SIG_IGN)
         _show_some(args.output)
         print(summary.line())
@@ -165,6 +201,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         args.output,
         address=args.address,
         progress=not args.quiet,
+        verbose=getattr(args, "verbose", False),
         retry_failed=args.retry_failed,
         generators=args.generators,
         template=args.template,
@@ -181,6 +218,9 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         batch_timeout_s=args.batch_timeout_s,
         id_column=args.id_column,
         seed=args.seed,
+        rows_per_part=args.rows_per_part,
+        seconds_per_part=args.seconds_per_part,
+        output_format=args.output_format,
         **structured_options(args),
     )
 

@@ -34,6 +34,7 @@ from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
 from rig_ray.generator.structured import honours_json_schema, refuse_json_schema, schema_dict
 from rig_ray.message import Message
 from rig_ray.model import Model, class_key, model_class
+from rig_ray.redaction import redact
 
 DEFAULT_MAX_PARSE_RETRIES = 2
 """How many times a batch job asks again for a reply that does not parse."""
@@ -223,7 +224,7 @@ class StructuredStep:
 
 
 def _error_text(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    text = redact(" ".join(str(error).split()))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -10,6 +10,7 @@ from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
+from rig_ray.cluster.placement import BatchGroups, Placement, place
 from rig_ray.errors import InvalidGeneratorError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.registry import get_generator
@@ -36,10 +37,11 @@ def generate(
     system: str | None = None,
     messages_column: str | None = None,
     params_column: str | None = None,
+    text_column: str | None = None,
     num_generations: int = 1,
     params: GenerateParams | None = None,
     replicas: int = 1,
-    num_gpus: float = 0,
+    num_gpus: float | None = None,
     num_cpus: float = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     id_column: str = "id",
@@ -57,12 +59,15 @@ def generate(
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
-    (objects such as `{"max_tokens": 64}`) laid over them. Each generator runs in a pool of
-    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each, and make one
-    engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in flight per
-    actor (engines that batch continuously, such as vLLM's, take the next batch while earlier
-    ones finish). A call that runs longer than
-    `batch_timeout_s` fails its rows with a timeout error.
+    (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
+    gets a text completion of it instead (no chat template). Each generator runs in a pool of
+    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
+    `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
+    group on one node, and a value that disagrees with the engine is a PlacementError), and
+    make one engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in
+    flight per actor (engines that batch continuously, such as vLLM's, take the next batch
+    while earlier ones finish). A call that runs longer than `batch_timeout_s` fails its rows
+    with a timeout error. An actor whose engine died exits, to be restarted with its batches.
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
@@ -101,7 +106,9 @@ def generate(
         messages_column=messages_column,
         id_column=id_column,
         params_column=params_column,
+        text_column=text_column,
     ).resolve(columns)
+    placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy
 
     # One block per engine call: results then stream out batch by batch, rather than once a
@@ -134,14 +141,22 @@ def generate(
                 compute=ActorPoolStrategy(
                     size=replicas, max_concurrent_calls_per_actor=max_concurrent_batches
                 ),
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
                 max_restarts=max_restarts,
                 max_task_retries=max_restarts,
+                **_actor_args(placements[index]),
             )
         outputs.append(stage)
     first, *rest = outputs
     return first.union(*rest) if rest else first
+
+
+def _actor_args(placement: Placement) -> dict[str, t.Any]:
+    """map_batches' resource arguments for one actor pool: its own CPUs and GPUs, and a
+    placement group per actor for an engine over several GPUs."""
+    args: dict[str, t.Any] = {"num_cpus": placement.num_cpus, "num_gpus": placement.num_gpus}
+    if placement.bundles is not None:
+        args["ray_remote_args_fn"] = BatchGroups(placement)
+    return args
 
 
 def generator_members(

@@ -26,7 +26,8 @@ class PromptSpec(BaseModel):
     OpenAI-shaped messages). `system` is put first unless the conversation already starts with
     a system message. Rows without a value in `id_column` get an id made from their content.
     `params_column`, when given, holds each row's own params (e.g. `{"max_tokens": 64}`),
-    laid over the job's.
+    laid over the job's. `text_column`, when given, holds a raw text prompt: a row with one
+    there gets a text completion of it (no chat template) instead of a conversation.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,8 +37,11 @@ class PromptSpec(BaseModel):
     messages_column: str | None = None
     id_column: str = "id"
     params_column: str | None = None
+    text_column: str | None = None
 
-    @field_validator("template", "system", "messages_column", "id_column", "params_column")
+    @field_validator(
+        "template", "system", "messages_column", "id_column", "params_column", "text_column"
+    )
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -74,12 +78,13 @@ class PromptSpec(BaseModel):
             if spec.template is not None
             else [t.cast(str, spec.messages_column)]
         )
-        if spec.params_column is not None and spec.params_column not in columns:
-            raise BatchInputError(
-                f"params column {spec.params_column!r} is not a column of the input "
-                f"(columns: {_listed(columns)})",
-                column=spec.params_column,
-            )
+        for kind, extra in (("params", spec.params_column), ("text", spec.text_column)):
+            if extra is not None and extra not in columns:
+                raise BatchInputError(
+                    f"{kind} column {extra!r} is not a column of the input "
+                    f"(columns: {_listed(columns)})",
+                    column=extra,
+                )
         for column in needed:
             if column not in columns:
                 what = "template field" if spec.template is not None else "messages column"
@@ -88,6 +93,13 @@ class PromptSpec(BaseModel):
                     column=column,
                 )
         return spec
+
+    def text_prompt(self, row: t.Mapping[str, t.Any]) -> str | None:
+        """The row's raw text prompt, when it has one (then it is completed, not chatted)."""
+        if self.text_column is None:
+            return None
+        value = row.get(self.text_column)
+        return None if value is None else str(value)
 
     def conversation(self, row: t.Mapping[str, t.Any]) -> list[Message]:
         """The row's conversation; `BatchInputError` when a value it needs is null."""

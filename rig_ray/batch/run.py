@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import typing as t
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from rig_ray.batch import openai_files
+from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -20,10 +20,11 @@ from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.cluster.placement import BatchGroups, place
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
-from rig_ray.redaction import redact, redact_logs
+from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
     import ray.data
@@ -84,6 +85,9 @@ def run(
     address: str | None = None,
     retry_failed: bool = False,
     num_cpus: float | None = None,
+    verbose: bool = False,
+    progress_label: str = "rig-ray batch",
+    output_format: t.Literal["parquet", "openai"] = "parquet",
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -98,20 +102,69 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+    Progress lines start with `progress_label`.
+
+    The console shows rig_ray's own lines only (its progress line, when `progress`): Ray
+    Data's logs and bars and what the actors print (engines' loading bars and warnings) are
+    kept out unless `verbose`. Whatever is shown is redacted, and scrubbed with the
+    generators' own secrets (see `rig_ray.batch.console`).
+
+    An OpenAI batch file (rows with `custom_id` and `body`) is read as one (see
+    `rig_ray.batch.openai_files`); with `output_format="openai"`, `output.jsonl` and
+    `errors.jsonl` are written into `output` when the run ends, also when it stops early.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     members = generator_members(options.get("generator"), options.get("generators"))
+    if output_format not in ("parquet", "openai"):
+        raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
+    if openai_files.is_openai_batch(source):
+        source, options = openai_files.job_options(source, output, members, options)
+    elif output_format == "openai":
+        raise BatchInputError(
+            "output_format='openai' needs an OpenAI batch file as input (lines with "
+            "custom_id, method, url and body)",
+            source=source,
+        )
+    settings = _Settings(
+        progress_every_s=progress_every_s if progress else -1,
+        rows_per_part=rows_per_part,
+        seconds_per_part=seconds_per_part,
+        retry_failed=retry_failed,
+        num_cpus=num_cpus,
+        gpus_per_actor=0,
+        label=progress_label,
+    )
+    try:
+        return _run_source(source, output, members, settings, address, verbose, options)
+    finally:
+        if output_format == "openai" and openai_files.is_prepared(output):
+            from rig_ray.batch.openai_export import export_into_folder
+
+            export_into_folder(output)
+
+
+def _run_source(
+    source: str,
+    output: str,
+    members: list[Generator],
+    settings: _Settings,
+    address: str | None,
+    verbose: bool,
+    options: dict[str, t.Any],
+) -> BatchSummary:
     structured = StructuredSpec.build(
         options.get("parse_as"),
         options.get("json_schema"),
         options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
     )
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
+    gpus = max(place(m, num_gpus=options.get("num_gpus")).total_gpus for m in members)
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
-    quiet_ray_logs()
+    if not verbose:
+        quiet_ray_logs()
     join(address)
-    redact_logs()
-    with _ray_data_quiet(progress):
+    progress = settings.progress_every_s >= 0
+    with job_console(members, progress=progress, verbose=verbose):
         dataset = read_prompts(source)
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
@@ -121,15 +174,37 @@ def run(
                 dataset,
                 spec,
                 manifest,
-                _Settings(
-                    progress_every_s=progress_every_s if progress else -1,
-                    rows_per_part=rows_per_part,
-                    seconds_per_part=seconds_per_part,
-                    retry_failed=retry_failed,
-                    num_cpus=num_cpus,
-                ),
+                settings._replace(gpus_per_actor=gpus),
                 options,
             )
+
+
+def pending(source: str, output: str, *, retry_failed: bool = False, **options: t.Any) -> int:
+    """The generations a `run` with these arguments would make, loading no model.
+
+    The output folder's manifest is checked as `run` checks it: other settings are refused
+    with the same `BatchInputError`. Runs on the Ray already initialised (or starts one).
+    """
+    input_files(source)
+    members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    folder = OutputFolder(output)
+    join(options.get("address"))
+    dataset = read_prompts(source)
+    spec = _resolve(dataset, source, options)
+    manifest = _manifest(members, spec, structured, options)
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    plan = plan_rows(
+        dataset,
+        spec,
+        num_generations=manifest.num_generations,
+        finished=folder.scan().finished(retry_failed=retry_failed),
+    )
+    return plan.pending
 
 
 class _Settings(t.NamedTuple):
@@ -138,6 +213,8 @@ class _Settings(t.NamedTuple):
     seconds_per_part: float
     retry_failed: bool
     num_cpus: float | None
+    gpus_per_actor: float
+    label: str = "rig-ray batch"
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -151,6 +228,7 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
         messages_column=options.get("messages_column"),
         id_column=options.get("id_column", "id"),
         params_column=options.get("params_column"),
+        text_column=options.get("text_column"),
     ).resolve(columns)
 
 
@@ -207,17 +285,18 @@ def _run(
     check_manifest(folder.filesystem, folder.path, folder.location, manifest)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.rows_in * manifest.num_generations - plan.pending
-    meter = Progress(plan.pending, every_s=settings.progress_every_s)
+    meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
         rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
     )
     counts = _Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
         actors = manifest.num_generators * int(options.get("replicas", 1))
-        num_cpus, waiting = fit_cpus(settings.num_cpus, options.get("num_gpus", 0), actors)
+        num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_per_actor, actors)
         meter.note = waiting
-        generations = generate(plan.dataset, num_cpus=num_cpus, **options)
-        _write(generations, writer, meter, counts, folder.location)
+        with BatchGroups.scope():  # the actors' GPU groups go when the job is done
+            generations = generate(plan.dataset, num_cpus=num_cpus, **options)
+            _write(generations, writer, meter, counts, folder.location)
         if retried:
             folder.compact()  # the retried generations' old failed rows go
     return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
@@ -285,25 +364,3 @@ def _cause(error: BaseException) -> str:
     root = cause if isinstance(cause, BaseException) else error
     first = (str(root).strip().splitlines() or [""])[0]
     return redact(f"{type(root).__name__}: {' '.join(first.split())[:500]}")
-
-
-@contextlib.contextmanager
-def _ray_data_quiet(progress: bool) -> t.Iterator[None]:
-    """With our own progress line on, Ray Data's bars and execution logs are off meanwhile."""
-    if not progress:
-        yield
-        return
-    from ray.data import DataContext
-    from ray.util.debug import log_once
-
-    context = DataContext.get_current()
-    logger = logging.getLogger("ray.data")
-    saved = context.enable_progress_bars, context.print_on_execution_start, logger.level
-    log_once("ray_data_progress_manager_disabled")  # no "bars disabled" warning: we show ours
-    context.enable_progress_bars = context.print_on_execution_start = False
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved[:2]
-        logger.setLevel(saved[2])

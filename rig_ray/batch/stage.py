@@ -7,8 +7,11 @@ turns every batch of input rows into output rows, one per generation, with one e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import threading
 import time
 import typing as t
 
@@ -22,9 +25,15 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
-from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.errors import EngineDeadError
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.message import Message
-from rig_ray.redaction import redact
+from rig_ray.redaction import error_text, redact, scrubbed_error
+
+logger = logging.getLogger(__name__)
+
+EXIT_UNLOAD_S = 60.0
+"""How long an actor whose engine died waits for the unload before it exits all the same."""
 
 
 class StageConfig(BaseModel):
@@ -68,31 +77,51 @@ class GenerateStage:
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
-        self._generator.load()
+        try:
+            self._generator.load()
+        except Exception as error:  # the driver shows this error: it must not quote a key
+            raise scrubbed_error(error, self._generator) from None
+
+    def __del__(self) -> None:
+        """The engine goes with the actor: Ray Data drops the stage when it ends its actors
+        (`__ray_shutdown__` of its worker), and an engine left behind would keep its
+        processes and memory."""
+        generator = getattr(self, "_generator", None)
+        if generator is not None:
+            with contextlib.suppress(Exception):
+                generator.unload()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
         rows = batch.to_pylist()
         pending: list[_Pending] = []
-        conversations: list[list[Message]] = []
-        params: list[GenerateParams] = []
+        chats = _Items[list[Message]]()
+        texts = _Items[str]()
         failures: dict[int, str] = {}  # row -> why its prompt could not be made
         for index, row in enumerate(rows):
             row_id, todo = self._todo(row)
             if not todo:
                 continue
+            text: str | None = None
             try:
-                conversation = config.prompts.conversation(row)
+                text = config.prompts.text_prompt(row)
+                conversation = [] if text is not None else config.prompts.conversation(row)
                 row_params = config.prompts.row_params(row, config.params)
             except Exception as error:  # a row that cannot be read fails alone
-                failures[index] = _error_text(error)
+                failures[index] = _error_text(error, self._generator)
             for generation_index in todo:
                 pending.append(_Pending(index, row_id, generation_index))
-                if index not in failures:
-                    conversations.append(conversation)
-                    params.append(row_params)
-        results, latency = await self._generate(conversations, params)
-        return self._output(batch, pending, failures, iter(results), latency)
+                if index in failures:
+                    continue
+                if text is not None:
+                    texts.add(len(pending) - 1, text, row_params)
+                else:
+                    chats.add(len(pending) - 1, conversation, row_params)
+        chat_results, latency = await self._generate(chats.items, chats.params)
+        text_results, text_latency = await self._generate_texts(texts.items, texts.params)
+        by_pending = {**chats.placed(chat_results), **texts.placed(text_results)}
+        results = (by_pending[number] for number in sorted(by_pending))
+        return self._output(batch, pending, failures, results, latency + text_latency)
 
     def _todo(self, row: dict[str, t.Any]) -> tuple[str, list[int]]:
         """The row's id, and the generation indices of it that this stage's generator makes:
@@ -124,39 +153,77 @@ class GenerateStage:
             results = [timeout] * len(conversations)
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * len(conversations)
+        if dead := next((r for r in results if _engine_died(r)), None):
+            self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started
+
+    async def _generate_texts(
+        self, texts: list[str], params: list[GenerateParams]
+    ) -> tuple[t.Sequence[GeneratedText | BaseException], float]:
+        if not texts:
+            return [], 0.0
+        started = time.perf_counter()
+        call = self._generator.generate_texts(texts, params)
+        try:
+            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
+        except TimeoutError:
+            timeout = TimeoutError(
+                f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
+            )
+            results = [timeout] * len(texts)
+        except Exception as error:  # the whole call failed: every item gets the error
+            results = [error] * len(texts)
+        if dead := next((r for r in results if _engine_died(r)), None):
+            self._exit_for_restart(t.cast(BaseException, dead))
+        return results, time.perf_counter() - started
+
+    def _exit_for_restart(self, error: BaseException) -> t.NoReturn:
+        """A dead engine fails no rows: the actor unloads what is left of it and exits, so Ray
+        starts it again and retries its batches (up to `max_restarts`). `os._exit` is a system
+        failure to Ray, which retries the task; an orderly actor exit would not."""
+        logger.error(
+            "%s: the engine died (%s); the actor exits to be restarted",
+            self._name,
+            redact(str(error)),
+        )
+        unloading = threading.Thread(target=self.__del__, name="rig_ray-unload", daemon=True)
+        unloading.start()
+        unloading.join(EXIT_UNLOAD_S)
+        os._exit(1)
 
     def _output(
         self,
         batch: pa.Table,
         pending: list[_Pending],
         failures: dict[int, str],
-        results: t.Iterator[GeneratedMessage | BaseException],
+        results: t.Iterator[GeneratedMessage | GeneratedText | BaseException],
         latency: float,
     ) -> pa.Table:
         columns: dict[str, list[t.Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
-        row_results: list[GeneratedMessage | BaseException | None] = []
+        row_results: list[GeneratedMessage | GeneratedText | BaseException | None] = []
         for item in pending:
-            result: GeneratedMessage | BaseException | None = (
+            result: GeneratedMessage | GeneratedText | BaseException | None = (
                 None if item.row in failures else next(results)
             )
             row_results.append(result)
-            ok = isinstance(result, GeneratedMessage)
-            usage = result.usage if isinstance(result, GeneratedMessage) else None
+            done = result if isinstance(result, GeneratedMessage | GeneratedText) else None
+            ok = done is not None
+            usage = done.usage if done else None
             values = {
                 "id": item.row_id,
                 "generation_index": item.generation_index,
                 "generator": self._name,
                 "model": self._generator.model,
-                "text": result.message.content if isinstance(result, GeneratedMessage) else None,
-                "stop_reason": result.stop_reason if isinstance(result, GeneratedMessage) else None,
+                "text": done.text if done else None,
+                "stop_reason": done.stop_reason if done else None,
                 "input_tokens": usage.input_tokens if usage else None,
                 "output_tokens": usage.output_tokens if usage else None,
                 "latency_s": latency if result is not None else None,
                 "error": None
                 if ok
-                else failures.get(item.row) or _error_text(t.cast(BaseException, result)),
-                "metadata": _metadata(result) if isinstance(result, GeneratedMessage) else None,
+                else failures.get(item.row)
+                or _error_text(t.cast(BaseException, result), self._generator),
+                "metadata": _metadata(done) if done else None,
             }
             for name, value in values.items():
                 columns[name].append(value)
@@ -170,10 +237,36 @@ class GenerateStage:
         return generated
 
 
-def _metadata(result: GeneratedMessage) -> str | None:
+_Item = t.TypeVar("_Item")
+
+
+class _Items(t.Generic[_Item]):
+    """One engine call's items, each with its params and its place among the pending."""
+
+    def __init__(self) -> None:
+        self.places: list[int] = []
+        self.items: list[_Item] = []
+        self.params: list[GenerateParams] = []
+
+    def add(self, place: int, item: _Item, params: GenerateParams) -> None:
+        self.places.append(place)
+        self.items.append(item)
+        self.params.append(params)
+
+    def placed(self, results: t.Sequence[t.Any]) -> dict[int, t.Any]:
+        return dict(zip(self.places, results, strict=True))
+
+
+def _engine_died(result: object) -> bool:
+    """Whether a result is the error of an engine whose process died (ours, or vLLM's own)."""
+    return isinstance(result, EngineDeadError) or type(result).__name__ == "EngineDeadError"
+
+
+def _metadata(result: GeneratedMessage | GeneratedText) -> str | None:
     return json.dumps(result.extra, default=str, sort_keys=True) if result.extra else None
 
 
-def _error_text(error: BaseException) -> str:
-    text = redact(" ".join(str(error).split()))
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _error_text(error: BaseException, generator: Generator) -> str:
+    """The error column's text: redacted, and scrubbed with the generator's own secrets (its
+    api_key, and those of its identifier), so a provider error that quotes the key loses it."""
+    return error_text(error, generator)

@@ -14,7 +14,8 @@ import os
 import typing as t
 import warnings
 
-from rig_ray.cluster.options import actor_options, config_payload, restore_payload
+from rig_ray.cluster.options import config_payload, restore_payload
+from rig_ray.cluster.placement import in_group, make_group, place
 from rig_ray.cluster.remote_generator import RemoteGenerator
 from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
 from rig_ray.errors import InvalidGeneratorError
@@ -70,6 +71,12 @@ class GeneratorActor:
             await self._blocking(self._generator.unload)
             await self._blocking(trim_memory)
         return self._generator.is_loaded
+
+    def __ray_shutdown__(self) -> None:
+        """Ray calls this when the actor ends on its own (its handles gone): the engine, its
+        processes and its memory go with it."""
+        with contextlib.suppress(Exception):
+            self._generator.unload()
 
     async def is_loaded(self) -> bool:
         return self._generator.is_loaded
@@ -167,7 +174,7 @@ def remote(
     generator_or_identifier: Generator | str,
     *,
     num_cpus: float = 1,
-    num_gpus: float = 0,
+    num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     accelerator_type: str | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
@@ -178,28 +185,31 @@ def remote(
 
     The actor starts unloaded. Ray restarts its process up to `max_restarts` times if it
     dies, and retries the calls it was running (`max_task_retries`; -1: while restarts last).
+    GPUs follow `rig_ray.cluster.placement`: an engine over several GPUs (tensor x pipeline
+    parallel) gets a placement group of that many GPUs on one node; `num_gpus` left unset
+    takes what the engine uses, and one that disagrees is a PlacementError.
     """
     import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     generator = _as_generator(generator_or_identifier)
-    options, bundles = actor_options(
-        num_cpus=num_cpus,
+    placement = place(
+        generator,
         num_gpus=num_gpus,
+        num_cpus=num_cpus,
         resources=resources,
         accelerator_type=accelerator_type,
-        max_restarts=max_restarts,
-        max_task_retries=max_task_retries,
-        name=name,
-        tensor_parallel_size=int(getattr(generator, "tensor_parallel_size", 1) or 1),
     )
+    options: dict[str, t.Any] = {
+        "max_restarts": max_restarts,
+        "max_task_retries": max_task_retries,
+        **placement.ray_options(),
+    }
+    if name is not None:
+        options["name"] = name
     payload = config_payload(generator)
-    group = None
-    if bundles is not None:
-        group = ray.util.placement_group(bundles, strategy="STRICT_PACK")
-        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            group, placement_group_capture_child_tasks=True
-        )
+    group = make_group(placement)
+    if group is not None:
+        options.update(in_group(group))
     try:
         handle = _actor_class().options(**options).remote(payload)
     except BaseException:  # e.g. a name already taken: give the reserved GPUs back

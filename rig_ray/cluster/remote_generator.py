@@ -24,6 +24,10 @@ if t.TYPE_CHECKING:
     from rig_ray.generator.rounds import Prompt
 
 
+TEARDOWN_UNLOAD_S = 120.0
+"""How long `teardown` waits for the actor to unload its engine before killing it."""
+
+
 def describe(generator: Generator) -> str:
     """A generator's identifier, or its class and model when it has no registered provider."""
     inner = generator.inner if isinstance(generator, RemoteGenerator) else generator
@@ -164,13 +168,20 @@ class RemoteGenerator(Generator):
         """The actor's pid, node id, placement group id, loaded state and RSS."""
         return t.cast(dict[str, t.Any], self._get("info"))
 
-    def teardown(self) -> None:
-        """End the actor (and free its placement group); this handle is unusable after."""
+    def teardown(self, *, unload_timeout_s: float = TEARDOWN_UNLOAD_S) -> None:
+        """Unload the engine in the actor (its processes and memory go with it), then end the
+        actor and free its placement group; this handle is unusable after.
+
+        An actor that does not unload within `unload_timeout_s` (hung, or already gone) is
+        killed all the same.
+        """
         import ray
 
         if self._torn_down:
             return
         self._torn_down = True
+        with contextlib.suppress(Exception):
+            ray.get(self._handle.unload.remote(), timeout=unload_timeout_s)
         with contextlib.suppress(Exception):
             ray.kill(self._handle, no_restart=True)
         if self._group is not None:

@@ -127,7 +127,7 @@ class ServedModel(BaseModel):
         """Keyword arguments of the deployment's `.options()`."""
         options: dict[str, t.Any] = {
             "name": deployment_name(self.served_name),
-            "ray_actor_options": dict(self.ray_actor_options),
+            **self.placement_options(),
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "backpressure_config": {
@@ -144,6 +144,24 @@ class ServedModel(BaseModel):
             options["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             options["num_replicas"] = self.num_replicas or 1
+        return options
+
+    def placement_options(self) -> dict[str, t.Any]:
+        """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
+        placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the
+        engine is a PlacementError)."""
+        from rig_ray.cluster.placement import place, serve_options
+
+        actor = dict(self.ray_actor_options)
+        placement = place(
+            self.generator,
+            num_gpus=actor.pop("num_gpus", None),
+            num_cpus=actor.pop("num_cpus", 1),
+            resources=actor.pop("resources", None),
+            accelerator_type=actor.pop("accelerator_type", None),
+        )
+        options = serve_options(placement)
+        options["ray_actor_options"].update(actor)  # runtime_env, memory, ...
         return options
 
     def replica_options(self) -> t.Any:
@@ -226,6 +244,8 @@ def build_app(
     limits: RequestLimits | dict[str, t.Any] | None = None,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ingress_options: dict[str, t.Any] | None = None,
+    batch_storage: str | None = None,
+    batch_max_in_flight: int = 4,
     **options: t.Any,
 ) -> Application:
     """A Serve application: one deployment per generator, behind an OpenAI-compatible ingress.
@@ -240,12 +260,17 @@ def build_app(
     $RIG_RAY_API_KEY read here; none of them set means no auth, and an empty key is an error.
     `limits` caps what one request may send (RequestLimits); `request_timeout_s` is how long
     a request may take before it is stopped with 504. `ingress_options` go to the ingress's
-    `.options()`. Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
+    `.options()`. `/v1/files` and `/v1/batches` keep their files and jobs under
+    `batch_storage` (a folder or pyarrow filesystem URI; default: under RIG_RAY_CACHE), and
+    all batches together keep at most `batch_max_in_flight` requests in the model deployments.
+    Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
     """
     from rig_ray.cluster.options import config_payload
     from rig_ray.serve.deployment import GeneratorDeployment
     from rig_ray.serve.ingress import ModelRoute, OpenAIIngress
 
+    if batch_max_in_flight < 1:
+        raise ServeConfigError("batch_max_in_flight must be >= 1", field="batch_max_in_flight")
     if not request_timeout_s > 0:
         raise ServeConfigError("request_timeout_s must be > 0", field="request_timeout_s")
     auth = auth_from(api_key, api_key_env)
@@ -265,5 +290,12 @@ def build_app(
     return (
         t.cast("Deployment", OpenAIIngress)
         .options(**ingress)
-        .bind(routes, auth, request_limits, request_timeout_s)
+        .bind(
+            routes,
+            auth,
+            request_limits,
+            request_timeout_s,
+            batch_storage,
+            batch_max_in_flight,
+        )
     )

@@ -17,6 +17,7 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.errors import RigRayError, ServeConfigError
+from rig_ray.redaction import scrub
 from rig_ray.serve.app import (
     APP_NAME,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -180,6 +181,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--batch-storage",
+        metavar="URI",
+        help="folder or pyarrow filesystem URI (s3://, gs://, ...) for /v1/files and "
+        "/v1/batches; replicas and restarts that share it share the files and batches "
+        "(default: a folder under $RIG_RAY_CACHE)",
+    )
+    parser.add_argument(
+        "--batch-max-in-flight",
+        type=int,
+        default=4,
+        metavar="K",
+        help="batch requests in the model deployments at once, all batches together; online "
+        "requests wait behind at most these (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         help=f"serve without an API key on an address other than loopback (without "
@@ -206,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=_api_key(args),
             limits=limits,
             request_timeout_s=args.request_timeout_s,
+            batch_storage=args.batch_storage,
+            batch_max_in_flight=args.batch_max_in_flight,
         )
         if args.address == "local":
             _check_port(args.host, args.port)
@@ -216,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     owns_cluster = args.address == "local"
     status, deployed = 0, True
     try:
-        host, port = _start(app, args)
+        host, port = _start(app, args, served)
         url = f"http://{_client_host(host)}:{port}"
         _wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
@@ -230,7 +248,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
         status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
-        print(f"rig-ray: error: {_deploy_failure() or _one_line(error)}", file=sys.stderr)
+        why = _deploy_failure(served) or scrub(
+            _one_line(error), *[model.generator for model in served]
+        )
+        print(f"rig-ray: error: {why}", file=sys.stderr)
         status = 1
     finally:
         for sig in previous:  # a second signal must not cut the shutdown short
@@ -284,16 +305,22 @@ def _check_port(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def _start(app: t.Any, args: argparse.Namespace) -> tuple[str, int]:
+def _start(
+    app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel] = ()
+) -> tuple[str, int]:
     """Start (or join) Ray and Serve, run the app, and return the host and port Serve really
     listens on. A Serve that already runs keeps its own, so auth is checked again against
-    them before the app runs."""
+    them before the app runs. What the replicas print reaches this console redacted, and
+    scrubbed with the served generators' own secrets."""
     import ray
     from ray import serve
+
+    from rig_ray.batch.console import forward_redacted
 
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
+    forward_redacted([model.generator for model in served])
     serve.start(http_options={"host": args.host, "port": args.port})
     host, port = _listening()
     if (host, port) != (args.host, args.port):
@@ -338,9 +365,10 @@ def _wait_until_ready(url: str) -> None:
         time.sleep(READY_POLL_S)
 
 
-def _deploy_failure() -> str | None:
+def _deploy_failure(served: t.Sequence[ServedModel] = ()) -> str | None:
     """Why a model's deployment failed: the last line of its replicas' error, which names
-    the exception (e.g. a model that cannot be loaded)."""
+    the exception (e.g. a model that cannot be loaded), scrubbed with the served generators'
+    own secrets."""
     try:
         from ray import serve
 
@@ -348,7 +376,8 @@ def _deploy_failure() -> str | None:
         for name, deployment in app.deployments.items() if app else []:
             lines = [line.strip() for line in str(deployment.message).splitlines() if line.strip()]
             if getattr(deployment.status, "value", deployment.status) == "DEPLOY_FAILED" and lines:
-                return f"deployment {name!r} failed to start: {lines[-1]}"
+                why = scrub(lines[-1], *[model.generator for model in served])
+                return f"deployment {name!r} failed to start: {why}"
     except Exception:  # only an explanation: the original error is printed instead
         return None
     return None

@@ -35,6 +35,11 @@ class AppArgs(BaseModel):
     """Caps on what one request may send (max_body_bytes, max_messages, ...)."""
     request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     """Seconds a request may take before it is stopped with 504."""
+    batch_storage: str | None = Field(None, min_length=1)
+    """Folder or pyarrow filesystem URI of /v1/files and /v1/batches (default: under
+    RIG_RAY_CACHE where the ingress runs)."""
+    batch_max_in_flight: int = Field(4, ge=1)
+    """Batch requests in the model deployments at once, all batches together."""
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> t.Self:
@@ -68,4 +73,6 @@ def app_builder(args: dict[str, t.Any]) -> Application:
         limits=parsed.limits,
         request_timeout_s=parsed.request_timeout_s,
         ingress_options=parsed.ingress_options,
+        batch_storage=parsed.batch_storage,
+        batch_max_in_flight=parsed.batch_max_in_flight,
     )

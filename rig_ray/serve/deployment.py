@@ -22,6 +22,7 @@ from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
+from rig_ray.redaction import scrubbed_error
 from rig_ray.serve import http_errors, response_format
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
@@ -125,13 +126,26 @@ class GeneratorDeployment:
                 interval_s=options.health_probe_interval_s,
                 timeout_s=options.health_probe_timeout_s,
             )
-        await self._blocking(self._generator.load)
+        try:
+            await self._blocking(self._generator.load)
+        except Exception as error:  # Serve shows this error: it must not quote a key
+            raise scrubbed_error(error, generator) from None
 
     async def _blocking(self, fn: t.Callable[[], _T]) -> _T:
         """A blocking engine call, off the event loop (on a local engine's own thread)."""
         if isinstance(self._generator, LocalGenerator):
             return await self._generator._in_engine_thread(fn)
         return await asyncio.to_thread(fn)
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: the engine, its processes and its
+        memory go with the replica (off the event loop, like the load)."""
+        generator = getattr(self, "_generator", None)
+        if generator is not None:
+            try:
+                await self._blocking(generator.unload)
+            except Exception:
+                logger.exception("the engine of model %r did not unload", self._name)
 
     def reconfigure(self, user_config: dict[str, t.Any]) -> None:
         settings = BatchSettings.model_validate(user_config)
@@ -297,4 +311,6 @@ class GeneratorDeployment:
             return result
         if isinstance(result, ContextLengthError):
             return context_error(result, "messages" if kind == "chat" else "prompt")
-        return http_errors.item_error(result, request_id=request_id, model=self._name)
+        return http_errors.item_error(
+            result, request_id=request_id, model=self._name, secrets=[self._generator]
+        )

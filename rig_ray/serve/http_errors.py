@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from rig_ray.errors import ServeRequestError
+from rig_ray.redaction import error_text, redact
 
 logger = logging.getLogger("ray.serve")  # so it lands in the replica's log
 
@@ -167,14 +168,17 @@ def with_id(message: str, request_id: str | None) -> str:
     return f"{message} (request id {request_id})" if request_id else message
 
 
-def item_error(error: BaseException, *, request_id: str, model: str) -> ServeRequestError:
+def item_error(
+    error: BaseException, *, request_id: str, model: str, secrets: t.Sequence[t.Any] = ()
+) -> ServeRequestError:
     """What a generator's error means for its request, with nothing of the error's own text
     (it may name upstream URLs or model paths): a stable code, a generic message and the
     request id; the full error is logged under that id.
 
     An item's error: 400 for a rejected value, 504 for a timeout, 422 otherwise (the batch ran,
     so the fault is in this request). A call that failed whole: 400 when the generator lacks
-    the endpoint, else 500."""
+    the endpoint, else 500. The log line is scrubbed with `secrets` (the generator: its
+    api_key and the secrets of its identifier) besides the usual redaction."""
     if isinstance(error, ServeRequestError):
         return error
     if isinstance(error, CallFailed) and isinstance(error.error, NotImplementedError):
@@ -184,7 +188,12 @@ def item_error(error: BaseException, *, request_id: str, model: str) -> ServeReq
             param="model",
         )
     cause = error.error if isinstance(error, CallFailed) else error
-    logger.error("request %s to model %r failed: %r", request_id, model, cause, exc_info=cause)
+    logger.error(
+        "request %s to model %s failed: %s",
+        request_id,
+        redact(repr(model)),
+        error_text(cause, *secrets, with_traceback=True),
+    )
     if isinstance(error, CallFailed):
         status, kind, code, message = 500, "server_error", "generator_error", "The model failed"
     elif isinstance(error, TimeoutError):
@@ -275,7 +284,11 @@ def from_failure(
             code="unavailable",
             retry_after_s=5.0,
         )
-    logger.error("request %s failed unexpectedly: %r", request_id, error, exc_info=error)
+    logger.error(
+        "request %s failed unexpectedly: %s",
+        request_id,
+        error_text(error, with_traceback=True),
+    )
     return ServeRequestError(
         with_id("The server had an error processing your request", request_id),
         status_code=500,

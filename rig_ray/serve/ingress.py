@@ -16,6 +16,7 @@ from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve import http_errors
 from rig_ray.serve.auth import Auth
+from rig_ray.serve.batch_runner import DEFAULT_MAX_IN_FLIGHT, Route, batch_runner
 from rig_ray.serve.limits import RequestLimits
 from rig_ray.serve.routes import Stream, build_api
 from rig_ray.serve.wire import VLLM_FIELDS
@@ -47,6 +48,8 @@ class OpenAIIngress:
         auth: Auth | None = None,
         limits: RequestLimits | None = None,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        batch_storage: str | None = None,
+        batch_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._routes = routes
         self._digest = (auth or Auth()).resolve()
@@ -58,6 +61,12 @@ class OpenAIIngress:
         self._stopping = False
         self._inflight: dict[object, asyncio.Task[t.Any]] = {}
         """The tasks waiting on a replica for a request, by request."""
+        self.batch_runner = batch_runner(
+            batch_storage,
+            {name: Route(route.handle, route.vllm_fields) for name, route in routes.items()},
+            self.check,
+            max_in_flight=batch_max_in_flight,
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self, api_key_digest=self._digest)
@@ -66,8 +75,10 @@ class OpenAIIngress:
         return list(self._routes)
 
     async def check_health(self) -> None:
-        """Serve's periodic check of the ingress; it starts the readiness watch early."""
+        """Serve's periodic check of the ingress: it starts the readiness watch early, and
+        takes up the batches a stopped app left without waiting for a request."""
         self._watch()
+        self.batch_runner.start()
 
     def ready_models(self) -> list[str]:
         """The models whose deployment has a replica with its generator loaded."""

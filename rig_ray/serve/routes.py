@@ -145,6 +145,13 @@ def build_api(backend: Backend, *, api_key_digest: str | None = None) -> FastAPI
     async def completions(request: Request) -> Response:
         return await _with_id(lambda request_id: _complete(backend, request, request_id))
 
+    runner = getattr(backend, "batch_runner", None)
+    if runner is not None:
+        from rig_ray.serve.batches import add_batch_routes
+        from rig_ray.serve.files import add_file_routes
+
+        add_file_routes(app, runner.store.files)
+        add_batch_routes(app, runner)
     return app
 
 

@@ -71,7 +71,8 @@ def test_tensor_parallel_reserves_packed_gpu_bundles(cluster) -> None:
         assert info["node_id"] == node_with("GPU")
         table = ray.util.placement_group_table(group)
         assert table["strategy"] == "STRICT_PACK"
-        assert list(table["bundles"].values()) == [{"GPU": 1.0, "CPU": 0.5}] * 2
+        # the actor's CPUs in the first bundle; one GPU per bundle, for the engine's workers
+        assert list(table["bundles"].values()) == [{"GPU": 1.0, "CPU": 0.5}, {"GPU": 1.0}]
         assert set(table["bundles_to_node_id"].values()) == {node_with("GPU")}
         assert [r.text for r in remote.generate(["q"])[0]] == ["S"]
     finally:

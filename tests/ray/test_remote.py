@@ -19,7 +19,6 @@ import pytest
 from pydantic import PrivateAttr
 
 import rig_ray as rr
-from rig_ray.cluster.options import actor_options
 from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
 from tests.ray.members import (
@@ -126,25 +125,6 @@ def ghost_module() -> types.ModuleType:
 
 def texts(results: list[list[t.Any]]) -> list[list[str]]:
     return [[r.text for r in per_input] for per_input in results]
-
-
-def test_actor_options_without_and_with_tensor_parallel() -> None:
-    common = dict(max_restarts=2, max_task_retries=-1, name=None, accelerator_type="A100")
-    options, bundles = actor_options(num_cpus=2, num_gpus=1, resources={"x": 1}, **common)
-    assert bundles is None
-    assert options == {
-        "max_restarts": 2,
-        "max_task_retries": -1,
-        "num_cpus": 2,
-        "num_gpus": 1,
-        "resources": {"x": 1},
-        "accelerator_type": "A100",
-    }
-    options, bundles = actor_options(
-        num_cpus=1, num_gpus=0, resources=None, tensor_parallel_size=4, **common
-    )
-    assert options == {"max_restarts": 2, "max_task_retries": -1, "num_cpus": 0, "num_gpus": 0}
-    assert bundles == [{"GPU": 1, "CPU": 1, "accelerator_type:A100": 0.001}] * 4
 
 
 def test_remote_takes_an_identifier_and_keeps_it(start, fake_providers) -> None:

@@ -37,7 +37,9 @@ def local_serve() -> t.Iterator[int]:
 
 
 @pytest.fixture(scope="package")
-def endpoint(local_serve: int, smollm2_path: Path) -> t.Iterator[Endpoint]:
+def endpoint(
+    local_serve: int, smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Endpoint]:
     """The test app: the embedded model (`smollm2-135m`, 1 CPU) and fakes (0.1 CPU each):
     `echo` (fails items containing FAIL), `params` (replies with its params as JSON),
     `chat-only`, and `slow` (1.5 s a request, one at a time, a queue of one)."""
@@ -70,7 +72,11 @@ def endpoint(local_serve: int, smollm2_path: Path) -> t.Iterator[Endpoint]:
         ),
     ]
     try:
-        serve.run(build_app(models, api_key=KEY), name=APP_NAME, route_prefix="/")
+        storage = str(tmp_path_factory.mktemp("batch-storage"))
+        # one batch request at a time: each is then alone in its engine call, as the online
+        # requests it is compared with are (batched bf16 padding changes greedy text)
+        app = build_app(models, api_key=KEY, batch_storage=storage, batch_max_in_flight=1)
+        serve.run(app, name=APP_NAME, route_prefix="/")
         yield Endpoint(local_serve)
     finally:
         registry._providers.clear()

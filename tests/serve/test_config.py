@@ -74,7 +74,8 @@ def test_deployment_options() -> None:
     fixed = ServedModel(generator="vllm!/m/big", ray_actor_options={"num_gpus": 1}, num_replicas=2)
     options = fixed.deployment_options()
     assert options["name"] == "big" and options["num_replicas"] == 2
-    assert options["ray_actor_options"] == {"num_gpus": 1}
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    assert "placement_group_bundles" not in options  # one GPU: the replica holds it
     assert options["user_config"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.05}
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 1.0}
     assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (64, 256)

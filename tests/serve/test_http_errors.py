@@ -71,7 +71,9 @@ def test_item_failures_carry_a_code_and_request_id_but_no_error_text(
     assert "10.0.0.1" not in str(mapped) and "/models" not in str(mapped)
     if status >= 422 or code == "invalid_input":
         assert "rid-7" in str(mapped)
-        assert any("rid-7" in r.getMessage() and LEAKY in r.getMessage() for r in caplog.records)
+        [logged] = [r.getMessage() for r in caplog.records if "rid-7" in r.getMessage()]
+        assert "/models/private" in logged and "10.0.0.1:8000/v1?key=***" in logged
+        assert "sk-live" not in logged  # the whole error is logged, redacted
 
 
 def test_a_request_error_of_the_generator_is_kept() -> None:

@@ -49,3 +49,29 @@ async def test_missing_litellm_names_the_fix(monkeypatch) -> None:
     generator = rr.get_generator("gpt-4o")
     with pytest.raises(rr.MissingDependencyError, match="litellm"):
         await generator.generate_texts(["hi"], [rr.GenerateParams()])
+
+
+def test_subpackages_are_lazy_attributes() -> None:
+    code = (
+        "import json, sys; import rig_ray as rr; "
+        "before = [m for m in sys.modules if m.startswith(('rig_ray.batch', 'rig_ray.serve'))]; "
+        "run, serve = rr.batch.run, rr.serve; "
+        "print(json.dumps({'before': before, 'run': run.__module__, 'serve': serve.__name__, "
+        f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["before"] == []  # nothing of them is imported until asked for
+    assert seen["run"] == "rig_ray.batch.run" and seen["serve"] == "rig_ray.serve"
+    assert "torch" not in seen["heavy"] and "vllm" not in seen["heavy"]
+    assert "transformers" not in seen["heavy"]
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        rr.no_such_thing  # noqa: B018
+    assert {"batch", "serve"} <= set(dir(rr))
+
+
+def test_batch_takes_g_for_generator() -> None:
+    from rig_ray.cli import _parser
+
+    args = _parser().parse_args(["batch", "in.jsonl", "out", "-g", "echo!m", "-g", "fixed!m"])
+    assert args.generators == ["echo!m", "fixed!m"]

@@ -130,3 +130,54 @@ def test_batch_input_errors_hide_uri_passwords() -> None:
         source=f"s3://key:{SECRET}@bucket/x",
     )
     assert SECRET not in str(error) and SECRET not in str(error.source)
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets"),
+    [
+        (
+            "openai/m,api_base=https://proxy.example/v1?code=AZFUNCKEY&api_key=SECRETQ,top_k=2",
+            ["AZFUNCKEY", "SECRETQ"],
+        ),
+        ("https://host/v1?access_token=X123", ["X123"]),
+        ("POST https://g.example/v1/m:generateContent?key=AIzaSyAAAA&alt=sse", ["AIzaSyAAAA"]),
+        ("https://b.blob.example/c/f?sv=2024&sig=SIGVALUE%2B1&se=x", ["SIGVALUE%2B1"]),
+        ("https://h/x?X-Amz-Signature=ABCDEF12&X-Amz-Credential=AKIA%2F1", ["ABCDEF12", "AKIA"]),
+        ("https://h/x?token=T0KEN&password=PW99&client_secret=CS77", ["T0KEN", "PW99", "CS77"]),
+        ("postgres://user:p@ss@host/db", ["p@ss", "ss@"]),
+        ("redis://:a@b@c@host:6379", ["a@b@c"]),
+        ("Authorization: Token SECRETTOKEN", ["SECRETTOKEN"]),
+        ('curl -H "Authorization: Token ABC123" https://h', ["ABC123"]),
+        ("authorization=Digest DIGESTCRED", ["DIGESTCRED"]),
+        ("Proxy-Authorization: Negotiate NEGOCRED", ["NEGOCRED"]),
+        ('{"detail": "failed with api_key=INNER1 for you"}', ["INNER1"]),
+    ],
+)
+def test_secrets_inside_urls_and_headers(text: str, secrets: list[str]) -> None:
+    cleaned = redact(text)
+    for secret in secrets:
+        assert secret not in cleaned, cleaned
+    assert MASK in cleaned
+
+
+def test_url_redaction_keeps_the_rest() -> None:
+    text = "openai/m,api_base=https://h.example/v1?api-version=2024-10&key=K1234,max_tokens=5"
+    assert (
+        redact(text)
+        == "openai/m,api_base=https://h.example/v1?api-version=2024-10&key=***,max_tokens=5"
+    )
+    assert redact("postgres://user:p@ss@host/db") == "postgres://user:***@host/db"
+    assert redact("Authorization: Token SECRETTOKEN") == "Authorization: ***"
+
+
+def test_scrub_masks_a_bare_api_key() -> None:
+    assert SECRET not in scrub(f"provider said: invalid key {SECRET}", {"api_key": SECRET})
+
+
+def test_identifier_with_url_secrets_is_redacted_in_describe() -> None:
+    from rig_ray.cluster.remote_generator import describe
+    from rig_ray.generator import get_generator
+
+    generator = get_generator("openai/m,api_base=https://h/v1?code=AZFUNCKEY,api_key=SECRETQ")
+    shown = redact(describe(generator))
+    assert "AZFUNCKEY" not in shown and "SECRETQ" not in shown

@@ -1,0 +1,211 @@
+"""`export_openai`: a batch job's Parquet output as OpenAI batch output and error files.
+
+Each finished request becomes a line `{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error"}`, its body the `chat.completion` the endpoint would have
+returned (built by `rig_ray.serve.wire`), with one choice per generation when the line asked for
+`n > 1`. Requests whose generation failed, and lines that could not run, go to the error file.
+Lines come in input order; requests not finished yet are in neither file, so a partial folder
+exports what it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import typing as t
+
+from rig_ray.batch.openai_files import (
+    COMPLETIONS_URL,
+    REQUESTS_FILE,
+    InvalidLine,
+    job_info,
+    meta_path,
+    read_invalid,
+)
+from rig_ray.batch.source import open_filesystem
+from rig_ray.errors import BatchInputError
+
+OUTPUT_FILE = "output.jsonl"
+ERRORS_FILE = "errors.jsonl"
+_GENERATION_COLUMNS = [
+    "id",
+    "generation_index",
+    "text",
+    "stop_reason",
+    "input_tokens",
+    "output_tokens",
+    "error",
+]
+
+
+class ExportSummary(t.NamedTuple):
+    output_lines: int
+    error_lines: int
+
+
+def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSummary:
+    """Write the OpenAI output and error files of the batch job in `folder` (finished or not)
+    to `output_jsonl` and `errors_jsonl` (local paths or URIs)."""
+    import pyarrow.parquet as pq
+
+    filesystem, requests_path = meta_path(folder, REQUESTS_FILE)
+    try:
+        requests = pq.read_table(
+            requests_path,
+            columns=["id", "line", "url", "request_model", "n", "prompt", "echo"],
+            filesystem=filesystem,
+        ).to_pylist()
+    except (FileNotFoundError, OSError) as error:
+        raise BatchInputError(
+            f"{folder!r} holds no OpenAI batch job (no {REQUESTS_FILE}; was its input an OpenAI "
+            "batch file?)",
+            source=folder,
+        ) from error
+    token = str(job_info(folder)["token"])
+    created = int(job_info(folder)["created"])
+    generations = _generations(folder)
+    lines: list[tuple[int, str, dict[str, t.Any]]] = []  # (input line, file, line)
+    for request in requests:
+        rows = generations.get(request["id"], {})
+        wanted = [rows.get(index) for index in range(request["n"])]
+        if any(row is None for row in wanted):
+            continue  # not finished yet
+        done = t.cast(list[dict[str, t.Any]], wanted)
+        kind, line = _result_line(token, created, request, done)
+        lines.append((request["line"], kind, line))
+    for invalid in read_invalid(folder):
+        lines.append((invalid.line, ERRORS_FILE, _invalid_line(token, invalid)))
+    lines.sort(key=lambda item: item[0])
+    outputs = [line for _, kind, line in lines if kind == OUTPUT_FILE]
+    errors = [line for _, kind, line in lines if kind == ERRORS_FILE]
+    _write_jsonl(output_jsonl, outputs)
+    _write_jsonl(errors_jsonl, errors)
+    return ExportSummary(len(outputs), len(errors))
+
+
+def export_into_folder(folder: str) -> ExportSummary:
+    """`export_openai` into `output.jsonl` and `errors.jsonl` beside the Parquet parts."""
+    base = folder.rstrip("/")
+    return export_openai(folder, f"{base}/{OUTPUT_FILE}", f"{base}/{ERRORS_FILE}")
+
+
+def _generations(folder: str) -> dict[str, dict[int, dict[str, t.Any]]]:
+    """id -> generation index -> its output row."""
+    import pyarrow.parquet as pq
+
+    from rig_ray.batch.output import OutputFolder
+
+    output = OutputFolder(folder)
+    found: dict[str, dict[int, dict[str, t.Any]]] = {}
+    for part in output.parts():
+        table = pq.read_table(part, columns=_GENERATION_COLUMNS, filesystem=output.filesystem)
+        for row in table.to_pylist():
+            found.setdefault(row["id"], {})[row["generation_index"]] = row
+    return found
+
+
+def _ids(token: str, custom_id: str) -> tuple[str, str]:
+    """The line's `id` and `request_id`: stable for the job and custom_id, unguessable."""
+    digest = hashlib.sha256(f"{token}\0{custom_id}".encode()).hexdigest()
+    return f"batch_req_{digest[:24]}", digest[24:56]
+
+
+def _result_line(
+    token: str, created: int, request: dict[str, t.Any], rows: list[dict[str, t.Any]]
+) -> tuple[str, dict[str, t.Any]]:
+    line_id, request_id = _ids(token, request["id"])
+    failed = next((row for row in rows if row["error"] is not None), None)
+    if failed is not None:
+        error = {
+            "message": failed["error"],
+            "type": "server_error",
+            "param": None,
+            "code": "generation_failed",
+        }
+        body = {"error": error}
+        response = {"status_code": 500, "request_id": request_id, "body": body}
+        return ERRORS_FILE, _line(line_id, request["id"], response, None)
+    response = {
+        "status_code": 200,
+        "request_id": request_id,
+        "body": _body(request_id, created, request, rows),
+    }
+    return OUTPUT_FILE, _line(line_id, request["id"], response, None)
+
+
+def _body(
+    request_id: str, created: int, request: dict[str, t.Any], rows: list[dict[str, t.Any]]
+) -> dict[str, t.Any]:
+    """The reply the endpoint would have made, by its own builders."""
+    from rig_ray.generator.base import GeneratedMessage, GeneratedText, Usage
+    from rig_ray.message import Message
+    from rig_ray.serve import wire
+
+    def usage(row: dict[str, t.Any]) -> Usage | None:
+        if row["input_tokens"] is None:
+            return None
+        return Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"] or 0)
+
+    if request["url"] == COMPLETIONS_URL:
+        texts = [
+            GeneratedText(
+                text=row["text"] or "",
+                stop_reason=row["stop_reason"] or "unknown",
+                usage=usage(row),
+            )
+            for row in rows
+        ]
+        asked = wire.CompletionRequest(
+            model=request["request_model"],
+            prompt=request["prompt"],
+            n=request["n"],
+            echo=bool(request["echo"]),
+        )
+        return wire.completion(f"cmpl-{request_id}", created, asked, texts).model_dump(mode="json")
+    results = [
+        GeneratedMessage(
+            message=Message(role="assistant", content=row["text"] or ""),
+            stop_reason=row["stop_reason"] or "unknown",
+            usage=usage(row),
+        )
+        for row in rows
+    ]
+    reply = wire.chat_completion(
+        f"chatcmpl-{request_id}", created, request["request_model"], results
+    )
+    return reply.model_dump(mode="json")
+
+
+def _invalid_line(token: str, invalid: InvalidLine) -> dict[str, t.Any]:
+    custom_id = invalid.custom_id
+    line_id, _ = _ids(token, custom_id if custom_id is not None else f"\0line {invalid.line}")
+    error: dict[str, t.Any] = {
+        "code": invalid.code,
+        "message": invalid.message,
+        "param": invalid.param,
+        "line": invalid.line,
+    }
+    return _line(line_id, custom_id, None, error)
+
+
+def _line(
+    line_id: str,
+    custom_id: str | None,
+    response: dict[str, t.Any] | None,
+    error: dict[str, t.Any] | None,
+) -> dict[str, t.Any]:
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}
+
+
+def _write_jsonl(location: str, lines: list[dict[str, t.Any]]) -> None:
+    """Write whole or not at all: to a hidden name beside it, then renamed."""
+    filesystem, path = open_filesystem(location)
+    folder, _, name = path.rpartition("/")
+    if folder:
+        filesystem.create_dir(folder, recursive=True)
+    temporary = f"{folder}/.tmp-{secrets.token_hex(6)}-{name}"
+    with filesystem.open_output_stream(temporary) as stream:
+        for line in lines:
+            stream.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+    filesystem.move(temporary, path)

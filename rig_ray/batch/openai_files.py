@@ -1,0 +1,397 @@
+"""OpenAI batch files as batch job input: `{"custom_id", "method", "url", "body"}` lines.
+
+An input whose rows have `custom_id` and `body` (JSONL, or Parquet with those columns) is read
+line by line into a prepared Parquet file inside the output folder (`_openai/requests.parquet`):
+one row per valid line, with its `custom_id` as the row id, its conversation, and its params
+from the body through the endpoint's own mapping (`rig_ray.serve.wire`). Lines that cannot run
+(not JSON, an unknown `url`, a field the endpoint refuses) go to `_openai/invalid.jsonl` and the
+job goes on. `rig_ray.batch.run` then runs the prepared file like any other, so resume,
+`retry_failed` and the manifest work unchanged; `rig_ray.batch.openai_export` writes the
+results back in OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rig_ray.batch.source import format_of, input_files, open_filesystem
+from rig_ray.errors import BatchInputError
+from rig_ray.redaction import redact
+from rig_ray.serve import wire
+
+if t.TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+URLS = (CHAT_URL, COMPLETIONS_URL)
+"""The endpoints a batch file's lines may name."""
+META_FOLDER = "_openai"
+"""Inside the output folder: the prepared requests, the invalid lines and the job's token
+(hidden from the Parquet parts by its `_`)."""
+REQUESTS_FILE = "requests.parquet"
+INVALID_FILE = "invalid.jsonl"
+JOB_FILE = "job.json"
+MESSAGES_COLUMN = "messages"
+PARAMS_COLUMN = "params"
+TEXT_COLUMN = "prompt"
+_CHUNK = 10_000
+
+
+class InvalidLine(BaseModel):
+    """A line that cannot run: its 1-based number, its custom_id if it had one, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    line: int
+    custom_id: str | None
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Prepared(t.NamedTuple):
+    """A prepared batch file: where its rows are, and the generations its largest `n` asks."""
+
+    requests: str
+    num_generations: int
+    valid: int
+    invalid: int
+
+
+def is_openai_batch(source: str) -> bool:
+    """Whether `source`'s first file reads as an OpenAI batch file (rows with `custom_id` and
+    `body`)."""
+    filesystem, files = input_files(source)
+    kind = format_of(files[0])
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with filesystem.open_input_file(files[0]) as handle:
+            names = set(pq.read_schema(handle).names)
+        return {"custom_id", "body"} <= names
+    if kind != "json" or files[0].lower().endswith(".gz"):
+        return False
+    with filesystem.open_input_stream(files[0]) as stream:
+        head = stream.read(1 << 20).decode("utf-8", errors="replace")
+    for text in head.splitlines():
+        if text.strip():
+            try:
+                first = json.loads(text)
+            except ValueError:
+                return False
+            return isinstance(first, dict) and "custom_id" in first and "body" in first
+    return False
+
+
+def job_options(
+    source: str, output: str, members: t.Sequence[t.Any], options: dict[str, t.Any]
+) -> tuple[str, dict[str, t.Any]]:
+    """Prepare the batch file `source` in `output`: the prepared file to read instead, and the
+    job's options with its columns and generations. Options that choose prompts, ids or a
+    number of generations are refused: the file says them."""
+    from rig_ray.serve.app import takes_vllm_fields
+
+    for name in ("template", "messages_column", "params_column", "text_column"):
+        if options.get(name) is not None:
+            raise BatchInputError(
+                f"{name}: not taken with an OpenAI batch file (its bodies say it)"
+            )
+    if options.get("id_column", "id") != "id":
+        raise BatchInputError(
+            "id_column: not taken with an OpenAI batch file (custom_id is the id)"
+        )
+    if int(options.get("num_generations", 1)) != 1:
+        raise BatchInputError(
+            "num_generations: not taken with an OpenAI batch file (each body's n says it)"
+        )
+    if len(members) > 1:
+        raise BatchInputError(
+            "an OpenAI batch file runs on one generator (body.model is recorded, not used to "
+            "choose among several)"
+        )
+    vllm_fields = bool(members) and all(takes_vllm_fields(member) for member in members)
+    prepared = prepare(source, output, vllm_fields=vllm_fields)
+    location = prepared.requests  # a local path, or the same file by the output's URI
+    if "://" in output:
+        location = output.rstrip("/") + f"/{META_FOLDER}/{REQUESTS_FILE}"
+    return location, {
+        **options,
+        "messages_column": MESSAGES_COLUMN,
+        "params_column": PARAMS_COLUMN,
+        "text_column": TEXT_COLUMN,
+        "num_generations": prepared.num_generations,
+    }
+
+
+def is_prepared(output: str) -> bool:
+    """Whether `prepare` has run in the output folder."""
+    filesystem, path = meta_path(output, REQUESTS_FILE)
+    return not _missing(filesystem, path)
+
+
+def meta_path(folder: str, name: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of `name` in the output folder's `_openai` folder."""
+    filesystem, path = open_filesystem(folder)
+    return filesystem, f"{path.rstrip('/')}/{META_FOLDER}/{name}"
+
+
+def prepare(
+    source: str, output: str, *, vllm_fields: bool, urls: t.Sequence[str] = URLS
+) -> Prepared:
+    """Read the batch file `source` into the output folder's `_openai` folder.
+
+    A `custom_id` used twice refuses the whole file (OpenAI requires them unique), naming it
+    and its lines. `vllm_fields`: whether the generator takes vLLM's extra sampling fields;
+    `urls`: the endpoints lines may name (a batch of the endpoint runs one).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, requests = meta_path(output, REQUESTS_FILE)
+    folder = requests.rsplit("/", 1)[0]
+    filesystem.create_dir(folder, recursive=True)
+    _job_token(filesystem, folder)
+    invalid: list[InvalidLine] = []
+    seen: dict[str, int] = {}
+    rows: list[dict[str, t.Any]] = []
+    valid = most_n = 0
+    temporary = f"{folder}/.tmp-{secrets.token_hex(6)}.parquet"
+    schema = _schema()
+    with pq.ParquetWriter(temporary, schema, filesystem=filesystem) as writer:
+        for number, line in _lines(source):
+            row = _row(number, line, vllm_fields, tuple(urls))
+            if isinstance(row, InvalidLine):
+                invalid.append(row)
+            custom_id = row.custom_id if isinstance(row, InvalidLine) else row["id"]
+            if custom_id is not None:
+                if custom_id in seen:
+                    filesystem.delete_file(temporary)
+                    raise BatchInputError(
+                        f"custom_id {custom_id!r} is used on lines {seen[custom_id]} and "
+                        f"{number}; every line needs its own custom_id",
+                        source=source,
+                        column="custom_id",
+                    )
+                seen[custom_id] = number
+            if isinstance(row, dict):
+                rows.append(row)
+                valid += 1
+                most_n = max(most_n, row["n"])
+            if len(rows) >= _CHUNK:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                rows = []
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    filesystem.move(temporary, requests)
+    _write_invalid(filesystem, f"{folder}/{INVALID_FILE}", invalid)
+    return Prepared(requests, max(most_n, 1), valid, len(invalid))
+
+
+def read_invalid(output: str) -> list[InvalidLine]:
+    """The invalid lines `prepare` recorded in the output folder (none if it never ran)."""
+    filesystem, path = meta_path(output, INVALID_FILE)
+    if _missing(filesystem, path):
+        return []
+    with filesystem.open_input_stream(path) as stream:
+        text = stream.read().decode()
+    return [InvalidLine.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+
+def job_info(output: str) -> dict[str, t.Any]:
+    """The job's token and creation time, made by its first `prepare`."""
+    filesystem, path = meta_path(output, JOB_FILE)
+    with filesystem.open_input_stream(path) as stream:
+        return t.cast(dict[str, t.Any], json.loads(stream.read()))
+
+
+def _job_token(filesystem: pafs.FileSystem, folder: str) -> None:
+    path = f"{folder}/{JOB_FILE}"
+    if _missing(filesystem, path):
+        info = {"token": secrets.token_hex(12), "created": int(time.time())}
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(json.dumps(info).encode())
+
+
+def _missing(filesystem: pafs.FileSystem, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return bool(filesystem.get_file_info(path).type == pafs.FileType.NotFound)
+
+
+def _write_invalid(filesystem: pafs.FileSystem, path: str, invalid: list[InvalidLine]) -> None:
+    text = "".join(line.model_dump_json() + "\n" for line in invalid)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    message = pa.struct(
+        [
+            pa.field("role", pa.string()),
+            pa.field("content", pa.string()),
+            pa.field("name", pa.string()),
+            pa.field("tool_call_id", pa.string()),
+        ]
+    )
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("line", pa.int64()),
+            pa.field("url", pa.string()),
+            pa.field("request_model", pa.string()),
+            pa.field("n", pa.int32()),
+            pa.field(MESSAGES_COLUMN, pa.list_(message)),
+            pa.field(PARAMS_COLUMN, pa.string()),
+            pa.field(TEXT_COLUMN, pa.string()),
+            pa.field("echo", pa.bool_()),
+        ]
+    )
+
+
+# -- reading lines -------------------------------------------------------------------------
+
+
+def _lines(source: str) -> t.Iterator[tuple[int, t.Any]]:
+    """(1-based line number, the parsed line, or the `_NotJson` text of one that is not)."""
+    filesystem, files = input_files(source)
+    number = 0
+    for path in files:
+        if format_of(path) == "parquet":
+            import pyarrow.parquet as pq
+
+            with filesystem.open_input_file(path) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=_CHUNK):
+                    for record in batch.to_pylist():
+                        number += 1
+                        yield number, record
+            continue
+        with filesystem.open_input_stream(path) as stream:
+            for raw in _text_lines(stream):
+                number += 1
+                if not raw.strip():
+                    yield number, _NotJson("an empty line")
+                    continue
+                try:
+                    yield number, json.loads(raw)
+                except ValueError as error:
+                    yield number, _NotJson(f"not JSON ({error})")
+
+
+class _NotJson(t.NamedTuple):
+    why: str
+
+
+def _text_lines(stream: t.Any) -> t.Iterator[str]:
+    rest = b""
+    while chunk := stream.read(1 << 20):
+        rest += chunk
+        *whole, rest = rest.split(b"\n")
+        for line in whole:
+            yield line.decode("utf-8", errors="replace")
+    if rest.strip():
+        yield rest.decode("utf-8", errors="replace")
+
+
+def _row(
+    number: int, line: t.Any, vllm_fields: bool, urls: tuple[str, ...]
+) -> dict[str, t.Any] | InvalidLine:
+    """The prepared row of one line, or why it cannot run."""
+
+    def bad(message: str, code: str = "invalid_request", param: str | None = None) -> InvalidLine:
+        return InvalidLine(
+            line=number, custom_id=custom_id, code=code, message=redact(message), param=param
+        )
+
+    custom_id: str | None = None
+    if isinstance(line, _NotJson):
+        return bad(f"line {number}: {line.why}", code="invalid_json_line")
+    if not isinstance(line, dict):
+        return bad(f"line {number}: a {type(line).__name__}, not an object", "invalid_json_line")
+    if isinstance(line.get("custom_id"), str | int) and str(line["custom_id"]):
+        custom_id = str(line["custom_id"])
+    else:
+        return bad(f"line {number}: custom_id: a non-empty string is required", param="custom_id")
+    unknown = sorted(set(line) - {"custom_id", "method", "url", "body"})
+    if unknown:
+        return bad(f"line {number}: unknown key {unknown[0]!r}", param=unknown[0])
+    if line.get("method", "POST") != "POST":
+        return bad(f"line {number}: method: only POST is supported", param="method")
+    url = line.get("url")
+    if url not in urls:
+        return bad(
+            f"line {number}: url {url!r} is not one this batch runs ({', '.join(urls)})",
+            code="invalid_url",
+            param="url",
+        )
+    body = json.loads(line["body"]) if isinstance(line.get("body"), str) else line.get("body")
+    if not isinstance(body, dict):
+        return bad(f"line {number}: body: an object is required", param="body")
+    try:
+        request = _request(body, chat=url == CHAT_URL)
+        params = request.to_params()
+        _check(request, params, vllm_fields)
+    except _Refused as error:
+        return bad(f"line {number}: {error.message}", error.code, error.param)
+    row = {
+        "id": custom_id,
+        "line": number,
+        "url": url,
+        "request_model": request.model,
+        "n": request.n,
+        PARAMS_COLUMN: params.model_dump_json(exclude_none=True, exclude_defaults=True),
+    }
+    if isinstance(request, wire.CompletionRequest):
+        return {**row, TEXT_COLUMN: request.prompts[0], "echo": request.echo}
+    messages = [
+        {"role": m.role, "content": m.content, "name": m.name, "tool_call_id": m.tool_call_id}
+        for m in request.to_messages()
+    ]
+    return {**row, MESSAGES_COLUMN: messages}
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, code: str, param: str | None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.param = message, code, param
+
+
+def _request(
+    body: dict[str, t.Any], *, chat: bool
+) -> wire.ChatCompletionRequest | wire.CompletionRequest:
+    """The body read by the endpoint's own request model; `_Refused` as the endpoint's 400."""
+    try:
+        if chat:
+            return wire.ChatCompletionRequest.model_validate(body)
+        return wire.CompletionRequest.model_validate(body)
+    except ValidationError as error:
+        from rig_ray.serve.http_errors import from_validation
+
+        refused = from_validation(error)
+        raise _Refused(str(refused), refused.code or "invalid_value", refused.param) from None
+
+
+def _check(
+    request: wire.ChatCompletionRequest | wire.CompletionRequest, params: t.Any, vllm_fields: bool
+) -> None:
+    """What the endpoint refuses before a request reaches a model, as it words it."""
+    from rig_ray.serve.wire import VLLM_FIELDS
+
+    if isinstance(request, wire.CompletionRequest) and len(request.prompts) != 1:
+        raise _Refused("prompt: one prompt per batch line", "invalid_value", "prompt")
+    if request.stream:
+        raise _Refused("stream: not supported in a batch file", "unsupported_parameter", "stream")
+    for name in VLLM_FIELDS:
+        if name in params.extra and not vllm_fields:
+            raise _Refused(
+                f"{name}: only vLLM generators take it, and this batch's generator is not one",
+                "unsupported_parameter",
+                name,
+            )

@@ -1,0 +1,235 @@
+"""The one placement rule for a generator's GPUs: `rr.remote()`, batch actors and Serve
+replicas all ask `place()` where an engine runs.
+
+An engine uses `tensor_parallel_size x pipeline_parallel_size x data_parallel_size` GPUs, read
+from the generator's fields and its `engine_args` (engine_args win, as they do in the engine).
+
+- One GPU or none: the actor itself takes `num_gpus` (default 0, the engine runs on CPU; give
+  1, or a share of one, for a GPU).
+- More than one: a placement group of one `{"GPU": 1}` bundle per GPU, packed on one node
+  (STRICT_PACK); the actor takes its CPUs from the first bundle and no GPU of its own, and the
+  engine's workers (vLLM's Ray executor) take the bundles, as Ray Data LLM places them.
+
+An explicit `num_gpus` that disagrees with the engine is a `PlacementError` before anything
+starts. Nothing here imports Ray until a group is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import typing as t
+
+from pydantic import BaseModel, ConfigDict
+
+from rig_ray.errors import PlacementError
+
+PARALLEL_FIELDS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
+"""The settings whose product is the number of GPUs one engine uses."""
+STRATEGY = "STRICT_PACK"
+"""All bundles of one engine on one node."""
+
+Bundle = dict[str, float]
+
+
+def parallel_sizes(generator: t.Any) -> dict[str, int]:
+    """The generator's parallel sizes (1 when it has none): its fields, then `engine_args`."""
+    engine_args = getattr(generator, "engine_args", None) or {}
+    sizes: dict[str, int] = {}
+    for name in PARALLEL_FIELDS:
+        value = engine_args.get(name, getattr(generator, name, None))
+        try:
+            size = int(value) if value is not None else 1
+        except (TypeError, ValueError):
+            raise PlacementError(f"{name} must be a whole number, got {value!r}") from None
+        if size < 1:
+            raise PlacementError(f"{name} must be at least 1, got {size}")
+        sizes[name] = size
+    return sizes
+
+
+def gpus_per_engine(generator: t.Any) -> int:
+    """GPUs one engine of this generator uses: tensor x pipeline x data parallel size."""
+    return math.prod(parallel_sizes(generator).values())
+
+
+class Placement(BaseModel):
+    """Where one generator actor (or Serve replica) runs, and what it reserves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_cpus: float
+    num_gpus: float
+    """GPUs of the actor itself (0 when the engine's GPUs are bundles)."""
+    resources: dict[str, float] | None = None
+    accelerator_type: str | None = None
+    bundles: tuple[Bundle, ...] | None = None
+    """One bundle per GPU of the engine, packed on one node; None: no placement group."""
+
+    @property
+    def total_gpus(self) -> float:
+        """GPUs the actor and its engine reserve together."""
+        if self.bundles is None:
+            return self.num_gpus
+        return sum(bundle.get("GPU", 0.0) for bundle in self.bundles)
+
+    def ray_options(self) -> dict[str, t.Any]:
+        """The actor's own resource options (`.options()`, `ray_actor_options`)."""
+        options: dict[str, t.Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources and self.bundles is None:
+            options["resources"] = dict(self.resources)
+        if self.accelerator_type and self.bundles is None:
+            options["accelerator_type"] = self.accelerator_type
+        return options
+
+    def group_bundles(self) -> list[Bundle] | None:
+        """Fresh copies of the bundles (Ray and Serve keep what they are given)."""
+        return None if self.bundles is None else [dict(bundle) for bundle in self.bundles]
+
+
+def place(
+    generator: t.Any,
+    *,
+    num_gpus: float | None = None,
+    num_cpus: float = 1,
+    resources: dict[str, float] | None = None,
+    accelerator_type: str | None = None,
+) -> Placement:
+    """Where an actor owning `generator` runs; `num_gpus=None` leaves it to the engine."""
+    need = gpus_per_engine(generator)
+    if num_gpus is not None and num_gpus < 0:
+        raise PlacementError(f"num_gpus must not be negative, got {num_gpus:g}", need=need)
+    if need == 1:
+        if num_gpus is not None and num_gpus > 1:
+            raise PlacementError(
+                f"num_gpus={num_gpus:g}, but the engine uses one GPU ({_sizes(generator)}): "
+                "the others would be reserved and never used; set tensor_parallel_size (or "
+                "pipeline_parallel_size) to spread the model over them, or leave num_gpus at 1",
+                need=need,
+                num_gpus=num_gpus,
+            )
+        return Placement(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus or 0,
+            resources=resources,
+            accelerator_type=accelerator_type,
+        )
+    if num_gpus is not None and num_gpus != need:
+        raise PlacementError(
+            f"num_gpus={num_gpus:g}, but the engine runs on {need} GPUs ({_sizes(generator)}); "
+            f"leave num_gpus unset (each engine then gets {need} GPUs on one node) or give "
+            f"num_gpus={need}",
+            need=need,
+            num_gpus=num_gpus,
+        )
+    first: Bundle = {"GPU": 1.0, "CPU": float(num_cpus), **(resources or {})}
+    bundles = [first] + [{"GPU": 1.0} for _ in range(need - 1)]
+    if accelerator_type:
+        for bundle in bundles:
+            bundle[f"accelerator_type:{accelerator_type}"] = 0.001
+    return Placement(
+        num_cpus=num_cpus,
+        num_gpus=0,
+        resources=resources,
+        accelerator_type=accelerator_type,
+        bundles=tuple(bundles),
+    )
+
+
+def _sizes(generator: t.Any) -> str:
+    sizes = parallel_sizes(generator)
+    return " x ".join(f"{name}={size}" for name, size in sizes.items())
+
+
+def make_group(placement: Placement) -> t.Any:
+    """A placement group for `placement`'s bundles (None when it has none)."""
+    bundles = placement.group_bundles()
+    if bundles is None:
+        return None
+    import ray
+
+    return ray.util.placement_group(bundles, strategy=STRATEGY)
+
+
+def in_group(group: t.Any) -> dict[str, t.Any]:
+    """The options that start an actor in `group`, its engine's workers with it."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            group, placement_group_capture_child_tasks=True
+        )
+    }
+
+
+def serve_options(placement: Placement) -> dict[str, t.Any]:
+    """A Serve deployment's placement options: `ray_actor_options` resources, and the bundles
+    of each replica (the replica runs in the first bundle)."""
+    options: dict[str, t.Any] = {"ray_actor_options": placement.ray_options()}
+    bundles = placement.group_bundles()
+    if bundles is not None:
+        options["placement_group_bundles"] = bundles
+        options["placement_group_strategy"] = STRATEGY
+    return options
+
+
+class BatchGroups:
+    """`ray_remote_args_fn` of a Ray Data actor pool: a placement group per actor it starts.
+
+    Groups made while a `BatchGroups.scope()` is open in the thread that built the dataset
+    are removed when it closes (`batch.run` opens one around its job); others stay until the
+    driver exits, as Ray removes a job's groups then.
+    """
+
+    _made: t.ClassVar[dict[int, list[t.Any]]] = {}
+    _lock: t.ClassVar[threading.Lock] = threading.Lock()
+    _current: t.ClassVar[threading.local] = threading.local()
+    _next: t.ClassVar[list[int]] = [0]
+
+    def __init__(self, placement: Placement) -> None:
+        self._placement = placement
+        self._scope: int | None = getattr(BatchGroups._current, "scope", None)
+
+    def __call__(self) -> dict[str, t.Any]:
+        group = make_group(self._placement)
+        if self._scope is not None:
+            with BatchGroups._lock:
+                BatchGroups._made.setdefault(self._scope, []).append(group)
+        return in_group(group)
+
+    @classmethod
+    @contextlib.contextmanager
+    def scope(cls) -> t.Iterator[None]:
+        """Remove, on leaving, the groups of the actor pools built meanwhile in this thread."""
+        with cls._lock:
+            cls._next[0] += 1
+            key = cls._next[0]
+        outer = getattr(cls._current, "scope", None)
+        cls._current.scope = key
+        try:
+            yield
+        finally:
+            cls._current.scope = outer
+            with cls._lock:
+                groups = cls._made.pop(key, [])
+            if groups:
+                import ray
+
+                for group in groups:
+                    with contextlib.suppress(Exception):  # already gone with its job
+                        ray.util.remove_placement_group(group)
+
+
+__all__: t.Sequence[str] = [
+    "PARALLEL_FIELDS",
+    "STRATEGY",
+    "BatchGroups",
+    "Placement",
+    "gpus_per_engine",
+    "in_group",
+    "make_group",
+    "parallel_sizes",
+    "place",
+    "serve_options",
+]

@@ -1,0 +1,131 @@
+"""Generators for the placement and lifecycle tests: one reports where it runs, one notes
+every unload in a file, one raises an engine-dead error once."""
+
+from __future__ import annotations
+
+import json
+import os
+import typing as t
+from pathlib import Path
+
+from pydantic import Field, PrivateAttr
+
+from rig_ray import GeneratedMessage, GenerateParams, Message
+from rig_ray.errors import EngineDeadError
+from tests.fakes import EchoGenerator
+
+
+class WhereAmI(EchoGenerator):
+    """Replies, as JSON, with what its actor got: the placement group's bundles and strategy,
+    the actor's own GPU ids and CUDA_VISIBLE_DEVICES, and those of one task per GPU bundle
+    (what vLLM's Ray executor starts for each tensor-parallel worker)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    engine_args: dict[str, t.Any] = Field(default_factory=dict)
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        report = json.dumps(await where_am_i())
+        return [
+            GeneratedMessage(message=Message(role="assistant", content=report), stop_reason="stop")
+            for _ in messages
+        ]
+
+
+async def where_am_i() -> dict[str, t.Any]:
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.get_current_placement_group()
+    report: dict[str, t.Any] = {
+        "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "bundles": None,
+        "strategy": None,
+        "workers": [],
+    }
+    if group is None:
+        return report
+    report["bundles"] = group.bundle_specs
+    report["strategy"] = ray.util.placement_group_table(group)["strategy"]
+    worker = ray.remote(num_cpus=0, num_gpus=1)(_worker_report)
+    refs = [
+        worker.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=index
+            )
+        ).remote()
+        for index, bundle in enumerate(group.bundle_specs)
+        if bundle.get("GPU")
+    ]
+    report["workers"] = [await ref for ref in refs]
+    return report
+
+
+def _worker_report() -> dict[str, t.Any]:
+    import ray
+
+    return {
+        "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
+class NotesUnload(EchoGenerator):
+    """Echoes; each unload of a loaded engine appends `unload <pid>` to the file `log`, and
+    each load `load <pid>`."""
+
+    log: str
+    _up: bool = PrivateAttr(False)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._up
+
+    def load(self) -> t.Self:
+        if not self._up:
+            self._up = True
+            _note(self.log, "load")
+        return self
+
+    def unload(self) -> t.Self:
+        if self._up:
+            self._up = False
+            _note(self.log, "unload")
+        return self
+
+
+class EngineDiesOnce(NotesUnload):
+    """Like NotesUnload; the first batch that finds no `marker` file creates it and gets an
+    EngineDeadError for every item, as a generator whose engine process died."""
+
+    marker: str
+    raises: bool = False
+    """Raise the error from the call, rather than return it for each item."""
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            if self.raises:
+                raise EngineDeadError("the engine process died")
+            return [EngineDeadError("the engine process died") for _ in messages]
+        return await super().generate_messages(messages, params)
+
+
+def _note(log: str, what: str) -> None:
+    with open(log, "a") as file:
+        file.write(f"{what} {os.getpid()}\n")
+
+
+def notes(log: Path) -> list[tuple[str, int]]:
+    """The (event, pid) lines a NotesUnload wrote, in order."""
+    if not log.exists():
+        return []
+    return [
+        (kind, int(pid))
+        for kind, pid in (line.split() for line in log.read_text().split("\n") if line)
+    ]

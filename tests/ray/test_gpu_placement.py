@@ -1,0 +1,141 @@
+"""The placement rule on a Ray with logical GPUs (no real GPU): an engine of 1, 2 or 4 GPUs
+gets them in `remote()`, batch actors and Serve replicas alike, as a generator in each reports
+(its bundles, and the GPU ids and CUDA_VISIBLE_DEVICES of its actor and of one worker task per
+GPU bundle, as vLLM's Ray executor starts)."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pytest
+
+import rig_ray as rr
+from rig_ray.cluster.placement import BatchGroups
+from tests.ray.placement_members import WhereAmI
+from tests.serve.support import free_port
+
+CPU = 0.25
+GPUS = 4
+SIZES = [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytest.mark.slow)]
+"""Engines of 1, 2 and 4 GPUs; 2 runs in `make test`, all three in `make test-all`."""
+
+
+@pytest.fixture(scope="module")
+def gpu_ray() -> t.Iterator[t.Any]:
+    """A local Ray of its own with 2 CPUs and 4 logical GPUs, and Serve on a free port."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=GPUS,
+        include_dashboard=False,
+        logging_level="warning",
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        yield ray
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def check(report: dict[str, t.Any], tp: int) -> None:
+    """What an engine of `tp` GPUs must have got, and all GPUs free again afterwards."""
+    if tp == 1:  # the actor takes the GPU itself
+        assert report["bundles"] is None
+        assert len(report["gpu_ids"]) == 1
+        assert report["cuda_visible_devices"] == report["gpu_ids"][0]
+        return
+    assert report["strategy"] == "STRICT_PACK"
+    assert [bundle["GPU"] for bundle in report["bundles"]] == [1.0] * tp
+    assert report["bundles"][0]["CPU"] == CPU  # the actor's CPUs, in the first bundle
+    assert report["gpu_ids"] == []  # the actor holds no GPU; its workers hold one each
+    workers = report["workers"]
+    assert len(workers) == tp
+    ids = [worker["gpu_ids"] for worker in workers]
+    assert all(len(one) == 1 for one in ids)
+    assert len({one[0] for one in ids}) == tp  # distinct GPUs
+    assert [w["cuda_visible_devices"] for w in workers] == [one[0] for one in ids]
+    assert len({w["node_id"] for w in workers}) == 1
+
+
+def num_gpus_for(tp: int) -> float | None:
+    return 1 if tp == 1 else None  # one GPU is asked for; more come from the engine
+
+
+def all_gpus_free(ray: t.Any) -> bool:
+    return bool(ray.available_resources().get("GPU", 0) == GPUS)
+
+
+def wait_until(condition: t.Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.parametrize("tp", SIZES)
+def test_remote_places_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
+    remote = rr.remote(
+        WhereAmI(model="w", tensor_parallel_size=tp), num_cpus=CPU, num_gpus=num_gpus_for(tp)
+    )
+    try:
+        [[reply]] = remote.generate([[rr.Message(role="user", content="where?")]])
+        check(json.loads(reply.message.content), tp)
+    finally:
+        remote.teardown()
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+@pytest.mark.parametrize("tp", SIZES)
+def test_batch_actors_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
+    from rig_ray.batch import generate
+
+    dataset = gpu_ray.data.from_items([{"id": str(n), "prompt": f"p{n}"} for n in range(4)])
+    with BatchGroups.scope():
+        rows = generate(
+            dataset,
+            generator=WhereAmI(model="w", tensor_parallel_size=tp),
+            num_cpus=CPU,
+            num_gpus=num_gpus_for(tp),
+            batch_size=2,
+        ).take_all()
+    assert len(rows) == 4 and all(row["error"] is None for row in rows)
+    for row in rows:
+        check(json.loads(row["text"]), tp)
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+@pytest.mark.parametrize("tp", SIZES)
+def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    actor: dict[str, t.Any] = {"num_cpus": CPU}
+    if tp == 1:
+        actor["num_gpus"] = 1
+    served = ServedModel(
+        generator=WhereAmI(model="where", tensor_parallel_size=tp),
+        ray_actor_options=actor,
+        health_probe=False,
+    )
+    app = f"placement-{tp}"
+    serve.run(build_app([served]), name=app, route_prefix=None)
+    try:
+        handle = serve.get_deployment_handle("where", app_name=app)
+        messages = [rr.Message(role="user", content="where?")]
+        [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+        check(json.loads(reply.message.content), tp)
+    finally:
+        serve.delete(app)
+    assert wait_until(lambda: all_gpus_free(gpu_ray))

