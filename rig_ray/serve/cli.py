@@ -26,6 +26,7 @@ from rig_ray.serve.app import (
     served_models,
 )
 from rig_ray.serve.auth import API_KEY_ENV, is_loopback
+from rig_ray.serve.lifecycle import client_host, listening, wait_until_ready
 from rig_ray.serve.limits import RequestLimits
 
 DESCRIPTION = """\
@@ -48,8 +49,6 @@ examples:
 """
 
 
-READY_POLL_S = 0.5
-"""Seconds between two looks at /health while the models load."""
 STOP_WAIT_S = 5.0
 """Longest wait, on SIGTERM, for the running requests to be told the server is stopping."""
 
@@ -235,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
     status, deployed = 0, True
     try:
         host, port = _start(app, args, served)
-        url = f"http://{_client_host(host)}:{port}"
-        _wait_until_ready(url)
+        url = f"http://{client_host(host)}:{port}"
+        wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
         print(f"rig-ray: serving {names} at {url}/v1", flush=True)
         print("rig-ray: SIGTERM or Ctrl-C stops it", flush=True)
@@ -322,7 +321,7 @@ def _start(
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
     forward_redacted([model.generator for model in served])
     serve.start(http_options={"host": args.host, "port": args.port})
-    host, port = _listening()
+    host, port = listening()
     if (host, port) != (args.host, args.port):
         print(
             f"rig-ray: Serve already runs on this cluster, on {host}:{port}; "
@@ -333,36 +332,6 @@ def _start(
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
     serve.run(app, name=APP_NAME, route_prefix="/")
     return host, port
-
-
-def _listening() -> tuple[str, int]:
-    """The host and port of the running Serve's HTTP proxies (from its controller)."""
-    from ray.serve.context import _get_global_client
-
-    options = t.cast(t.Any, _get_global_client()).http_config
-    return str(options.host), int(options.port)
-
-
-def _client_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to `host`."""
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def _wait_until_ready(url: str) -> None:
-    """Wait until GET /health answers 200: every model has loaded."""
-    import urllib.error
-    import urllib.request
-
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=10) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):  # 503 while loading, or not listening yet
-            pass
-        time.sleep(READY_POLL_S)
 
 
 def _deploy_failure(served: t.Sequence[ServedModel] = ()) -> str | None:
