@@ -128,7 +128,7 @@ def test_a_key_or_no_auth_or_loopback_starts(
     else:
         monkeypatch.setenv("RIG_RAY_API_KEY", env)
     started = []
-    monkeypatch.setattr(cli, "_start", lambda app, args: started.append(app) or 1 / 0)
+    monkeypatch.setattr(cli, "_start", lambda app, *args: started.append(app) or 1 / 0)
     monkeypatch.setattr(cli, "_stop", lambda *args: None)
     assert cli.run(parse(["-g", REMOTE, "--port", str(free_port()), *argv])) == 1
     assert started
@@ -244,7 +244,7 @@ def test_serve_run_of_the_config_file(tmp_path: Path, smollm2_path: Path) -> Non
 def test_sigterm_handler_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """run() gives the signal handlers back, even when start-up fails."""
 
-    def fail(app: t.Any, args: argparse.Namespace) -> None:
+    def fail(app: t.Any, *args: t.Any) -> None:
         raise RuntimeError("deploy failed")
 
     monkeypatch.setattr(cli, "_start", fail)
