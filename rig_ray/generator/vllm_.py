@@ -60,6 +60,7 @@ class VLLMGenerator(LocalGenerator):
     """
 
     batches_continuously: t.ClassVar[bool] = True
+    checks_context: t.ClassVar[bool] = True
     """Requests go straight to the engine, which batches whatever is in flight."""
     honours_json_schema: t.ClassVar[bool] = True
     """`json_schema` constrains decoding (vLLM's structured outputs)."""
@@ -87,6 +88,7 @@ class VLLMGenerator(LocalGenerator):
     _engine: t.Any = PrivateAttr(None)
     _loop: EngineLoop | None = PrivateAttr(None)
     _owns_engine: bool = PrivateAttr(True)
+    _strict_context: bool = PrivateAttr(False)
     _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
     _usage_context: vllm_sizing.UsageName = PrivateAttr(vllm_sizing.OFFLINE)
     """vLLM's usage context the engine starts in, which sizes its scheduler as vLLM's own entry
@@ -232,6 +234,9 @@ class VLLMGenerator(LocalGenerator):
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
         return await loop.call(requests.count_tokens(engine, rendered))
 
+    def refuse_past_context(self) -> None:
+        self._strict_context = True
+
     def _sampling_params(self, params: GenerateParams, **engine_fields: t.Any) -> t.Any:
         from vllm import SamplingParams
 
@@ -277,7 +282,7 @@ class VLLMGenerator(LocalGenerator):
                 continue
             jobs.append((prompts[indices[0]], sampling))
             owners.append(indices)
-        outcomes = await loop.call(requests.complete_all(engine, jobs))
+        outcomes = await loop.call(requests.complete_all(engine, jobs, strict=self._strict_context))
         for indices, outcome in zip(owners, outcomes, strict=True):
             for position, index in enumerate(indices):
                 failed = isinstance(outcome, BaseException)
@@ -290,7 +295,8 @@ class VLLMGenerator(LocalGenerator):
         engine, loop = await self._running()
         sampling = self._sampling_params(self.params.merge_with(params))
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
-        make = lambda: requests.stream(engine, rendered, sampling)  # noqa: E731
+        strict = self._strict_context
+        make = lambda: requests.stream(engine, rendered, sampling, strict=strict)  # noqa: E731
         async for chunk in loop.stream(make, merge=requests.merge_chunks):
             yield chunk
 

@@ -17,7 +17,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from rig_ray.errors import ServeRequestError
+from rig_ray.errors import ContextLengthError, ServeRequestError
 from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
@@ -26,7 +26,7 @@ from rig_ray.redaction import RedactingFilter, scrubbed_error
 from rig_ray.serve import http_errors, response_format
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
-from rig_ray.serve.limits import check_context
+from rig_ray.serve.limits import check_context, context_error
 from rig_ray.serve.streaming import aclose, merge_streams
 
 logger = logging.getLogger("ray.serve")
@@ -117,6 +117,7 @@ class GeneratorDeployment:
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
         self._generator: Generator = _for_serving(generator)
+        generator.refuse_past_context()  # the engine then counts each prompt as it renders it
         # Every record of Serve's logger in this replica (Serve's own too) is scrubbed with the
         # generator's secrets, its traceback included.
         for old in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
@@ -178,6 +179,10 @@ class GeneratorDeployment:
         """Requests this replica's engine runs at once (vLLM's max_num_seqs), or None."""
         return await self._generator.capacity()
 
+    async def ready(self) -> bool:
+        """Answers once the replica is up, which is once its generator has loaded."""
+        return self._generator.is_loaded
+
     def stats(self) -> dict[str, t.Any]:
         """Sizes of the generate calls this replica made: batches, items, largest, recent."""
         return self._stats.summary()
@@ -222,7 +227,7 @@ class GeneratorDeployment:
     ) -> list[t.Any]:
         items: list[Item] = [(prompt, params) for prompt in prompts for _ in range(n)]
         results = await self._generate(kind, items)
-        public = [self._public(result, request_id) for result in results]
+        public = [self._public(result, request_id, kind) for result in results]
         failed = [result for result in public if isinstance(result, ServeRequestError)]
         return failed[:1] or public  # one failed item fails the request
 
@@ -263,7 +268,7 @@ class GeneratorDeployment:
             if not accepted:  # a stream with no piece at all
                 yield None
         except Exception as error:
-            yield self._public(error, request_id)
+            yield self._public(error, request_id, kind)
         finally:
             await aclose(merged)
 
@@ -316,11 +321,16 @@ class GeneratorDeployment:
 
         return call
 
-    def _public(self, result: _T | BaseException, request_id: str) -> _T | ServeRequestError:
+    def _public(
+        self, result: _T | BaseException, request_id: str, kind: str
+    ) -> _T | ServeRequestError:
         """A result as it may leave the replica: errors become ServeRequestErrors with a
-        stable code and the request id, logged here in full under that id."""
+        stable code and the request id, logged here in full under that id; a prompt the
+        engine found past the context is the usual 400 `context_length_exceeded`."""
         if not isinstance(result, BaseException):
             return result
+        if isinstance(result, ContextLengthError):
+            return context_error(result, "messages" if kind == "chat" else "prompt")
         return http_errors.item_error(
             result, request_id=request_id, model=self._name, secrets=[self._generator]
         )
