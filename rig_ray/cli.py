@@ -11,6 +11,7 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.batch import cli as batch_cli
+from rig_ray.batch import pipeline_cli
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import RigRayError
 from rig_ray.generator import (
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
 
     batch_cli.add_parser(commands)
+    pipeline_cli.add_parser(commands)
     serve_cli.add_parser(commands)
 
     commands.add_parser(
@@ -114,6 +116,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             )
         if args.command == "batch":
             return batch_cli.run(args)
+        if args.command == "pipeline":
+            return pipeline_cli.run(args)
         if args.command == "serve":
             return serve_cli.run(args)
         if args.command == "demo":

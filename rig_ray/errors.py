@@ -184,6 +184,23 @@ class BatchInputError(RigRayError, ValueError):
         super().__init__(redact(message))
 
 
+class PipelineError(BatchInputError):
+    """A pipeline's stages or config are wrong, or a stage was refused (its settings changed
+    since the run that made its folder); `stage` names the stage, `key` a config key at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        key: str | None = None,
+        source: str | None = None,
+    ):
+        self.stage = stage
+        self.key = key
+        super().__init__(message, source=source)
+
+
 class ServeConfigError(RigRayError, ValueError):
     """A Ray Serve app could not be built from the given generators (none, two served under
     one name, a list of names that does not match them); `field` names the setting at fault."""

@@ -17,9 +17,15 @@ class Progress:
     """
 
     def __init__(
-        self, total: int | None, *, every_s: float = 5.0, stream: t.TextIO | None = None
+        self,
+        total: int | None,
+        *,
+        every_s: float = 5.0,
+        stream: t.TextIO | None = None,
+        label: str = "rig-ray batch",
     ) -> None:
         self.total = total
+        self.label = label
         self.rows = 0
         self.failed = 0
         self.output_tokens = 0
@@ -72,7 +78,7 @@ class Progress:
         rate = self.rows / elapsed
         done = f"{self.rows:,}" if self.total is None else f"{self.rows:,}/{self.total:,}"
         parts = [
-            f"rig-ray batch: {done} rows",
+            f"{self.label}: {done} rows",
             f"{rate:.1f} rows/s",
             f"{self.output_tokens / elapsed:.1f} tok/s",
         ]

@@ -86,6 +86,7 @@ def run(
     retry_failed: bool = False,
     num_cpus: float | None = None,
     verbose: bool = False,
+    progress_label: str = "rig-ray batch",
     output_format: t.Literal["parquet", "openai"] = "parquet",
     **options: t.Any,
 ) -> BatchSummary:
@@ -101,6 +102,7 @@ def run(
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
+    Progress lines start with `progress_label`.
 
     The console shows rig_ray's own lines only (its progress line, when `progress`): Ray
     Data's logs and bars and what the actors print (engines' loading bars and warnings) are
@@ -130,6 +132,7 @@ def run(
         retry_failed=retry_failed,
         num_cpus=num_cpus,
         gpus_per_actor=0,
+        label=progress_label,
     )
     try:
         return _run_source(source, output, members, settings, address, verbose, options)
@@ -176,6 +179,34 @@ def _run_source(
             )
 
 
+def pending(source: str, output: str, *, retry_failed: bool = False, **options: t.Any) -> int:
+    """The generations a `run` with these arguments would make, loading no model.
+
+    The output folder's manifest is checked as `run` checks it: other settings are refused
+    with the same `BatchInputError`. Runs on the Ray already initialised (or starts one).
+    """
+    input_files(source)
+    members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    folder = OutputFolder(output)
+    join(options.get("address"))
+    dataset = read_prompts(source)
+    spec = _resolve(dataset, source, options)
+    manifest = _manifest(members, spec, structured, options)
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    plan = plan_rows(
+        dataset,
+        spec,
+        num_generations=manifest.num_generations,
+        finished=folder.scan().finished(retry_failed=retry_failed),
+    )
+    return plan.pending
+
+
 class _Settings(t.NamedTuple):
     progress_every_s: float
     rows_per_part: int
@@ -183,6 +214,7 @@ class _Settings(t.NamedTuple):
     retry_failed: bool
     num_cpus: float | None
     gpus_per_actor: float
+    label: str = "rig-ray batch"
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -253,7 +285,7 @@ def _run(
     check_manifest(folder.filesystem, folder.path, folder.location, manifest)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.rows_in * manifest.num_generations - plan.pending
-    meter = Progress(plan.pending, every_s=settings.progress_every_s)
+    meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
         rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
     )

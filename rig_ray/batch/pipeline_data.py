@@ -1,0 +1,230 @@
+"""A pipeline's folder: each stage's input made from the stage before, and the final table.
+
+`<output>/<stage>/` is the stage's `batch.run` folder. `<output>/_inputs/<stage>.parquet` is
+what a later stage reads: one row per generation of the stage before, with
+- `id` = `<parent id>/<generation_index>` and `parent_id` = the parent's id;
+- the pipeline input's columns (as the first stage wrote them through);
+- the previous stage's `text` and its parsed (typed) columns;
+- every earlier stage's own columns under `<stage>_` (`answer_text`, `judge_score`, ...).
+Rows whose parent failed or did not parse (an `error`) are left out unless the stage keeps
+them (`on_error="keep"`). `<output>/_rig_ray_pipeline.json` records the stages in order.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from rig_ray.batch.output import OutputFolder, read_output
+from rig_ray.batch.schema import OUTPUT_COLUMNS, passthrough_names
+from rig_ray.batch.source import open_filesystem
+from rig_ray.errors import PipelineError
+from rig_ray.redaction import redact
+
+RECORD_NAME = "_rig_ray_pipeline.json"
+INPUTS_FOLDER = "_inputs"
+PARENT_COLUMN = "parent_id"
+
+
+class Layout:
+    """Where a pipeline keeps its stages, their inputs and its record."""
+
+    def __init__(self, output: str) -> None:
+        self.location = output.rstrip("/")
+        self.filesystem, self.path = open_filesystem(self.location)
+
+    def stage(self, name: str) -> str:
+        """The stage's `batch.run` folder."""
+        return f"{self.location}/{name}"
+
+    def stage_input(self, name: str) -> str:
+        """The input made for the stage from the stage before."""
+        return f"{self.location}/{INPUTS_FOLDER}/{name}.parquet"
+
+    def read_record(self) -> dict[str, t.Any] | None:
+        try:
+            with self.filesystem.open_input_stream(f"{self.path}/{RECORD_NAME}") as stream:
+                return t.cast(dict[str, t.Any], json.loads(stream.read()))
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if self._missing(f"{self.path}/{RECORD_NAME}"):
+                return None
+            raise
+
+    def check_record(self, names: list[str]) -> None:
+        """Refuse stages that reorder, rename or replace the stages of an earlier run (stages
+        added at the end, or left off the end, are fine)."""
+        record = self.read_record()
+        if record is None:
+            return
+        earlier = list(record.get("stages", []))
+        for index, (then, now) in enumerate(zip(earlier, names, strict=False)):
+            if then != now:
+                raise PipelineError(
+                    f"stage {index + 1} is {now!r} but the run that made {self.location!r} had "
+                    f"{then!r} there (stages: {', '.join(earlier)}); stages may only be added "
+                    "at the end: give a new output folder for other stages",
+                    stage=now,
+                    source=self.location,
+                )
+
+    def write_record(self, names: list[str], columns: list[str], id_column: str) -> None:
+        record = {"stages": names, "input_columns": columns, "id_column": id_column}
+        self.filesystem.create_dir(self.path, recursive=True)
+        _write_bytes(self.filesystem, f"{self.path}/{RECORD_NAME}", json.dumps(record).encode())
+
+    def _missing(self, path: str) -> bool:
+        return bool(self.filesystem.get_file_info(path).type == pafs.FileType.NotFound)
+
+
+class StageInput(t.NamedTuple):
+    """What a stage reads: its input's location, columns and id column."""
+
+    source: str
+    columns: list[str]
+    id_column: str
+
+
+def own_columns(table: pa.Table, read: StageInput) -> list[str]:
+    """The stage's own columns in its output: generation and parsed ones, not written-through."""
+    carried = set(passthrough_names(read.columns, read.id_column).values())
+    return [name for name in table.column_names if name not in carried]
+
+
+def derive(
+    layout: Layout,
+    previous: str,
+    previous_read: StageInput,
+    stage: str,
+    *,
+    earlier: t.Sequence[str],
+    keep_errors: bool,
+) -> tuple[StageInput, int] | None:
+    """Write `stage`'s input from the output of the stage `previous` (which read
+    `previous_read`, after the stages `earlier`); None when `previous` has no output yet.
+    Also returns the row count."""
+    folder = OutputFolder(layout.stage(previous))
+    if not folder.parts():
+        return None
+    table = read_output(folder.location)
+    table = _one_per_key(table)
+    own = own_columns(table, previous_read)
+    carried = passthrough_names(previous_read.columns, previous_read.id_column)
+    first = not earlier  # the previous stage is the first: it read the pipeline's own input
+    if not keep_errors:
+        table = table.filter(pc.is_null(table.column("error")))
+    ids = pc.binary_join_element_wise(
+        table.column("id"), pc.cast(table.column("generation_index"), pa.string()), "/"
+    )
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids, PARENT_COLUMN: table.column("id")}
+    for name in _context_names(previous_read, first, earlier):  # input's, earlier stages'
+        columns[name] = table.column(name if first else carried[name])
+    columns.setdefault("text", table.column("text"))
+    for name in own:
+        if name not in OUTPUT_COLUMNS:
+            columns.setdefault(name, table.column(name))  # the previous stage's parsed columns
+    for name in own:
+        columns[f"{previous}_{name}"] = table.column(name)
+    derived = pa.table(columns)
+    path = layout.stage_input(stage)
+    _, inner = open_filesystem(path)
+    layout.filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    _write_table(layout.filesystem, derived, inner)
+    return StageInput(path, derived.column_names, "id"), derived.num_rows
+
+
+def _context_names(previous_read: StageInput, first: bool, earlier: t.Sequence[str]) -> list[str]:
+    """The columns of the previous stage's input that travel on: for the first stage, the
+    pipeline input's (as written through); after it, the input's and the prefixed ones (not
+    the unprefixed copies of the stage before it, which are under its prefix too)."""
+    if first:
+        return list(passthrough_names(previous_read.columns, previous_read.id_column).values())
+    present = set(previous_read.columns)
+    return [
+        name
+        for name in previous_read.columns
+        if name not in {"id", PARENT_COLUMN, "text"}
+        and not any(f"{stage}_{name}" in present for stage in earlier)
+    ]
+
+
+def _one_per_key(table: pa.Table) -> pa.Table:
+    """One row per (id, generation_index): a folder read while its stage ran may hold a
+    retried row twice; the last one written wins."""
+    keys = pc.binary_join_element_wise(
+        table.column("id"), pc.cast(table.column("generation_index"), pa.string()), "\x1f"
+    )
+    if pc.count_distinct(keys).as_py() == table.num_rows:
+        return table
+    last: dict[str, int] = {key: row for row, key in enumerate(keys.to_pylist())}
+    return table.take(pa.array(sorted(last.values()), type=pa.int64()))
+
+
+def _write_table(filesystem: pafs.FileSystem, table: pa.Table, path: str) -> None:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        folder, name = path.rsplit("/", 1)
+        temporary = f"{folder}/.tmp-{name}"
+        pq.write_table(table, temporary, filesystem=filesystem)
+        filesystem.move(temporary, path)
+    else:
+        pq.write_table(table, path, filesystem=filesystem)
+
+
+def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        folder, name = path.rsplit("/", 1)
+        temporary = f"{folder}/.tmp-{name}"
+        with filesystem.open_output_stream(temporary) as out:
+            out.write(data)
+        filesystem.move(temporary, path)
+    else:
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+
+
+def read_pipeline(output: str) -> pa.Table:
+    """A pipeline's result: one row per generation of its last stage, with that stage's own
+    columns, `parent_id`, the input's columns, and every earlier stage's columns under its
+    `<stage>_` prefix."""
+    layout = Layout(output)
+    record = layout.read_record()
+    if record is None or not record.get("stages"):
+        raise PipelineError(
+            f"{redact(output)!r} holds no pipeline (no {RECORD_NAME})", source=output
+        )
+    names: list[str] = record["stages"]
+    last = names[-1]
+    table = read_output(layout.stage(last))
+    if len(names) == 1:
+        return table
+    path = layout.stage_input(last)
+    _, inner = open_filesystem(path)
+    columns = pq.read_schema(inner, filesystem=layout.filesystem).names
+    read = StageInput(path, columns, "id")
+    own = own_columns(table, read)
+    carried = passthrough_names(columns, "id")
+    previous = names[-2]
+    kept = [
+        name
+        for name in columns
+        if name == PARENT_COLUMN
+        or name.startswith(tuple(f"{stage}_" for stage in names[:-1]))
+        or not _from_previous(name, previous, columns)
+    ]
+    result = table.select(own)
+    for name in kept:
+        if name != "id":
+            result = result.append_column(name, table.column(carried[name]))
+    return result
+
+
+def _from_previous(name: str, previous: str, columns: list[str]) -> bool:
+    """Whether an input column of the last stage is the previous stage's unprefixed copy
+    (`text`, its parsed columns): those are in the table under `<previous>_` already."""
+    return name == "text" or (f"{previous}_{name}" in columns and name != "id")

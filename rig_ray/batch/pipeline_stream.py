@@ -1,0 +1,120 @@
+"""Stream mode: every stage's engines loaded at once, the stages running side by side.
+
+The first stage with work runs one `batch.run`, writing a part at least every few seconds.
+Each later stage runs in a thread of its own: whenever the stage before has written new
+parts, it runs `batch.run` again over its input made from them (the resume skips what it
+made in earlier rounds), until the stage before has finished and one last round has taken
+everything. Its engines stay loaded across rounds (only Ray Data's thin forwarding actors
+start again), and are unloaded as soon as the stage is done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import typing as t
+
+from rig_ray.batch.output import OutputFolder
+from rig_ray.batch.pipeline_engines import StageEngines
+from rig_ray.batch.pipeline_summary import StageSummary
+
+if t.TYPE_CHECKING:
+    from rig_ray.batch.pipeline_run import _Job
+
+POLL_S = 0.5
+
+
+class Stream:
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        count = len(job.stages)
+        self.summaries = [job.summary(index) for index in range(count)]
+        self.done = [threading.Event() for _ in range(count)]
+        self.stop = threading.Event()
+        self.first = 0
+
+    def run(self) -> list[StageSummary]:
+        job = self.job
+        first = self.first = self._first_with_work()
+        for index in range(first):  # complete already: nothing loads
+            self.done[index].set()
+            self.summaries[index].note = "complete already"
+        working = list(range(first, len(job.stages)))
+        sharing = sum(len(job.stages[i].members) * job.stages[i].replicas for i in working)
+        engines = {index: job.engines(index, sharing) for index in working}
+        started = time.monotonic()
+        try:
+            self._load(engines)
+            with concurrent.futures.ThreadPoolExecutor(len(working) or 1) as pool:
+                futures = [
+                    pool.submit(self._stage, index, engines[index], started) for index in working
+                ]
+                for future in concurrent.futures.as_completed(futures):
+                    if future.exception() is not None:
+                        self.stop.set()
+                for future in futures:
+                    future.result()
+        finally:
+            for index, stage_engines in engines.items():
+                stage_engines.unload()  # already done for stages that finished
+                self.summaries[index].engines = stage_engines.times
+        return self.summaries
+
+    def _first_with_work(self) -> int:
+        """The first stage with generations left to make (every stage after it has work too,
+        as its input may grow); len(stages) when all are complete."""
+        job = self.job
+        for index in range(len(job.stages)):
+            read = job.read(index)
+            if read is None or job.pending(index, read):
+                return index
+        return len(job.stages)
+
+    def _load(self, engines: dict[int, StageEngines]) -> None:
+        """Load every stage's engines at once."""
+        if not engines:
+            return
+        for stage_engines in engines.values():  # one thread: configs are pickled one by one
+            stage_engines.start()
+        with concurrent.futures.ThreadPoolExecutor(len(engines)) as pool:
+            for future in [pool.submit(e.load) for e in engines.values()]:
+                future.result()
+        for index in engines:
+            self.summaries[index].loaded = True
+
+    def _stage(self, index: int, engines: StageEngines, started: float) -> None:
+        job = self.job
+        summary = self.summaries[index]
+        feeds = index + 1 < len(job.stages)
+        try:
+            if index == self.first:  # what it reads is complete already
+                self._round(index, engines, feeds)
+            else:
+                self._follow(index, engines, feeds)
+        finally:
+            self.done[index].set()
+            engines.unload()
+            summary.engines = engines.times
+            summary.wall_s = time.monotonic() - started
+            job.say(summary.line())
+
+    def _follow(self, index: int, engines: StageEngines, feeds: bool) -> None:
+        """Rounds over the parts of the stage before, as they come, until it is done."""
+        previous = OutputFolder(self.job.layout.stage(self.job.stages[index - 1].name))
+        seen: list[str] | None = None
+        while not self.stop.is_set():
+            finished = self.done[index - 1].is_set()  # before looking: a later part comes next
+            parts = previous.parts()
+            if parts != seen or finished:
+                seen = parts
+                self._round(index, engines, feeds)
+            if finished:
+                return
+            self.done[index - 1].wait(POLL_S)
+
+    def _round(self, index: int, engines: StageEngines, feeds: bool) -> None:
+        read = self.job.read(index)
+        if read is None:
+            return
+        self.summaries[index].add(self.job.run_once(index, read, engines, feeds))

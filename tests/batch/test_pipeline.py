@@ -1,0 +1,172 @@
+"""`run_pipeline` / `read_pipeline` on a local Ray with fake generators: ids, parent ids,
+skipped parents, prefixes, resume per stage, refusal of changed stages, both modes."""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from rig_ray import PipelineError
+from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
+from tests.batch.pipeline_members import (
+    SCORE_SCHEMA,
+    Answerer,
+    FailingAnswerer,
+    Judge,
+    loads,
+    questions,
+)
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def stages(tmp: Path, **judge: t.Any) -> list[Stage]:
+    return [
+        Stage(
+            "answer",
+            generators=[
+                FailingAnswerer(model="a", log=str(tmp / "answer.log")),
+                FailingAnswerer(model="b", log=str(tmp / "answer.log")),
+            ],
+            template="Answer: $question",
+            num_generations=2,
+            batch_size=2,
+        ),
+        Stage(
+            "judge",
+            generator=Judge(model="j", log=str(tmp / "judge.log")),
+            template=judge.pop("template", "Q: $question A: $text"),
+            json_schema=SCORE_SCHEMA,
+            **judge,
+        ),
+    ]
+
+
+def keys(rows: list[dict[str, t.Any]]) -> list[tuple[str, int]]:
+    return sorted((row["id"], row["generation_index"]) for row in rows)
+
+
+@pytest.mark.parametrize("mode", ["swap", "stream"])
+def test_two_stages_ids_parents_skips_and_typed_columns(tmp_path: Path, mode: str) -> None:
+    source = questions(tmp_path / "q.jsonl")
+    out = tmp_path / "out"
+    summary = run_pipeline(
+        str(source), str(out), stages=stages(tmp_path), gpu_sharing=mode, progress=False
+    )
+    assert summary.gpu_sharing == mode
+    answer, judge = summary.stage("answer"), summary.stage("judge")
+    assert (answer.generations_written, answer.failed) == (6, 2)  # q2 FAIL, both generations
+    assert (judge.generations_written, judge.failed) == (4, 2)  # q2's skipped; q1 does not parse
+    assert answer.loaded and judge.loaded
+    rows = read_output(str(out / "judge")).to_pylist()
+    assert keys(rows) == [("q0/0", 0), ("q0/1", 0), ("q1/0", 0), ("q1/1", 0)]
+    assert {row["id"]: row["parent_id"] for row in rows} == {
+        "q0/0": "q0", "q0/1": "q0", "q1/0": "q1", "q1/1": "q1",
+    }  # fmt: skip
+    final = read_pipeline(str(out))
+    assert final.num_rows == 4
+    assert final.schema.field("score").type == pa.int64()
+    for row in final.to_pylist():
+        parent = row["parent_id"]
+        assert row["answer_id"] == parent and row["question"].startswith(f"question {parent[1]}")
+        assert row["answer_text"] == f"Answer: {row['question']}"  # the earlier stage, prefixed
+        assert row["text"] == ("not JSON" if "BAD" in row["question"] else '{"score": 7}')
+        if row["error"] is None:
+            assert row["score"] == 7  # "Q: question 0 A: Answer: question 0" is 7 words
+        else:
+            assert row["score"] is None and "JSON" in row["error"]
+    assert "input_text" not in final.column_names  # the answer's text is answer_text there
+
+
+def test_later_stages_see_prefixes_and_keep_errors_when_asked(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl")
+    out = tmp_path / "out"
+    chain = [
+        *stages(tmp_path),
+        Stage(
+            "echo",
+            generator=Answerer(model="e"),
+            template="$text|$answer_text|$judge_score|$question",
+        ),
+        Stage(
+            "kept",
+            generator=Answerer(model="k"),
+            template="$echo_text|$question",
+            on_error="keep",
+        ),
+    ]
+    summary = run_pipeline(str(source), str(out), stages=chain, gpu_sharing="swap", progress=False)
+    assert summary.stage("echo").generations_written == 2  # judge's parse failures skipped
+    echo = sorted(read_output(str(out / "echo")).to_pylist(), key=lambda r: r["id"])
+    assert [row["id"] for row in echo] == ["q0/0/0", "q0/1/0"]
+    assert echo[0]["text"] == '{"score": 7}|Answer: question 0|7|question 0'
+    assert echo[0]["parent_id"] == "q0/0"
+    final = read_pipeline(str(out))
+    assert final.num_rows == 2
+    assert {"answer_text", "judge_score", "echo_text", "parent_id"} <= set(final.column_names)
+
+
+def test_on_error_keep_passes_failed_parents_on(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl")
+    chain = [
+        stages(tmp_path)[0],
+        Stage("kept", generator=Answerer(model="k"), template="$question", on_error="keep"),
+    ]
+    run_pipeline(
+        str(source), str(tmp_path / "out"), stages=chain, gpu_sharing="swap", progress=False
+    )
+    assert read_pipeline(str(tmp_path / "out")).num_rows == 6  # q2's failed answers too
+
+
+def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl")
+    out = str(tmp_path / "out")
+    first = run_pipeline(str(source), out, stages=stages(tmp_path), progress=False)
+    answer_loads, judge_loads = loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")
+    assert (answer_loads, judge_loads) == (2, 1)
+    again = run_pipeline(str(source), out, stages=stages(tmp_path), progress=False)
+    for stage in again.stages:  # complete: nothing made, no model loaded
+        assert (stage.generations_written, stage.loaded) == (0, False)
+    assert (loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")) == (2, 1)
+    added = Stage("echo", generator=Answerer(model="e", log=str(tmp_path / "echo.log")))
+    grown = run_pipeline(
+        str(source),
+        out,
+        stages=[*stages(tmp_path), added.model_copy(update={"template": "$text"})],
+        progress=False,
+    )
+    assert (loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")) == (2, 1)
+    assert loads(tmp_path / "echo.log") == 1
+    assert grown.stage("echo").generations_written == 2
+    assert first.stage("judge").generations_written == 4
+    parts = sorted(p.name for p in (tmp_path / "out" / "answer").iterdir())
+    with pytest.raises(PipelineError, match=r"stage 'judge'.*template") as refused:
+        run_pipeline(
+            str(source),
+            out,
+            stages=stages(tmp_path, template="Rate: $text"),
+            progress=False,
+        )
+    assert refused.value.stage == "judge"
+    assert sorted(p.name for p in (tmp_path / "out" / "answer").iterdir()) == parts
+    assert (loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")) == (2, 1)
+
+
+def test_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl")
+    out = str(tmp_path / "out")
+    one, two = stages(tmp_path)
+    run_pipeline(str(source), out, stages=[one], progress=False)
+    with pytest.raises(PipelineError, match="stage 1 is 'judge'"):
+        run_pipeline(str(source), out, stages=[two, one], progress=False)
+    with pytest.raises(PipelineError, match="two stages are named"):
+        run_pipeline(str(source), out, stages=[one, one], progress=False)
+    with pytest.raises(PipelineError, match="gpu_sharing"):
+        run_pipeline(str(source), out, stages=[one], gpu_sharing="share", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stage name"):
+        Stage("no spaces", generator="echo!x")
+    with pytest.raises(ValueError, match="either generator"):
+        Stage("x")

@@ -1,0 +1,82 @@
+"""`rig-ray pipeline PIPELINE.yaml` with fake providers, and the YAML's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rig_ray.batch.pipeline_yaml import load_pipeline, pipeline_from
+from rig_ray.cli import main
+from rig_ray.errors import PipelineError
+
+GOOD = """
+input: {input}
+output: {output}
+gpu_sharing: swap
+stages:
+  - name: answer
+    generator: [echo!a, echo!b]
+    template: "Answer: $question"
+    num-generations: 2
+    num_cpus: 0.05
+  - name: judge
+    generator: fixed!j
+    template: "Judge $text"
+    max-tokens: 8
+"""
+
+
+def test_pipeline_from_yaml_runs_and_shows_rows(
+    tmp_path: Path, fake_providers: None, local_ray: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "q.jsonl"
+    source.write_text(json.dumps({"id": "q0", "question": "why?"}) + "\n")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(GOOD.format(input=source, output=tmp_path / "out"))
+    code = main(["pipeline", str(config), "--show", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "[q0/0] answer: Answer: why? | judge: fixed" in printed
+    assert "[q0/1] answer: Answer: why? | judge: fixed" in printed
+    assert "stage answer: 1 rows in, 2 generations written" in printed
+    assert "stage judge: 2 rows in, 2 generations written" in printed
+    assert "swap" in printed
+
+
+def test_a_bad_key_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(GOOD.format(input="q.jsonl", output="out").replace("num_cpus", "num_cpu"))
+    assert main(["pipeline", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "stage 'answer': unknown key 'num_cpu'" in error
+    with pytest.raises(PipelineError, match="unknown key 'outputs'") as raised:
+        pipeline_from({"input": "a", "outputs": "b", "stages": []})
+    assert raised.value.key == "outputs"
+    with pytest.raises(PipelineError, match="'stages' is missing"):
+        pipeline_from({"input": "a", "output": "b"})
+    with pytest.raises(PipelineError, match="num_generations"):
+        pipeline_from(
+            {"input": "a", "output": "b", "stages": [{"name": "s", "generator": "echo!x",
+                                                       "num-generations": 0}]}
+        )  # fmt: skip
+
+
+def test_yaml_options_become_the_stage(tmp_path: Path) -> None:
+    schema = tmp_path / "score.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"score": {"type": "integer"}}}))
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "input: q.jsonl\noutput: out\nstages:\n"
+        "  - {name: a, generator: echo!x, temperature: 0, params: {top_p: 0.5}}\n"
+        f"  - {{name: j, generator: echo!y, json-schema: {schema}, on-error: keep}}\n"
+    )
+    loaded = load_pipeline(str(config))
+    first, second = loaded.stages
+    assert first.params is not None and first.params.temperature == 0
+    assert first.params.top_p == 0.5 and first.generator == "echo!x"
+    assert second.json_schema == json.loads(schema.read_text()) and second.on_error == "keep"
+    assert loaded.gpu_sharing == "auto"
