@@ -13,6 +13,7 @@ from rig_ray.cluster import GeneratorActor, LLMPool, RemoteGenerator, remote
 from rig_ray.completion import Completion, CompletionPipeline
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
 from rig_ray.errors import (
+    EngineDeadError,
     GenerationError,
     InvalidGeneratorError,
     InvalidMessageError,
@@ -77,6 +78,7 @@ __all__ = [
     "ChatPipeline",
     "Completion",
     "CompletionPipeline",
+    "EngineDeadError",
     "FailMode",
     "GenerateParams",
     "GeneratedChunk",

@@ -83,7 +83,13 @@ class GenerationError(RigRayError):
 
 
 class EngineDeadError(GenerationError):
-    """The engine's process died; the engine must be built again before it can generate."""
+    """The local engine behind a generator died (its process exited or failed), so no request
+    can succeed on it until it is started again.
+
+    An owned engine is started again by the generator's next call, off the caller's loop; a
+    wrapped one (`from_obj`) never is. A Ray Data actor that meets this error should exit, so
+    Ray restarts it and retries its batch.
+    """
 
 
 class ModelNotAvailableError(RigRayError):
@@ -233,3 +239,14 @@ class ServeRequestError(RigRayError):
         self.param = param
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class FolderLockLostError(RigRayError):
+    """A batch run no longer holds its output folder's lock (another run took it over, or
+    its heartbeat could not be written): it stops before writing another part."""
+
+    def __init__(self, message: str, *, location: str | None = None):
+        from rig_ray.redaction import redact
+
+        self.location = redact(location) if isinstance(location, str) else location
+        super().__init__(redact(message))

@@ -11,6 +11,7 @@ import typing as t
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
+from rig_ray.errors import GenerationError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.redaction import redact
 
@@ -162,7 +163,8 @@ class Stopped(BaseException):
 
 def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
     """Run the batch job that `args` describe: 0 when every generation succeeded, 1 when some
-    failed, 130 / 143 when stopped by SIGINT / SIGTERM (what was made is written)."""
+    failed or the job stopped on a `GenerationError`, 130 / 143 when stopped by SIGINT /
+    SIGTERM (what was made is written); wrong input or options raise (exit 2)."""
     import ray
 
     started_ray = not ray.is_initialized()
@@ -176,6 +178,10 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
         if summary.failed:
             print(f"rig-ray batch: {summary.failed:,} generations failed; see the error column")
         return 1 if summary.failed else 0
+    except GenerationError as error:  # the job ran and stopped: what it made is written
+        _on_signals(signal.SIG_IGN)
+        print(f"rig-ray: error: {redact(' '.join(str(error).split()))}", file=sys.stderr)
+        return 1
     except (Stopped, KeyboardInterrupt) as stop:
         _on_signals(signal.SIG_IGN)  # a second signal must not cut the shutdown short
         code = stop.code if isinstance(stop, Stopped) else 128 + signal.SIGINT

@@ -1,15 +1,23 @@
 """One run per output folder: `FolderLock`, held for a batch run's whole life.
 
-A local folder is locked with an OS file lock (`flock`) on `_rig_ray.lock`, which the kernel
-lets go of when the process ends however it ends. An object store has no such lock, so there
-the lock is an object holding the holder's host, pid and a heartbeat that a thread renews; a
-lock whose heartbeat is older than `stale_after_s` (its run died) may be taken over.
+A local folder is locked with an OS file lock (`flock`) on `_rig_ray.lock`, opened without
+following links, which the kernel lets go of when the process ends however it ends. An object
+store has no such lock, so there the lock is an object holding the holder's host, pid, a
+token and a beat counter that a thread rewrites every `heartbeat_s`. A lock counts as stale
+(its run died) when the store's own modification time of it is `stale_after_s` older than
+that of a probe object written just now (the store's clock against itself), or, on a store
+without modification times, when its beat counter does not move for `stale_after_s`. A run
+calls `check()` before each part it writes: it raises `FolderLockLostError` when another run
+has taken the lock over, or when the heartbeat could not be written for half of
+`stale_after_s`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import socket
 import threading
@@ -19,11 +27,13 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from rig_ray.errors import BatchInputError
+from rig_ray.errors import BatchInputError, FolderLockLostError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = "_rig_ray.lock"
 STALE_AFTER_S = 300.0
-"""An object-store lock whose heartbeat is older than this belongs to a run that died."""
+"""An object-store lock not rewritten for this long belongs to a run that died."""
 HEARTBEAT_S = 30.0
 """How often a run renews its object-store lock."""
 
@@ -54,6 +64,9 @@ class FolderLock:
         self._token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._beats = 0
+        self._last_written = 0.0  # time.monotonic() of the last heartbeat written
+        self._lost: str | None = None
 
     def __enter__(self) -> FolderLock:
         self.acquire()
@@ -96,15 +109,24 @@ class FolderLock:
         import fcntl
 
         while True:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_local()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _describe(_read_fd(fd))
                 os.close(fd)
                 raise self._busy(holder) from None
+            except OSError as error:  # ENOLCK, ENOSYS, EOPNOTSUPP: no locks on this filesystem
+                os.close(fd)
+                raise BatchInputError(
+                    f"cannot lock {self._path!r}: the filesystem of the output folder "
+                    f"{self._location!r} does not support file locks "
+                    f"({errno.errorcode.get(error.errno or 0, error.errno)}: {error.strerror}); "
+                    "write to a local disk, then copy",
+                    source=self._location,
+                ) from None
             try:  # the holder before us may have removed the file as we opened it
-                same = os.fstat(fd).st_ino == os.stat(self._path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self._path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -114,9 +136,42 @@ class FolderLock:
         os.write(fd, json.dumps(self._holder()).encode())
         self._fd = fd
 
+    def _open_local(self) -> int:
+        """The lock file, created if missing; never opened through a symbolic link."""
+        try:
+            return os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise BatchInputError(
+                f"{self._path!r} is a symbolic link; a batch run never writes through one "
+                "(remove it to use this output folder)",
+                source=self._location,
+            ) from None
+
+    def check(self) -> None:
+        """Raise `FolderLockLostError` unless this run still holds the lock (an object
+        store's is read back; a local `flock` holds as long as this process does)."""
+        if self._local:
+            return
+        if self._lost is None:
+            silent = time.monotonic() - self._last_written
+            if silent > self._stale_after_s / 2:
+                self._lost = f"its heartbeat could not be written for {silent:.0f}s"
+            else:
+                current = self._read()
+                if current is None or current.get("token") != self._token:
+                    self._lost = f"another run took it over ({_describe(current)})"
+        if self._lost is not None:
+            raise FolderLockLostError(
+                f"this run lost the lock on the output folder {self._location!r}: "
+                f"{self._lost}; it stopped before writing more (what it wrote is kept)",
+                location=self._location,
+            )
+
     def _acquire_object(self) -> None:
         current = self._read()
-        if current is not None and time.time() - current.get("heartbeat", 0) < self._stale_after_s:
+        if current is not None and not self._stale(current):
             raise self._busy(_describe(current))
         self._write()
         time.sleep(self._settle_s)  # a run that wrote at the same moment: the last write wins
@@ -126,13 +181,47 @@ class FolderLock:
         self._beat = threading.Thread(target=self._heartbeat, name="rig_ray-lock", daemon=True)
         self._beat.start()
 
+    def _stale(self, current: dict[str, t.Any]) -> bool:
+        """Whether the lock object `current` belongs to a run that died (see the module)."""
+        written = self._filesystem.get_file_info(self._path).mtime
+        now = self._store_now()
+        if written is not None and now is not None:
+            return (now - written).total_seconds() > self._stale_after_s
+        # no modification times: watch the holder's beat counter on our own clock
+        seen = (current.get("token"), current.get("beats"))
+        deadline = time.monotonic() + self._stale_after_s
+        while time.monotonic() < deadline:
+            time.sleep(min(self._heartbeat_s, max(deadline - time.monotonic(), 0)))
+            later = self._read()
+            if later is None or (later.get("token"), later.get("beats")) != seen:
+                return later is None
+        return True
+
+    def _store_now(self) -> t.Any:
+        """The store's own clock: the modification time of a probe object written now."""
+        probe = f"{self._folder}/.{LOCK_NAME}-probe-{self._token}"
+        try:
+            with self._filesystem.open_output_stream(probe) as out:
+                out.write(b"")
+            return self._filesystem.get_file_info(probe).mtime
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                self._filesystem.delete_file(probe)
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
             current = self._read()
             if current is not None and current.get("token") != self._token:
-                return  # taken over (this run looked dead): never overwrite the new holder
-            with contextlib.suppress(OSError):
+                self._lost = f"another run took it over ({_describe(current)})"
+                return  # never overwrite the new holder
+            try:
                 self._write()
+            except OSError as error:  # retried next beat; `check` stops the run if it lasts
+                logger.warning(
+                    "cannot renew the lock on %s: %s", self._location, " ".join(str(error).split())
+                )
 
     def _holder(self) -> dict[str, t.Any]:
         now = time.time()
@@ -141,14 +230,16 @@ class FolderLock:
             "pid": os.getpid(),
             "token": self._token,
             "started": getattr(self, "_started", now),
-            "heartbeat": now,
+            "beats": self._beats,
         }
 
     def _write(self) -> None:
+        self._beats += 1
         holder = self._holder()
         self._started = holder["started"]
         with self._filesystem.open_output_stream(self._path) as out:
             out.write(json.dumps(holder).encode())
+        self._last_written = time.monotonic()
 
     def _read(self) -> dict[str, t.Any] | None:
         try:

@@ -3,12 +3,20 @@
 The first run into a folder writes `_rig_ray_manifest.json` (atomically); every later run
 compares its own settings with it before any model loads and refuses to start when any differ.
 Raising `num_generations` is the one change allowed (resume makes the new generations).
+
+It is written with the first part a run writes (a run that fails before it makes anything
+leaves none), and it pins only what changes a row's output: generator identifiers without
+their `OPERATIONAL_KEYS`, the job's params without `timeout`, template, system, columns, seed,
+structured output. How a run is spread out (replicas, batch size, CPUs, GPUs, connections,
+delays, timeouts) may differ from run to run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import typing as t
+import uuid
 
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +25,41 @@ from rig_ray.batch.schema import SCHEMA_VERSION
 from rig_ray.errors import BatchInputError
 
 MANIFEST_NAME = "_rig_ray_manifest.json"
+
+OPERATIONAL_KEYS = frozenset(
+    {
+        "api_key",
+        "max_connections",
+        "min_delay_between_requests",
+        "gpu_memory_utilization",
+        "enforce_eager",
+        "tensor_parallel_size",
+        "device",
+        "device_map",
+        "timeout",
+    }
+)
+"""Identifier keys and params that change how a generation is made, not what it is."""
+
+
+def pinned_identifier(identifier: str) -> str:
+    """`identifier` without its `OPERATIONAL_KEYS` pairs (as the manifest pins it)."""
+    from rig_ray.errors import InvalidGeneratorError
+    from rig_ray.generator.identifier import _split_outside_quotes, split_identifier
+
+    try:
+        split = split_identifier(identifier)
+        head = _split_outside_quotes(identifier.strip(), ",", identifier)[0]
+    except InvalidGeneratorError:  # a description, not an identifier: kept whole
+        return identifier
+    kept = [f"{key}={value}" for key, value in split.pairs if key not in OPERATIONAL_KEYS]
+    return ",".join([head, *kept])
+
+
+def pinned_params(params: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The job's params without the ones that do not change an output (`timeout`)."""
+    return {key: value for key, value in params.items() if key not in OPERATIONAL_KEYS}
+
 
 _LABELS = {
     "schema_version": "rig_ray's output schema version",
@@ -121,14 +164,25 @@ def read_manifest(filesystem: pafs.FileSystem, folder: str, location: str) -> Ma
 
 
 def write_manifest(filesystem: pafs.FileSystem, folder: str, manifest: Manifest) -> None:
-    """Write the manifest whole or not at all (locally: a temporary file, then a rename)."""
+    """Write the manifest whole or not at all: a new temporary file (never through a link),
+    synced, then renamed; an object store makes an upload visible only once it is complete."""
+    from rig_ray.batch.output import OBJECT_STORES, create_new, sync_folder
+
     data = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
     final = f"{folder}/{MANIFEST_NAME}"
+    if filesystem.type_name in OBJECT_STORES:
+        with filesystem.open_output_stream(final) as out:
+            out.write(data)
+        return
+    temporary = f"{folder}/.tmp-{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}"
     if isinstance(filesystem, pafs.LocalFileSystem):
-        temporary = f"{folder}/.tmp-{MANIFEST_NAME}"
+        with create_new(temporary) as local:
+            local.write(data)
+            local.flush()
+            os.fsync(local.fileno())
+        os.replace(temporary, final)
+        sync_folder(folder)
+    else:
         with filesystem.open_output_stream(temporary) as out:
             out.write(data)
         filesystem.move(temporary, final)
-    else:  # an object store makes an upload visible only once it is complete
-        with filesystem.open_output_stream(final) as out:
-            out.write(data)

@@ -7,6 +7,7 @@ job killed at any moment leaves only complete files, and a rerun knows exactly w
 from __future__ import annotations
 
 import datetime
+import os
 import time
 import typing as t
 import uuid
@@ -108,10 +109,23 @@ class OutputFolder:
         else:
             _write_whole(self.filesystem, table, part)
 
-    def writer(self, *, rows_per_part: int, seconds_per_part: float) -> PartWriter:
+    def writer(
+        self,
+        *,
+        rows_per_part: int,
+        seconds_per_part: float,
+        before_part: t.Callable[[], None] | None = None,
+    ) -> PartWriter:
+        """A writer of new parts; `before_part` runs before each part is written (it raises
+        to stop the run: a lock that was lost, a manifest that now differs)."""
         self.filesystem.create_dir(self.path, recursive=True)
         self._clear_temporaries()
-        return PartWriter(self, rows_per_part=rows_per_part, seconds_per_part=seconds_per_part)
+        return PartWriter(
+            self,
+            rows_per_part=rows_per_part,
+            seconds_per_part=seconds_per_part,
+            before_part=before_part,
+        )
 
     def _clear_temporaries(self) -> None:
         infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=False))
@@ -127,8 +141,16 @@ class PartWriter:
     has waited `seconds_per_part`, so a killed job loses at most that much work.
     """
 
-    def __init__(self, folder: OutputFolder, *, rows_per_part: int, seconds_per_part: float):
+    def __init__(
+        self,
+        folder: OutputFolder,
+        *,
+        rows_per_part: int,
+        seconds_per_part: float,
+        before_part: t.Callable[[], None] | None = None,
+    ):
         self._folder = folder
+        self._before_part = before_part
         self._rows_per_part = rows_per_part
         self._seconds_per_part = seconds_per_part
         started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -160,6 +182,8 @@ class PartWriter:
         name = f"{PART_PREFIX}{self._run}-{len(self.written):06d}.parquet"  # sorts by run start
         final = f"{self._folder.path}/{name}"
         filesystem = self._folder.filesystem
+        if self._before_part is not None:
+            self._before_part()
         _write_whole(filesystem, table, final)
         self.written.append(final)
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
@@ -174,7 +198,9 @@ class Scan:
         self.failed: dict[str, int] = {}
         self.repeated: set[tuple[str, int]] = set()
 
-    def add(self, row_id: str, index: int, ok: bool) -> None:
+    def add(self, row_id: str, index: int | None, ok: bool) -> None:
+        if index is None or index < 0:  # no generation a run makes: left alone
+            return
         bit = 1 << index
         if (self.done.get(row_id, 0) | self.failed.get(row_id, 0)) & bit:
             self.repeated.add((row_id, index))
@@ -211,16 +237,50 @@ def _keys(table: pa.Table) -> t.Iterator[tuple[str, int]]:
     )
 
 
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+"""Filesystems whose uploads become visible only once complete: written to the final name."""
+
+
 def _write_whole(filesystem: pafs.FileSystem, table: pa.Table, final: str) -> None:
-    """Write a Parquet file whole or not at all: locally to a hidden temporary name, then
-    renamed over `final`; object stores make an upload visible only once it is complete."""
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        folder, name = final.rsplit("/", 1)
-        temporary = f"{folder}/{_TEMP_PREFIX}{name}"
-        pq.write_table(table, temporary, filesystem=filesystem)
-        filesystem.move(temporary, final)
-    else:
+    """Write a Parquet file whole or not at all: to a new hidden temporary name (created
+    without following links, synced to disk), then renamed over `final`. Object stores make
+    an upload visible only once it is complete, so there it goes to `final` at once."""
+    if filesystem.type_name in OBJECT_STORES:
         pq.write_table(table, final, filesystem=filesystem)
+        return
+    folder, name = final.rsplit("/", 1)
+    temporary = f"{folder}/{_TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        with create_new(temporary) as out:
+            pq.write_table(table, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, final)
+        sync_folder(folder)
+    else:  # HDFS and the like: a rename there is atomic too
+        with filesystem.open_output_stream(temporary) as stream:
+            pq.write_table(table, stream)
+        filesystem.move(temporary, final)
+
+
+def create_new(path: str) -> t.BinaryIO:
+    """A new local file opened for writing: never an existing file, never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "wb")
+
+
+def sync_folder(folder: str) -> None:
+    """Make a rename in a local folder durable (where the OS allows syncing a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_output(location: str, columns: t.Sequence[str] | None = None) -> pa.Table:

@@ -75,8 +75,8 @@ def generate(
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
     stops the job. An actor whose process dies is restarted up to `max_restarts` times, its
-    batch retried. Rows without an id get the hash of their conversation (`run` also tells
-    repeated conversations apart, and skips what an earlier run made).
+    batch retried. Rows without an id get the hash of their conversation and own params
+    (`run` also tells identical rows apart, and skips what an earlier run made).
 
     Structured outputs: with `parse_as` (a `rig_ray.Model` subclass) every reply is parsed
     and the rows that do not parse are asked again (`max_parse_retries` rounds, one engine

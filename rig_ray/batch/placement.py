@@ -8,6 +8,7 @@ what the cluster has before anything is scheduled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -50,29 +51,46 @@ def _connect(address: str) -> None:
 
     _probe(address)
     logging.getLogger("ray._private.worker").addFilter(_NoThreadNotice())
-    outcome: list[BaseException | None] = []
-
-    def connect() -> None:
-        try:
+    try:
+        with _time_limit(JOIN_TIMEOUT_S):
             ray.init(address=address, logging_level=logging.WARNING)
-            outcome.append(None)
-        except BaseException as error:  # handed to the caller's thread
-            outcome.append(error)
-
-    worker = threading.Thread(target=connect, name="rig_ray-join", daemon=True)
-    worker.start()
-    worker.join(JOIN_TIMEOUT_S)
-    if not outcome:
+    except _JoinTimeout:
+        if ray.is_initialized():
+            ray.shutdown()
         raise BatchInputError(
             f"the Ray cluster at {redact(address)!r} did not answer within "
             f"{JOIN_TIMEOUT_S:.0f}s; check --address / RAY_ADDRESS, or leave both unset for a "
             "local Ray"
-        )
-    if outcome[0] is not None:
-        first = (str(outcome[0]).strip().splitlines() or [""])[0]
+        ) from None
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]
         raise BatchInputError(
             f"cannot join the Ray cluster at {redact(address)!r}: {redact(first)}"
-        ) from outcome[0]
+        ) from error
+
+
+class _JoinTimeout(BaseException):
+    """Raised into `ray.init` by the join's timer (a BaseException: Ray must not catch it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> t.Iterator[None]:
+    """Interrupt the body after `seconds` with `_JoinTimeout`: on the main thread by a timer
+    signal, so nothing is left running behind; elsewhere (no signals there) not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: t.Any) -> None:
+        raise _JoinTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _NoThreadNotice(logging.Filter):

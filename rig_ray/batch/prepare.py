@@ -1,8 +1,10 @@
 """The driver's pass over the input before any model loads: ids, checks, what is left to do.
 
-Rows are read once, in input order. Each gets its id (its id column's value as a string, else
-the hash of its rendered conversation, repeats told apart by order: `#1`, `#2`, ...), a
-duplicated id is refused, and each row keeps only the generation indices not finished yet.
+Rows are read once, in input order. Each gets its id (its id column's value as text, else the
+hash of everything that changes its output: its rendered conversation and its own params;
+identical rows are numbered among themselves only, `#1`, `#2`, ..., so rows inserted or
+appended elsewhere never change an id), a duplicated id is refused, and each row keeps only
+the generation indices not finished yet.
 Rows with nothing left are dropped here, so the generate stage holds no record of what is done.
 """
 
@@ -46,10 +48,10 @@ class _Ids:
         ids: list[str] = []
         for row in rows:
             value = row.get(self._spec.id_column)
-            if value is not None:
+            if value is not None and value != "":  # an empty CSV cell is no id
                 ids.append(str(value))
                 continue
-            base = content_id(self._spec.prompt_key(row))
+            base = content_id(self._spec.content_key(row))
             seen = self._repeats.get(base, 0)
             self._repeats[base] = seen + 1
             ids.append(f"{base}#{seen}" if seen else base)

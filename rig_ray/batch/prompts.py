@@ -155,15 +155,33 @@ class PromptSpec(BaseModel):
         return base.merge_with(own)
 
     def row_id(self, row: t.Mapping[str, t.Any]) -> str:
-        """The row's id: its `id_column` value as a string, else `content_id` of its prompt.
+        """The row's id: its `id_column` value as a string, else `content_id` of its
+        `content_key`.
 
-        (Rows that render to the same conversation get the same content id here;
-        `rig_ray.batch.run` tells such repeats apart by their order, with `#1`, `#2`, ...)
+        (Identical rows get the same content id here; `rig_ray.batch.run` tells them apart
+        by numbering each among its identical twins only: `#1`, `#2`, ...)
         """
         value = row.get(self.id_column)
-        if value is not None:
+        if value is not None and value != "":  # an empty CSV cell is no id
             return str(value)
-        return content_id(self.prompt_key(row))
+        return content_id(self.content_key(row))
+
+    def content_key(self, row: t.Mapping[str, t.Any]) -> t.Any:
+        """Everything of a row that changes its output: its conversation, and its own params
+        (from `params_column`) when it has any. The job's settings are the manifest's."""
+        prompt = self.prompt_key(row)
+        raw = None if self.params_column is None else row.get(self.params_column)
+        if raw is None:
+            return prompt
+        try:
+            values = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            values = raw
+        if isinstance(values, t.Mapping):
+            values = {k: v for k, v in values.items() if v is not None}
+            if not values:
+                return prompt
+        return {"prompt": prompt, "params": values}
 
     def prompt_key(self, row: t.Mapping[str, t.Any]) -> t.Any:
         """What a row contributes to its prompt: the conversation after template and system.

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from rig_ray.batch import openai_files
 from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
-from rig_ray.batch.manifest import Manifest, check_manifest
+from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
 from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
@@ -114,6 +114,7 @@ def run(
     `errors.jsonl` are written into `output` when the run ends, also when it stops early.
     """
     input_files(source)  # a bad path fails here, before Ray starts
+    _check_num_generations(options.get("num_generations", 1))
     members = generator_members(options.get("generator"), options.get("generators"))
     if output_format not in ("parquet", "openai"):
         raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
@@ -165,12 +166,13 @@ def _run_source(
     join(address)
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
-        dataset = read_prompts(source)
+        dataset = read_prompts(source, id_column=options.get("id_column", "id"))
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
-        with FolderLock(folder.filesystem, folder.path, output):
+        with FolderLock(folder.filesystem, folder.path, output) as lock:
             return _run(
                 folder,
+                lock,
                 dataset,
                 spec,
                 manifest,
@@ -194,7 +196,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     )
     folder = OutputFolder(output)
     join(options.get("address"))
-    dataset = read_prompts(source)
+    dataset = read_prompts(source, id_column=options.get("id_column", "id"))
     spec = _resolve(dataset, source, options)
     manifest = _manifest(members, spec, structured, options)
     check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
@@ -215,6 +217,13 @@ class _Settings(t.NamedTuple):
     num_cpus: float | None
     gpus_per_actor: float
     label: str = "rig-ray batch"
+
+
+def _check_num_generations(value: t.Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BatchInputError(
+            f"num_generations must be a whole number of at least 1, not {value!r}"
+        )
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
@@ -240,12 +249,12 @@ def _manifest(
 ) -> Manifest:
     params = options.get("params") or GenerateParams()
     return Manifest(
-        generators=[redact(describe(member)) for member in members],
+        generators=[pinned_identifier(redact(describe(member))) for member in members],
         num_generators=len(members),
         template=spec.template,
         system=spec.system,
         messages_column=spec.messages_column,
-        params=redact(params.model_dump(mode="json", exclude_none=True)),
+        params=pinned_params(redact(params.model_dump(mode="json", exclude_none=True))),
         seed=options.get("seed"),
         num_generations=int(options.get("num_generations", 1)),
         id_column=spec.id_column,
@@ -258,17 +267,18 @@ def _manifest(
 
 def _run(
     folder: OutputFolder,
+    lock: FolderLock,
     dataset: ray.data.Dataset,
     spec: PromptSpec,
     manifest: Manifest,
     settings: _Settings,
     options: dict[str, t.Any],
 ) -> BatchSummary:
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
     scan = folder.scan()
     if scan.repeated:  # a retry that stopped before cleaning up left two rows for some keys
         folder.compact(scan)
         scan = folder.scan()
-    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
     try:
         plan = plan_rows(
             dataset,
@@ -282,12 +292,13 @@ def _run(
         raise BatchInputError(
             f"cannot read the input: {_cause(error)}", source=folder.location
         ) from error
-    check_manifest(folder.filesystem, folder.path, folder.location, manifest)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.rows_in * manifest.num_generations - plan.pending
     meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
-        rows_per_part=settings.rows_per_part, seconds_per_part=settings.seconds_per_part
+        rows_per_part=settings.rows_per_part,
+        seconds_per_part=settings.seconds_per_part,
+        before_part=_BeforePart(folder, lock, manifest),
     )
     counts = _Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
@@ -300,6 +311,22 @@ def _run(
         if retried:
             folder.compact()  # the retried generations' old failed rows go
     return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
+
+
+class _BeforePart:
+    """Before each part: the lock must still be this run's; before the first, the manifest is
+    written (checked again: it is the record of what the folder's rows are)."""
+
+    def __init__(self, folder: OutputFolder, lock: FolderLock, manifest: Manifest) -> None:
+        self._folder, self._lock, self._manifest = folder, lock, manifest
+        self._written = False
+
+    def __call__(self) -> None:
+        self._lock.check()
+        if not self._written:
+            folder = self._folder
+            check_manifest(folder.filesystem, folder.path, folder.location, self._manifest)
+            self._written = True
 
 
 class _Counts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import typing as t
 
@@ -112,18 +113,85 @@ def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
     return filesystem, files
 
 
-def read_prompts(source: str, **read_args: t.Any) -> ray.data.Dataset:
-    """A lazy Ray dataset of the rows of every input file that `source` names."""
+def read_prompts(source: str, *, id_column: str = "id") -> ray.data.Dataset:
+    """A lazy Ray dataset of the rows of every input file that `source` names.
+
+    The `id_column` is read as text, never through a number: CSV `007` stays `007`, a JSON
+    `1.0` stays `1.0` and a 23-digit id keeps every digit. The other columns' types are
+    inferred.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
     import ray.data
 
     filesystem, files = input_files(source)
     kind = format_of(files[0])
     if kind == "parquet":
-        return ray.data.read_parquet(files, filesystem=filesystem, **read_args)
+        return ray.data.read_parquet(files, filesystem=filesystem)
     if kind == "csv":
-        return ray.data.read_csv(files, filesystem=filesystem, **read_args)
-    # pyarrow reads one object per line, and Ray falls back to `json.load` for an array.
-    return ray.data.read_json(files, filesystem=filesystem, **read_args)
+        as_text = pacsv.ConvertOptions(column_types={id_column: pa.string()})
+        return ray.data.read_csv(files, filesystem=filesystem, convert_options=as_text)
+    # Lines are parsed here (not by pyarrow, which reads every number as a number) so that
+    # the id keeps the text it was written as. A file holding one JSON array works too.
+    files_data = ray.data.read_binary_files(files, filesystem=filesystem)
+    return files_data.map_batches(
+        _JsonRows(id_column), batch_size=1, batch_format="pyarrow", zero_copy_batch=True
+    )
+
+
+class _JsonRows:
+    """Turns a batch of one file's bytes into a table of its JSON rows, the id as text."""
+
+    def __init__(self, id_column: str) -> None:
+        self._id_column = id_column
+
+    def __call__(self, batch: t.Any) -> t.Any:
+        import pyarrow as pa
+
+        rows: list[dict[str, t.Any]] = []
+        for data in batch.column("bytes").to_pylist():
+            rows.extend(json_rows(data, self._id_column))
+        names = dict.fromkeys(name for row in rows for name in row)  # every row's keys
+        return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
+
+
+class _Number(str):
+    """A JSON number as written; turned into an int or float everywhere but in the id."""
+
+
+def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
+    """The objects of a JSON Lines file (or of one JSON array), with `id_column` as text."""
+    text = data.decode("utf-8-sig")
+    decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
+    if text.lstrip().startswith("["):
+        values = decoder.decode(text)
+    else:
+        values = [decoder.decode(line) for line in text.splitlines() if line.strip()]
+    rows = []
+    for number, value in enumerate(values):
+        if not isinstance(value, dict):
+            raise BatchInputError(
+                f"JSON row {number + 1} is a {type(value).__name__}, not an object",
+            )
+        row = {key: _numbers(item) for key, item in value.items()}
+        raw = value.get(id_column)
+        if isinstance(raw, _Number):
+            row[id_column] = str.__str__(raw)
+        elif isinstance(raw, bool):
+            row[id_column] = json.dumps(raw)
+        rows.append(row)
+    return rows
+
+
+def _numbers(value: t.Any) -> t.Any:
+    if isinstance(value, _Number):
+        written = str.__str__(value)
+        return float(written) if any(c in written for c in ".eE") else int(written)
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    return value
 
 
 def _listing(filesystem: pafs.FileSystem, folder: str, source: str) -> list[pafs.FileInfo]:

@@ -26,7 +26,9 @@ from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import EngineDeadError
+from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
 from rig_ray.message import Message
 from rig_ray.redaction import error_text, redact, scrubbed_error
 
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_UNLOAD_S = 60.0
 """How long an actor whose engine died waits for the unload before it exits all the same."""
+
+
+_R = t.TypeVar("_R")
 
 
 class StageConfig(BaseModel):
@@ -81,6 +86,9 @@ class GenerateStage:
             self._generator.load()
         except Exception as error:  # the driver shows this error: it must not quote a key
             raise scrubbed_error(error, self._generator) from None
+        self._one_batch_at_a_time = isinstance(self._generator, LocalGenerator) and not (
+            self._generator.batches_continuously
+        )
 
     def __del__(self) -> None:
         """The engine goes with the actor: Ray Data drops the stage when it ends its actors
@@ -113,10 +121,11 @@ class GenerateStage:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index in failures:
                     continue
+                sample_params = seeds.for_sample(row_params, row_id, generation_index)
                 if text is not None:
-                    texts.add(len(pending) - 1, text, row_params)
+                    texts.add(len(pending) - 1, text, sample_params)
                 else:
-                    chats.add(len(pending) - 1, conversation, row_params)
+                    chats.add(len(pending) - 1, conversation, sample_params)
         chat_results, latency = await self._generate(chats.items, chats.params)
         text_results, text_latency = await self._generate_texts(texts.items, texts.params)
         by_pending = {**chats.placed(chat_results), **texts.placed(text_results)}
@@ -141,38 +150,45 @@ class GenerateStage:
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
-        started = time.perf_counter()
         generate = self._structured.generate if self._structured else generate_messages
-        call = generate(self._generator, conversations, params)
-        try:
-            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
-        except TimeoutError:
-            timeout = TimeoutError(
-                f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
-            )
-            results = [timeout] * len(conversations)
-        except Exception as error:  # the whole call failed: every item gets the error
-            results = [error] * len(conversations)
-        if dead := next((r for r in results if _engine_died(r)), None):
-            self._exit_for_restart(t.cast(BaseException, dead))
-        return results, time.perf_counter() - started
+        return await self._timed(
+            lambda: generate(self._generator, conversations, params), len(conversations)
+        )
 
     async def _generate_texts(
         self, texts: list[str], params: list[GenerateParams]
     ) -> tuple[t.Sequence[GeneratedText | BaseException], float]:
         if not texts:
             return [], 0.0
+        return await self._timed(lambda: self._generator.generate_texts(texts, params), len(texts))
+
+    async def _timed(
+        self, make: t.Callable[[], t.Awaitable[t.Sequence[_R]]], count: int
+    ) -> tuple[t.Sequence[_R | BaseException], float]:
+        """Run the engine call `make()` under `batch_timeout_s`: on an engine that runs one
+        call at a time, the clock starts when the engine takes the call, not while it waits."""
         started = time.perf_counter()
-        call = self._generator.generate_texts(texts, params)
+        running = asyncio.Event()
+        token = BATCH_STARTED.set(running.set)
+        try:  # the task copies the context, and with it the callback, now
+            call = asyncio.ensure_future(make())
+        finally:
+            BATCH_STARTED.reset(token)
+        timeout = self._config.batch_timeout_s
+        results: t.Sequence[_R | BaseException]
         try:
-            results = await asyncio.wait_for(call, self._config.batch_timeout_s)
-        except TimeoutError:
-            timeout = TimeoutError(
+            if timeout is not None and self._one_batch_at_a_time:
+                waiting = asyncio.ensure_future(running.wait())
+                await asyncio.wait({call, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+            results = await asyncio.wait_for(call, timeout)
+        except TimeoutError:  # the call was cancelled: the engine thread stops on it
+            timeout_error = TimeoutError(
                 f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
             )
-            results = [timeout] * len(texts)
+            results = [timeout_error] * count
         except Exception as error:  # the whole call failed: every item gets the error
-            results = [error] * len(texts)
+            results = [error] * count
         if dead := next((r for r in results if _engine_died(r)), None):
             self._exit_for_restart(t.cast(BaseException, dead))
         return results, time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,20 @@ from pydantic import PrivateAttr
 from rig_ray.generator.base import Generator
 
 _R = t.TypeVar("_R")
+
+BATCH_STARTED: contextvars.ContextVar[t.Callable[[], None] | None] = contextvars.ContextVar(
+    "rig_ray_batch_started", default=None
+)
+"""Set by a caller that wants to know when its call reaches the engine thread (the clock of
+`batch_timeout_s` starts then, not while the call waits behind others)."""
+_CANCELLED: threading.local = threading.local()
+
+
+def cancelled() -> bool:
+    """Whether the engine call running on this (engine) thread was given up by its caller:
+    generation loops check it and stop early."""
+    event: threading.Event | None = getattr(_CANCELLED, "event", None)
+    return event is not None and event.is_set()
 
 
 class LocalGenerator(Generator):
@@ -26,12 +41,38 @@ class LocalGenerator(Generator):
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _worker: ThreadPoolExecutor | None = PrivateAttr(None)
+    _worker_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    """Guards making the engine thread only: `_lock` is held by the engine thread while a
+    batch runs, and the event loop must never wait on it."""
 
     async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
-        """Run `fn(*args)` on this generator's engine thread without blocking the loop."""
-        with self._lock:
+        """Run `fn(*args)` on this generator's engine thread without blocking the loop.
+
+        A call cancelled while it waits for the thread never runs; one cancelled while it
+        runs sees `cancelled()` turn true (generation loops stop on it). `BATCH_STARTED`'s
+        callback, if the caller set one, is called on the loop when the call starts running.
+        """
+        with self._worker_lock:
             if self._worker is None:
                 name = f"rig_ray-{type(self).__name__}"
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix=name)
             worker = self._worker
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+        loop = asyncio.get_running_loop()
+        started, stop = BATCH_STARTED.get(), threading.Event()
+
+        def job() -> _R:
+            if stop.is_set():
+                raise asyncio.CancelledError
+            if started is not None:
+                loop.call_soon_threadsafe(started)
+            _CANCELLED.event = stop
+            try:
+                return fn(*args)
+            finally:
+                _CANCELLED.event = None
+
+        try:
+            return await loop.run_in_executor(worker, job)
+        except asyncio.CancelledError:
+            stop.set()
+            raise

@@ -28,7 +28,7 @@ from rig_ray.generator.base import (
     Usage,
 )
 from rig_ray.generator.cpu import auto_cpu_dtype
-from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.local import LocalGenerator, cancelled
 from rig_ray.message import Message
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,9 @@ class TransformersGenerator(LocalGenerator):
             for indices in groups.values():
                 batch = [t.cast(str, prompts[i]) for i in indices]
                 outputs: list[_Output | BaseException]
+                if cancelled():  # the caller gave up: the other groups are not made
+                    results.update((i, TimeoutError("the call was given up")) for i in indices)
+                    continue
                 try:
                     outputs = [*self._generate_group(batch, params[indices[0]], add_special_tokens)]
                 except Exception as error:
@@ -278,7 +281,10 @@ class TransformersGenerator(LocalGenerator):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             generated = model.generate(
-                **encoded, pad_token_id=tokenizer.pad_token_id, **self._generation_kwargs(params)
+                **encoded,
+                pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=_stop_when_cancelled(),
+                **self._generation_kwargs(params),
             )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :].tolist()
         input_counts = encoded["attention_mask"].sum(dim=1).tolist()
@@ -318,3 +324,16 @@ class TransformersGenerator(LocalGenerator):
             stop_reason="length" if length is None else "stop",
             usage=Usage(input_tokens=input_count, output_tokens=len(kept) + ended_on_eos),
         )
+
+
+def _stop_when_cancelled() -> t.Any:
+    """Stopping criteria that end `generate` at the next token once its caller gave up on
+    the call (a batch past its timeout, a client that left), freeing the engine thread."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class WhenCancelled(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: t.Any, scores: t.Any, **kwargs: t.Any) -> t.Any:
+            return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool)
+
+    return StoppingCriteriaList([WhenCancelled()])

@@ -6,11 +6,12 @@ streams) all share the engine's continuous batching; nothing is held across a ge
 
 from __future__ import annotations
 
+import collections
 import gc
 import json
-import multiprocessing
 import multiprocessing.process
 import sys
+import threading
 import time
 import typing as t
 
@@ -18,7 +19,7 @@ from pydantic import Field, PrivateAttr
 
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
-from rig_ray.errors import GenerationError, ModelNotAvailableError
+from rig_ray.errors import EngineDeadError, GenerationError, ModelNotAvailableError
 from rig_ray.generator import structured
 from rig_ray.generator import vllm_requests as requests
 from rig_ray.generator.base import (
@@ -32,12 +33,20 @@ from rig_ray.generator.base import (
 from rig_ray.generator.cpu import auto_cpu_dtype
 from rig_ray.generator.engine_loop import EngineLoop
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.seeds import derive_seed
 from rig_ray.message import Message
 
 _REMOTE_ONLY = {"api_base", "timeout"}
 CPU_MEMORY_UTILIZATION = 0.3
 """Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset (float32
 weights and KV cache need more than bf16: 0.1 was too little for SmolLM2)."""
+_WRAPPED = (
+    "the vLLM engine wrapped for {model!r} {what}; rig_ray never replaces an engine it did not "
+    "build: build a new AsyncLLM and wrap it with VLLMGenerator.from_obj"
+)
+_engines_lock = threading.Lock()
+_engines_live = 0
+"""Engines this process holds; process-wide vLLM state is released when the last one goes."""
 
 
 class VLLMGenerator(LocalGenerator):
@@ -59,8 +68,9 @@ class VLLMGenerator(LocalGenerator):
     """Share of accelerator memory the engine may take (weights + KV cache); on CPU builds, the
     share of CPU memory. Unset: vLLM's default (0.9) on GPUs, 0.3 on CPU."""
     dtype: t.Literal["auto", "bfloat16", "float16", "half", "float32", "float"] = "auto"
-    """Weight and activation dtype. auto keeps the checkpoint's, except on a CPU without native
-    16-bit arithmetic, where it runs float32 (several times faster there)."""
+    """Weight and activation dtype. auto keeps the checkpoint's on GPUs and runs float32 on
+    CPUs (vLLM's CPU kernels answered wrongly in bf16 on an AMX CPU); a quantized model on a
+    CPU keeps its dtype where the CPU computes it natively. Explicit values always win."""
     quantization: str | None = None
     """Quantization method (awq, gptq, fp8, ...), when the weights are quantized."""
     enforce_eager: bool = False
@@ -122,36 +132,39 @@ class VLLMGenerator(LocalGenerator):
                 CPU_MEMORY_UTILIZATION
             )
             if self.dtype == "auto":
-                kwargs["dtype"] = auto_cpu_dtype(path) or "auto"
+                kwargs["dtype"] = _auto_cpu_dtype(path, self.quantization)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return {**kwargs, **self.engine_args}
 
     def load(self) -> t.Self:
+        """Start the engine (blocking this thread: call it off any event loop, or let the
+        first call load it, which it does on the engine thread)."""
         with self._lock:
             if self._engine is not None:
                 return self
+            if not self._owns_engine:
+                raise GenerationError(_WRAPPED.format(model=self.model, what="was let go"))
             require("vllm", purpose="the vllm provider")
             from vllm.platforms import current_platform
 
             path = resolve_model(self.model)
             kwargs = self._engine_kwargs(path, current_platform.is_cpu())
             loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
-            before = set(multiprocessing.active_children())
             try:
-                self._engine = loop.run_sync(_start_engine(path, kwargs))
+                engine = loop.run_sync(_start_engine(path, kwargs))
             except (OSError, ValueError, RuntimeError) as error:
                 loop.stop()
                 raise ModelNotAvailableError(
                     f"vLLM could not load {self.model!r}: {error}", model=self.model
                 ) from error
-            self._loop, self._owns_engine = loop, True
-            self._engine_processes = [
-                p for p in multiprocessing.active_children() if p not in before
-            ]
+            self._engine, self._loop = engine, loop
+            self._engine_processes = engine_processes(engine)
+            _count_engines(+1)
         return self
 
     def unload(self) -> t.Self:
-        """Shut the engine down and free its memory; requests still running fail."""
+        """Shut the engine down and free its memory; requests still running fail with a
+        GenerationError. Blocks this thread until the engine's processes have exited."""
         with self._lock:
             engine, loop = self._engine, self._loop
             self._engine = self._loop = None
@@ -159,31 +172,40 @@ class VLLMGenerator(LocalGenerator):
                 return self
             if not self._owns_engine:
                 return self
+            processes, self._engine_processes = self._engine_processes, []
             try:
                 loop.stop()  # cancels what still runs there: its requests are aborted
                 engine.shutdown()
             finally:
                 del engine
                 gc.collect()
-                _release_distributed_state()
-                _await_exit(self._engine_processes)
-                self._engine_processes = []
+                if _count_engines(-1) == 0:
+                    _release_distributed_state()
+                _await_exit(processes)
         return self
 
     async def _running(self) -> tuple[t.Any, EngineLoop]:
-        """The engine and its loop, loading first (off this loop) when needed, and starting
-        again when the engine died."""
+        """The engine and its loop, loading first when needed, and starting a dead engine
+        again; both on the engine thread, so the caller's loop never waits on them."""
         engine, loop = self._engine, self._loop
-        if engine is not None and loop is not None and not getattr(engine, "errored", False):
+        if engine is not None and loop is not None and not _errored(engine):
             return engine, loop
-        with self._lock:
-            if self._engine is not None and getattr(self._engine, "errored", False):
-                self.unload()
-        await self._in_engine_thread(self.load)
+        if not self._owns_engine:
+            if engine is None:
+                raise GenerationError(_WRAPPED.format(model=self.model, what="was let go"))
+            raise EngineDeadError(_WRAPPED.format(model=self.model, what="died"))
+        await self._in_engine_thread(self._restart, engine)
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:
             raise GenerationError(f"the vLLM engine of {self.model!r} was unloaded meanwhile")
         return engine, loop
+
+    def _restart(self, seen: t.Any) -> None:
+        """Load, first unloading `seen` when it is still the engine and it died."""
+        with self._lock:
+            if seen is not None and self._engine is seen and _errored(seen):
+                self.unload()
+            self.load()
 
     async def context_window(self) -> int | None:
         """The engine's max_model_len (the setting, or None, before load)."""
@@ -224,15 +246,18 @@ class VLLMGenerator(LocalGenerator):
         prompts: t.Sequence[requests.Prompt],
         params: list[GenerateParams],
     ) -> list[t.Any]:
-        """One engine request per distinct item; runs of equal sampled items become one request
-        with `n` (the prompt is computed once). Bad items get their error in place."""
+        """One engine request per distinct item; runs of equal sampled unseeded items become
+        one request with `n` (the prompt is computed once). Bad items get their error in
+        place. Seeded items each go alone (see `_spread_seeds`)."""
         if not prompts:
             return []
         engine, loop = await self._running()
+        keys = [_key(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+        params = _spread_seeds(keys, params)
         results: list[t.Any] = [None] * len(prompts)
         jobs: list[tuple[requests.Prompt, t.Any]] = []
         owners: list[list[int]] = []
-        for indices in _groups(prompts, params):
+        for indices in _groups(keys, params):
             try:
                 sampling = self._sampling_params(params[indices[0]], n=len(indices))
             except (ValueError, TypeError) as error:
@@ -254,18 +279,39 @@ class VLLMGenerator(LocalGenerator):
         engine, loop = await self._running()
         sampling = self._sampling_params(self.params.merge_with(params))
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
-        async for chunk in loop.stream(lambda: requests.stream(engine, rendered, sampling)):
+        make = lambda: requests.stream(engine, rendered, sampling)  # noqa: E731
+        async for chunk in loop.stream(make, merge=requests.merge_chunks):
             yield chunk
 
 
-def _groups(prompts: t.Sequence[requests.Prompt], params: list[GenerateParams]) -> list[list[int]]:
-    """Indices of items sent as one request: a run of equal items with sampling on (greedy
-    requests cannot take n > 1), else each item alone."""
+def _key(prompt: requests.Prompt, params: GenerateParams) -> str:
+    return json.dumps([prompt, params.model_dump(mode="json")], sort_keys=True, default=str)
+
+
+def _spread_seeds(keys: list[str], params: list[GenerateParams]) -> list[GenerateParams]:
+    """Seeded items as they go to the engine: the k-th repeat (k >= 1) of an equal item in
+    the call gets a seed derived from (seed, k), the first keeps the seed as given. A sample
+    then depends on its seed and repeat index only, never on what shared the call."""
+    seen: collections.Counter[str] = collections.Counter()
+    spread: list[GenerateParams] = []
+    for key, p in zip(keys, params, strict=True):
+        repeat = seen[key]
+        seen[key] += 1
+        if p.seed is None or repeat == 0:
+            spread.append(p)
+        else:
+            spread.append(p.model_copy(update={"seed": derive_seed(p.seed, repeat)}))
+    return spread
+
+
+def _groups(keys: list[str], params: list[GenerateParams]) -> list[list[int]]:
+    """Indices of items sent as one request: a run of equal items with sampling on and no
+    seed (greedy requests cannot take n > 1; vLLM gives child i of a seeded one seed + i),
+    else each item alone."""
     groups: list[list[int]] = []
     previous: str | None = None
-    for index, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
-        key = json.dumps([prompt, p.model_dump(mode="json")], sort_keys=True, default=str)
-        if key == previous and p.temperature != 0:
+    for index, (key, p) in enumerate(zip(keys, params, strict=True)):
+        if key == previous and p.temperature != 0 and p.seed is None:
             groups[-1].append(index)
         else:
             groups.append([index])
@@ -279,6 +325,33 @@ async def _start_engine(path: str, kwargs: dict[str, t.Any]) -> t.Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **kwargs))
+
+
+def engine_processes(engine: t.Any) -> list[multiprocessing.process.BaseProcess]:
+    """The engine's processes, from vLLM's own list of them (its core client's process
+    manager): never another engine's, whoever else loads in this process."""
+    resources = getattr(getattr(engine, "engine_core", None), "resources", None)
+    manager = getattr(resources, "engine_manager", None)
+    return list(getattr(manager, "processes", None) or [])
+
+
+def _auto_cpu_dtype(path: str, quantization: str | None) -> str:
+    """What `dtype="auto"` runs on a CPU: float32, unless the weights are quantized (their
+    kernels pick the dtype), where a 16-bit dtype the CPU would emulate becomes float32."""
+    if quantization is None:
+        return "float32"
+    return auto_cpu_dtype(path) or "auto"
+
+
+def _errored(engine: t.Any) -> bool:
+    return bool(getattr(engine, "errored", False))
+
+
+def _count_engines(change: int) -> int:
+    global _engines_live
+    with _engines_lock:
+        _engines_live = max(_engines_live + change, 0)
+        return _engines_live
 
 
 def _release_distributed_state() -> None:

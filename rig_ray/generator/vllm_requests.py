@@ -11,7 +11,7 @@ import dataclasses
 import typing as t
 import uuid
 
-from rig_ray.errors import GenerationError
+from rig_ray.errors import EngineDeadError, GenerationError
 from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
@@ -97,14 +97,24 @@ async def stream(engine: t.Any, prompt: Prompt, sampling: t.Any) -> t.AsyncItera
     sampling.output_kind = RequestOutputKind.DELTA
     engine_input = await render(engine, prompt)
     generated = 0
-    async for output in engine.generate(engine_input, sampling, new_request_id()):
-        completion = output.outputs[0]
-        generated += len(completion.token_ids)
-        if output.finished:
-            details = _details(output, completion, generated)
-            yield GeneratedChunk(text=completion.text, **details)
-        elif completion.text:
-            yield GeneratedChunk(text=completion.text)
+    try:
+        async for output in engine.generate(engine_input, sampling, new_request_id()):
+            completion = output.outputs[0]
+            generated += len(completion.token_ids)
+            if output.finished:
+                details = _details(output, completion, generated)
+                yield GeneratedChunk(text=completion.text, **details)
+            elif completion.text:
+                yield GeneratedChunk(text=completion.text)
+    except engine_dead_error() as error:
+        raise EngineDeadError(f"the vLLM engine died: {error}") from error
+
+
+def merge_chunks(chunks: list[GeneratedChunk]) -> GeneratedChunk:
+    """Consecutive chunks of one stream as one: their texts joined, the last one's ending."""
+    last = chunks[-1]
+    text = "".join(chunk.text for chunk in chunks)
+    return last.model_copy(update={"text": text})
 
 
 async def complete_all(
@@ -121,7 +131,7 @@ async def complete_all(
     dead = engine_dead_error()
     for outcome in outcomes:
         if isinstance(outcome, dead):
-            raise GenerationError(f"the vLLM engine died: {outcome}") from outcome
+            raise EngineDeadError(f"the vLLM engine died: {outcome}") from outcome
         if isinstance(outcome, asyncio.CancelledError):
             raise outcome
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):

@@ -27,6 +27,9 @@ def test_a_cluster_that_never_answers_is_a_batch_input_error_after_the_timeout()
         try:
             placement.join(address)
         except BatchInputError as error:
+            import threading, ray
+            left = [t.name for t in threading.enumerate() if t.name == "rig_ray-join"]
+            assert not left and not ray.is_initialized(), (left, ray.is_initialized())
             print(f"{time.monotonic() - started:.1f}|{address}|{error}", flush=True)
         """
     )

@@ -1,0 +1,29 @@
+"""Seeds that do not depend on layout: a seeded sample is a function of (seed, row id,
+generation index) only, never of which other items shared its call or its engine request."""
+
+from __future__ import annotations
+
+import hashlib
+import typing as t
+
+if t.TYPE_CHECKING:
+    from rig_ray.generator.base import GenerateParams
+
+SEED_RANGE = 2**31 - 1
+"""Derived seeds stay below this, so every engine (torch, numpy, vLLM) takes them."""
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed for one sample, made from the user's `seed` and what names the sample (a row id,
+    a generation index); the same inputs always give the same seed."""
+    text = "\x1f".join(repr(part) for part in (seed, *parts))
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % SEED_RANGE
+
+
+def for_sample(params: GenerateParams, row_id: str, generation_index: int) -> GenerateParams:
+    """`params` for one sample of a row: a set seed becomes the seed of (seed, row id,
+    generation index), so the row gives the same text alone, in any batch, or resumed."""
+    if params.seed is None:
+        return params
+    return params.model_copy(update={"seed": derive_seed(params.seed, row_id, generation_index)})
