@@ -82,6 +82,27 @@ class GenerationError(RigRayError):
         super().__init__(message)
 
 
+class ContextLengthError(RigRayError, ValueError):
+    """A prompt, with the tokens it may generate, does not fit the model's context.
+
+    `completion` is None when the prompt alone fills the context."""
+
+    def __init__(self, *, window: int, prompt: int, completion: int | None, what: str = "prompt"):
+        self.window, self.prompt, self.completion = window, prompt, completion
+        if completion is None:
+            message = (
+                f"This model's maximum context length is {window} tokens. However, your {what} "
+                f"resulted in {prompt} tokens. Please reduce the length of the {what}."
+            )
+        else:
+            message = (
+                f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {prompt + completion} tokens ({prompt} in the {what}, {completion} "
+                f"in the completion). Please reduce the length of the {what} or completion."
+            )
+        super().__init__(message)
+
+
 class EngineDeadError(GenerationError):
     """The local engine behind a generator died (its process exited or failed), so no request
     can succeed on it until it is started again.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import typing as t
 from pathlib import Path
 
@@ -82,14 +83,57 @@ def fake_providers() -> t.Iterator[None]:
     registry._providers.update(saved)
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> t.Iterator[t.Any]:
-    """A new local Ray with 2 CPUs for this module (never one started elsewhere: address
-    "local"), shut down when the module ends; actors in the tests take fractions of a CPU."""
+RAY_CPUS = 2
+_shared: dict[str, t.Any] = {"address": None, "serving": False}
+
+
+def shared_ray() -> t.Any:
+    """The session's local Ray (2 CPUs, never one started elsewhere: address "local"), started
+    on first use. A module that started a cluster of its own (or shut Ray down) gets a new one;
+    so does one that finds CPUs still held by actors an earlier module left, unless Serve
+    runs on it (tests/serve keeps its apps up for the whole package)."""
     import ray
 
+    ours = ray.is_initialized() and _shared["address"] == _address()
+    if ours and (_shared["serving"] or _idle(ray)):
+        return ray
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield ray
-    ray.shutdown()
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, logging_level="warning")
+    _shared["address"] = _address()
+    return ray
+
+
+def _address() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
+def _idle(ray: t.Any, wait_s: float = 5.0) -> bool:
+    """Whether every CPU is free again (actors that were just killed take a moment)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= RAY_CPUS - 1e-6:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> t.Iterator[None]:
+    """Shuts the shared local Ray down when the session ends (if it still runs)."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and _shared["address"] == _address():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_session: None) -> t.Iterator[t.Any]:
+    """The local Ray shared by tests/batch, tests/ray and tests/serve (2 CPUs; actors in the
+    tests take fractions of a CPU). Modules that need a cluster of their own shut it down and
+    start theirs; the next module that asks for this one gets a fresh shared Ray."""
+    yield shared_ray()

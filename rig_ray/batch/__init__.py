@@ -6,9 +6,10 @@ earlier run left; `run_pipeline` chains `run`s (generate, then judge, ...) as `S
 Nothing here imports Ray until it is called.
 """
 
+from rig_ray.batch.concurrency import DEFAULT_BATCH_SIZE
 from rig_ray.batch.openai_export import export_openai
 from rig_ray.batch.output import OutputFolder, read_output
-from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, generate
+from rig_ray.batch.pipeline import generate
 from rig_ray.batch.pipeline_data import read_pipeline
 from rig_ray.batch.pipeline_run import run_pipeline
 from rig_ray.batch.pipeline_stage import Stage

@@ -8,8 +8,8 @@ import sys
 import threading
 import typing as t
 
+from rig_ray.batch.concurrency import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
-from rig_ray.batch.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT_BATCHES
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
 from rig_ray.errors import GenerationError
 from rig_ray.generator.base import GenerateParams
@@ -72,9 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_BATCH_SIZE,
         metavar="B",
-        help=f"rows per engine call ({DEFAULT_BATCH_SIZE})",
+        help=f"rows an actor takes at a time ({DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--id-column",
@@ -85,9 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent-batches",
         type=int,
-        default=DEFAULT_MAX_CONCURRENT_BATCHES,
         metavar="K",
-        help=f"engine calls in flight per actor ({DEFAULT_MAX_CONCURRENT_BATCHES})",
+        help=f"batches in flight per actor ({DEFAULT_MAX_CONCURRENT_BATCHES}; for vLLM, "
+        "enough to fill the engine)",
     )
     parser.add_argument(
         "--batch-timeout-s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 import warnings
 
+from rig_ray.batch import concurrency
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
@@ -20,12 +21,8 @@ from rig_ray.model import Model
 if t.TYPE_CHECKING:
     import ray.data
 
-DEFAULT_BATCH_SIZE = 64
-"""Rows per engine call: enough for vLLM's and transformers' batching to pay off."""
 DEFAULT_MAX_RESTARTS = 3
 """How often a generator actor whose process died is restarted (and its batch retried)."""
-DEFAULT_MAX_CONCURRENT_BATCHES = 4
-"""Engine calls in flight per actor."""
 
 
 def generate(
@@ -43,11 +40,11 @@ def generate(
     replicas: int = 1,
     num_gpus: float | None = None,
     num_cpus: float = 1,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     id_column: str = "id",
     seed: int | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
-    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+    max_concurrent_batches: int | None = None,
     batch_timeout_s: float | None = None,
     parse_as: type[Model] | None = None,
     max_parse_retries: int = DEFAULT_MAX_PARSE_RETRIES,
@@ -64,10 +61,13 @@ def generate(
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
     group on one node, and a value that disagrees with the engine is a PlacementError), and
-    make one engine call per `batch_size` rows, with up to `max_concurrent_batches` calls in
-    flight per actor (engines that batch continuously, such as vLLM's, take the next batch
-    while earlier ones finish). A call that runs longer than `batch_timeout_s` fails its rows
-    with a timeout error. An actor whose engine died exits, to be restarted with its batches.
+    take `batch_size` rows (64) at a time, up to `max_concurrent_batches` batches at once per
+    actor. An engine that batches per call (transformers) gets one call per batch, 4 batches
+    at once by default. vLLM's engine gets each chat row as its own request, with about 1.1 x
+    its max_num_seqs requests in flight per actor, so a slow row holds only its own slot; left
+    unset, `max_concurrent_batches` is sized to keep it full (an explicit setting that cannot
+    gets a warning). A batch that runs longer than `batch_timeout_s` fails its rows with a
+    timeout error. An actor whose engine died exits, to be restarted with its batches.
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
@@ -89,9 +89,9 @@ def generate(
     count = check_count(num_generations)
     if replicas < 1:
         raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InvalidGeneratorError(f"batch_size must be at least 1, got {batch_size}")
-    if max_concurrent_batches < 1:
+    if max_concurrent_batches is not None and max_concurrent_batches < 1:
         raise InvalidGeneratorError(
             f"max_concurrent_batches must be at least 1, got {max_concurrent_batches}"
         )
@@ -113,9 +113,10 @@ def generate(
 
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
-    batches = dataset.repartition(target_num_rows_per_block=batch_size)
+    plans = concurrency.plan(members, batch_size, max_concurrent_batches)
+    batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
-    for index, member in enumerate(members):
+    for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
         config = StageConfig(
             prompts=spec,
             member=index,
@@ -126,6 +127,7 @@ def generate(
             input_columns=columns,
             batch_timeout_s=batch_timeout_s,
             structured=structured,
+            row_requests=sizing.row_requests,
         )
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.
@@ -136,10 +138,10 @@ def generate(
                     "payload": config_payload(member),
                     "config": config,
                 },
-                batch_size=batch_size,
+                batch_size=sizing.batch_size,
                 batch_format="pyarrow",
                 compute=ActorPoolStrategy(
-                    size=replicas, max_concurrent_calls_per_actor=max_concurrent_batches
+                    size=replicas, max_concurrent_calls_per_actor=sizing.max_concurrent_batches
                 ),
                 max_restarts=max_restarts,
                 max_task_retries=max_restarts,

@@ -8,11 +8,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES
-from rig_ray.batch.pipeline import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CONCURRENT_BATCHES,
-    DEFAULT_MAX_RESTARTS,
-)
+from rig_ray.batch.pipeline import DEFAULT_MAX_RESTARTS
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.model import Model
@@ -46,11 +42,13 @@ class Stage(BaseModel):
     replicas: int = Field(1, ge=1)
     num_gpus: float | None = Field(None, ge=0)
     num_cpus: float | None = Field(None, gt=0)
-    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    """Unset: `batch.generate`'s default (64)."""
     id_column: str = "id"
     seed: int | None = None
     max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0)
-    max_concurrent_batches: int = Field(DEFAULT_MAX_CONCURRENT_BATCHES, ge=1)
+    max_concurrent_batches: int | None = Field(None, ge=1)
+    """Unset: `batch.generate`'s default (4, or enough to fill a vLLM engine)."""
     batch_timeout_s: float | None = Field(None, gt=0)
     parse_as: type[Model] | None = None
     max_parse_retries: int = Field(DEFAULT_MAX_PARSE_RETRIES, ge=0)

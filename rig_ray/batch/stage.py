@@ -29,6 +29,7 @@ from rig_ray.errors import EngineDeadError
 from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
+from rig_ray.generator.vllm_sizing import in_flight
 from rig_ray.message import Message
 from rig_ray.redaction import error_text, redact, scrubbed_error
 
@@ -59,6 +60,9 @@ class StageConfig(BaseModel):
     """A batch whose engine call runs longer fails its rows with a timeout error."""
     structured: StructuredSpec | None = None
     """What to read out of each reply into typed columns (parse_as / json_schema)."""
+    row_requests: int | None = Field(None, ge=1)
+    """Rows go to the engine one request at a time, at most this many per actor at once (1.1 x
+    the loaded engine's capacity, where it reports one); None: one engine call per batch."""
 
 
 class _Pending(t.NamedTuple):
@@ -82,6 +86,7 @@ class GenerateStage:
         self._name = redact(describe(self._generator))
         self._passthrough = passthrough_names(config.input_columns, config.prompts.id_column)
         self._structured = structured_step(config.structured, self._passthrough.values())
+        self._slots: asyncio.Semaphore | None = None
         try:
             self._generator.load()
         except Exception as error:  # the driver shows this error: it must not quote a key
@@ -150,10 +155,39 @@ class GenerateStage:
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
+        if self._config.row_requests is not None:
+            return await self._timed(
+                lambda: self._row_by_row(conversations, params), len(conversations)
+            )
         generate = self._structured.generate if self._structured else generate_messages
         return await self._timed(
             lambda: generate(self._generator, conversations, params), len(conversations)
         )
+
+    async def _row_by_row(
+        self, conversations: list[list[Message]], params: list[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        """Each item as its own engine call, holding one of the actor's row slots while it
+        runs: the batches of this actor share the engine, and a slow row keeps only its slot."""
+        slots = await self._row_slots()
+        generate = self._structured.generate if self._structured else generate_messages
+
+        async def one(conversation: list[Message], item: GenerateParams) -> t.Any:
+            async with slots:
+                try:
+                    return (await generate(self._generator, [conversation], [item]))[0]
+                except Exception as error:  # the call failed: this item gets the error
+                    return error
+
+        return list(await asyncio.gather(*map(one, conversations, params)))
+
+    async def _row_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            capacity = await self._generator.capacity()
+            size = in_flight(capacity) if capacity else self._config.row_requests
+            if self._slots is None:  # another batch may have made them meanwhile
+                self._slots = asyncio.Semaphore(size or 1)
+        return self._slots
 
     async def _generate_texts(
         self, texts: list[str], params: list[GenerateParams]

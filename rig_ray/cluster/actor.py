@@ -81,6 +81,11 @@ class GeneratorActor:
     async def is_loaded(self) -> bool:
         return self._generator.is_loaded
 
+    async def capacity(self) -> int | None:
+        """The generator's capacity (requests its engine runs at once), or None."""
+        with portable_errors():
+            return await self._generator.capacity()
+
     @contextlib.asynccontextmanager
     async def _loaded(self) -> t.AsyncIterator[None]:
         """A shared section with the engine loaded: an unload that slipped in between the

@@ -164,6 +164,11 @@ class RemoteGenerator(Generator):
         await self._await("unload")
         return self
 
+    async def capacity(self) -> int | None:
+        """The actor's generator's capacity (its engine's max_num_seqs for vLLM), or None."""
+        value = await self._await("capacity")
+        return None if value is None else int(value)
+
     def info(self) -> dict[str, t.Any]:
         """The actor's pid, node id, placement group id, loaded state and RSS."""
         return t.cast(dict[str, t.Any], self._get("info"))

@@ -227,6 +227,9 @@ class Generator(BaseModel, rounds.SyncGenerate):
     batches_continuously: t.ClassVar[bool] = False
     """Whether the engine batches concurrent calls itself (vLLM's async engine, remote APIs),
     so a server sends it each request at once instead of grouping requests first."""
+    checks_context: t.ClassVar[bool] = False
+    """Whether `refuse_past_context()` makes the engine check each prompt against the context
+    as it renders it (so a server need not render it a second time to count it)."""
 
     def __eq__(self, other: object) -> bool:
         """Same class and settings; the api_key, never written into identifiers, is not compared.
@@ -291,10 +294,21 @@ class Generator(BaseModel, rounds.SyncGenerate):
         """The most tokens prompt + completion may hold, or None where unknown (remote APIs)."""
         return None
 
+    async def capacity(self) -> int | None:
+        """Requests the engine runs at once (vLLM's max_num_seqs), or None where it has no such
+        limit or it is unknown; callers keep about this many in flight to fill the engine."""
+        return None
+
     async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
         """Tokens of a prompt as the engine would see it (a conversation rendered with the chat
         template and the generation prompt, or a text), or None where it cannot be counted."""
         return None
+
+    def refuse_past_context(self) -> None:
+        """From now on, fail each item whose prompt tokens plus its `max_tokens` (or the
+        engine's default) pass the context with a ContextLengthError, counted from the
+        rendering that goes to the engine, instead of generating up to the context's end.
+        Only generators with `checks_context` do it; for others this does nothing."""
 
     async def stream_message(
         self, messages: t.Sequence[Message], params: GenerateParams | None = None

@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import EngineDeadError, GenerationError, ModelNotAvailableError
-from rig_ray.generator import structured
+from rig_ray.generator import structured, vllm_sizing
 from rig_ray.generator import vllm_requests as requests
 from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
@@ -60,6 +60,7 @@ class VLLMGenerator(LocalGenerator):
     """
 
     batches_continuously: t.ClassVar[bool] = True
+    checks_context: t.ClassVar[bool] = True
     """Requests go straight to the engine, which batches whatever is in flight."""
     honours_json_schema: t.ClassVar[bool] = True
     """`json_schema` constrains decoding (vLLM's structured outputs)."""
@@ -87,7 +88,12 @@ class VLLMGenerator(LocalGenerator):
     _engine: t.Any = PrivateAttr(None)
     _loop: EngineLoop | None = PrivateAttr(None)
     _owns_engine: bool = PrivateAttr(True)
+    _strict_context: bool = PrivateAttr(False)
     _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
+    _usage_context: vllm_sizing.UsageName = PrivateAttr(vllm_sizing.OFFLINE)
+    """vLLM's usage context the engine starts in, which sizes its scheduler as vLLM's own entry
+    points do: LLM_CLASS (as `vllm.LLM`), or OPENAI_API_SERVER in a Serve replica (as `vllm
+    serve`). Not a setting: where the generator runs decides it."""
 
     @classmethod
     def from_obj(
@@ -151,7 +157,7 @@ class VLLMGenerator(LocalGenerator):
             kwargs = self._engine_kwargs(path, current_platform.is_cpu())
             loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
             try:
-                engine = loop.run_sync(_start_engine(path, kwargs))
+                engine = loop.run_sync(_start_engine(path, kwargs, self._usage_context))
             except (OSError, ValueError, RuntimeError) as error:
                 loop.stop()
                 raise ModelNotAvailableError(
@@ -214,12 +220,22 @@ class VLLMGenerator(LocalGenerator):
             return self.max_model_len
         return int(engine.model_config.max_model_len)
 
+    async def capacity(self) -> int | None:
+        """The engine scheduler's max_num_seqs; before load, what vLLM's defaults will give it."""
+        engine = self._engine
+        if engine is None:
+            return vllm_sizing.max_num_seqs_for(self, self._usage_context)
+        return int(engine.vllm_config.scheduler_config.max_num_seqs)
+
     async def count_prompt_tokens(self, prompt: t.Sequence[Message] | str) -> int | None:
         """Tokens of the prompt rendered by the engine (chat template included), loading it
         first when needed."""
         engine, loop = await self._running()
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
         return await loop.call(requests.count_tokens(engine, rendered))
+
+    def refuse_past_context(self) -> None:
+        self._strict_context = True
 
     def _sampling_params(self, params: GenerateParams, **engine_fields: t.Any) -> t.Any:
         from vllm import SamplingParams
@@ -266,7 +282,7 @@ class VLLMGenerator(LocalGenerator):
                 continue
             jobs.append((prompts[indices[0]], sampling))
             owners.append(indices)
-        outcomes = await loop.call(requests.complete_all(engine, jobs))
+        outcomes = await loop.call(requests.complete_all(engine, jobs, strict=self._strict_context))
         for indices, outcome in zip(owners, outcomes, strict=True):
             for position, index in enumerate(indices):
                 failed = isinstance(outcome, BaseException)
@@ -279,7 +295,8 @@ class VLLMGenerator(LocalGenerator):
         engine, loop = await self._running()
         sampling = self._sampling_params(self.params.merge_with(params))
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
-        make = lambda: requests.stream(engine, rendered, sampling)  # noqa: E731
+        strict = self._strict_context
+        make = lambda: requests.stream(engine, rendered, sampling, strict=strict)  # noqa: E731
         async for chunk in loop.stream(make, merge=requests.merge_chunks):
             yield chunk
 
@@ -319,12 +336,17 @@ def _groups(keys: list[str], params: list[GenerateParams]) -> list[list[int]]:
     return groups
 
 
-async def _start_engine(path: str, kwargs: dict[str, t.Any]) -> t.Any:
-    """Build the engine on the loop it will live on (its output task starts there)."""
+async def _start_engine(
+    path: str, kwargs: dict[str, t.Any], context: vllm_sizing.UsageName = vllm_sizing.OFFLINE
+) -> t.Any:
+    """Build the engine on the loop it will live on (its output task starts there), in vLLM's
+    usage `context` (which picks its default max_num_seqs / max_num_batched_tokens)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **kwargs))
+    return AsyncLLM.from_engine_args(
+        AsyncEngineArgs(model=path, **kwargs), usage_context=vllm_sizing.usage_context(context)
+    )
 
 
 def engine_processes(engine: t.Any) -> list[multiprocessing.process.BaseProcess]:

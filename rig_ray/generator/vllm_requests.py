@@ -11,7 +11,7 @@ import dataclasses
 import typing as t
 import uuid
 
-from rig_ray.errors import EngineDeadError, GenerationError
+from rig_ray.errors import ContextLengthError, EngineDeadError, GenerationError
 from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
@@ -66,18 +66,40 @@ async def render(engine: t.Any, prompt: Prompt, *, capped: bool = True) -> t.Any
     return engine_input
 
 
+async def render_checked(engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool) -> t.Any:
+    """`render(engine, prompt)`; a prompt past the context fails with a ContextLengthError,
+    and, when `strict`, so does one whose tokens plus `sampling.max_tokens` pass it."""
+    from vllm.exceptions import VLLMValidationError
+
+    window = int(engine.model_config.max_model_len)
+    try:
+        engine_input = await render(engine, prompt)
+    except VLLMValidationError as error:
+        if error.parameter not in ("input_tokens", "input_text"):
+            raise
+        counted = await count_tokens(engine, prompt)  # only for the message
+        raise ContextLengthError(window=window, prompt=counted, completion=None) from None
+    tokens = len(engine_input.get("prompt_token_ids") or ())
+    completion = sampling.max_tokens
+    if strict and completion is not None and tokens + completion > window:
+        raise ContextLengthError(window=window, prompt=tokens, completion=completion)
+    return engine_input
+
+
 async def count_tokens(engine: t.Any, prompt: Prompt) -> int:
     """Tokens of the prompt as the engine will see it, however long."""
     engine_input = await render(engine, prompt, capped=False)
     return len(engine_input["prompt_token_ids"])
 
 
-async def complete(engine: t.Any, prompt: Prompt, sampling: t.Any) -> list[Result]:
+async def complete(
+    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False
+) -> list[Result]:
     """Run one request to its end: one result per sample (`sampling.n` of them)."""
     from vllm.sampling_params import RequestOutputKind
 
     sampling.output_kind = RequestOutputKind.FINAL_ONLY
-    engine_input = await render(engine, prompt)
+    engine_input = await render_checked(engine, prompt, sampling, strict=strict)
     final = None
     async for output in engine.generate(engine_input, sampling, new_request_id()):
         final = output
@@ -89,13 +111,15 @@ async def complete(engine: t.Any, prompt: Prompt, sampling: t.Any) -> list[Resul
     ]
 
 
-async def stream(engine: t.Any, prompt: Prompt, sampling: t.Any) -> t.AsyncIterator[GeneratedChunk]:
+async def stream(
+    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False
+) -> t.AsyncIterator[GeneratedChunk]:
     """Run one request, yielding its new text as the engine makes it; the last chunk carries the
     stop reason, token counts and metrics."""
     from vllm.sampling_params import RequestOutputKind
 
     sampling.output_kind = RequestOutputKind.DELTA
-    engine_input = await render(engine, prompt)
+    engine_input = await render_checked(engine, prompt, sampling, strict=strict)
     generated = 0
     try:
         async for output in engine.generate(engine_input, sampling, new_request_id()):
@@ -118,14 +142,14 @@ def merge_chunks(chunks: list[GeneratedChunk]) -> GeneratedChunk:
 
 
 async def complete_all(
-    engine: t.Any, jobs: t.Sequence[tuple[Prompt, t.Any]]
+    engine: t.Any, jobs: t.Sequence[tuple[Prompt, t.Any]], *, strict: bool = False
 ) -> list[list[Result] | BaseException]:
     """Run every (prompt, sampling) job at once; a rejected job gets its error in place.
 
     A dead engine fails the whole call: no later request could succeed on it.
     """
     outcomes = await asyncio.gather(
-        *(complete(engine, prompt, sampling) for prompt, sampling in jobs),
+        *(complete(engine, prompt, sampling, strict=strict) for prompt, sampling in jobs),
         return_exceptions=True,
     )
     dead = engine_dead_error()

@@ -26,6 +26,8 @@ INGRESS_NAME = "OpenAIIngress"
 """The name of the ingress deployment."""
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Seconds a request may take before it is stopped with 504."""
+DEFAULT_MAX_ONGOING_REQUESTS = 64
+"""Requests a replica takes at once, unless its engine runs more (see ServedModel)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -75,8 +77,10 @@ class ServedModel(BaseModel):
     """Serve autoscaling (min_replicas, max_replicas, target_ongoing_requests, ...)."""
     ray_actor_options: dict[str, t.Any] = Field(default_factory=lambda: {"num_cpus": 1})
     """Resources of each replica: num_cpus, num_gpus, accelerator_type, resources, ..."""
-    max_ongoing_requests: int = Field(64, ge=1)
-    """Requests a replica takes at once; keep it >= max_batch_size so batches can fill."""
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    """Requests a replica takes at once; keep it >= max_batch_size so batches can fill. Unset:
+    64, or for a vLLM engine about 1.1 x the max_num_seqs vLLM's defaults give it in a server
+    (`ongoing_requests()`), so that the engine's continuous batching can fill."""
     max_queued_requests: int = Field(256, ge=-1)
     """Requests waiting for a replica before new ones get 503/429 (-1: no limit)."""
     max_batch_size: int = Field(32, ge=1)
@@ -128,7 +132,7 @@ class ServedModel(BaseModel):
         options: dict[str, t.Any] = {
             "name": deployment_name(self.served_name),
             **self.placement_options(),
-            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_ongoing_requests": self.ongoing_requests(),
             "max_queued_requests": self.max_queued_requests,
             "backpressure_config": {
                 "status_code": self.overload_status,
@@ -145,6 +149,21 @@ class ServedModel(BaseModel):
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options
+
+    def ongoing_requests(self) -> int:
+        """max_ongoing_requests, or its default: at least the engine's max_num_seqs for a
+        generator that batches continuously on vLLM (from vLLM's own table for this machine,
+        in the server context; no engine is loaded)."""
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        if not (self.generator.batches_continuously and takes_vllm_fields(self.generator)):
+            return DEFAULT_MAX_ONGOING_REQUESTS
+        from rig_ray.generator import vllm_sizing
+
+        seqs = vllm_sizing.max_num_seqs_for(self.generator, vllm_sizing.SERVER)
+        if seqs is None:
+            return DEFAULT_MAX_ONGOING_REQUESTS
+        return max(DEFAULT_MAX_ONGOING_REQUESTS, vllm_sizing.in_flight(seqs))
 
     def placement_options(self) -> dict[str, t.Any]:
         """`ray_actor_options`, and the bundles of an engine over several GPUs, by the

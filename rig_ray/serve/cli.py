@@ -26,6 +26,7 @@ from rig_ray.serve.app import (
     served_models,
 )
 from rig_ray.serve.auth import API_KEY_ENV, is_loopback
+from rig_ray.serve.lifecycle import client_host, listening, wait_until_ready
 from rig_ray.serve.limits import RequestLimits
 
 DESCRIPTION = """\
@@ -46,6 +47,10 @@ examples:
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}'
 """
+
+
+STOP_WAIT_S = 5.0
+"""Longest wait, on SIGTERM, for the running requests to be told the server is stopping."""
 
 
 class _Stop(BaseException):
@@ -141,7 +146,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=_default("max_ongoing_requests"),
         metavar="N",
-        help="requests a replica takes at once (default: %(default)s)",
+        help="requests a replica takes at once (default: 64, or about 1.1 x max_num_seqs for vLLM)",
     )
     parser.add_argument(
         "--max-queued-requests",
@@ -226,17 +231,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     owns_cluster = args.address == "local"
-    status = 0
+    status, deployed = 0, True
     try:
-        _start(app, args, served)
+        host, port = _start(app, args, served)
+        url = f"http://{client_host(host)}:{port}"
+        wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"rig-ray: serving {names} at http://{host}:{args.port}/v1", flush=True)
+        print(f"rig-ray: serving {names} at {url}/v1", flush=True)
         print("rig-ray: SIGTERM or Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     except _Stop:
         print("rig-ray: stopping", flush=True)
+    except ServeConfigError as error:  # joined a Serve whose address needs a key
+        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
         why = _deploy_failure(served) or scrub(
             _one_line(error), *[model.generator for model in served]
@@ -246,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig in previous:  # a second signal must not cut the shutdown short
             signal.signal(sig, signal.SIG_IGN)
-        _stop(owns_cluster)
+        _stop(owns_cluster, deployed)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
@@ -295,10 +304,13 @@ def _check_port(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def _start(app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel] = ()) -> None:
-    """Start (or join) Ray, start Serve on the host and port, and run the app. What the
-    replicas print reaches this console redacted, and scrubbed with the served generators'
-    own secrets."""
+def _start(
+    app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel] = ()
+) -> tuple[str, int]:
+    """Start (or join) Ray and Serve, run the app, and return the host and port Serve really
+    listens on. A Serve that already runs keeps its own, so auth is checked again against
+    them before the app runs. What the replicas print reaches this console redacted, and
+    scrubbed with the served generators' own secrets."""
     import ray
     from ray import serve
 
@@ -309,7 +321,17 @@ def _start(app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel]
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
     forward_redacted([model.generator for model in served])
     serve.start(http_options={"host": args.host, "port": args.port})
+    host, port = listening()
+    if (host, port) != (args.host, args.port):
+        print(
+            f"rig-ray: Serve already runs on this cluster, on {host}:{port}; "
+            "--host and --port do not apply",
+            file=sys.stderr,
+            flush=True,
+        )
+        _api_key(argparse.Namespace(**{**vars(args), "host": host}))
     serve.run(app, name=APP_NAME, route_prefix="/")
+    return host, port
 
 
 def _deploy_failure(served: t.Sequence[ServedModel] = ()) -> str | None:
@@ -330,21 +352,36 @@ def _deploy_failure(served: t.Sequence[ServedModel] = ()) -> str | None:
     return None
 
 
-def _stop(owns_cluster: bool) -> None:
-    """Take the app down: all of Serve and Ray when this process started them, else only the
-    app (other apps on a shared cluster keep running)."""
+def _stop(owns_cluster: bool, deployed: bool = True) -> None:
+    """Take the app down: first the requests still running are answered that the server is
+    stopping, then all of Serve and Ray go when this process started them, else only the app
+    (other apps on a shared cluster keep running)."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
     try:
+        if deployed:
+            _stop_requests()
         if owns_cluster:
             serve.shutdown()
-        else:
+        elif deployed:
             serve.delete(APP_NAME)
     finally:
         ray.shutdown()
+
+
+def _stop_requests() -> None:
+    """Have the ingress answer its running requests 503 `server_shutting_down`, so Serve's
+    shutdown does not wait for them (nor cut them off without a reply)."""
+    from ray import serve
+
+    try:
+        handle = serve.get_app_handle(APP_NAME)
+        handle.stop_requests.remote(STOP_WAIT_S).result(timeout_s=STOP_WAIT_S + 10)
+    except Exception as error:  # the app is gone already: nothing left to answer
+        print(f"rig-ray: could not stop the running requests: {type(error).__name__}", flush=True)
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:

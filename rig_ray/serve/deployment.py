@@ -17,7 +17,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from rig_ray.errors import ServeRequestError
+from rig_ray.errors import ContextLengthError, ServeRequestError
 from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
 from rig_ray.generator.registry import register_generator
@@ -26,7 +26,7 @@ from rig_ray.redaction import scrubbed_error
 from rig_ray.serve import http_errors, response_format
 from rig_ray.serve.batching import BatchMerger
 from rig_ray.serve.health import HealthProbe, tiny_generation
-from rig_ray.serve.limits import check_context
+from rig_ray.serve.limits import check_context, context_error
 from rig_ray.serve.streaming import aclose, merge_streams
 
 logger = logging.getLogger("ray.serve")
@@ -92,6 +92,17 @@ def _overrides(generator: Generator, name: str) -> bool:
     return getattr(type(generator), name) is not getattr(Generator, name)
 
 
+def _for_serving(generator: Generator) -> Generator:
+    """The generator, told that it serves online traffic: a vLLM engine then starts in vLLM's
+    server context and gets `vllm serve`'s scheduler sizes."""
+    from rig_ray.generator import vllm_sizing
+    from rig_ray.generator.vllm_ import VLLMGenerator
+
+    if isinstance(generator, VLLMGenerator):
+        generator._usage_context = vllm_sizing.SERVER
+    return generator
+
+
 @serve.deployment(max_constructor_retry_count=3)
 class GeneratorDeployment:
     """One generator, built and loaded in each replica from its config payload."""
@@ -105,7 +116,8 @@ class GeneratorDeployment:
         generator, providers = cloudpickle.loads(payload)
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
-        self._generator: Generator = generator
+        self._generator: Generator = _for_serving(generator)
+        generator.refuse_past_context()  # the engine then counts each prompt as it renders it
         self._name = name
         self._stats = BatchStats()
         defaults = BatchSettings()
@@ -158,6 +170,14 @@ class GeneratorDeployment:
         if self._health is not None:
             self._health.check()
 
+    async def capacity(self) -> int | None:
+        """Requests this replica's engine runs at once (vLLM's max_num_seqs), or None."""
+        return await self._generator.capacity()
+
+    async def ready(self) -> bool:
+        """Answers once the replica is up, which is once its generator has loaded."""
+        return self._generator.is_loaded
+
     def stats(self) -> dict[str, t.Any]:
         """Sizes of the generate calls this replica made: batches, items, largest, recent."""
         return self._stats.summary()
@@ -202,7 +222,7 @@ class GeneratorDeployment:
     ) -> list[t.Any]:
         items: list[Item] = [(prompt, params) for prompt in prompts for _ in range(n)]
         results = await self._generate(kind, items)
-        public = [self._public(result, request_id) for result in results]
+        public = [self._public(result, request_id, kind) for result in results]
         failed = [result for result in public if isinstance(result, ServeRequestError)]
         return failed[:1] or public  # one failed item fails the request
 
@@ -243,7 +263,7 @@ class GeneratorDeployment:
             if not accepted:  # a stream with no piece at all
                 yield None
         except Exception as error:
-            yield self._public(error, request_id)
+            yield self._public(error, request_id, kind)
         finally:
             await aclose(merged)
 
@@ -296,11 +316,16 @@ class GeneratorDeployment:
 
         return call
 
-    def _public(self, result: _T | BaseException, request_id: str) -> _T | ServeRequestError:
+    def _public(
+        self, result: _T | BaseException, request_id: str, kind: str
+    ) -> _T | ServeRequestError:
         """A result as it may leave the replica: errors become ServeRequestErrors with a
-        stable code and the request id, logged here in full under that id."""
+        stable code and the request id, logged here in full under that id; a prompt the
+        engine found past the context is the usual 400 `context_length_exceeded`."""
         if not isinstance(result, BaseException):
             return result
+        if isinstance(result, ContextLengthError):
+            return context_error(result, "messages" if kind == "chat" else "prompt")
         return http_errors.item_error(
             result, request_id=request_id, model=self._name, secrets=[self._generator]
         )

@@ -67,17 +67,59 @@ def bad_request(
     return ServeRequestError(message, status_code=400, code=code, param=param)
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have."""
+
+
 def parse_json(raw: bytes) -> dict[str, t.Any]:
-    """A request body as a JSON object; 400 for anything else."""
+    """A request body as a JSON object; 400 for anything else, and for one nested deeper than
+    MAX_JSON_DEPTH (which later steps would otherwise walk with recursion)."""
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as error:
         raise bad_request(
             f"We could not parse the JSON body of your request ({error}).", code="invalid_json"
         ) from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    _check_tree(body)
     return body
+
+
+def _too_deep() -> ServeRequestError:
+    return bad_request(
+        f"The JSON body of your request is nested too deeply (at most {MAX_JSON_DEPTH} levels).",
+        code="invalid_json",
+    )
+
+
+def _check_tree(value: t.Any) -> None:
+    """400 for a body nested more than MAX_JSON_DEPTH deep, or with a string that holds a lone
+    surrogate (a `\ud800` escape: valid JSON, but no UTF-8 reply could echo it back). Walked
+    without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(
+                    "The JSON body of your request holds a lone UTF-16 surrogate "
+                    "(an unpaired \\ud800-\\udfff escape), which is not valid Unicode.",
+                    code="invalid_json",
+                ) from None
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            children = list(item.items()) if isinstance(item, dict) else item
+            for child in children:
+                if isinstance(child, tuple):  # a key and its value
+                    stack.extend((part, depth + 1) for part in child)
+                else:
+                    stack.append((child, depth + 1))
 
 
 def _param(loc: t.Sequence[int | str]) -> str | None:
@@ -178,6 +220,17 @@ def timed_out(timeout_s: float, request_id: str) -> ServeRequestError:
         status_code=504,
         error_type="timeout",
         code="request_timeout",
+    )
+
+
+def stopping(request_id: str) -> ServeRequestError:
+    """503 for a request that a stopping server will not finish."""
+    return ServeRequestError(
+        with_id("The server is stopping; retry the request", request_id),
+        status_code=503,
+        error_type="server_error",
+        code="server_shutting_down",
+        retry_after_s=5.0,
     )
 
 

@@ -22,6 +22,10 @@ from rig_ray.serve.routes import Stream, build_api
 from rig_ray.serve.wire import VLLM_FIELDS
 
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
+STOP_WAIT_S = 5.0
+"""Longest wait, once the server stops, for the requests it stopped to be answered."""
+READY_POLL_S = 0.5
+"""Seconds between two tries to reach a model deployment that is not ready yet."""
 
 
 class ModelRoute(t.NamedTuple):
@@ -52,6 +56,11 @@ class OpenAIIngress:
         self.limits = limits or RequestLimits()
         self.timeout_s = request_timeout_s
         self.created = int(time.time())
+        self._ready: set[str] = set()
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._inflight: dict[object, asyncio.Task[t.Any]] = {}
+        """The tasks waiting on a replica for a request, by request."""
         self.batch_runner = batch_runner(
             batch_storage,
             {name: Route(route.handle, route.vllm_fields) for name, route in routes.items()},
@@ -62,11 +71,41 @@ class OpenAIIngress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self, api_key_digest=self._digest)
 
-    async def check_health(self) -> None:
-        self.batch_runner.start()  # batches a stopped app left are taken up without a request
-
     def model_names(self) -> list[str]:
         return list(self._routes)
+
+    async def check_health(self) -> None:
+        """Serve's periodic check of the ingress: it starts the readiness watch early, and
+        takes up the batches a stopped app left without waiting for a request."""
+        self._watch()
+        self.batch_runner.start()
+
+    def ready_models(self) -> list[str]:
+        """The models whose deployment has a replica with its generator loaded."""
+        self._watch()
+        return [name for name in self._routes if name in self._ready]
+
+    def _watch(self) -> None:
+        """Start, once, a task per model that waits until its deployment answers."""
+        if self._watchers:
+            return
+        loop = asyncio.get_running_loop()
+        self._watchers = [
+            loop.create_task(self._wait_until_ready(name, route.handle))
+            for name, route in self._routes.items()
+        ]
+
+    async def _wait_until_ready(self, name: str, handle: t.Any) -> None:
+        """A replica only answers once its constructor has loaded the generator; a call
+        refused meanwhile (a deployment still starting, or restarting) is tried again."""
+        while True:
+            try:
+                async with asyncio.timeout(READY_POLL_S * 10):
+                    await handle.ready.remote()
+                self._ready.add(name)
+                return
+            except Exception:  # not up yet: a timeout, or a deployment not there yet
+                await asyncio.sleep(READY_POLL_S)
 
     def check(self, model: str, params: GenerateParams) -> None:
         route = self._routes.get(model)
@@ -121,9 +160,36 @@ class OpenAIIngress:
         response = handle.stream_complete.remote(request_id, prompts, params, n)
         return self._stream_within_timeout(response, request_id)
 
+    async def stop_requests(self, wait_s: float = STOP_WAIT_S) -> int:
+        """The server is stopping: every request still waiting on a replica is answered 503
+        `server_shutting_down` (its generation cancelled), and so is every new one. Returns
+        how many were running, once they are answered (or after `wait_s`)."""
+        self._stopping = True
+        running = list(self._inflight.values())
+        for task in running:
+            task.cancel()
+        deadline = time.monotonic() + wait_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return len(running)
+
+    def _stopped(self, request_id: str) -> ServeRequestError | None:
+        """The answer of a request cancelled by `stop_requests` (None for any other cancel)."""
+        task = asyncio.current_task()
+        if not self._stopping or task is None:
+            return None
+        task.uncancel()
+        return http_errors.stopping(request_id)
+
     async def _within_timeout(self, response: t.Any, request_id: str) -> list[t.Any]:
         """The reply of a replica call; past the timeout, the call is cancelled and the
-        request gets 504 (so is a caller that left, a client that hung up)."""
+        request gets 504 (so is a caller that left, a client that hung up); a server that
+        stops answers it 503."""
+        if self._stopping:
+            response.cancel()
+            raise http_errors.stopping(request_id)
+        key = object()
+        self._inflight[key] = t.cast("asyncio.Task[t.Any]", asyncio.current_task())
         try:
             async with asyncio.timeout(self.timeout_s):
                 return t.cast(list[t.Any], await response)
@@ -132,15 +198,20 @@ class OpenAIIngress:
             raise http_errors.timed_out(self.timeout_s, request_id) from None
         except asyncio.CancelledError:
             response.cancel()
+            if (stopped := self._stopped(request_id)) is not None:
+                raise stopped from None
             raise
+        finally:
+            self._inflight.pop(key, None)
 
     async def _stream_within_timeout(self, response: t.Any, request_id: str) -> Stream:
         """The events of a streamed replica call until the request's deadline; past it, a
         504 error and the call cancelled. Closing this early cancels the call too."""
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        done = False
+        done, key = False, object()
         try:
-            while True:
+            while not self._stopping:
+                self._inflight[key] = t.cast("asyncio.Task[t.Any]", asyncio.current_task())
                 try:
                     async with asyncio.timeout_at(deadline):
                         item = await response.__anext__()
@@ -150,7 +221,14 @@ class OpenAIIngress:
                 except TimeoutError:
                     yield http_errors.timed_out(self.timeout_s, request_id)
                     return
+                except asyncio.CancelledError:
+                    if self._stopped(request_id) is None:
+                        raise
+                    break
+                finally:
+                    self._inflight.pop(key, None)
                 yield item
+            yield http_errors.stopping(request_id)
         finally:
             if not done:
                 response.cancel()

@@ -33,6 +33,9 @@ class Backend(t.Protocol):
 
     def model_names(self) -> list[str]: ...
 
+    def ready_models(self) -> list[str]:
+        """The models that have loaded and can answer, in model_names' order."""
+
     def check(self, model: str, params: GenerateParams) -> None:
         """Raise ServeRequestError for a model not served or params it does not allow."""
 
@@ -54,7 +57,7 @@ class Backend(t.Protocol):
 
 
 async def _parse(request: Request, model: type[_Req], limits: RequestLimits) -> _Req:
-    body = http_errors.parse_json(await read_body(request, limits.max_body_bytes))
+    body = http_errors.parse_json(await read_body(request, limits))
     try:
         return model.model_validate(body)
     except ValidationError as error:
@@ -114,12 +117,17 @@ def build_api(backend: Backend, *, api_key_digest: str | None = None) -> FastAPI
         return wire.ModelCard(id=name, created=backend.created).model_dump()
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        ready = backend.ready_models()
+        loading = [name for name in backend.model_names() if name not in ready]
+        if loading:
+            body = {"status": "loading", "loading": loading}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, t.Any]:
-        return {"object": "list", "data": [model_card(name) for name in backend.model_names()]}
+        return {"object": "list", "data": [model_card(name) for name in backend.ready_models()]}
 
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str) -> Response:

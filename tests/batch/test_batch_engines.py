@@ -1,4 +1,5 @@
-"""Batch jobs on real engines: the embedded SmolLM2 on transformers, a tiny Llama on vLLM."""
+"""Batch jobs on real engines: the embedded SmolLM2 on transformers, and on vLLM (plain and
+JSON-schema rows in one job, one engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import rig_ray as rr
 from rig_ray.batch import run
 from tests.batch.members import output_rows, rows
 
@@ -38,33 +38,56 @@ def test_smollm2_on_transformers_in_two_replicas(tmp_path: Path, smollm2_path: P
     assert summary.output_tokens == sum(r["output_tokens"] for r in got)
 
 
-def test_tiny_llama_on_vllm_with_two_generations_each(
-    tmp_path: Path, tiny_llama_path: Path
-) -> None:
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "country": {"type": "string", "maxLength": 20},
+        "capital": {"type": "boolean"},
+        "population": {"type": "integer", "minimum": 0, "maximum": 99999999},
+    },
+    "required": ["city", "country", "capital", "population"],
+    "additionalProperties": False,
+}
+
+
+def test_one_vllm_job_runs_plain_rows_and_json_schema_rows(tmp_path: Path) -> None:
+    """One vLLM engine for both paths: plain rows (two generations each, 4 tokens, row by
+    row into the engine) and rows whose params constrain decoding to a JSON schema."""
     pytest.importorskip("vllm")
-    generator = rr.VLLMGenerator(
-        model=str(tiny_llama_path),
-        dtype="bfloat16",
-        enforce_eager=True,
-        max_model_len=256,
-        params=rr.GenerateParams(max_tokens=4, temperature=0),
-    )
-    source = rows(tmp_path / "in.jsonl", 3)
+    plain = {"max_tokens": 4, "extra": {"ignore_eos": True}}
+    schema = {"max_tokens": 96, "json_schema": CITY_SCHEMA}
+    source = tmp_path / "in.jsonl"
+    with source.open("w") as out:
+        for key, topic, params in [
+            ("p0", "rivers", plain),
+            ("p1", "bread", plain),
+            ("j0", "Describe the city of Paris as JSON.", schema),
+            ("j1", "Describe the city of Lima as JSON.", schema),
+        ]:
+            out.write(json.dumps({"id": key, "topic": topic, "params": json.dumps(params)}) + "\n")
     summary = run(
         str(source),
         str(tmp_path / "out"),
-        generator=generator,
+        generator="vllm!smollm2-135m,enforce_eager=true,max_model_len=1024,temperature=0",
         template="$topic",
+        params_column="params",
         num_generations=2,
         num_cpus=1,
         progress=False,
     )
-    assert (summary.generations_written, summary.failed) == (6, 0)
+    assert (summary.generations_written, summary.failed) == (8, 0)
     got = output_rows(tmp_path / "out")
     assert sorted((r["id"], r["generation_index"]) for r in got) == [
-        (f"r{n}", g) for n in range(3) for g in range(2)
+        (key, g) for key in ("j0", "j1", "p0", "p1") for g in range(2)
     ]
     for row in got:
-        assert row["error"] is None and row["output_tokens"] == 4
-        assert row["stop_reason"] == "length" and row["text"] is not None
+        assert row["error"] is None and row["text"] is not None
         assert "request_id" in json.loads(row["metadata"])  # the engine's details travel along
+        if row["id"].startswith("p"):
+            assert row["output_tokens"] == 4 and row["stop_reason"] == "length"
+        else:
+            reply = json.loads(row["text"])  # every reply is JSON of the schema
+            assert set(reply) == set(CITY_SCHEMA["properties"]) and row["stop_reason"] == "stop"
+            assert isinstance(reply["capital"], bool) and isinstance(reply["population"], int)
+            assert len(reply["city"]) <= 20

@@ -127,6 +127,33 @@ def test_auto_dtype_runs_float32_on_a_cpu(tiny):
     assert runs_natively("float32")
 
 
+async def test_the_scheduler_is_sized_as_vllm_llm_and_vllm_serve_size_it(tiny, tiny_llama_path):
+    """LLM_CLASS as `vllm.LLM` starts, OPENAI_API_SERVER as `vllm serve` does (vLLM's own
+    config code on the same engine arguments, no second engine); explicit engine_args win."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    from rig_ray.generator import vllm_sizing
+
+    def settles_on(context: str, generator: rr.VLLMGenerator) -> tuple[int, int]:
+        kwargs = generator._engine_kwargs(str(tiny_llama_path), current_platform.is_cpu())
+        args = AsyncEngineArgs(model=str(tiny_llama_path), **kwargs)
+        config = args.create_engine_config(vllm_sizing.usage_context(context)).scheduler_config
+        return config.max_num_seqs, config.max_num_batched_tokens
+
+    scheduler = tiny._engine.vllm_config.scheduler_config
+    got = (scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
+    assert got == settles_on("LLM_CLASS", tiny)
+    assert await tiny.capacity() == scheduler.max_num_seqs
+    assert vllm_sizing.max_num_seqs_for(tiny) == scheduler.max_num_seqs  # the driver's figure
+    server = settles_on("OPENAI_API_SERVER", tiny)
+    serving = rr.VLLMGenerator(model=str(tiny_llama_path), **ENGINE)
+    serving._usage_context = vllm_sizing.SERVER
+    assert await serving.capacity() == server[0]
+    explicit = rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 3})
+    assert settles_on("LLM_CLASS", explicit)[0] == 3 == await explicit.capacity()
+
+
 async def test_chat_batch_renders_in_the_engine(tiny):
     conversations = [[rr.Message(role="user", content=f"Question {i}")] for i in range(4)]
     results = await tiny.generate_messages(conversations, [GenerateParams(max_tokens=3)] * 4)

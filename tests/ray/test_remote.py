@@ -323,3 +323,15 @@ async def test_a_remote_stream_raises_the_actors_error_and_stops_when_left(start
     while not marker.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert marker.exists(), "leaving the stream stops it in the actor"
+
+
+class Sized(FixedGenerator):
+    """Reports the capacity of an engine that runs 42 requests at once."""
+
+    async def capacity(self) -> int | None:
+        return 42
+
+
+async def test_capacity_is_asked_of_the_actor(start) -> None:
+    assert await start(Sized(model="sized")).capacity() == 42
+    assert await start(FixedGenerator(model="plain")).capacity() is None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import _shared, shared_ray
 from tests.openai_stub import OpenAIStub
 from tests.serve.support import GUARD, KEY, SMOL, Endpoint, free_port
 
@@ -18,22 +19,21 @@ FAKE_CPU = {"num_cpus": 0.1}
 
 
 @pytest.fixture(scope="package")
-def local_serve() -> t.Iterator[int]:
-    """A local Ray (2 CPUs, never someone else's cluster) with Serve's HTTP proxy on a free
-    port of 127.0.0.1; yields the port. Serve and Ray are shut down when the package ends."""
-    import ray
+def local_serve(ray_session: None) -> t.Iterator[int]:
+    """The session's shared local Ray (tests/conftest.py) with Serve's HTTP proxy on a free
+    port of 127.0.0.1; yields the port. Serve is shut down when the package ends; Ray stays
+    for the rest of the session."""
     from ray import serve
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    shared_ray()
     port = free_port()
+    _shared["serving"] = True
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
     finally:
         serve.shutdown()
-        ray.shutdown()
+        _shared["serving"] = False
 
 
 @pytest.fixture(scope="package")
@@ -138,3 +138,48 @@ def guarded(local_serve: int, stream_records: Path, upstream: OpenAIStub) -> t.I
         serve.delete("guard")
         registry._providers.clear()
         registry._providers.update(saved)
+
+
+VLLM_MODEL = "smol-vllm"
+VLLM_APP = "vllm"
+VLLM_GENERATOR = "vllm!smollm2-135m,enforce_eager=True,max_model_len=1024,temperature=0"
+
+
+def _continuous_vllm() -> bool:
+    try:
+        import vllm  # noqa: F401
+
+        from rig_ray.generator.vllm_ import VLLMGenerator
+
+        return VLLMGenerator.batches_continuously
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="package")
+def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
+    """The one vLLM app of the package, at /vllm: the embedded SmolLM2 on vLLM's async engine
+    (CPU here), eager, max_model_len 1024, greedy, served as `smol-vllm`. Every Serve test
+    that needs vLLM uses it (one engine start for the package)."""
+    if not _continuous_vllm():
+        pytest.skip("needs vLLM and its generator on the async engine (batches_continuously)")
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    model = ServedModel(
+        generator=VLLM_GENERATOR,
+        name=VLLM_MODEL,
+        ray_actor_options={"num_cpus": 0.1},  # the cores are shared with the package's apps
+    )
+    try:
+        serve.run(build_app(model, api_key=KEY), name=VLLM_APP, route_prefix=f"/{VLLM_APP}")
+        yield Endpoint(local_serve, f"/{VLLM_APP}")
+    finally:
+        serve.delete(VLLM_APP)
+
+
+@pytest.fixture(scope="package")
+def vllm_url(vllm_endpoint: Endpoint) -> str:
+    """The OpenAI base URL of the vLLM app (its model is `VLLM_MODEL`)."""
+    return vllm_endpoint.base_url

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import typing as t
 from pathlib import Path
 
@@ -109,3 +110,36 @@ class TickerGenerator(Generator):
             if not finished and self.record_dir is not None:
                 name = messages[-1].content if messages else "unnamed"
                 (Path(self.record_dir) / name).write_text("stopped")
+
+
+class GatedGenerator(Generator):
+    """Loads only once the file `gate` exists (a slow load, by construction); then answers
+    "ready"."""
+
+    gate: str = ""
+
+    def load(self) -> t.Self:
+        while not Path(self.gate).exists():
+            time.sleep(0.1)
+        return self
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        reply = Message(role="assistant", content="ready")
+        return [GeneratedMessage(message=reply, stop_reason="stop") for _ in messages]
+
+
+class BlockingGenerator(Generator):
+    """Every call writes a file into `started_dir` (named after the last message) and then
+    waits until it is cancelled: a request that runs for as long as the test wants."""
+
+    started_dir: str = ""
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> list[GeneratedMessage | BaseException]:
+        for conversation in messages:
+            (Path(self.started_dir) / conversation[-1].content).write_text("started")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

@@ -128,8 +128,8 @@ def test_a_key_or_no_auth_or_loopback_starts(
     else:
         monkeypatch.setenv("RIG_RAY_API_KEY", env)
     started = []
-    monkeypatch.setattr(cli, "_start", lambda app, args: started.append(app) or 1 / 0)
-    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    monkeypatch.setattr(cli, "_start", lambda app, *args: started.append(app) or 1 / 0)
+    monkeypatch.setattr(cli, "_stop", lambda *args: None)
     assert cli.run(parse(["-g", REMOTE, "--port", str(free_port()), *argv])) == 1
     assert started
 
@@ -139,7 +139,7 @@ def test_limits_and_timeout_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("RIG_RAY_API_KEY", raising=False)
     monkeypatch.setattr(cli, "build_app", lambda served, **kwargs: seen.update(kwargs))
     monkeypatch.setattr(cli, "_start", lambda *args: 1 / 0)
-    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    monkeypatch.setattr(cli, "_stop", lambda *args: None)
     argv = ["-g", REMOTE, "--max-body-bytes", "100", "--max-messages", "3", "--max-stop", "2"]
     argv += ["--max-stop-length", "9", "--max-n", "4", "--request-timeout-s", "7.5"]
     cli.run(parse([*argv, "--port", str(free_port())]))
@@ -244,11 +244,11 @@ def test_serve_run_of_the_config_file(tmp_path: Path, smollm2_path: Path) -> Non
 def test_sigterm_handler_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """run() gives the signal handlers back, even when start-up fails."""
 
-    def fail(app: t.Any, args: argparse.Namespace) -> None:
+    def fail(app: t.Any, *args: t.Any) -> None:
         raise RuntimeError("deploy failed")
 
     monkeypatch.setattr(cli, "_start", fail)
-    monkeypatch.setattr(cli, "_stop", lambda owns: None)
+    monkeypatch.setattr(cli, "_stop", lambda *args: None)
     before = signal.getsignal(signal.SIGTERM)
     assert cli.run(parse(["-g", REMOTE, "--port", str(free_port())])) == 1
     assert signal.getsignal(signal.SIGTERM) is before

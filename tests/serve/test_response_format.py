@@ -1,5 +1,6 @@
 """`response_format` through the official `openai` client: JSON of the schema from SmolLM2 on
-vLLM, and a 400 naming the field from a generator that cannot constrain decoding."""
+vLLM (the package's one vLLM app, `vllm_url` in conftest.py), and a 400 naming the field from
+a generator that cannot constrain decoding."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import typing as t
 import openai
 import pytest
 
+from tests.serve.conftest import VLLM_MODEL
 from tests.serve.support import KEY, TIMEOUT, Endpoint
 
 pytestmark = pytest.mark.engine
 
-APP = "json"
 PERSON = {
     "type": "object",
     "properties": {
@@ -25,30 +26,10 @@ PERSON = {
 }
 
 
-@pytest.fixture(scope="module")
-def vllm_url(local_serve: int) -> t.Iterator[str]:
-    """SmolLM2 on vLLM, served as `smol-json` by an app of its own under /json."""
-    pytest.importorskip("vllm")
-    from ray import serve
-
-    from rig_ray.serve import ServedModel, build_app
-
-    model = ServedModel(
-        generator="vllm!smollm2-135m,enforce_eager=true,max_model_len=1024,temperature=0",
-        name="smol-json",
-        ray_actor_options={"num_cpus": 0.1},  # the cores are shared with the package's apps
-    )
-    serve.run(build_app([model], api_key=KEY), name=APP, route_prefix=f"/{APP}")
-    try:
-        yield f"http://127.0.0.1:{local_serve}/{APP}/v1"
-    finally:
-        serve.delete(APP)
-
-
 def test_json_schema_through_the_openai_client_on_vllm(vllm_url: str) -> None:
     client = openai.OpenAI(base_url=vllm_url, api_key=KEY, max_retries=0, timeout=TIMEOUT)
     reply = client.chat.completions.create(
-        model="smol-json",
+        model=VLLM_MODEL,
         messages=[{"role": "user", "content": "Describe Ada Lovelace, aged 36, as JSON."}],
         max_tokens=64,
         response_format={

@@ -1,7 +1,8 @@
 """vLLM behind the endpoint, over real HTTP with the official `openai` client: tokens stream as
 the engine makes them, a short request is not held behind a long one (each request goes to
 the engine at once, which batches continuously), and vLLM's own sampling fields are taken.
-Runs the embedded SmolLM2 on vLLM's async engine (CPU here), eager, max_model_len 1024."""
+Runs on the package's one vLLM app (`vllm_endpoint` in conftest.py): the embedded SmolLM2 on
+vLLM's async engine (CPU here), eager, max_model_len 1024."""
 
 from __future__ import annotations
 
@@ -11,41 +12,12 @@ import typing as t
 
 import pytest
 
+from tests.serve.conftest import VLLM_APP, VLLM_GENERATOR, VLLM_MODEL
 from tests.serve.support import KEY, TIMEOUT, Endpoint
 
 pytestmark = pytest.mark.engine
 
-MODEL = "smol-vllm"
-PREFIX = "/vllm"
-
-
-def _continuous_vllm() -> bool:
-    try:
-        from rig_ray.generator.vllm_ import VLLMGenerator
-
-        return VLLMGenerator.batches_continuously
-    except ImportError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
-    if not _continuous_vllm():
-        pytest.skip("needs the vLLM generator on the async engine (batches_continuously)")
-    from ray import serve
-
-    from rig_ray.serve import ServedModel, build_app
-
-    model = ServedModel(
-        generator="vllm!smollm2-135m,enforce_eager=True,max_model_len=1024,temperature=0",
-        name=MODEL,
-        ray_actor_options={"num_cpus": 0.1},  # the cores are shared with the package's apps
-    )
-    try:
-        serve.run(build_app(model, api_key=KEY), name="vllm", route_prefix=PREFIX)
-        yield Endpoint(local_serve, PREFIX)
-    finally:
-        serve.delete("vllm")
+MODEL = VLLM_MODEL
 
 
 async def stream(
@@ -138,3 +110,25 @@ def test_prompts_are_counted_against_max_model_len(vllm_endpoint: Endpoint) -> N
         assert "maximum context length is 1024 tokens" in error["message"]
     assert "300 in the completion" in with_completion.json()["error"]["message"]
     assert fine.status_code == 200
+
+
+def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) -> None:
+    """The replica's engine starts in vLLM's server context: its max_num_seqs is what vLLM's
+    own config code gives `vllm serve` on the same arguments (no second engine)."""
+    from ray import serve
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    import rig_ray as rr
+    from rig_ray.embedded import resolve_model
+    from rig_ray.generator import vllm_sizing
+    from rig_ray.serve.app import deployment_name
+
+    handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=VLLM_APP)
+    got = handle.capacity.remote().result(timeout_s=TIMEOUT)
+    generator = t.cast(rr.VLLMGenerator, rr.get_generator(VLLM_GENERATOR))
+    path = resolve_model(generator.model)
+    args = AsyncEngineArgs(model=path, **generator._engine_kwargs(path, current_platform.is_cpu()))
+    server = args.create_engine_config(vllm_sizing.usage_context(vllm_sizing.SERVER))
+    assert got == server.scheduler_config.max_num_seqs
+    assert got == vllm_sizing.default_max_num_seqs({}, vllm_sizing.SERVER)

@@ -1,0 +1,81 @@
+"""How much a batch actor keeps in flight: enough to fill its engine.
+
+An engine that batches continuously (vLLM's) runs up to `max_num_seqs` requests at once. A
+batch actor fills it when it keeps about 1.1 x that many requests in flight (Ray Data LLM's
+rule) and sends rows one request at a time, so that a row still generating holds only its
+own slot, not its whole batch's. The driver reads `max_num_seqs` from vLLM's own default table
+for this machine (no engine is loaded); each actor then sizes its row slots from its loaded
+engine. Engines that batch per call (transformers) keep one call per batch of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import typing as t
+
+from rig_ray.generator import vllm_sizing
+from rig_ray.generator.base import Generator
+
+logger = logging.getLogger("rig_ray.batch")
+
+DEFAULT_BATCH_SIZE = 64
+"""Rows per engine call: enough for vLLM's and transformers' batching to pay off."""
+DEFAULT_MAX_CONCURRENT_BATCHES = 4
+"""Engine calls in flight per actor, for engines that do not batch continuously."""
+
+
+class Concurrency(t.NamedTuple):
+    """How one generator's actors take their rows."""
+
+    batch_size: int
+    """Rows per batch Ray Data hands an actor."""
+    max_concurrent_batches: int
+    """Batches an actor takes at once."""
+    row_requests: int | None
+    """Engine requests in flight per actor, rows going one request at a time; None: one
+    engine call per batch."""
+
+
+def plan(
+    members: t.Sequence[Generator],
+    batch_size: int | None,
+    max_concurrent_batches: int | None,
+) -> list[Concurrency]:
+    """Each member's concurrency. Left unset, an engine that batches continuously gets twice
+    the batches that reach 1.1 x its max_num_seqs (so a batch kept open by its slowest rows
+    leaves the engine enough to refill from); an explicit setting that cannot hold
+    max_num_seqs rows gets one warning for the whole job."""
+    size = batch_size or DEFAULT_BATCH_SIZE
+    plans: list[Concurrency] = []
+    short: list[str] = []
+    for member in members:
+        seqs = vllm_sizing.max_num_seqs_for(member) if member.batches_continuously else None
+        if seqs is None:
+            concurrent = max_concurrent_batches or DEFAULT_MAX_CONCURRENT_BATCHES
+            plans.append(Concurrency(size, concurrent, None))
+            continue
+        target = vllm_sizing.in_flight(seqs)
+        concurrent = max_concurrent_batches or max(
+            DEFAULT_MAX_CONCURRENT_BATCHES, 2 * math.ceil(target / size)
+        )
+        if size * concurrent < seqs:
+            short.append(f"{member.model} runs {seqs} sequences at once")
+        plans.append(Concurrency(size, concurrent, target))
+    if short:
+        logger.warning(
+            "batch_size x max_concurrent_batches = %d x %d rows per actor cannot fill the "
+            "engine (%s); leave both unset to size them from the engine, or raise them",
+            size,
+            max_concurrent_batches,
+            "; ".join(short),
+        )
+    return plans
+
+
+__all__: t.Sequence[str] = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_CONCURRENT_BATCHES",
+    "Concurrency",
+    "plan",
+]

@@ -1,0 +1,107 @@
+"""Sizing from vLLM's own defaults, without an engine: the figure each entry point gets, how
+many rows a batch actor keeps in flight, and a Serve replica's max_ongoing_requests."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+import rig_ray as rr
+from rig_ray.batch import concurrency
+from rig_ray.generator import vllm_sizing
+from rig_ray.serve import ServedModel
+from tests.fakes import FixedGenerator
+
+
+def vllm_table(context: str, world: int = 1) -> int:
+    """max_num_seqs straight from vLLM's table for this platform (tokens cap it)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    tokens, seqs = EngineArgs.get_batch_defaults(world)
+    return min(seqs[UsageContext(context)], tokens[UsageContext(context)])
+
+
+@pytest.fixture(scope="module")
+def vllm_here() -> None:
+    pytest.importorskip("vllm")
+
+
+def test_explicit_max_num_seqs_wins_without_vllm() -> None:
+    assert vllm_sizing.default_max_num_seqs({"max_num_seqs": 7}, vllm_sizing.OFFLINE) == 7
+
+
+@pytest.mark.usefixtures("vllm_here")
+def test_each_context_gets_vllms_own_table() -> None:
+    offline = vllm_sizing.default_max_num_seqs({}, vllm_sizing.OFFLINE)
+    server = vllm_sizing.default_max_num_seqs({}, vllm_sizing.SERVER)
+    assert (offline, server) == (vllm_table("LLM_CLASS"), vllm_table("OPENAI_API_SERVER"))
+    doubled = vllm_sizing.default_max_num_seqs(
+        {"performance_mode": "throughput"}, vllm_sizing.OFFLINE
+    )
+    assert offline is not None and doubled == 2 * offline
+    generator = rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 48})
+    assert vllm_sizing.max_num_seqs_for(generator) == 48
+    assert vllm_sizing.max_num_seqs_for(FixedGenerator(model="f")) is None
+
+
+@pytest.mark.usefixtures("vllm_here")
+def test_a_vllm_batch_actor_keeps_more_than_max_num_seqs_in_flight(caplog) -> None:
+    seqs = vllm_table("LLM_CLASS")
+    with caplog.at_level(logging.WARNING, logger="rig_ray.batch"):
+        (plan,) = concurrency.plan([rr.VLLMGenerator(model="m")], None, None)
+        (sized,) = concurrency.plan([rr.VLLMGenerator(model="m")], 8, None)
+    assert plan.row_requests == math.ceil(1.1 * seqs)
+    assert plan.batch_size * plan.max_concurrent_batches >= 2 * plan.row_requests
+    assert sized.batch_size == 8 and 8 * sized.max_concurrent_batches >= sized.row_requests
+    assert not caplog.records  # sized from the engine: nothing to warn about
+
+
+@pytest.mark.usefixtures("vllm_here")
+def test_explicit_settings_that_cannot_fill_the_engine_warn_once(caplog) -> None:
+    members = [rr.VLLMGenerator(model="a"), rr.VLLMGenerator(model="b")]
+    with caplog.at_level(logging.WARNING, logger="rig_ray.batch"):
+        plans = concurrency.plan(members, 4, 2)
+    assert [(p.batch_size, p.max_concurrent_batches) for p in plans] == [(4, 2), (4, 2)]
+    assert len(caplog.records) == 1
+    assert "4 x 2" in caplog.text and "cannot fill the engine" in caplog.text
+
+
+def test_engines_batching_per_call_keep_one_call_per_batch(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="rig_ray.batch"):
+        (plan,) = concurrency.plan([FixedGenerator(model="f")], None, None)
+        (explicit,) = concurrency.plan([FixedGenerator(model="f")], 2, 1)
+    assert plan == concurrency.Concurrency(64, 4, None)
+    assert explicit == concurrency.Concurrency(2, 1, None)
+    assert not caplog.records
+
+
+@pytest.mark.usefixtures("vllm_here")
+def test_serve_takes_at_least_max_num_seqs_for_vllm() -> None:
+    seqs = vllm_table("OPENAI_API_SERVER")
+    vllm_model = ServedModel(generator="vllm!m")
+    assert vllm_model.deployment_options()["max_ongoing_requests"] >= seqs
+    assert vllm_model.ongoing_requests() == max(64, math.ceil(1.1 * seqs))
+    explicit = ServedModel(generator="vllm!m", max_ongoing_requests=8)
+    assert explicit.deployment_options()["max_ongoing_requests"] == 8
+    big = ServedModel(generator=rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 500}))
+    assert big.ongoing_requests() == 550
+
+
+def test_serve_keeps_64_for_other_generators() -> None:
+    assert ServedModel(generator=FixedGenerator(model="f")).ongoing_requests() == 64
+
+
+async def test_a_generator_without_an_engine_has_no_capacity() -> None:
+    assert await FixedGenerator(model="f").capacity() is None
+
+
+@pytest.mark.usefixtures("vllm_here")
+async def test_an_unloaded_vllm_generator_reports_what_vllm_will_give_it() -> None:
+    generator = rr.VLLMGenerator(model="m")
+    assert await generator.capacity() == vllm_table("LLM_CLASS")
+    generator._usage_context = vllm_sizing.SERVER  # as a Serve replica sets it
+    assert await generator.capacity() == vllm_table("OPENAI_API_SERVER")
+    assert "usage_context" not in generator.to_identifier()
