@@ -184,7 +184,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--batch-storage",
         metavar="URI",
         help="folder or pyarrow filesystem URI (s3://, gs://, ...) for /v1/files and "
-        "/v1/batches; replicas and restarts that share it share the files and batches "
+        "/v1/batches; an app restarted on it finds its files again and resumes its batches "
         "(default: a folder under $RIG_RAY_CACHE)",
     )
     parser.add_argument(
