@@ -40,7 +40,7 @@ def local_serve(ray_session: None) -> t.Iterator[int]:
 def endpoint(
     local_serve: int, smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> t.Iterator[Endpoint]:
-    """The test app: the embedded model (`smollm2-135m`, 1 CPU) and fakes (0.1 CPU each):
+    """The test app: the embedded model (`smollm2-135m`, half a CPU) and fakes (0.1 CPU each):
     `echo` (fails items containing FAIL), `params` (replies with its params as JSON),
     `chat-only`, and `slow` (1.5 s a request, one at a time, a queue of one)."""
     from ray import serve
@@ -55,7 +55,7 @@ def endpoint(
     models = [
         ServedModel(
             generator=f"transformers!{SMOL},max_tokens=16,temperature=0",
-            ray_actor_options={"num_cpus": 1},
+            ray_actor_options={"num_cpus": 0.5},
         ),
         ServedModel(generator="failing!echo", ray_actor_options=FAKE_CPU),
         ServedModel(
