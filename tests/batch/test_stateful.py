@@ -38,6 +38,7 @@ from rig_ray.batch import OutputFolder, read_output, run
 from rig_ray.batch.manifest import MANIFEST_NAME
 from rig_ray.batch.plan import member_indices
 from rig_ray.errors import BatchInputError
+from rig_ray.generator import seeds
 from rig_ray.generator.base import GenerateParams
 from tests.batch.stateful_members import FAIL, members, reply_for
 
@@ -268,7 +269,11 @@ class BatchFolder(RuleBasedStateMachine):
                 assert by_key[key]["text"] == earlier["text"]
         for row in found:
             uid, row_id = row["uid"], row["id"]
-            params = PARAMS.merge_with(GenerateParams(**(row["params"] or {})))
+            params = seeds.for_sample(  # a seeded row samples with its own derived seed
+                PARAMS.merge_with(GenerateParams(**(row["params"] or {}))),
+                row_id,
+                row["generation_index"],
+            )
             want = reply_for(row["model"], f"About {row['topic']}", params)
             assert row["error"] is not None or row["text"] == want
             owned = member_indices(row_id, row["generation_index"] + 1, 2, SPLIT_SEED)
