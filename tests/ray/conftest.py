@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import typing as t
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import build_tiny_llama
+from tests.serve.support import free_port
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,21 @@ def other_tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path
     return build_tiny_llama(
         folder, smollm2_path, hidden_size=64, layers=1, seed=1, tie_word_embeddings=False
     )
+
+
+@pytest.fixture(scope="module")
+def ray_and_serve() -> t.Iterator[t.Any]:
+    """A local Ray of the module's own (2 CPUs) with Serve on a free port, for tests that
+    watch actors and replicas end."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        yield ray
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -6,33 +6,14 @@ from __future__ import annotations
 
 import gc
 import time
-import typing as t
 from pathlib import Path
 
 import pytest
 
 import rig_ray as rr
 from tests.ray.placement_members import EngineDiesOnce, NotesUnload, notes
-from tests.serve.support import free_port
 
 CPU = 0.25
-
-
-@pytest.fixture(scope="module")
-def ray_and_serve() -> t.Iterator[t.Any]:
-    """A local Ray of its own (2 CPUs) with Serve on a free port."""
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        yield ray
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def wait_for_notes(log: Path, count: int, timeout_s: float = 60.0) -> list[tuple[str, int]]:

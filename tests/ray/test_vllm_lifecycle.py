@@ -6,36 +6,18 @@ unload: tests/engine/test_vllm_engine.py.) Each starts one tiny engine: run unde
 from __future__ import annotations
 
 import time
-import typing as t
 from pathlib import Path
 
 import psutil
 import pytest
 
 import rig_ray as rr
-from tests.serve.support import free_port
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 CPU = 0.5
 ENGINE = "enforce_eager=True,max_model_len=256,max_tokens=4,temperature=0"
-
-
-@pytest.fixture(scope="module")
-def ray_and_serve() -> t.Iterator[t.Any]:
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        yield ray
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def engine_cores() -> list[psutil.Process]:
