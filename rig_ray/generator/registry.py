@@ -13,6 +13,7 @@ from rig_ray.errors import InvalidGeneratorError, RigRayError, UnknownProviderEr
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.identifier import decode_value, format_identifier, split_identifier
 from rig_ray.generator.litellm_ import LiteLLMGenerator
+from rig_ray.generator.serve_ import ServeGenerator
 from rig_ray.generator.transformers_ import TransformersGenerator
 from rig_ray.generator.vllm_ import VLLMGenerator
 
@@ -26,6 +27,7 @@ _providers: dict[str, type[Generator]] = {
     "litellm": LiteLLMGenerator,
     "transformers": TransformersGenerator,
     "vllm": VLLMGenerator,
+    "serve": ServeGenerator,
 }
 
 

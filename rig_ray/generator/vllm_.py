@@ -33,6 +33,7 @@ from rig_ray.generator.base import (
 from rig_ray.generator.cpu import auto_cpu_dtype
 from rig_ray.generator.engine_loop import EngineLoop
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.priority import current_priority
 from rig_ray.generator.seeds import derive_seed
 from rig_ray.message import Message
 
@@ -282,7 +283,11 @@ class VLLMGenerator(LocalGenerator):
                 continue
             jobs.append((prompts[indices[0]], sampling))
             owners.append(indices)
-        outcomes = await loop.call(requests.complete_all(engine, jobs, strict=self._strict_context))
+        outcomes = await loop.call(
+            requests.complete_all(
+                engine, jobs, strict=self._strict_context, priority=current_priority()
+            )
+        )
         for indices, outcome in zip(owners, outcomes, strict=True):
             for position, index in enumerate(indices):
                 failed = isinstance(outcome, BaseException)
@@ -295,8 +300,10 @@ class VLLMGenerator(LocalGenerator):
         engine, loop = await self._running()
         sampling = self._sampling_params(self.params.merge_with(params))
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
-        strict = self._strict_context
-        make = lambda: requests.stream(engine, rendered, sampling, strict=strict)  # noqa: E731
+        strict, priority = self._strict_context, current_priority()
+        make = lambda: requests.stream(  # noqa: E731
+            engine, rendered, sampling, strict=strict, priority=priority
+        )
         async for chunk in loop.stream(make, merge=requests.merge_chunks):
             yield chunk
 

@@ -93,15 +93,18 @@ async def count_tokens(engine: t.Any, prompt: Prompt) -> int:
 
 
 async def complete(
-    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False
+    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False, priority: int = 0
 ) -> list[Result]:
-    """Run one request to its end: one result per sample (`sampling.n` of them)."""
+    """Run one request to its end: one result per sample (`sampling.n` of them); `priority`
+    orders it in an engine that schedules by priority (lower first)."""
     from vllm.sampling_params import RequestOutputKind
 
     sampling.output_kind = RequestOutputKind.FINAL_ONLY
     engine_input = await render_checked(engine, prompt, sampling, strict=strict)
     final = None
-    async for output in engine.generate(engine_input, sampling, new_request_id()):
+    async for output in engine.generate(
+        engine_input, sampling, new_request_id(), **_priority(priority)
+    ):
         final = output
     if final is None:
         raise GenerationError("vLLM ended the request without an output")
@@ -112,7 +115,7 @@ async def complete(
 
 
 async def stream(
-    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False
+    engine: t.Any, prompt: Prompt, sampling: t.Any, *, strict: bool = False, priority: int = 0
 ) -> t.AsyncIterator[GeneratedChunk]:
     """Run one request, yielding its new text as the engine makes it; the last chunk carries the
     stop reason, token counts and metrics."""
@@ -122,7 +125,9 @@ async def stream(
     engine_input = await render_checked(engine, prompt, sampling, strict=strict)
     generated = 0
     try:
-        async for output in engine.generate(engine_input, sampling, new_request_id()):
+        async for output in engine.generate(
+            engine_input, sampling, new_request_id(), **_priority(priority)
+        ):
             completion = output.outputs[0]
             generated += len(completion.token_ids)
             if output.finished:
@@ -142,14 +147,21 @@ def merge_chunks(chunks: list[GeneratedChunk]) -> GeneratedChunk:
 
 
 async def complete_all(
-    engine: t.Any, jobs: t.Sequence[tuple[Prompt, t.Any]], *, strict: bool = False
+    engine: t.Any,
+    jobs: t.Sequence[tuple[Prompt, t.Any]],
+    *,
+    strict: bool = False,
+    priority: int = 0,
 ) -> list[list[Result] | BaseException]:
     """Run every (prompt, sampling) job at once; a rejected job gets its error in place.
 
     A dead engine fails the whole call: no later request could succeed on it.
     """
     outcomes = await asyncio.gather(
-        *(complete(engine, prompt, sampling, strict=strict) for prompt, sampling in jobs),
+        *(
+            complete(engine, prompt, sampling, strict=strict, priority=priority)
+            for prompt, sampling in jobs
+        ),
         return_exceptions=True,
     )
     dead = engine_dead_error()
@@ -161,6 +173,12 @@ async def complete_all(
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome
     return list(outcomes)
+
+
+def _priority(priority: int) -> dict[str, int]:
+    """`generate`'s priority argument: only when it is not the default, so engines (and
+    fakes) without one keep working."""
+    return {"priority": priority} if priority else {}
 
 
 def _result(prompt: Prompt, text: str, details: dict[str, t.Any]) -> Result:

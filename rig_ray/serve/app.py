@@ -265,6 +265,8 @@ def build_app(
     ingress_options: dict[str, t.Any] | None = None,
     batch_storage: str | None = None,
     batch_max_in_flight: int = 4,
+    batch_lease_s: float = 30.0,
+    batch_window_s: float | None = None,
     **options: t.Any,
 ) -> Application:
     """A Serve application: one deployment per generator, behind an OpenAI-compatible ingress.
@@ -281,7 +283,9 @@ def build_app(
     a request may take before it is stopped with 504. `ingress_options` go to the ingress's
     `.options()`. `/v1/files` and `/v1/batches` keep their files and jobs under
     `batch_storage` (a folder or pyarrow filesystem URI; default: under RIG_RAY_CACHE), and
-    all batches together keep at most `batch_max_in_flight` requests in the model deployments.
+    all batches together keep at most `batch_max_in_flight` requests in the model deployments
+    (per ingress replica). A replica that stops for good lets another take its batches up
+    after `batch_lease_s`. `batch_window_s` replaces the 24h completion window (for tests).
     Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
     """
     from rig_ray.cluster.options import config_payload
@@ -290,6 +294,8 @@ def build_app(
 
     if batch_max_in_flight < 1:
         raise ServeConfigError("batch_max_in_flight must be >= 1", field="batch_max_in_flight")
+    if not batch_lease_s > 0:
+        raise ServeConfigError("batch_lease_s must be > 0", field="batch_lease_s")
     if not request_timeout_s > 0:
         raise ServeConfigError("request_timeout_s must be > 0", field="request_timeout_s")
     auth = auth_from(api_key, api_key_env)
@@ -316,5 +322,7 @@ def build_app(
             request_timeout_s,
             batch_storage,
             batch_max_in_flight,
+            batch_lease_s,
+            batch_window_s,
         )
     )

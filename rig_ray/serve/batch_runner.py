@@ -1,13 +1,17 @@
-"""Running `/v1/batches` jobs inside the ingress, on the app's own model deployments.
+"""Running `/v1/batches` batches: each one a rig_ray batch job on the app's own deployments.
 
 A batch's lines are read into its job folder by `rig_ray.batch.openai_files.prepare` (the
-mapping `rig-ray batch` uses), sent one request at a time to the model's deployment through its
-Serve handle, and written as Parquet parts by the batch job's own writer; the output and error
-files are made by `rig_ray.batch.export_openai`. One engine serves online and batch traffic:
-all batches together keep at most `max_in_flight` requests in the deployments, so online
-requests wait behind a few batch requests at most, and the slots go to the batches in turn.
-What a batch made is in its job folder, so an app that restarts takes up every batch left
-`in_progress` and makes only the lines not written yet.
+mapping `rig-ray batch` uses), then `rig_ray.batch.run` runs them as a Ray task
+(`rig_ray.serve.batch_job`) whose rows come back to this ingress (`request`) and go on to the
+model's deployment through its Serve handle: one engine serves online and batch traffic. The
+ingress lets at most `max_in_flight` batch rows into the deployments at once, all batches
+together, the slots going to the batches in turn (`FairSlots`), and sends them at
+`BATCH_PRIORITY` (an engine that schedules by priority runs online requests first). The output
+and error files are made by `rig_ray.batch.export_openai`.
+
+The replica that holds a batch's lease (`BatchLeases`) runs it; a replica that starts, or
+finds a lease gone stale, takes up the batches left running and resumes them: what the job
+wrote is in its folder, and the job makes only what is missing.
 """
 
 from __future__ import annotations
@@ -18,31 +22,24 @@ import time
 import typing as t
 import uuid
 
-from rig_ray.batch.openai_export import export_openai
 from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
-from rig_ray.batch.output import OutputFolder
 from rig_ray.errors import BatchInputError, ServeRequestError
 from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.priority import BATCH_PRIORITY
 from rig_ray.message import Message
 from rig_ray.redaction import redact
-from rig_ray.serve.batches import (
-    RUNNING,
-    BatchError,
-    BatchErrors,
-    BatchObject,
-    BatchStore,
-    RequestCounts,
-    Status,
-)
-
-if t.TYPE_CHECKING:
-    import pyarrow as pa
+from rig_ray.serve import batch_finish
+from rig_ray.serve.batch_job import job_spec, models_of, progress, requested, start_job
+from rig_ray.serve.batch_lease import DEFAULT_LEASE_S, BatchLeases
+from rig_ray.serve.batch_slots import FairSlots, SlotsClosed
+from rig_ray.serve.batches import RUNNING, BatchError, BatchErrors, BatchObject, BatchStore
 
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_IN_FLIGHT = 4
-"""Batch requests in the model deployments at once, all batches together."""
-_SAVE_EVERY_S = 2.0
+"""Batch requests in the model deployments at once, all batches together (per replica)."""
+TICK_S = 1.0
+"""How often a running batch's counts, lease, cancel and expiry are looked at."""
 _FINISHED = ("completed", "failed", "expired", "cancelled")
 
 
@@ -54,8 +51,8 @@ class Route(t.NamedTuple):
 
 
 class BatchRunner:
-    """Runs the batches of `store` on `routes` (served name -> Route); `check(model, params)`
-    refuses what the endpoint refuses, as the endpoint words it."""
+    """Runs the batches of `store` on `routes` (served name -> Route) of the Serve app `app`;
+    `check(model, params)` refuses what the endpoint refuses, as the endpoint words it."""
 
     def __init__(
         self,
@@ -63,29 +60,49 @@ class BatchRunner:
         routes: dict[str, Route],
         check: t.Callable[[str, GenerateParams], None],
         *,
+        app: str,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.store = store
+        self.app = app
+        self.slots = FairSlots(max_in_flight)
+        self.leases = BatchLeases(store.filesystem, store.root, lease_s=lease_s)
         self._routes = routes
         self._check = check
-        self._max_in_flight = max_in_flight
-        self._slots: asyncio.Semaphore | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, t.Any] = {}  # batch id -> the job's ObjectRef, while it runs
         self._cancelled: set[str] = set()
-        self._started = False
+        self._closing = False
+        self._adopting: asyncio.Task[None] | None = None
+        self._adopted_at = -float("inf")
+
+    # -- taking batches up -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Take up the batches a stopped app left running (once, on the running loop)."""
-        if self._started:
+        """Take up, in the background, the running batches no live replica holds (at most
+        every lease_s / 3)."""
+        now = time.monotonic()
+        if self._closing or now - self._adopted_at < self.leases.lease_s / 3:
             return
-        self._started = True
-        for batch in self.store.list():
-            if batch.status in RUNNING:
-                if batch.status == "cancelling":
-                    self._cancelled.add(batch.id)
-                self.launch(batch.id)
+        if self._adopting is None or self._adopting.done():
+            self._adopted_at = now
+            self._adopting = asyncio.get_running_loop().create_task(self._adopt())
 
-    def launch(self, batch_id: str) -> None:
+    async def _adopt(self) -> None:
+        for batch in await asyncio.to_thread(self.store.list):
+            running = self._tasks.get(batch.id)
+            if batch.status not in RUNNING or (running is not None and not running.done()):
+                continue
+            if await asyncio.to_thread(self.leases.claim, batch.id):
+                self._launch(batch.id)
+
+    async def created(self, batch_id: str) -> None:
+        """A batch made by this replica: it holds the lease and runs it."""
+        await asyncio.to_thread(self.leases.claim, batch_id)
+        self._launch(batch_id)
+
+    def _launch(self, batch_id: str) -> None:
         task = self._tasks.get(batch_id)
         if task is None or task.done():
             self._tasks[batch_id] = asyncio.get_running_loop().create_task(self._run(batch_id))
@@ -97,27 +114,55 @@ class BatchRunner:
         self._cancelled.add(batch_id)
         batch = batch.moved("cancelling")
         await asyncio.to_thread(self.store.save, batch)
-        self.launch(batch_id)  # a running batch sees the flag; a waiting one finishes now
-        return batch
+        return batch  # the replica that runs it sees the status and stops it
+
+    # -- the batch's requests ----------------------------------------------------------------
+
+    async def request(
+        self, batch_id: str, model: str, kind: str, prompt: t.Any, params: GenerateParams
+    ) -> list[t.Any]:
+        """One row of a batch job through the model's deployment, when a slot is free: its
+        result, or the error the endpoint would have answered, in a list of one."""
+        request_id = f"{batch_id}-{uuid.uuid4().hex[:12]}"
+        try:
+            self._check(model, params)
+            async with self.slots.hold(batch_id):
+                return await _send(self._routes[model], request_id, kind, prompt, params)
+        except ServeRequestError as error:
+            return [error]
+        except SlotsClosed:
+            return [RuntimeError(f"batch {batch_id} was stopped")]
+
+    # -- one batch ---------------------------------------------------------------------------
 
     async def _run(self, batch_id: str) -> None:
         try:
             batch = await asyncio.to_thread(self.store.get, batch_id)
-            if batch.status == "validating" and batch_id not in self._cancelled:
+            if batch.status == "validating":
                 batch = await self._validate(batch)
             if batch.status == "in_progress":
-                batch = await self._generate(batch)
-            if batch.status in ("finalizing", "cancelling", "validating"):
-                await self._finish(batch)
+                generated = await self._generate(batch)
+                if generated is None:  # this replica stops, or another one took it over
+                    return
+                batch = generated
+            if batch.status in ("finalizing", "cancelling"):
+                await self._finish(batch, "cancelled" if batch.status == "cancelling" else None)
+            elif batch.status == "expired" and batch.output_file_id is None:
+                await self._finish(batch, "expired")
         except Exception as error:  # the batch fails; the app goes on
             logger.exception("batch %s failed", batch_id)
             batch = await asyncio.to_thread(self.store.get, batch_id)
             failure = BatchError(code="batch_failed", message=redact(str(error))[:1000])
-            await asyncio.to_thread(
-                self.store.save, batch.moved("failed", errors=BatchErrors(data=[failure]))
-            )
+            failed = batch.moved("failed", errors=BatchErrors(data=[failure]))
+            await asyncio.to_thread(self.store.save, failed)
+        finally:
+            self._cancelled.discard(batch_id)
+            if not self._closing:
+                await asyncio.to_thread(self.leases.release, batch_id)
 
     async def _validate(self, batch: BatchObject) -> BatchObject:
+        if self._stop_reason(batch) is not None:
+            return await self._stopped_early(batch)
         source = self.store.files.content_location(batch.input_file_id)
         job = self.store.job_location(batch.id)
         vllm = bool(self._routes) and all(route.vllm_fields for route in self._routes.values())
@@ -126,12 +171,10 @@ class BatchRunner:
                 prepare, source, job, vllm_fields=vllm, urls=(batch.endpoint,)
             )
         except BatchInputError as error:
-            failed = batch.moved(
-                "failed",
-                errors=BatchErrors(data=[BatchError(code="invalid_file", message=str(error))]),
-            )
-            await asyncio.to_thread(self.store.save, failed)
-            return failed
+            return await self._fail(batch, [BatchError(code="invalid_file", message=str(error))])
+        model, refused = self._model(await asyncio.to_thread(models_of, job))
+        if refused:
+            return await self._fail(batch, refused)
         invalid = await asyncio.to_thread(read_invalid, job)
         errors = [
             BatchError(code=line.code, message=line.message, param=line.param, line=line.line)
@@ -142,138 +185,180 @@ class BatchRunner:
         )
         moved = batch.moved(
             "in_progress",
+            model=model,
             request_counts=counts,
             errors=BatchErrors(data=errors) if errors else None,
         )
-        await asyncio.to_thread(self.store.save, moved)
-        return moved
+        return await self._save_unless_cancelled(moved)
 
-    async def _generate(self, batch: BatchObject) -> BatchObject:
-        import pyarrow.parquet as pq
+    def _model(self, lines: list[tuple[int, str]]) -> tuple[str, list[BatchError]]:
+        """The one served model the batch's lines name (with one model served, any name is
+        taken), or the errors of the lines that name another one."""
+        names = list(self._routes)
+        if len(names) == 1 or not lines:
+            return names[0], []
+        chosen = lines[0][1]
+        refused = []
+        for line, name in lines:
+            if name not in self._routes:
+                message = f"The model {name!r} does not exist (served: {', '.join(names)})."
+                refused.append(BatchError(code="model_not_found", message=message, line=line))
+            elif name != chosen:
+                message = f"a batch runs on one model: this line names {name!r}, line "
+                message += f"{lines[0][0]} names {chosen!r}"
+                refused.append(BatchError(code="model_mismatch", message=message, line=line))
+        return chosen, refused[:100]
 
-        from rig_ray.batch.openai_files import REQUESTS_FILE, meta_path
+    async def _fail(self, batch: BatchObject, errors: list[BatchError]) -> BatchObject:
+        failed = batch.moved("failed", errors=BatchErrors(data=errors))
+        await asyncio.to_thread(self.store.save, failed)
+        return failed
 
-        job = self.store.job_location(batch.id)
-        folder = OutputFolder(job)
-        filesystem, requests_path = meta_path(job, REQUESTS_FILE)
-        table = await asyncio.to_thread(pq.read_table, requests_path, filesystem=filesystem)
-        finished = (await asyncio.to_thread(folder.scan)).finished(retry_failed=False)
-        pending = [
-            row for row in table.to_pylist() if finished.get(row["id"], 0) != (1 << row["n"]) - 1
-        ]
-        invalid = len(await asyncio.to_thread(read_invalid, job))
-        counts = _Counts(batch, len(table) - len(pending), invalid)
-        writer = folder.writer(rows_per_part=64, seconds_per_part=_SAVE_EVERY_S)
-        slots = self._slots = self._slots or asyncio.Semaphore(self._max_in_flight)
-        running: set[asyncio.Task[None]] = set()
-
-        async def one(row: dict[str, t.Any]) -> None:
-            try:
-                rows = await self._call(batch.id, row)
-            finally:
-                slots.release()
-            writer.add(rows)
-            counts.add(rows)
-
-        try:
-            for row in pending:
-                await slots.acquire()
-                if batch.id in self._cancelled:
-                    slots.release()
-                    break
-                task = asyncio.get_running_loop().create_task(one(row))
-                running.add(task)
-                task.add_done_callback(running.discard)
-                batch = await self._progress(batch, counts, writer)
-            while running and batch.id not in self._cancelled:
-                await asyncio.wait(set(running), timeout=_SAVE_EVERY_S)
-                batch = await self._progress(batch, counts, writer)
-        finally:
-            for task in running:
-                task.cancel()  # lines still in flight at a cancel are not made
-            await asyncio.gather(*running, return_exceptions=True)
-            writer.flush()
-        status: Status = "cancelling" if batch.id in self._cancelled else "finalizing"
-        moved = batch.moved(status, request_counts=counts.value())
-        await asyncio.to_thread(self.store.save, moved)
-        return moved
-
-    async def _progress(self, batch: BatchObject, counts: _Counts, writer: t.Any) -> BatchObject:
-        """Save the counts every few seconds (the parts are written as often)."""
-        if time.monotonic() - counts.saved < _SAVE_EVERY_S:
-            return batch
-        counts.saved = time.monotonic()
-        if writer.overdue():
-            await asyncio.to_thread(writer.flush)
+    async def _save_unless_cancelled(self, batch: BatchObject) -> BatchObject:
         latest = await asyncio.to_thread(self.store.get, batch.id)
-        if latest.status == "cancelling":  # cancelled by another replica of the ingress
-            self._cancelled.add(batch.id)
-            return latest
-        moved = batch.model_copy(update={"request_counts": counts.value()})
-        await asyncio.to_thread(self.store.save, moved)
-        return moved
-
-    async def _call(self, batch_id: str, row: dict[str, t.Any]) -> pa.Table:
-        """One line through its model's deployment: its n output rows (failed or not)."""
-        started = time.perf_counter()
-        name, results = row["request_model"], []
-        try:
-            route = self._routes.get(name)
-            if route is None and len(self._routes) == 1:  # one model: any name is taken
-                name, route = next(iter(self._routes.items()))
-            params = GenerateParams.model_validate_json(row["params"])
-            self._check(name, params)
-            assert route is not None  # check() refused an unknown model
-            request_id = f"{batch_id}-{uuid.uuid4().hex[:12]}"
-            results = await _send(route, request_id, row, params)
-        except ServeRequestError as error:
-            results = [error] * row["n"]
-        except Exception as error:  # the call failed as a whole: every generation gets it
-            results = [error] * row["n"]
-        return _rows(row, name, results, time.perf_counter() - started)
-
-    async def _finish(self, batch: BatchObject) -> None:
-        files = self.store.files
-        output_id, errors_id = files.new_id(), files.new_id()
-        for file_id in (output_id, errors_id):
-            files.filesystem.create_dir(files.folder(file_id), recursive=True)
-        job = self.store.job_location(batch.id)
-        if await asyncio.to_thread(_prepared, job):
-            summary = await asyncio.to_thread(
-                export_openai,
-                job,
-                files.content_location(output_id),
-                files.content_location(errors_id),
+        if latest.status == "cancelling":  # cancelled meanwhile (here or on another replica)
+            batch = batch.model_copy(
+                update={"status": "cancelling", "cancelling_at": latest.cancelling_at}
             )
-            lines = summary.output_lines, summary.error_lines
-        else:  # cancelled before its lines were read
-            lines = (0, 0)
-        kept: list[str | None] = []
-        for file_id, count, kind in zip(
-            (output_id, errors_id), lines, ("output", "errors"), strict=True
-        ):
-            if count:
-                size = files.filesystem.get_file_info(f"{files.folder(file_id)}/content.jsonl")
-                await asyncio.to_thread(
-                    files.record, file_id, f"{batch.id}_{kind}.jsonl", "batch_output", size.size
-                )
-                kept.append(file_id)
-            else:
-                files.filesystem.delete_dir(files.folder(file_id))
-                kept.append(None)
-        counts = batch.request_counts.model_copy(update={"completed": lines[0], "failed": lines[1]})
-        status: Status = (
-            "cancelled"
-            if batch.status == "cancelling" or batch.id in self._cancelled
-            else "completed"
+        await asyncio.to_thread(self.store.save, batch)
+        return batch
+
+    def _stop_reason(self, batch: BatchObject) -> str | None:
+        if self._closing:
+            return "closing"
+        if batch.status == "cancelling" or batch.id in self._cancelled:
+            return "cancelled"
+        if batch.expires_at is not None and self.store.now() >= batch.expires_at:
+            return "expired"
+        return None
+
+    async def _stopped_early(self, batch: BatchObject) -> BatchObject:
+        reason = self._stop_reason(batch)
+        if reason == "expired":
+            return batch.moved("expired")  # _run exports what it made
+        if reason == "cancelled" and batch.status != "cancelling":
+            return batch.moved("cancelling")
+        return batch
+
+    async def _generate(self, batch: BatchObject) -> BatchObject | None:
+        """Run the batch's job until it ends or is stopped: the batch as it then is (None
+        when this replica no longer runs it)."""
+        job = self.store.job_location(batch.id)
+        wanted = await asyncio.to_thread(requested, job)
+        model = batch.model if batch.model in self._routes else next(iter(self._routes))
+        most_n = max(wanted.values(), default=1)
+        spec = job_spec(batch.id, job, model, self.app, most_n, self.slots.size)
+        self.slots.open(batch.id)
+        ref = start_job(spec)
+        self._jobs[batch.id] = ref
+        waiting = asyncio.ensure_future(_finished(ref))
+        reason: str | None = None
+        try:
+            while reason is None and not waiting.done():
+                await asyncio.wait({waiting}, timeout=TICK_S)
+                batch, reason = await self._tick(batch, job, wanted)
+        finally:
+            if not waiting.done():
+                _cancel(ref)
+            await asyncio.wait({waiting})
+            self._jobs.pop(batch.id, None)
+            self.slots.close(batch.id)  # rows of a stopped job still waiting: refused
+        if reason in ("closing", "lost"):
+            return None
+        if reason is not None:
+            return await self._stopped_early(batch)
+        if (error := waiting.exception()) is not None:
+            raise error
+        return await self._save_unless_cancelled(batch.moved("finalizing"))
+
+    async def _tick(
+        self, batch: BatchObject, job: str, wanted: dict[str, int]
+    ) -> tuple[BatchObject, str | None]:
+        """Renew the lease, look for a cancel or the expiry, save the counts."""
+        if not await asyncio.to_thread(self.leases.renew, batch.id):
+            return batch, "lost"
+        latest = await asyncio.to_thread(self.store.get, batch.id)
+        if (reason := self._stop_reason(latest)) is not None:
+            return latest, reason
+        completed, failed = await asyncio.to_thread(progress, job, wanted)
+        invalid = len(await asyncio.to_thread(read_invalid, job))
+        counts = latest.request_counts.model_copy(
+            update={"completed": completed, "failed": failed + invalid}
         )
-        if status == "completed":
-            await asyncio.to_thread(self.store.save, batch.moved("finalizing"))
-        done = batch.moved(
-            status, output_file_id=kept[0], error_file_id=kept[1], request_counts=counts
-        )
+        if counts != latest.request_counts:
+            latest = latest.model_copy(update={"request_counts": counts})
+            await asyncio.to_thread(self.store.save, latest)
+        return latest, None
+
+    async def _finish(self, batch: BatchObject, status: str | None) -> None:
+        """Export the files; `status` None: completed."""
+        done = await asyncio.to_thread(batch_finish.finish, self.store, batch, status)
         await asyncio.to_thread(self.store.save, done)
-        self._cancelled.discard(batch.id)
+
+    # -- shutting down -----------------------------------------------------------------------
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        """The replica stops: each running job is stopped (it writes what it made) and the
+        leases let go, so that a new replica takes the batches up at once."""
+        self._closing = True
+        tasks = [task for task in self._tasks.values() if not task.done()]
+        for ref in list(self._jobs.values()):
+            _cancel(ref)
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait_s)
+        for batch_id in list(self._tasks):
+            await asyncio.to_thread(self.leases.release, batch_id)
+
+
+async def _finished(ref: t.Any) -> None:
+    """Wait for the job task; a task that was stopped counts as ended."""
+    from ray.exceptions import TaskCancelledError
+
+    try:
+        await ref
+    except TaskCancelledError:
+        return
+
+
+def _cancel(ref: t.Any) -> None:
+    import ray
+
+    try:
+        ray.cancel(ref, recursive=True)
+    except Exception:  # already finished
+        logger.debug("the batch job had ended", exc_info=True)
+
+
+async def _send(
+    route: Route, request_id: str, kind: str, prompt: t.Any, params: GenerateParams
+) -> list[t.Any]:
+    """The row's results from its deployment; a full deployment (backpressure) is waited
+    for and asked again, as a batch has time and online requests go first."""
+    from ray.serve.exceptions import BackPressureError
+
+    wait = 0.2
+    while True:
+        if kind == "text":
+            call = route.handle.complete.remote(request_id, [prompt], params, 1, BATCH_PRIORITY)
+        else:
+            messages = [_message(m) for m in prompt]
+            call = route.handle.chat.remote(request_id, messages, params, 1, BATCH_PRIORITY)
+        try:
+            return list(await call)
+        except BackPressureError:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 5.0)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+
+def _message(item: t.Any) -> Message:
+    if isinstance(item, Message):
+        return item
+    if isinstance(item, t.Mapping):
+        item = {key: value for key, value in item.items() if value is not None}
+    return Message.fit(item)
 
 
 def default_storage() -> str:
@@ -288,100 +373,16 @@ def batch_runner(
     routes: dict[str, Route],
     check: t.Callable[[str, GenerateParams], None],
     *,
+    app: str,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    lease_s: float = DEFAULT_LEASE_S,
+    window_s: float | None = None,
 ) -> BatchRunner:
     """The runner of the batches (and the store of the files) under `storage`."""
     from rig_ray.serve.files import FileStore
 
-    store = BatchStore(FileStore(storage or default_storage()))
-    return BatchRunner(store, routes, check, max_in_flight=max_in_flight)
+    store = BatchStore(FileStore(storage or default_storage()), window_s=window_s)
+    return BatchRunner(store, routes, check, app=app, max_in_flight=max_in_flight, lease_s=lease_s)
 
 
-class _Counts:
-    """Lines done so far, as the batch object shows them while it runs (the final counts are
-    those of the output and error files)."""
-
-    def __init__(self, batch: BatchObject, completed: int, failed: int) -> None:
-        self.base = batch.request_counts
-        self.completed, self.failed = completed, failed
-        self.saved = time.monotonic()
-
-    def add(self, rows: pa.Table) -> None:
-        if rows.column("error").null_count == rows.num_rows:
-            self.completed += 1
-        else:
-            self.failed += 1
-
-    def value(self) -> RequestCounts:
-        return self.base.model_copy(update={"completed": self.completed, "failed": self.failed})
-
-
-async def _send(
-    route: Route, request_id: str, row: dict[str, t.Any], params: GenerateParams
-) -> list[t.Any]:
-    """The line's results from its deployment; a full deployment (backpressure) is waited
-    for and asked again, as a batch has time and online requests go first."""
-    from ray.serve.exceptions import BackPressureError
-
-    wait = 0.2
-    while True:
-        if row["url"] == COMPLETIONS_URL:
-            call = route.handle.complete.remote(request_id, [row["prompt"]], params, row["n"])
-        else:
-            messages = [Message.fit(_without_nulls(m)) for m in row["messages"]]
-            call = route.handle.chat.remote(request_id, messages, params, row["n"])
-        try:
-            return list(await call)
-        except BackPressureError:
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 5.0)
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-
-
-def _prepared(job: str) -> bool:
-    from rig_ray.batch.openai_files import is_prepared
-
-    return is_prepared(job)
-
-
-def _rows(row: dict[str, t.Any], served: str, results: list[t.Any], latency: float) -> pa.Table:
-    import pyarrow as pa
-
-    from rig_ray.batch.schema import OUTPUT_SCHEMA
-
-    out = []
-    for index, result in enumerate(results):
-        ok = not isinstance(result, BaseException)
-        usage = getattr(result, "usage", None) if ok else None
-        error = None if ok else _error_text(result)
-        out.append(
-            {
-                "id": row["id"],
-                "generation_index": index,
-                "generator": served,
-                "model": served,
-                "text": result.text if ok else None,
-                "stop_reason": result.stop_reason if ok else None,
-                "input_tokens": usage.input_tokens if usage else None,
-                "output_tokens": usage.output_tokens if usage else None,
-                "latency_s": latency,
-                "error": error,
-                "metadata": None,
-            }
-        )
-    return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
-
-
-def _error_text(error: BaseException) -> str:
-    text = redact(" ".join(str(error).split()))
-    if isinstance(error, ServeRequestError):
-        return text
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _without_nulls(item: t.Any) -> t.Any:
-    if isinstance(item, t.Mapping):
-        return {key: value for key, value in item.items() if value is not None}
-    return item
+__all__ = ["COMPLETIONS_URL", "DEFAULT_MAX_IN_FLIGHT", "BatchRunner", "Route", "batch_runner"]

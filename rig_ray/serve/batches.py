@@ -36,7 +36,8 @@ Status = t.Literal[
 ]
 RUNNING: tuple[Status, ...] = ("validating", "in_progress", "finalizing", "cancelling")
 """Statuses whose batch a (re)started app takes up."""
-COMPLETION_WINDOWS = ("24h",)
+COMPLETION_WINDOWS = {"24h": 24 * 3600.0}
+"""The completion windows a batch may ask for, in seconds."""
 _BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 
 
@@ -81,6 +82,8 @@ class BatchObject(BaseModel):
     cancelled_at: int | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+    model: str | None = None
+    """The served model the batch runs on (set once its lines are read)."""
     _created_ns: int = PrivateAttr(0)
     """When it was made, in ns: orders the list (created_at is in whole seconds)."""
 
@@ -103,12 +106,18 @@ class CreateBatch(BaseModel):
 
 
 class BatchStore:
-    """The batch objects under `<storage>/batches`."""
+    """The batch objects under `<storage>/batches`. `window_s`, when set, replaces every
+    completion window's length (for tests: a batch that expires in seconds)."""
 
-    def __init__(self, files: FileStore) -> None:
+    def __init__(self, files: FileStore, *, window_s: float | None = None) -> None:
         self.files = files
         self.filesystem, self.root = files.filesystem, f"{files.root}/batches"
         self.filesystem.create_dir(self.root, recursive=True)
+        self.window_s = window_s
+
+    def now(self) -> float:
+        """The clock `created_at` and `expires_at` are read on."""
+        return time.time()
 
     def folder(self, batch_id: str) -> str:
         if not _BATCH_ID.match(batch_id):
@@ -121,7 +130,11 @@ class BatchStore:
         return f"{self.files.location}/batches/{batch_id}/job"
 
     def new(self, request: CreateBatch) -> BatchObject:
-        now = int(time.time())
+        started = self.now()
+        now = int(started)
+        window = self.window_s
+        if window is None:
+            window = COMPLETION_WINDOWS[request.completion_window]
         batch = BatchObject(
             id=f"batch_{secrets.token_hex(16)}",
             endpoint=request.endpoint,
@@ -129,7 +142,7 @@ class BatchStore:
             completion_window=request.completion_window,
             status="validating",
             created_at=now,
-            expires_at=now + 24 * 3600,
+            expires_at=int(started + window),
             metadata=request.metadata,
         )
         batch._created_ns = time.time_ns()
@@ -230,7 +243,7 @@ def add_batch_routes(app: FastAPI, runner: BatchRunner) -> None:
                 raise http_errors.from_validation(error) from None
             await asyncio.to_thread(check_create, store.files, asked)
             batch = await asyncio.to_thread(store.new, asked)
-            runner.launch(batch.id)
+            await runner.created(batch.id)
             return batch.model_dump()
 
         return await guarded(work)

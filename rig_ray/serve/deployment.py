@@ -20,6 +20,7 @@ from ray import serve
 from rig_ray.errors import ContextLengthError, ServeRequestError
 from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.priority import ONLINE_PRIORITY, set_priority
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message
 from rig_ray.redaction import RedactingFilter, scrubbed_error
@@ -94,11 +95,16 @@ def _overrides(generator: Generator, name: str) -> bool:
 
 def _for_serving(generator: Generator) -> Generator:
     """The generator, told that it serves online traffic: a vLLM engine then starts in vLLM's
-    server context and gets `vllm serve`'s scheduler sizes."""
+    server context and gets `vllm serve`'s scheduler sizes, and schedules by priority (so
+    `/v1/batches` rows, sent at `BATCH_PRIORITY`, run after online requests) unless its
+    `engine_args` choose a `scheduling_policy`."""
     from rig_ray.generator import vllm_sizing
     from rig_ray.generator.vllm_ import VLLMGenerator
 
     if isinstance(generator, VLLMGenerator):
+        if "scheduling_policy" not in generator.engine_args:
+            engine_args = {**generator.engine_args, "scheduling_policy": "priority"}
+            generator = generator.model_copy(update={"engine_args": engine_args})
         generator._usage_context = vllm_sizing.SERVER
     return generator
 
@@ -116,7 +122,8 @@ class GeneratorDeployment:
         generator, providers = cloudpickle.loads(payload)
         for provider, generator_cls in providers.items():
             register_generator(provider, generator_cls)
-        self._generator: Generator = _for_serving(generator)
+        generator = _for_serving(generator)
+        self._generator: Generator = generator
         generator.refuse_past_context()  # the engine then counts each prompt as it renders it
         # Every record of Serve's logger in this replica (Serve's own too) is scrubbed with the
         # generator's secrets, its traceback included.
@@ -190,15 +197,28 @@ class GeneratorDeployment:
     # -- requests --------------------------------------------------------------------------
 
     async def chat(
-        self, request_id: str, messages: list[Message], params: GenerateParams, n: int = 1
+        self,
+        request_id: str,
+        messages: list[Message],
+        params: GenerateParams,
+        n: int = 1,
+        priority: int = ONLINE_PRIORITY,
     ) -> list[t.Any]:
-        """`n` replies to one conversation, or one ServeRequestError for the request."""
+        """`n` replies to one conversation, or one ServeRequestError for the request;
+        `priority` orders it in an engine that schedules by priority (lower first)."""
+        set_priority(priority)  # this call's own task: it ends with the call
         return await self._request(request_id, "chat", [messages], params, n)
 
     async def complete(
-        self, request_id: str, prompts: list[str], params: GenerateParams, n: int = 1
+        self,
+        request_id: str,
+        prompts: list[str],
+        params: GenerateParams,
+        n: int = 1,
+        priority: int = ONLINE_PRIORITY,
     ) -> list[t.Any]:
         """`n` completions of each prompt, in prompt order, or one ServeRequestError."""
+        set_priority(priority)
         return await self._request(request_id, "text", list(prompts), params, n)
 
     async def stream_chat(

@@ -16,6 +16,7 @@ from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve import http_errors
 from rig_ray.serve.auth import Auth
+from rig_ray.serve.batch_lease import DEFAULT_LEASE_S
 from rig_ray.serve.batch_runner import DEFAULT_MAX_IN_FLIGHT, Route, batch_runner
 from rig_ray.serve.limits import RequestLimits
 from rig_ray.serve.routes import Stream, build_api
@@ -26,6 +27,16 @@ STOP_WAIT_S = 5.0
 """Longest wait, once the server stops, for the requests it stopped to be answered."""
 READY_POLL_S = 0.5
 """Seconds between two tries to reach a model deployment that is not ready yet."""
+
+
+def _app_name() -> str:
+    """The Serve application this replica belongs to (the batch jobs call back into it)."""
+    from rig_ray.serve.app import APP_NAME
+
+    try:
+        return str(serve.get_replica_context().app_name or APP_NAME)
+    except Exception:  # not in a Serve replica
+        return APP_NAME
 
 
 class ModelRoute(t.NamedTuple):
@@ -50,6 +61,8 @@ class OpenAIIngress:
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         batch_storage: str | None = None,
         batch_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        batch_lease_s: float = DEFAULT_LEASE_S,
+        batch_window_s: float | None = None,
     ) -> None:
         self._routes = routes
         self._digest = (auth or Auth()).resolve()
@@ -65,8 +78,24 @@ class OpenAIIngress:
             batch_storage,
             {name: Route(route.handle, route.vllm_fields) for name, route in routes.items()},
             self.check,
+            app=_app_name(),
             max_in_flight=batch_max_in_flight,
+            lease_s=batch_lease_s,
+            window_s=batch_window_s,
         )
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica stops: its batch jobs are stopped (each writes
+        what it made) and their leases let go, so a new replica resumes them at once."""
+        runner = getattr(self, "batch_runner", None)
+        if runner is not None:
+            await runner.close()
+
+    async def batch_request(
+        self, batch_id: str, model: str, kind: str, prompt: t.Any, params: GenerateParams
+    ) -> list[t.Any]:
+        """One row of a batch job (see `rig_ray.generator.serve_`): its result or error."""
+        return await self.batch_runner.request(batch_id, model, kind, prompt, params)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self, api_key_digest=self._digest)

@@ -1,0 +1,74 @@
+"""The `serve` provider: a generator whose requests go to a running rig_ray Serve app.
+
+`serve!<served name>,app=<app>,batch=<batch id>` sends each item, as one request, to the app's
+ingress deployment through a Serve deployment handle; the ingress gives it one of the slots its
+batches share and passes it on to the model's own deployment, at batch priority. It is how a
+`/v1/batches` job (a `rig_ray.batch.run` in the cluster) reaches the engine that serves the
+app's online traffic. Only usable inside the Ray cluster that runs the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+from pydantic import Field, PrivateAttr
+
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.message import Message
+
+DEFAULT_APP = "rig_ray"
+"""The app `rig-ray serve` runs (rig_ray.serve.APP_NAME)."""
+INGRESS = "OpenAIIngress"
+"""The app's ingress deployment (rig_ray.serve.INGRESS_NAME)."""
+
+
+class ServeGenerator(Generator):
+    """Items go to the served model `model` of the Serve app `app`, as rows of `batch`."""
+
+    app: str = Field(DEFAULT_APP, min_length=1)
+    """The Serve application."""
+    batch: str = ""
+    """The `/v1/batches` batch the requests belong to (it shares slots with the others)."""
+
+    _handle: t.Any = PrivateAttr(None)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._handle is not None
+
+    def load(self) -> t.Self:
+        from ray import serve
+
+        if self._handle is None:
+            self._handle = serve.get_deployment_handle(INGRESS, self.app)
+        return self
+
+    def unload(self) -> t.Self:
+        self._handle = None
+        return self
+
+    async def generate_messages(
+        self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedMessage | BaseException]:
+        merged = self.merged_params(params, len(messages))
+        calls = [self._one("chat", list(m), p) for m, p in zip(messages, merged, strict=True)]
+        return list(await asyncio.gather(*calls))
+
+    async def generate_texts(
+        self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[GeneratedText | BaseException]:
+        merged = self.merged_params(params, len(texts))
+        calls = [self._one("text", text, p) for text, p in zip(texts, merged, strict=True)]
+        return list(await asyncio.gather(*calls))
+
+    async def _one(self, kind: str, prompt: t.Any, params: GenerateParams) -> t.Any:
+        """One request's result, or its error in place (a refused request's ServeRequestError
+        keeps the endpoint's wording)."""
+        self.load()
+        try:
+            call = self._handle.batch_request.remote(self.batch, self.model, kind, prompt, params)
+            results = await call
+        except Exception as error:
+            return error
+        return results[0]

@@ -1,0 +1,156 @@
+"""A `/v1/batches` batch as a rig_ray batch job: `rig_ray.batch.run` in a Ray task.
+
+The job reads the batch's prepared requests (`rig_ray.batch.openai_files.prepare`) and writes
+Parquet parts into the batch's job folder, its generator a `serve!` generator
+(`rig_ray.generator.serve_`) whose rows go back to the app's ingress and on to the model's
+deployment: resume, the manifest, the folder lock and the part writer are the batch job's
+own. The task and its Ray Data actors ask for no CPU (they only wait on Serve);
+it is owned by the ingress replica that started it, so it ends with that replica. Stopping it
+(`ray.cancel`) interrupts the run, which writes what it has made before it ends.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rig_ray.batch.openai_files import (
+    MESSAGES_COLUMN,
+    PARAMS_COLUMN,
+    REQUESTS_FILE,
+    TEXT_COLUMN,
+    meta_path,
+)
+from rig_ray.errors import BatchInputError
+
+ACTOR_CPUS = 0.0
+"""CPUs each of a job's Ray Data actors asks for: none, they only wait on Serve handles."""
+DATA_CPUS = 0.05
+"""CPUs of the tasks that cut the job's rows into blocks. Ray Data's planning tasks (reading
+the prepared file, from_arrow's metadata) still ask one CPU each, so a batch job needs one
+CPU of the cluster free for a moment at its start."""
+ROWS_PER_PART = 64
+SECONDS_PER_PART = 2.0
+"""How often a job writes a part: what a stop loses at most, and how fresh progress is."""
+BUSY_WAIT_S = 60.0
+"""How long a job waits for the folder lock of a run that is still stopping."""
+
+
+class JobSpec(BaseModel):
+    """What the job task needs: where the batch is, which model and app its rows go to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_id: str
+    job: str
+    """The job folder (a path or URI)."""
+    model: str
+    """The served model name the rows go to."""
+    app: str
+    num_generations: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    """Rows per block of the job: small, so progress and a stop are fine-grained."""
+    max_concurrent_batches: int = Field(ge=1)
+
+
+def job_spec(
+    batch_id: str, job: str, model: str, app: str, num_generations: int, max_in_flight: int
+) -> JobSpec:
+    """A job that keeps about twice the replica's batch slots of rows waiting on them."""
+    batch_size = max(1, min(16, max_in_flight))
+    return JobSpec(
+        batch_id=batch_id,
+        job=job,
+        model=model,
+        app=app,
+        num_generations=num_generations,
+        batch_size=batch_size,
+        max_concurrent_batches=max(2, -(-2 * max_in_flight // batch_size)),
+    )
+
+
+def requests_location(job: str) -> str:
+    """The prepared requests file of the job folder, as a path or URI."""
+    if "://" in job:
+        return f"{job.rstrip('/')}/_openai/{REQUESTS_FILE}"
+    return meta_path(job, REQUESTS_FILE)[1]
+
+
+def run_job(spec: JobSpec) -> None:
+    """Run (or resume) the batch job; the body of the Ray task."""
+    from rig_ray.batch.run import run
+    from rig_ray.generator.serve_ import ServeGenerator
+
+    generator = ServeGenerator(model=spec.model, app=spec.app, batch=spec.batch_id)
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        try:
+            run(
+                requests_location(spec.job),
+                spec.job,
+                generator=generator,
+                progress=False,
+                rows_per_part=ROWS_PER_PART,
+                seconds_per_part=SECONDS_PER_PART,
+                num_cpus=ACTOR_CPUS,
+                data_num_cpus=DATA_CPUS,
+                messages_column=MESSAGES_COLUMN,
+                params_column=PARAMS_COLUMN,
+                text_column=TEXT_COLUMN,
+                num_generations=spec.num_generations,
+                batch_size=spec.batch_size,
+                max_concurrent_batches=spec.max_concurrent_batches,
+                progress_label=f"batch {spec.batch_id}",
+            )
+            return
+        except BatchInputError as error:  # a stopped run of this batch still lets go
+            if "in use by another run" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def start_job(spec: JobSpec) -> t.Any:
+    """The job as a Ray task (its ObjectRef): no CPU, never retried (a rerun resumes)."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(run_job)
+    return task.remote(spec)
+
+
+def requested(job: str) -> dict[str, int]:
+    """custom_id -> n of the job's prepared requests."""
+    import pyarrow.parquet as pq
+
+    filesystem, path = meta_path(job, REQUESTS_FILE)
+    table = pq.read_table(path, columns=["id", "n"], filesystem=filesystem)
+    return dict(zip(table.column("id").to_pylist(), table.column("n").to_pylist(), strict=True))
+
+
+def progress(job: str, wanted: t.Mapping[str, int]) -> tuple[int, int]:
+    """(completed, failed) lines in the job folder so far: a line counts once all its `n`
+    generations are written, as failed if one of them failed."""
+    from rig_ray.batch.output import OutputFolder
+
+    scan = OutputFolder(job).scan()
+    completed = failed = 0
+    for row_id, n in wanted.items():
+        mask = (1 << n) - 1
+        done, bad = scan.done.get(row_id, 0) & mask, scan.failed.get(row_id, 0) & mask
+        if done | bad == mask:
+            if bad:
+                failed += 1
+            else:
+                completed += 1
+    return completed, failed
+
+
+def models_of(job: str) -> list[tuple[int, str]]:
+    """(line, body.model) of every valid line of the job's prepared requests."""
+    import pyarrow.parquet as pq
+
+    filesystem, path = meta_path(job, REQUESTS_FILE)
+    table = pq.read_table(path, columns=["line", "request_model"], filesystem=filesystem)
+    lines = table.column("line").to_pylist()
+    return list(zip(lines, table.column("request_model").to_pylist(), strict=True))
