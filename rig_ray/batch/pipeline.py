@@ -49,7 +49,6 @@ def generate(
     parse_as: type[Model] | None = None,
     max_parse_retries: int = DEFAULT_MAX_PARSE_RETRIES,
     json_schema: dict[str, t.Any] | type | None = None,
-    data_num_cpus: float | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -85,10 +84,6 @@ def generate(
     pydantic model class) decoding is constrained to the schema and the reply read as JSON.
     Either way each field (top-level property) becomes a typed column after the generation
     columns (see `rig_ray.batch.parsed`).
-
-    `data_num_cpus`: what Ray Data's own tasks (reading, cutting rows into batches) ask for;
-    None: one CPU each, Ray Data's default. A job whose generator only waits on a service
-    (the `serve` provider) sets it low, so it runs beside engines that hold every CPU.
     """
     members = generator_members(generator, generators)
     count = check_count(num_generations)
@@ -119,7 +114,7 @@ def generate(
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
-    batches = _blocks_of(dataset, plans[0].batch_size, data_num_cpus)
+    batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
         config = StageConfig(
@@ -155,19 +150,6 @@ def generate(
         outputs.append(stage)
     first, *rest = outputs
     return first.union(*rest) if rest else first
-
-
-def _blocks_of(dataset: ray.data.Dataset, rows: int, num_cpus: float | None) -> ray.data.Dataset:
-    """`dataset` cut into blocks of `rows` rows, by tasks of `num_cpus` CPUs each."""
-    if num_cpus is None:
-        return dataset.repartition(target_num_rows_per_block=rows)
-    return dataset.map_batches(
-        _same, batch_size=rows, batch_format="pyarrow", zero_copy_batch=True, num_cpus=num_cpus
-    )
-
-
-def _same(batch: t.Any) -> t.Any:
-    return batch
 
 
 def _actor_args(placement: Placement) -> dict[str, t.Any]:

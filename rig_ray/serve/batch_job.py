@@ -27,10 +27,8 @@ from rig_ray.errors import BatchInputError
 
 ACTOR_CPUS = 0.0
 """CPUs each of a job's Ray Data actors asks for: none, they only wait on Serve handles."""
-DATA_CPUS = 0.05
-"""CPUs of the tasks that cut the job's rows into blocks. Ray Data's planning tasks (reading
-the prepared file, from_arrow's metadata) still ask one CPU each, so a batch job needs one
-CPU of the cluster free for a moment at its start."""
+# Ray Data's own tasks (reading the prepared file, cutting it into blocks) ask one CPU each:
+# a batch job needs one CPU of the cluster free besides what the engines hold.
 ROWS_PER_PART = 64
 SECONDS_PER_PART = 2.0
 """How often a job writes a part: what a stop loses at most, and how fresh progress is."""
@@ -95,7 +93,6 @@ def run_job(spec: JobSpec) -> None:
                 rows_per_part=ROWS_PER_PART,
                 seconds_per_part=SECONDS_PER_PART,
                 num_cpus=ACTOR_CPUS,
-                data_num_cpus=DATA_CPUS,
                 messages_column=MESSAGES_COLUMN,
                 params_column=PARAMS_COLUMN,
                 text_column=TEXT_COLUMN,
