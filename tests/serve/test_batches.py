@@ -271,3 +271,27 @@ async def test_a_file_over_200_mb_is_refused_naming_the_limit() -> None:
     with pytest.raises(ServeRequestError, match="limit of 200 MB per file") as refused:
         await files._upload_chunks(Upload())
     assert refused.value.status_code == 400
+
+
+async def test_an_expired_batch_keeps_the_lines_that_finished(
+    slow_endpoint: tuple[Endpoint, str],
+) -> None:
+    from rig_ray.serve.batches import BatchStore
+    from rig_ray.serve.files import FileStore
+
+    endpoint, storage = slow_endpoint
+    client = endpoint.openai()
+    batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(40)]))
+    await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)
+    store = BatchStore(FileStore(storage))  # the window ends now, on the storage itself
+    running = store.get(batch.id)
+    store.save(running.model_copy(update={"expires_at": int(time.time()) - 1}))
+    deadline = time.monotonic() + TIMEOUT
+    while (batch := await client.batches.retrieve(batch.id)).status != "expired":
+        assert batch.status in ("in_progress", "finalizing"), batch
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.3)
+    assert batch.expired_at and batch.output_file_id
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    ids = [x["custom_id"] for x in output]
+    assert 2 <= len(ids) < 40 and batch.request_counts.completed == len(ids)
