@@ -7,8 +7,9 @@ own (`pipeline_engines`), loaded before the stage and unloaded after it:
   their processes gone before the next stage loads. Two stages' engines are never loaded at
   once.
 - "stream": every stage's engines are loaded at once and the stages run side by side; a later
-  stage takes the Parquet parts of the stage before as they are written (a new `batch.run`
-  round over what has arrived; its engines stay loaded between rounds).
+  stage takes the Parquet parts of the stage before as they are written (a part per batch
+  of rows; a new `batch.run` round over what has arrived, its engines loaded throughout;
+  see `pipeline_stream`).
 - "auto": stream when the cluster has room for every stage's actors at once, else swap.
 A stage with nothing left to do loads no model.
 """
@@ -33,8 +34,9 @@ from rig_ray.redaction import redact, redact_logs
 
 PROXY_CPUS = 0.05
 """CPUs of each Ray Data actor of a stage: it only forwards batches to the engine actors."""
-STREAM_SECONDS_PER_PART = 5.0
-"""In stream mode, a stage that feeds another writes a part at least this often."""
+STREAM_SECONDS_PER_PART = 0.5
+"""In stream mode, a stage that feeds another writes its rows out as a part once they have
+waited this long: in practice a part per batch of rows that comes back from its engines."""
 DATA_CPUS = 2.0
 """CPUs left to Ray Data's read, plan and write tasks (all of a smaller cluster): engine
 actors without `num_cpus` share what is left, and take a token 0.01 CPU where nothing is."""

@@ -1,11 +1,18 @@
 """Stream mode: every stage's engines loaded at once, the stages running side by side.
 
-The first stage with work runs one `batch.run`, writing a part at least every few seconds.
-Each later stage runs in a thread of its own: whenever the stage before has written new
-parts, it runs `batch.run` again over its input made from them (the resume skips what it
+The first stage with work runs one `batch.run`; a stage that feeds another writes a part as
+soon as a batch of rows comes back from its engines (`STREAM_SECONDS_PER_PART`). Each later
+stage runs in a thread of its own: whenever the stage before has written new parts (looked
+for every `POLL_S`), their rows are added to its input (only the new parts are read, see
+`pipeline_inputs`) and it runs `batch.run` again over that input (the resume skips what it
 made in earlier rounds), until the stage before has finished and one last round has taken
-everything. Its engines stay loaded across rounds (only Ray Data's thin forwarding actors
-start again), and are unloaded as soon as the stage is done.
+everything. Parts that arrive during a round wait for the next one. Its engines stay loaded
+across rounds (only Ray Data's thin forwarding actors start again), and are unloaded as
+soon as the stage is done.
+
+So a row reaches the next stage part by part, not row by row through one Ray Data dataset:
+its wait is the rest of its batch in the stage before, the round of the next stage that is
+running when it arrives, and that round's start (reading its input, starting Ray Data).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from rig_ray.batch.pipeline_summary import StageSummary
 if t.TYPE_CHECKING:
     from rig_ray.batch.pipeline_run import _Job
 
-POLL_S = 0.5
+POLL_S = 0.2
+"""How often a later stage looks for new parts of the stage before, between rounds."""
 
 
 class Stream:
