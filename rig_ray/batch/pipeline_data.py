@@ -104,18 +104,19 @@ def derive(
     *,
     earlier: t.Sequence[str],
     keep_errors: bool,
-) -> tuple[StageInput, int] | None:
+) -> tuple[StageInput, int, str | None] | None:
     """Bring `stage`'s input up to date with the output of the stage `previous` (which read
     `previous_read`, after the stages `earlier`), part by part (see `pipeline_inputs`); None
-    when `previous` has no output yet. Also returns the row count."""
+    when `previous` has no output yet. Also returns the row count, and the location of the
+    subfolder with the rows this update added (None: none)."""
     how = Derivation(previous, previous_read, tuple(earlier), keep_errors)
     location = layout.stage_input(stage)
     _, inner = open_filesystem(location)
     made = update_input(OutputFolder(layout.stage(previous)), inner, layout.filesystem, how)
     if made is None:
         return None
-    columns, rows = made
-    return StageInput(location, columns, "id"), rows
+    fresh = None if made.fresh is None else f"{location}/{made.fresh}"
+    return StageInput(location, made.columns, "id"), made.rows, fresh
 
 
 def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -1,7 +1,9 @@
 """A later stage's input, made from the stage before's Parquet parts one part at a time.
 
 `<output>/_inputs/<stage>/` holds one Parquet file per part of the stage before, named after
-the part (and its size and time, so a part rewritten by a retry's clean-up is made again).
+the part (and its size and time, so a part rewritten by a retry's clean-up is made again);
+the files made by one update sit in a numbered subfolder of their own (`000001/`, ...), so
+that a stream-mode round can read the new rows only.
 Making the input again reads only the parts that are new since the last time, one at a time,
 and removes the files of parts that are gone: memory holds one part (and, for the rule
 below, the keys of the stage before, as `batch.run`'s resume does), never the whole stage.
@@ -50,11 +52,21 @@ def own_columns(names: t.Sequence[str], read: StageInput) -> list[str]:
     return [name for name in names if name not in carried]
 
 
+class InputUpdate(t.NamedTuple):
+    """A stage's input after an update: its columns, its rows, and the subfolder holding
+    only the files this update made (None: nothing new)."""
+
+    columns: list[str]
+    rows: int
+    fresh: str | None
+
+
 def update_input(
     folder: OutputFolder, target: str, filesystem: pafs.FileSystem, how: Derivation
-) -> tuple[list[str], int] | None:
+) -> InputUpdate | None:
     """Bring the input folder `target` (a path in `filesystem`) up to date with the parts of
-    `folder`; the input's columns and rows, or None when `folder` has no part yet."""
+    `folder`; None when `folder` has no part yet. New files go into a new numbered subfolder
+    of `target`, so a round can read just them."""
     parts = folder.parts()
     if not parts:
         return None
@@ -64,15 +76,20 @@ def update_input(
     filesystem.create_dir(target, recursive=True)
     existing = _files(filesystem, target)
     for name in set(existing) - set(wanted):  # its part is gone or was rewritten
-        filesystem.delete_file(f"{target}/{name}")
+        filesystem.delete_file(existing[name])
+    fresh = _next_subfolder(filesystem, target) if set(wanted) - set(existing) else None
     for name, part in sorted(wanted.items()):
         if name not in existing:
             table = pq.read_table(part, filesystem=folder.filesystem)
             if part in dropped:
                 keep = pc.invert(pa.array(_mask(table.num_rows, dropped[part])))
                 table = table.filter(keep)
-            _write_whole(filesystem, derive_table(table, how), f"{target}/{name}")
-    return input_summary(filesystem, [f"{target}/{name}" for name in sorted(wanted)])
+            filesystem.create_dir(f"{target}/{fresh}", recursive=True)
+            path = f"{target}/{fresh}/{name}"
+            _write_whole(filesystem, derive_table(table, how), path)
+            existing[name] = path
+    columns, rows = input_summary(filesystem, [existing[name] for name in sorted(wanted)])
+    return InputUpdate(columns, rows, fresh)
 
 
 def input_summary(filesystem: pafs.FileSystem, files: t.Sequence[str]) -> tuple[list[str], int]:
@@ -173,12 +190,24 @@ def _mask(count: int, rows: list[int]) -> list[bool]:
     return marked
 
 
-def _files(filesystem: pafs.FileSystem, folder: str) -> set[str]:
-    infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+def _files(filesystem: pafs.FileSystem, folder: str) -> dict[str, str]:
+    """Name -> path of every input file under `folder` (in any subfolder)."""
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
     return {
-        info.base_name
+        info.base_name: info.path
         for info in infos
         if info.type == pafs.FileType.File
         and info.base_name.endswith(".parquet")
         and not info.base_name.startswith((".", "_"))
     }
+
+
+def _next_subfolder(filesystem: pafs.FileSystem, folder: str) -> str:
+    """The name of a new numbered subfolder of `folder`, after every one there."""
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+    numbers = [
+        int(info.base_name)
+        for info in infos
+        if info.type == pafs.FileType.Directory and info.base_name.isdigit()
+    ]
+    return f"{max(numbers, default=0) + 1:06d}"

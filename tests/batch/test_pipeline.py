@@ -15,6 +15,7 @@ from tests.batch.pipeline_members import (
     SCORE_SCHEMA,
     Answerer,
     FailingAnswerer,
+    GatedAnswerer,
     Judge,
     loads,
     questions,
@@ -170,3 +171,31 @@ def test_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
         Stage("no spaces", generator="echo!x")
     with pytest.raises(ValueError, match="either generator"):
         Stage("x")
+
+
+@pytest.mark.slow
+def test_stream_rounds_take_the_new_rows_as_the_stage_before_makes_them(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl", count=4)
+    out = tmp_path / "out"
+    slow = Stage(
+        "answer",
+        # a part per row, every 3 s; the second waits until the judge has written a part
+        generator=GatedAnswerer(model="a", seconds=3.0, gate=str(out / "judge")),
+        template="Answer: $question",
+        num_generations=2,
+        batch_size=1,
+        max_concurrent_batches=1,
+    )
+    judge = Stage("judge", generator=Judge(model="j"), template="Q: $question A: $text")
+    summary = run_pipeline(
+        str(source), str(out), stages=[slow, judge], gpu_sharing="stream", progress=False
+    )
+    answer_rows = read_output(str(out / "answer")).to_pylist()
+    judged = summary.stage("judge")
+    assert judged.rounds >= 3  # the whole input first, new rows only, the whole input last
+    assert judged.generations_written == len(answer_rows) == 8  # each row judged once
+    assert judged.rows_in == 8  # the last round read the whole input
+    rows = read_output(str(out / "judge")).to_pylist()
+    assert keys(rows) == sorted((f"q{n}/{g}", 0) for n in range(4) for g in range(2))
+    subfolders = [p for p in (out / "_inputs" / "judge").iterdir() if p.is_dir()]
+    assert len(subfolders) >= 2  # the input grew in steps, a subfolder per step

@@ -16,7 +16,7 @@ import pytest
 from rig_ray.batch import pipeline_inputs
 from rig_ray.batch.output import OutputFolder
 from rig_ray.batch.pipeline_data import StageInput
-from rig_ray.batch.pipeline_inputs import Derivation, update_input
+from rig_ray.batch.pipeline_inputs import Derivation, InputUpdate, update_input
 from rig_ray.batch.schema import OUTPUT_SCHEMA
 
 HOW = Derivation(
@@ -41,12 +41,12 @@ def part(folder: Path, name: str, rows: list[tuple[str, int, str | None]]) -> Pa
 
 
 def made(target: Path) -> list[dict[str, t.Any]]:
-    files = sorted(target.glob("*.parquet"))
+    files = sorted(target.rglob("*.parquet"))
     rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     return sorted(rows, key=lambda row: row["id"])
 
 
-def update(stage: Path, target: Path) -> tuple[list[str], int] | None:
+def update(stage: Path, target: Path) -> InputUpdate | None:
     return update_input(OutputFolder(str(stage)), str(target), pafs.LocalFileSystem(), HOW)
 
 
@@ -54,8 +54,8 @@ def test_parts_are_read_once_and_followed(tmp_path: Path, monkeypatch: pytest.Mo
     stage, target = tmp_path / "answer", tmp_path / "_inputs" / "judge"
     assert update(stage, target) is None  # nothing written yet
     part(stage, "1", [("q0", 0, None), ("q0", 1, None), ("q1", 0, "boom")])
-    columns, rows = t.cast(tuple[list[str], int], update(stage, target))
-    assert rows == 2 and columns[:2] == ["id", "parent_id"]
+    columns, rows, fresh = t.cast(InputUpdate, update(stage, target))
+    assert rows == 2 and columns[:2] == ["id", "parent_id"] and fresh == "000001"
     assert {"question", "text", "answer_text", "answer_generation_index"} <= set(columns)
     first = made(target)
     assert [(r["id"], r["parent_id"], r["text"]) for r in first] == [
@@ -72,10 +72,12 @@ def test_parts_are_read_once_and_followed(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(pipeline_inputs.pq, "read_table", counted)
     part(stage, "2", [("q1", 1, None)])
-    assert t.cast(tuple[list[str], int], update(stage, target))[1] == 3
+    second = t.cast(InputUpdate, update(stage, target))
+    assert (second.rows, second.fresh) == (3, "000002")
     assert [Path(p).name for p in reads] == ["part-2.parquet"]  # only the new part
+    assert [r["id"] for r in made(target / "000002")] == ["q1/1"]  # a round reads just these
     reads.clear()
-    assert t.cast(tuple[list[str], int], update(stage, target))[1] == 3
+    assert t.cast(InputUpdate, update(stage, target))[1:] == (3, None)
     assert reads == []  # nothing new: nothing read
     os.remove(stage / "part-1.parquet")  # a part that goes takes its rows along
     assert [r["id"] for r in (update(stage, target), made(target))[1]] == ["q1/1"]
@@ -95,4 +97,4 @@ def test_a_repeated_key_keeps_the_first_success(tmp_path: Path) -> None:
     part(stage, "1", [("q1", 0, None)])  # the clean-up rewrites part 1 under its own name
     update_input(OutputFolder(str(stage)), str(target), pafs.LocalFileSystem(), keep)
     assert [r["id"] for r in made(target)] == ["q0/0", "q1/0"]
-    assert len(list(target.glob("*.parquet"))) == 2  # the old file of part 1 went
+    assert len(list(target.rglob("*.parquet"))) == 2  # the old file of part 1 went
