@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
@@ -56,20 +55,6 @@ class Answerer(EchoGenerator):
 
     async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
         time.sleep(self.seconds)
-        return await super().generate_messages(messages, params)
-
-
-class GatedAnswerer(Answerer):
-    """An `Answerer` whose calls after the first wait until the folder `gate` holds a
-    Parquet part (the next stage has judged the first rows)."""
-
-    gate: str = ""
-    _gate_calls: int = 0
-
-    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
-        self._gate_calls += 1
-        while self._gate_calls > 1 and not glob.glob(os.path.join(self.gate, "part-*.parquet")):
-            time.sleep(0.1)
         return await super().generate_messages(messages, params)
 
 
