@@ -1,19 +1,20 @@
 """Stream mode: every stage's engines loaded at once, the stages running side by side.
 
 The first stage with work runs one `batch.run`; a stage that feeds another writes a part
-for each batch of rows that comes back from its engines, at once (`STREAM_SECONDS_PER_PART`). Each later
-stage runs in a thread of its own: whenever the stage before has written new parts (looked
-for every `POLL_S`), their rows are added to its input (only the new parts are read, see
-`pipeline_inputs`) and it runs `batch.run` again over the rows just added (the first and
-the last round run over the whole input, resuming past what earlier rounds or runs made),
-until the stage before has finished and that last round has taken everything. Parts that
-arrive during a round wait for the next one. So a round costs what its new rows cost, not
-what the whole input costs. Its engines stay loaded across rounds (only Ray Data's thin
-forwarding actors start again), and are unloaded as soon as the stage is done.
+for each batch of rows that comes back from its engines, at once (`STREAM_SECONDS_PER_PART`).
+Each later stage runs in a thread of its own: whenever the stage before has written new
+parts (looked for every `POLL_S`), their rows are added to its input (only the new parts are
+read, see `pipeline_inputs`) and it runs `batch.run` again over the rows just added (the
+first and the last round run over the whole input, resuming past what earlier rounds or
+runs made), until the stage before has finished and that last round has taken everything.
+Parts that arrive during a round wait for the next one. So a round costs what its new rows
+cost, not what the whole input costs. Its engines stay loaded across rounds (only Ray
+Data's thin forwarding actors start again), and are unloaded as soon as the stage is done.
 
 So a row reaches the next stage part by part, not row by row through one Ray Data dataset:
-its wait is the rest of its batch in the stage before (then at once on disk), the round of the next stage that is
-running when it arrives, and that round's start (reading its input, starting Ray Data).
+its wait is the rest of its batch in the stage before (then it is on disk at once), the
+round of the next stage that is running when it arrives, and that round's start (reading
+its input, starting Ray Data).
 """
 
 from __future__ import annotations
