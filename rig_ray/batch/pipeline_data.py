@@ -147,6 +147,9 @@ def read_pipeline(output: str) -> pa.Table:
     if len(names) == 1:
         return table
     path = layout.stage_input(last)
+    _, inner = open_filesystem(path)
+    if layout.filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
+        path += ".parquet"  # a folder made before inputs were kept part by part
     _, files = input_files(path)
     columns, _ = input_summary(layout.filesystem, files)
     read = StageInput(path, columns, "id")
