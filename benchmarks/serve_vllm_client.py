@@ -68,11 +68,15 @@ def print_client_table(results: dict[str, dict[str, float]]) -> None:
     for side, result in results.items():
         cells = " | ".join(_cell(column, result[column]) for column in COLUMNS)
         print(f"| {side} | {result['tokens']:.0f} | {cells} |")
-    if len(results) == 2:
-        vllm, ours = results["vllm serve"], results["rig-ray serve"]
+    vllm = results.get("vllm serve")
+    verdicts = []
+    for side, ours in results.items():
+        if vllm is None or ours is vllm:
+            continue
         ratios = " | ".join(f"{ours[c] / vllm[c]:.2f}x" for c in COLUMNS)
-        print(f"| rig_ray / vLLM | | {ratios} |")
-        print("\n" + "; ".join(_verdict(name, ours[name] / vllm[name]) for name in TARGETS))
+        print(f"| {side} / vLLM | | {ratios} |")
+        verdicts.append(f"{side}: " + "; ".join(_verdict(n, ours[n] / vllm[n]) for n in TARGETS))
+    print("\n" + "\n".join(verdicts))
     print("(tok/s: output tokens per second; latencies in ms; TPOT: time per output token)")
 
 
