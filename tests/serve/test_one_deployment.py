@@ -119,3 +119,15 @@ async def test_a_client_that_hangs_up_stops_the_generation(
     while not record.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert record.exists(), "the generator's stream was not stopped"
+
+
+def test_a_config_file_can_ask_for_one_deployment() -> None:
+    from rig_ray.serve.config import app_builder
+
+    models = [{"generator": "transformers!smollm2-135m"}]
+    one = app_builder({"models": models, "one_deployment": True})
+    two = app_builder({"models": models})
+    assert (one._bound_deployment.name, two._bound_deployment.name) == (
+        "smollm2-135m",
+        "OpenAIIngress",
+    )
