@@ -19,7 +19,9 @@ APP = "one"
 
 
 @pytest.fixture(scope="module")
-def one(local_serve: int, stream_records: Path) -> t.Iterator[Endpoint]:
+def one(
+    local_serve: int, stream_records: Path, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Endpoint]:
     from ray import serve
 
     from rig_ray.generator import registry
@@ -34,7 +36,8 @@ def one(local_serve: int, stream_records: Path) -> t.Iterator[Endpoint]:
         max_tokens_limit=100,
     )
     try:
-        app = build_app(model, api_key=KEY, one_deployment=True)
+        storage = str(tmp_path_factory.mktemp("one-batches"))
+        app = build_app(model, api_key=KEY, one_deployment=True, batch_storage=storage)
         serve.run(app, name=APP, route_prefix=f"/{APP}")
         yield Endpoint(local_serve, f"/{APP}")
     finally:
@@ -131,6 +134,20 @@ def test_a_config_file_can_ask_for_one_deployment() -> None:
         "smollm2-135m",
         "OpenAIIngress",
     )
+
+
+async def test_a_batch_runs_on_the_one_deployment(one: Endpoint) -> None:
+    from tests.serve.test_batches import finished, jsonl, line, parse, submit, wait_for
+
+    async with one.openai() as client:
+        batch = await submit(client, jsonl([line("a", "x", "ticker"), line("b", "y", "ticker")]))
+        batch = await wait_for(client, batch.id, finished)
+        assert batch.status == "completed", batch
+        output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [row["custom_id"] for row in output] == ["a", "b"]
+    for row in output:
+        reply = row["response"]["body"]["choices"][0]["message"]["content"]
+        assert reply.startswith("tick0 ")
 
 
 @pytest.mark.engine
