@@ -93,17 +93,22 @@ def main() -> None:
         asyncio.run(wait_ready(url, process, 600))
         asyncio.run(load(url, args.concurrency, args.concurrency, args.seed + 1))  # warm-up
         alone = summary(asyncio.run(load(url, args.requests, args.concurrency, args.seed))[1])
+        print(f"alone: {alone}", flush=True)
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=600)
         data = batch_file(args.batch_lines, args.batch_max_tokens)
         uploaded = client.files.create(file=("batch.jsonl", data), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        while client.batches.retrieve(batch.id).request_counts.completed < 1:
+        deadline = time.monotonic() + 600
+        while (counts := client.batches.retrieve(batch.id).request_counts).completed < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the batch finished no line in 600 s: {counts}")
             time.sleep(0.5)
         before = client.batches.retrieve(batch.id).request_counts.completed
         loaded = summary(asyncio.run(load(url, args.requests, args.concurrency, args.seed))[1])
         after = client.batches.retrieve(batch.id).request_counts.completed
+        print(f"beside the batch: {loaded}; batch lines {before} -> {after}", flush=True)
         client.batches.cancel(batch.id)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -142,30 +142,27 @@ def main() -> None:
 
     print(machine())
     print(f"{args.lines} lines, max_tokens {args.max_tokens}, {args.dtype}; logs in {log}")
-    rows = []
-    full_vllm = timed([*vllm, "-o", str(work / "vllm.jsonl")], log=log)
-    rows.append(("vllm run-batch", full_vllm))
-    full_ours = timed(rig_ray(work / "out"), log=log)
-    rows.append(("rig-ray batch", full_ours))
-    if not args.skip_kill:
-        half = full_vllm.wall_s / 2
-        killed = timed([*vllm, "-o", str(work / "v2.jsonl")], kill_when=lambda s: s > half, log=log)
-        rows.append(("vllm run-batch, killed halfway", killed))
-        rows.append(
-            ("vllm run-batch, rerun", timed([*vllm, "-o", str(work / "v2.jsonl")], log=log))
-        )
-        out = work / "out2"
-        killed = timed(
-            rig_ray(out), kill_when=lambda s: parquet_rows(out) >= args.lines // 2, log=log
-        )
-        rows.append((f"rig-ray batch, killed at {parquet_rows(out)} lines in parts", killed))
-        rows.append(("rig-ray batch, rerun", timed(rig_ray(out), log=log)))
-        lines = (out / "output.jsonl").read_text().splitlines()
-        print(f"rig_ray after the rerun: {len(lines)} output lines ({args.lines} asked)")
     print("| run | wall s | peak memory GiB | exit |")
     print("|---|---:|---:|---:|")
-    for label, run in rows:
-        print(f"| {label} | {run.wall_s:.1f} | {run.peak_gib:.2f} | {run.code} |")
+
+    def row(label: str, run: Run) -> Run:  # printed as it ends: a run cut short keeps its rows
+        print(f"| {label} | {run.wall_s:.1f} | {run.peak_gib:.2f} | {run.code} |", flush=True)
+        return run
+
+    full_vllm = row("vllm run-batch", timed([*vllm, "-o", str(work / "vllm.jsonl")], log=log))
+    row("rig-ray batch", timed(rig_ray(work / "out"), log=log))
+    if args.skip_kill:
+        return
+    half = full_vllm.wall_s / 2
+    again = [*vllm, "-o", str(work / "v2.jsonl")]
+    row("vllm run-batch, killed halfway", timed(again, kill_when=lambda s: s > half, log=log))
+    row("vllm run-batch, rerun", timed(again, log=log))
+    out = work / "out2"
+    killed = timed(rig_ray(out), kill_when=lambda s: parquet_rows(out) >= args.lines // 2, log=log)
+    row(f"rig-ray batch, killed at {parquet_rows(out)} lines in parts", killed)
+    row("rig-ray batch, rerun", timed(rig_ray(out), log=log))
+    lines = (out / "output.jsonl").read_text().splitlines()
+    print(f"rig_ray after the rerun: {len(lines)} output lines ({args.lines} asked)")
 
 
 if __name__ == "__main__":

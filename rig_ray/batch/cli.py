@@ -38,7 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="ID",
         help="generator identifier; give it again for several generators, which split each "
-        "row's generations between them",
+        "row's generations between them (an OpenAI batch file's lines go by body.model to "
+        "the generator of that --name)",
+    )
+    parser.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="NAME",
+        help="served name of each --generator, in order (default: the last part of its model "
+        "path), as in rig-ray serve: with several generators, an OpenAI batch file's "
+        "body.model chooses the one that runs each line",
     )
     parser.add_argument("--template", help="user message with $column fields from each row")
     parser.add_argument("--system", help="system message put before each conversation")
@@ -209,6 +219,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         verbose=getattr(args, "verbose", False),
         retry_failed=args.retry_failed,
         generators=args.generators,
+        **({"names": args.names} if getattr(args, "names", None) else {}),
         template=args.template,
         system=args.system,
         messages_column=args.messages_column,

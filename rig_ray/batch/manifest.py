@@ -7,8 +7,9 @@ Raising `num_generations` is the one change allowed (resume makes the new genera
 It is written with the first part a run writes (a run that fails before it makes anything
 leaves none), and it pins only what changes a row's output: generator identifiers without
 their `OPERATIONAL_KEYS`, the job's params without `timeout`, template, system, columns, seed,
-structured output. How a run is spread out (replicas, batch size, CPUs, GPUs, connections,
-delays, timeouts) may differ from run to run.
+structured output, and the served names that route an OpenAI batch file's lines. How a run
+is spread out (replicas, batch size, CPUs, GPUs, connections, delays, timeouts) may differ
+from run to run.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ _LABELS = {
     "schema_version": "rig_ray's output schema version",
     "generators": "generators",
     "num_generators": "number of generators",
+    "names": "served names (body.model of an OpenAI batch file)",
     "template": "template",
     "system": "system message",
     "messages_column": "messages column",
@@ -86,6 +88,8 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     generators: list[str]
     num_generators: int
+    names: list[str] | None = None
+    """The generators' served names, where a line's `body.model` chooses among them."""
     template: str | None
     system: str | None
     messages_column: str | None

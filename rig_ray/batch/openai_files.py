@@ -5,9 +5,10 @@ line by line into a prepared Parquet file inside the output folder (`_openai/req
 one row per valid line, with its `custom_id` as the row id, its conversation, and its params
 from the body through the endpoint's own mapping (`rig_ray.serve.wire`). Lines that cannot run
 (not JSON, an unknown `url`, a field the endpoint refuses) go to `_openai/invalid.jsonl` and the
-job goes on. `rig_ray.batch.run` then runs the prepared file like any other, so resume,
-`retry_failed` and the manifest work unchanged; `rig_ray.batch.openai_export` writes the
-results back in OpenAI's shapes.
+job goes on. `rig_ray.batch.run` then runs the prepared file like any other
+(`rig_ray.batch.openai_job` makes its options, and routes each line by its `body.model`), so
+resume, `retry_failed` and the manifest work unchanged; `rig_ray.batch.openai_export` writes
+the results back in OpenAI's shapes.
 """
 
 from __future__ import annotations
@@ -90,46 +91,6 @@ def is_openai_batch(source: str) -> bool:
     return False
 
 
-def job_options(
-    source: str, output: str, members: t.Sequence[t.Any], options: dict[str, t.Any]
-) -> tuple[str, dict[str, t.Any]]:
-    """Prepare the batch file `source` in `output`: the prepared file to read instead, and the
-    job's options with its columns and generations. Options that choose prompts, ids or a
-    number of generations are refused: the file says them."""
-    from rig_ray.serve.app import takes_vllm_fields
-
-    for name in ("template", "messages_column", "params_column", "text_column"):
-        if options.get(name) is not None:
-            raise BatchInputError(
-                f"{name}: not taken with an OpenAI batch file (its bodies say it)"
-            )
-    if options.get("id_column", "id") != "id":
-        raise BatchInputError(
-            "id_column: not taken with an OpenAI batch file (custom_id is the id)"
-        )
-    if int(options.get("num_generations", 1)) != 1:
-        raise BatchInputError(
-            "num_generations: not taken with an OpenAI batch file (each body's n says it)"
-        )
-    if len(members) > 1:
-        raise BatchInputError(
-            "an OpenAI batch file runs on one generator (body.model is recorded, not used to "
-            "choose among several)"
-        )
-    vllm_fields = bool(members) and all(takes_vllm_fields(member) for member in members)
-    prepared = prepare(source, output, vllm_fields=vllm_fields)
-    location = prepared.requests  # a local path, or the same file by the output's URI
-    if "://" in output:
-        location = output.rstrip("/") + f"/{META_FOLDER}/{REQUESTS_FILE}"
-    return location, {
-        **options,
-        "messages_column": MESSAGES_COLUMN,
-        "params_column": PARAMS_COLUMN,
-        "text_column": TEXT_COLUMN,
-        "num_generations": prepared.num_generations,
-    }
-
-
 def is_prepared(output: str) -> bool:
     """Whether `prepare` has run in the output folder."""
     filesystem, path = meta_path(output, REQUESTS_FILE)
@@ -143,13 +104,19 @@ def meta_path(folder: str, name: str) -> tuple[pafs.FileSystem, str]:
 
 
 def prepare(
-    source: str, output: str, *, vllm_fields: bool, urls: t.Sequence[str] = URLS
+    source: str,
+    output: str,
+    *,
+    vllm_fields: bool | t.Mapping[str, bool],
+    urls: t.Sequence[str] = URLS,
 ) -> Prepared:
     """Read the batch file `source` into the output folder's `_openai` folder.
 
     A `custom_id` used twice refuses the whole file (OpenAI requires them unique), naming it
     and its lines. `vllm_fields`: whether the generator takes vLLM's extra sampling fields;
-    `urls`: the endpoints lines may name (a batch of the endpoint runs one).
+    or, where `body.model` chooses among several, each served name and whether its generator
+    takes them (a line naming another model is refused as `model_not_found`); `urls`: the
+    endpoints lines may name (a batch of the endpoint runs one).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -301,7 +268,7 @@ def _text_lines(stream: t.Any) -> t.Iterator[str]:
 
 
 def _row(
-    number: int, line: t.Any, vllm_fields: bool, urls: tuple[str, ...]
+    number: int, line: t.Any, vllm_fields: bool | t.Mapping[str, bool], urls: tuple[str, ...]
 ) -> dict[str, t.Any] | InvalidLine:
     """The prepared row of one line, or why it cannot run."""
 
@@ -337,7 +304,7 @@ def _row(
     try:
         request = _request(body, chat=url == CHAT_URL)
         params = request.to_params()
-        _check(request, params, vllm_fields)
+        _check(request, params, _takes_vllm_fields(request.model, vllm_fields))
     except _Refused as error:
         return bad(f"line {number}: {error.message}", error.code, error.param)
     row = {
@@ -391,7 +358,20 @@ def _check(
     for name in VLLM_FIELDS:
         if name in params.extra and not vllm_fields:
             raise _Refused(
-                f"{name}: only vLLM generators take it, and this batch's generator is not one",
+                f"{name}: only vLLM generators take it, and the generator of this line is not one",
                 "unsupported_parameter",
                 name,
             )
+
+
+def _takes_vllm_fields(model: str, vllm_fields: bool | t.Mapping[str, bool]) -> bool:
+    """Whether the generator `model` names takes vLLM's fields; `_Refused` as the endpoint's
+    404 when `vllm_fields` names the served models and `model` is none of them."""
+    if isinstance(vllm_fields, bool):
+        return vllm_fields
+    if model not in vllm_fields:
+        served = ", ".join(vllm_fields)
+        raise _Refused(
+            f"The model {model!r} does not exist (served: {served}).", "model_not_found", "model"
+        )
+    return vllm_fields[model]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 import warnings
 
@@ -49,6 +50,8 @@ def generate(
     parse_as: type[Model] | None = None,
     max_parse_retries: int = DEFAULT_MAX_PARSE_RETRIES,
     json_schema: dict[str, t.Any] | type | None = None,
+    route_column: str | None = None,
+    routes: t.Sequence[str] | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -71,6 +74,9 @@ def generate(
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
+    With `routes` (one name per generator) and `route_column`, each row instead goes whole to
+    the generator whose name is its `route_column` value (a row naming none is left out): an
+    OpenAI batch file's `body.model` choosing a served model.
 
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
@@ -114,13 +120,21 @@ def generate(
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
+    routed = _check_routes(route_column, routes, len(members), columns)
     batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
+        rows = batches
+        if routed is not None:
+            rows = dataset.map_batches(
+                functools.partial(_rows_for, column=routed[0], name=routed[1][index]),
+                batch_format="pyarrow",
+                batch_size=None,
+            ).repartition(target_num_rows_per_block=sizing.batch_size)
         config = StageConfig(
             prompts=spec,
-            member=index,
-            members=len(members),
+            member=0 if routed else index,
+            members=1 if routed else len(members),
             num_generations=count,
             seed=seed,
             params=params or GenerateParams(),
@@ -132,7 +146,7 @@ def generate(
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            stage = batches.map_batches(
+            stage = rows.map_batches(
                 GenerateStage,
                 fn_constructor_kwargs={
                     "payload": config_payload(member),
@@ -150,6 +164,31 @@ def generate(
         outputs.append(stage)
     first, *rest = outputs
     return first.union(*rest) if rest else first
+
+
+def _check_routes(
+    column: str | None, routes: t.Sequence[str] | None, members: int, columns: tuple[str, ...]
+) -> tuple[str, list[str]] | None:
+    """The route column and names, checked; None when rows are not routed."""
+    if column is None and routes is None:
+        return None
+    if column is None or routes is None:
+        raise InvalidGeneratorError("give route_column= and routes= together")
+    names = list(routes)
+    if len(names) != members or len(set(names)) != members:
+        raise InvalidGeneratorError(
+            f"routes= needs one distinct name per generator ({members}), got {names!r}"
+        )
+    if column not in columns:
+        raise InvalidGeneratorError(f"route_column {column!r} is not a column of the input")
+    return column, names
+
+
+def _rows_for(batch: t.Any, column: str, name: str) -> t.Any:
+    """The rows of a batch whose `column` is `name`."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch[column], name))
 
 
 def _actor_args(placement: Placement) -> dict[str, t.Any]:

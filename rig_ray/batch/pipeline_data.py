@@ -1,7 +1,8 @@
 """A pipeline's folder: each stage's input made from the stage before, and the final table.
 
-`<output>/<stage>/` is the stage's `batch.run` folder. `<output>/_inputs/<stage>.parquet` is
-what a later stage reads: one row per generation of the stage before, with
+`<output>/<stage>/` is the stage's `batch.run` folder. `<output>/_inputs/<stage>/` is what a
+later stage reads (one Parquet file per part of the stage before, made part by part, see
+`pipeline_inputs`): one row per generation of the stage before, with
 - `id` = `<parent id>/<generation_index>` and `parent_id` = the parent's id;
 - the pipeline input's columns (as the first stage wrote them through);
 - the previous stage's `text` and its parsed (typed) columns;
@@ -16,19 +17,23 @@ import json
 import typing as t
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from rig_ray.batch.output import OutputFolder, read_output
-from rig_ray.batch.schema import OUTPUT_COLUMNS, passthrough_names
-from rig_ray.batch.source import open_filesystem
+from rig_ray.batch.pipeline_inputs import (
+    PARENT_COLUMN,
+    Derivation,
+    input_summary,
+    own_columns,
+    update_input,
+)
+from rig_ray.batch.schema import passthrough_names
+from rig_ray.batch.source import input_files, open_filesystem
 from rig_ray.errors import PipelineError
 from rig_ray.redaction import redact
 
 RECORD_NAME = "_rig_ray_pipeline.json"
 INPUTS_FOLDER = "_inputs"
-PARENT_COLUMN = "parent_id"
 
 
 class Layout:
@@ -43,8 +48,8 @@ class Layout:
         return f"{self.location}/{name}"
 
     def stage_input(self, name: str) -> str:
-        """The input made for the stage from the stage before."""
-        return f"{self.location}/{INPUTS_FOLDER}/{name}.parquet"
+        """The folder of the input made for the stage from the stage before."""
+        return f"{self.location}/{INPUTS_FOLDER}/{name}"
 
     def read_record(self) -> dict[str, t.Any] | None:
         try:
@@ -91,12 +96,6 @@ class StageInput(t.NamedTuple):
     id_column: str
 
 
-def own_columns(table: pa.Table, read: StageInput) -> list[str]:
-    """The stage's own columns in its output: generation and parsed ones, not written-through."""
-    carried = set(passthrough_names(read.columns, read.id_column).values())
-    return [name for name in table.column_names if name not in carried]
-
-
 def derive(
     layout: Layout,
     previous: str,
@@ -105,75 +104,19 @@ def derive(
     *,
     earlier: t.Sequence[str],
     keep_errors: bool,
-) -> tuple[StageInput, int] | None:
-    """Write `stage`'s input from the output of the stage `previous` (which read
-    `previous_read`, after the stages `earlier`); None when `previous` has no output yet.
-    Also returns the row count."""
-    folder = OutputFolder(layout.stage(previous))
-    if not folder.parts():
+) -> tuple[StageInput, int, str | None] | None:
+    """Bring `stage`'s input up to date with the output of the stage `previous` (which read
+    `previous_read`, after the stages `earlier`), part by part (see `pipeline_inputs`); None
+    when `previous` has no output yet. Also returns the row count, and the location of the
+    subfolder with the rows this update added (None: none)."""
+    how = Derivation(previous, previous_read, tuple(earlier), keep_errors)
+    location = layout.stage_input(stage)
+    _, inner = open_filesystem(location)
+    made = update_input(OutputFolder(layout.stage(previous)), inner, layout.filesystem, how)
+    if made is None:
         return None
-    table = read_output(folder.location)
-    table = _one_per_key(table)
-    own = own_columns(table, previous_read)
-    carried = passthrough_names(previous_read.columns, previous_read.id_column)
-    first = not earlier  # the previous stage is the first: it read the pipeline's own input
-    if not keep_errors:
-        table = table.filter(pc.is_null(table.column("error")))
-    ids = pc.binary_join_element_wise(
-        table.column("id"), pc.cast(table.column("generation_index"), pa.string()), "/"
-    )
-    columns: dict[str, pa.ChunkedArray | pa.Array] = {"id": ids, PARENT_COLUMN: table.column("id")}
-    for name in _context_names(previous_read, first, earlier):  # input's, earlier stages'
-        columns[name] = table.column(name if first else carried[name])
-    columns.setdefault("text", table.column("text"))
-    for name in own:
-        if name not in OUTPUT_COLUMNS:
-            columns.setdefault(name, table.column(name))  # the previous stage's parsed columns
-    for name in own:
-        columns[f"{previous}_{name}"] = table.column(name)
-    derived = pa.table(columns)
-    path = layout.stage_input(stage)
-    _, inner = open_filesystem(path)
-    layout.filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    _write_table(layout.filesystem, derived, inner)
-    return StageInput(path, derived.column_names, "id"), derived.num_rows
-
-
-def _context_names(previous_read: StageInput, first: bool, earlier: t.Sequence[str]) -> list[str]:
-    """The columns of the previous stage's input that travel on: for the first stage, the
-    pipeline input's (as written through); after it, the input's and the prefixed ones (not
-    the unprefixed copies of the stage before it, which are under its prefix too)."""
-    if first:
-        return list(passthrough_names(previous_read.columns, previous_read.id_column).values())
-    present = set(previous_read.columns)
-    return [
-        name
-        for name in previous_read.columns
-        if name not in {"id", PARENT_COLUMN, "text"}
-        and not any(f"{stage}_{name}" in present for stage in earlier)
-    ]
-
-
-def _one_per_key(table: pa.Table) -> pa.Table:
-    """One row per (id, generation_index): a folder read while its stage ran may hold a
-    retried row twice; the last one written wins."""
-    keys = pc.binary_join_element_wise(
-        table.column("id"), pc.cast(table.column("generation_index"), pa.string()), "\x1f"
-    )
-    if pc.count_distinct(keys).as_py() == table.num_rows:
-        return table
-    last: dict[str, int] = {key: row for row, key in enumerate(keys.to_pylist())}
-    return table.take(pa.array(sorted(last.values()), type=pa.int64()))
-
-
-def _write_table(filesystem: pafs.FileSystem, table: pa.Table, path: str) -> None:
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        folder, name = path.rsplit("/", 1)
-        temporary = f"{folder}/.tmp-{name}"
-        pq.write_table(table, temporary, filesystem=filesystem)
-        filesystem.move(temporary, path)
-    else:
-        pq.write_table(table, path, filesystem=filesystem)
+    fresh = None if made.fresh is None else f"{location}/{made.fresh}"
+    return StageInput(location, made.columns, "id"), made.rows, fresh
 
 
 def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -205,9 +148,12 @@ def read_pipeline(output: str) -> pa.Table:
         return table
     path = layout.stage_input(last)
     _, inner = open_filesystem(path)
-    columns = pq.read_schema(inner, filesystem=layout.filesystem).names
+    if layout.filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
+        path += ".parquet"  # a folder made before inputs were kept part by part
+    _, files = input_files(path)
+    columns, _ = input_summary(layout.filesystem, files)
     read = StageInput(path, columns, "id")
-    own = own_columns(table, read)
+    own = own_columns(table.column_names, read)
     carried = passthrough_names(columns, "id")
     previous = names[-2]
     kept = [

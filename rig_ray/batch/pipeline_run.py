@@ -7,8 +7,9 @@ own (`pipeline_engines`), loaded before the stage and unloaded after it:
   their processes gone before the next stage loads. Two stages' engines are never loaded at
   once.
 - "stream": every stage's engines are loaded at once and the stages run side by side; a later
-  stage takes the Parquet parts of the stage before as they are written (a new `batch.run`
-  round over what has arrived; its engines stay loaded between rounds).
+  stage takes the Parquet parts of the stage before as they are written (a part per batch
+  of rows; a new `batch.run` round over what has arrived, its engines loaded throughout;
+  see `pipeline_stream`).
 - "auto": stream when the cluster has room for every stage's actors at once, else swap.
 A stage with nothing left to do loads no model.
 """
@@ -33,8 +34,10 @@ from rig_ray.redaction import redact, redact_logs
 
 PROXY_CPUS = 0.05
 """CPUs of each Ray Data actor of a stage: it only forwards batches to the engine actors."""
-STREAM_SECONDS_PER_PART = 5.0
-"""In stream mode, a stage that feeds another writes a part at least this often."""
+STREAM_SECONDS_PER_PART = 0.0
+"""In stream mode, a stage that feeds another writes a part for every batch of rows that
+comes back from its engines, at once (a part is written only when a batch comes in: any
+wait here would keep a batch's rows back until the next batch arrives)."""
 DATA_CPUS = 2.0
 """CPUs left to Ray Data's read, plan and write tasks (all of a smaller cluster): engine
 actors without `num_cpus` share what is left, and take a token 0.01 CPU where nothing is."""
@@ -136,6 +139,7 @@ class _Job:
         self.progress = progress
         self.every_s = every_s
         self.reads: list[StageInput | None] = [None] * len(stages)
+        self.fresh: list[str | None] = [None] * len(stages)
         self._lock = threading.Lock()
 
     def run(self, gpu_sharing: str) -> PipelineSummary:
@@ -161,11 +165,14 @@ class _Job:
             print(redact(line), file=sys.stderr, flush=True)
 
     def read(self, index: int) -> StageInput | None:
-        """What stage `index` reads now: made afresh from the stage before (None: nothing yet)."""
+        """What stage `index` reads now, brought up to date with the stage before's parts
+        (None: nothing yet). Only stage `index`'s own thread calls it in stream mode; the
+        rows it added are in `fresh[index]`."""
         if index == 0:
             return self.reads[0]
-        previous_read = self.reads[index - 1] or self.read(index - 1)
-        if previous_read is None:
+        with self._lock:
+            previous_read = self.reads[index - 1]
+        if previous_read is None:  # the stage before has not read anything yet
             return None
         stage = self.stages[index]
         made = derive(
@@ -178,6 +185,7 @@ class _Job:
         )
         with self._lock:
             self.reads[index] = made[0] if made else None
+            self.fresh[index] = made[2] if made else None
         return self.reads[index]
 
     def options(self, index: int, read: StageInput) -> dict[str, t.Any]:

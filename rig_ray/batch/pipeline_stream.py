@@ -1,11 +1,20 @@
 """Stream mode: every stage's engines loaded at once, the stages running side by side.
 
-The first stage with work runs one `batch.run`, writing a part at least every few seconds.
+The first stage with work runs one `batch.run`; a stage that feeds another writes a part
+for each batch of rows that comes back from its engines, at once (`STREAM_SECONDS_PER_PART`).
 Each later stage runs in a thread of its own: whenever the stage before has written new
-parts, it runs `batch.run` again over its input made from them (the resume skips what it
-made in earlier rounds), until the stage before has finished and one last round has taken
-everything. Its engines stay loaded across rounds (only Ray Data's thin forwarding actors
-start again), and are unloaded as soon as the stage is done.
+parts (looked for every `POLL_S`), their rows are added to its input (only the new parts are
+read, see `pipeline_inputs`) and it runs `batch.run` again over the rows just added (the
+first and the last round run over the whole input, resuming past what earlier rounds or
+runs made), until the stage before has finished and that last round has taken everything.
+Parts that arrive during a round wait for the next one. So a round costs what its new rows
+cost, not what the whole input costs. Its engines stay loaded across rounds (only Ray
+Data's thin forwarding actors start again), and are unloaded as soon as the stage is done.
+
+So a row reaches the next stage part by part, not row by row through one Ray Data dataset:
+its wait is the rest of its batch in the stage before (then it is on disk at once), the
+round of the next stage that is running when it arrives, and that round's start (reading
+its input, starting Ray Data).
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from rig_ray.batch.pipeline_summary import StageSummary
 if t.TYPE_CHECKING:
     from rig_ray.batch.pipeline_run import _Job
 
-POLL_S = 0.5
+POLL_S = 0.2
+"""How often a later stage looks for new parts of the stage before, between rounds."""
 
 
 class Stream:
@@ -107,14 +117,21 @@ class Stream:
             finished = self.done[index - 1].is_set()  # before looking: a later part comes next
             parts = previous.parts()
             if parts != seen or finished:
+                whole = seen is None or finished  # the first and the last round read it all
                 seen = parts
-                self._round(index, engines, feeds)
+                self._round(index, engines, feeds, whole=whole)
             if finished:
                 return
             self.done[index - 1].wait(POLL_S)
 
-    def _round(self, index: int, engines: StageEngines, feeds: bool) -> None:
+    def _round(self, index: int, engines: StageEngines, feeds: bool, whole: bool = True) -> None:
+        """A `batch.run` over the stage's input: all of it, or only the rows just added."""
         read = self.job.read(index)
         if read is None:
             return
+        if not whole:
+            fresh = self.job.fresh[index]
+            if fresh is None:  # no new rows (a part with none for this stage)
+                return
+            read = read._replace(source=fresh)
         self.summaries[index].add(self.job.run_once(index, read, engines, feeds))

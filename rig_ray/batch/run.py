@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from rig_ray.batch import openai_files
+from rig_ray.batch import openai_files, openai_job
 from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
@@ -112,14 +112,25 @@ def run(
     An OpenAI batch file (rows with `custom_id` and `body`) is read as one (see
     `rig_ray.batch.openai_files`); with `output_format="openai"`, `output.jsonl` and
     `errors.jsonl` are written into `output` when the run ends, also when it stops early.
+    Each generator has a served name, `names` (one per generator, in order; default: the last
+    part of its model path), as `rig-ray serve --name` has; with several generators, each
+    line runs on the one its `body.model` names, and a line naming none is an error line
+    (`model_not_found`). With one, any model name is accepted and recorded.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     _check_num_generations(options.get("num_generations", 1))
     members = generator_members(options.get("generator"), options.get("generators"))
     if output_format not in ("parquet", "openai"):
         raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
+    names = options.pop("names", None)
     if openai_files.is_openai_batch(source):
-        source, options = openai_files.job_options(source, output, members, options)
+        source, options = openai_job.job_options(source, output, members, options, names)
+    elif names is not None:
+        raise BatchInputError(
+            "names: served names choose generators by body.model, so they are taken with an "
+            "OpenAI batch file only",
+            source=source,
+        )
     elif output_format == "openai":
         raise BatchInputError(
             "output_format='openai' needs an OpenAI batch file as input (lines with "
@@ -251,6 +262,7 @@ def _manifest(
     return Manifest(
         generators=[pinned_identifier(redact(describe(member))) for member in members],
         num_generators=len(members),
+        names=options.get("routes"),
         template=spec.template,
         system=spec.system,
         messages_column=spec.messages_column,

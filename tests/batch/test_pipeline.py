@@ -170,3 +170,32 @@ def test_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
         Stage("no spaces", generator="echo!x")
     with pytest.raises(ValueError, match="either generator"):
         Stage("x")
+
+
+@pytest.mark.slow
+def test_stream_rounds_take_the_new_rows_as_the_stage_before_makes_them(tmp_path: Path) -> None:
+    source = questions(tmp_path / "q.jsonl", count=4)
+    out = tmp_path / "out"
+    slow = Stage(
+        "answer",
+        generator=Answerer(model="a", seconds=1.5),  # a part per row, one every 1.5 s
+        template="Answer: $question",
+        num_generations=2,
+        batch_size=1,
+        max_concurrent_batches=1,
+    )
+    judge = Stage("judge", generator=Judge(model="j"), template="Q: $question A: $text")
+    summary = run_pipeline(
+        str(source), str(out), stages=[slow, judge], gpu_sharing="stream", progress=False
+    )
+    answer_rows = read_output(str(out / "answer")).to_pylist()
+    judged = summary.stage("judge")
+    assert judged.rounds >= 2  # rounds as the rows came (how many depends on the timing)
+    assert judged.generations_written == len(answer_rows) == 8  # each row judged once
+    assert judged.rows_in == 8  # the last round read the whole input
+    rows = read_output(str(out / "judge")).to_pylist()
+    assert keys(rows) == sorted((f"q{n}/{g}", 0) for n in range(4) for g in range(2))
+    subfolders = [p for p in (out / "_inputs" / "judge").iterdir() if p.is_dir()]
+    assert subfolders and all(p.name.isdigit() for p in subfolders)  # a subfolder per update
+    made = [f for p in subfolders for f in p.glob("*.parquet")]
+    assert len(made) == len(list((out / "answer").glob("part-*.parquet")))  # one per part

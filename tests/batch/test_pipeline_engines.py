@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from rig_ray import PipelineError
 from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("local_ray")]
@@ -137,3 +138,28 @@ def test_stream_two_stages_on_vllm_and_transformers(tmp_path: Path) -> None:
     answer, judge = summary.stage("answer").engines, summary.stage("judge").engines
     assert answer.load_finished is not None and judge.load_finished is not None
     assert judge.load_finished < t.cast(float, answer.unload_started)  # loaded side by side
+    assert list((tmp_path / "out" / "_inputs" / "judge").glob("*.parquet"))  # made part by part
+    changes_after_a_run(source, tmp_path / "out")
+
+
+def changes_after_a_run(source: Path, out: Path) -> None:
+    """On the finished folder: a changed judge template is refused naming the stage, before
+    anything loads; a stage added at the end runs alone."""
+    answer_parts = sorted(p.name for p in (out / "answer").iterdir())
+    answer, judge = pipeline_stages()
+    changed = judge.model_copy(update={"template": "Rate this answer: $text"})
+    with pytest.raises(PipelineError, match=r"stage 'judge'.*template") as refused:
+        run_pipeline(str(source), str(out), stages=[answer, changed], progress=False)
+    assert refused.value.stage == "judge"
+    assert sorted(p.name for p in (out / "answer").iterdir()) == answer_parts
+    echo = Stage("echo", generator=f"{TRANSFORMERS},max_tokens=4", template="Repeat: $text")
+    grown = run_pipeline(
+        str(source), str(out), stages=[answer, judge, echo], gpu_sharing="swap", progress=False
+    )
+    assert not grown.stage("answer").loaded and not grown.stage("judge").loaded
+    assert grown.stage("answer").generations_written == 0
+    assert grown.stage("judge").generations_written == 0
+    assert grown.stage("echo").loaded and grown.stage("echo").generations_written == 4
+    final = read_pipeline(str(out))
+    assert final.num_rows == 4 and {"judge_score", "answer_text"} <= set(final.column_names)
+    assert sorted(final.column("parent_id").to_pylist()) == ["ice/0", "ice/1", "sky/0", "sky/1"]

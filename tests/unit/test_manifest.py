@@ -40,6 +40,7 @@ def test_equal_settings_differ_in_nothing() -> None:
         ({"system": "Be brief."}, ["system"]),
         ({"generators": ["vllm!/other"]}, ["generators"]),
         ({"generators": ["a", "b"], "num_generators": 2}, ["generators", "num_generators"]),
+        ({"names": ["served"]}, ["names"]),
         ({"params": {"temperature": 0.7}}, ["params"]),
         ({"seed": None, "id_column": "key"}, ["seed", "id_column"]),
         ({"messages_column": "chat", "template": None}, ["template", "messages_column"]),
