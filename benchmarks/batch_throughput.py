@@ -59,6 +59,9 @@ from common import machine
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its workers (the (c) and (d) actors, and so their engines) at niceness 15, the
+# raw side runs at 0: on a machine shared with other work, that alone would decide the race.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 TOPICS = ("the sea", "a city at night", "winter", "a library", "trains", "the moon", "bread")
 VLLM_ENGINE = {

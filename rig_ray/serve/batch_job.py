@@ -47,6 +47,8 @@ class JobSpec(BaseModel):
     model: str
     """The served model name the rows go to."""
     app: str
+    deployment: str
+    """The app's deployment that serves its routes (and takes the rows)."""
     num_generations: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     """Rows per block of the job: small, so progress and a stop are fine-grained."""
@@ -54,7 +56,14 @@ class JobSpec(BaseModel):
 
 
 def job_spec(
-    batch_id: str, job: str, model: str, app: str, num_generations: int, max_in_flight: int
+    batch_id: str,
+    job: str,
+    model: str,
+    num_generations: int,
+    max_in_flight: int,
+    *,
+    app: str,
+    deployment: str,
 ) -> JobSpec:
     """A job that keeps about twice the replica's batch slots of rows waiting on them."""
     batch_size = max(1, min(16, max_in_flight))
@@ -63,6 +72,7 @@ def job_spec(
         job=job,
         model=model,
         app=app,
+        deployment=deployment,
         num_generations=num_generations,
         batch_size=batch_size,
         max_concurrent_batches=max(2, -(-2 * max_in_flight // batch_size)),
@@ -81,7 +91,9 @@ def run_job(spec: JobSpec) -> None:
     from rig_ray.batch.run import run
     from rig_ray.generator.serve_ import ServeGenerator
 
-    generator = ServeGenerator(model=spec.model, app=spec.app, batch=spec.batch_id)
+    generator = ServeGenerator(
+        model=spec.model, app=spec.app, deployment=spec.deployment, batch=spec.batch_id
+    )
     deadline = time.monotonic() + BUSY_WAIT_S
     while True:
         try:

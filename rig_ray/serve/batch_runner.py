@@ -26,6 +26,7 @@ from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
 from rig_ray.errors import BatchInputError, ServeRequestError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY
+from rig_ray.generator.serve_ import INGRESS
 from rig_ray.message import Message
 from rig_ray.redaction import redact
 from rig_ray.serve import batch_finish
@@ -61,11 +62,13 @@ class BatchRunner:
         check: t.Callable[[str, GenerateParams], None],
         *,
         app: str,
+        deployment: str = INGRESS,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.store = store
         self.app = app
+        self.deployment = deployment
         self.slots = FairSlots(max_in_flight)
         self.leases = BatchLeases(store.filesystem, store.root, lease_s=lease_s)
         self._routes = routes
@@ -247,7 +250,15 @@ class BatchRunner:
         wanted = await asyncio.to_thread(requested, job)
         model = batch.model if batch.model in self._routes else next(iter(self._routes))
         most_n = max(wanted.values(), default=1)
-        spec = job_spec(batch.id, job, model, self.app, most_n, self.slots.size)
+        spec = job_spec(
+            batch.id,
+            job,
+            model,
+            most_n,
+            self.slots.size,
+            app=self.app,
+            deployment=self.deployment,
+        )
         self.slots.open(batch.id)
         ref = start_job(spec)
         self._jobs[batch.id] = ref
@@ -374,6 +385,7 @@ def batch_runner(
     check: t.Callable[[str, GenerateParams], None],
     *,
     app: str,
+    deployment: str = INGRESS,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     lease_s: float = DEFAULT_LEASE_S,
     window_s: float | None = None,
@@ -382,7 +394,15 @@ def batch_runner(
     from rig_ray.serve.files import FileStore
 
     store = BatchStore(FileStore(storage or default_storage()), window_s=window_s)
-    return BatchRunner(store, routes, check, app=app, max_in_flight=max_in_flight, lease_s=lease_s)
+    return BatchRunner(
+        store,
+        routes,
+        check,
+        app=app,
+        deployment=deployment,
+        max_in_flight=max_in_flight,
+        lease_s=lease_s,
+    )
 
 
 __all__ = ["COMPLETIONS_URL", "DEFAULT_MAX_IN_FLIGHT", "BatchRunner", "Route", "batch_runner"]

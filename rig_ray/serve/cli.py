@@ -196,6 +196,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "requests wait behind at most these (default: %(default)s)",
     )
     parser.add_argument(
+        "--one-deployment",
+        action="store_true",
+        help="with one generator: serve the routes from the model's own replicas (one "
+        "deployment, one Ray hop per streamed token instead of two)",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         help=f"serve without an API key on an address other than loopback (without "
@@ -224,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout_s,
             batch_storage=args.batch_storage,
             batch_max_in_flight=args.batch_max_in_flight,
+            one_deployment=args.one_deployment,
         )
         if args.address == "local":
             _check_port(args.host, args.port)

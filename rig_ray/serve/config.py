@@ -40,6 +40,8 @@ class AppArgs(BaseModel):
     RIG_RAY_CACHE where the ingress runs)."""
     batch_max_in_flight: int = Field(4, ge=1)
     """Batch requests in the model deployments at once, all batches together."""
+    one_deployment: bool = False
+    """With one model: the routes live in the model's own deployment (no ingress)."""
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> t.Self:
@@ -75,4 +77,5 @@ def app_builder(args: dict[str, t.Any]) -> Application:
         ingress_options=parsed.ingress_options,
         batch_storage=parsed.batch_storage,
         batch_max_in_flight=parsed.batch_max_in_flight,
+        one_deployment=parsed.one_deployment,
     )

@@ -29,6 +29,17 @@ READY_POLL_S = 0.5
 """Seconds between two tries to reach a model deployment that is not ready yet."""
 
 
+def _deployment_name() -> str:
+    """This replica's deployment (the batch jobs call back into it): the ingress, or the one
+    deployment of a one-deployment app."""
+    from rig_ray.serve.app import INGRESS_NAME
+
+    try:
+        return str(serve.get_replica_context().deployment or INGRESS_NAME)
+    except Exception:  # not in a Serve replica
+        return INGRESS_NAME
+
+
 def _app_name() -> str:
     """The Serve application this replica belongs to (the batch jobs call back into it)."""
     from rig_ray.serve.app import APP_NAME
@@ -79,6 +90,7 @@ class OpenAIIngress:
             {name: Route(route.handle, route.vllm_fields) for name, route in routes.items()},
             self.check,
             app=_app_name(),
+            deployment=_deployment_name(),
             max_in_flight=batch_max_in_flight,
             lease_s=batch_lease_s,
             window_s=batch_window_s,

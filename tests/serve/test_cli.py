@@ -42,7 +42,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         "--max-batch-size", "--batch-wait-timeout-s", "--max-ongoing-requests",
         "--max-queued-requests", "--max-tokens-limit", "--address", "RIG_RAY_API_KEY",
         "/v1/chat/completions", "SIGTERM", "--max-body-bytes", "--max-messages", "--max-stop",
-        "--max-stop-length", "--max-n", "--request-timeout-s", "--no-auth",
+        "--max-stop-length", "--max-n", "--request-timeout-s", "--no-auth", "--one-deployment",
     ):  # fmt: skip
         assert flag in out, flag
 
@@ -147,6 +147,9 @@ def test_limits_and_timeout_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> No
     assert (limits.max_body_bytes, limits.max_messages, limits.max_stop) == (100, 3, 2)
     assert (limits.max_stop_length, limits.max_n) == (9, 4)
     assert seen["request_timeout_s"] == 7.5 and seen["api_key"] is None
+    assert seen["one_deployment"] is False
+    cli.run(parse([*argv, "--port", str(free_port()), "--one-deployment"]))
+    assert seen["one_deployment"] is True
 
 
 def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

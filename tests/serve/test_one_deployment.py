@@ -1,0 +1,194 @@
+"""`build_app(one_deployment=True)`: the routes and one generator in one deployment. The
+same API as the two-deployment app (auth, streams, a client that hangs up, errors, health,
+the model's stats by its deployment name), on `ticker` (8 chunks 0.25 s apart)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.serve.conftest import FAKE_CPU
+from tests.serve.support import KEY, Endpoint, chat_body
+
+APP = "one"
+
+
+@pytest.fixture(scope="module")
+def one(
+    local_serve: int, stream_records: Path, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Endpoint]:
+    from ray import serve
+
+    from rig_ray.generator import registry
+    from rig_ray.serve import ServedModel, build_app
+    from tests.serve.generators import TickerGenerator
+
+    saved = dict(registry._providers)
+    registry.register_generator("ticker", TickerGenerator)
+    model = ServedModel(
+        generator=f"ticker!ticker,record_dir={stream_records}",
+        ray_actor_options=FAKE_CPU,
+        max_tokens_limit=100,
+    )
+    try:
+        storage = str(tmp_path_factory.mktemp("one-batches"))
+        app = build_app(model, api_key=KEY, one_deployment=True, batch_storage=storage)
+        serve.run(app, name=APP, route_prefix=f"/{APP}")
+        yield Endpoint(local_serve, f"/{APP}")
+    finally:
+        serve.delete(APP)
+        registry._providers.clear()
+        registry._providers.update(saved)
+
+
+def test_one_deployment_serves_one_generator() -> None:
+    from rig_ray.errors import ServeConfigError
+    from rig_ray.serve import build_app
+    from tests.fakes import EchoGenerator
+
+    with pytest.raises(ServeConfigError, match="one generator"):
+        build_app([EchoGenerator(model="a"), EchoGenerator(model="b")], one_deployment=True)
+
+
+def test_the_app_is_one_deployment_named_after_the_model(one: Endpoint) -> None:
+    from ray import serve
+
+    deployments = serve.status().applications[APP].deployments
+    assert list(deployments) == ["ticker"]
+    with one.client() as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["ticker"]
+        reply = client.post("/v1/chat/completions", json=chat_body(model="ticker"))
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"].startswith("tick0 ")
+    stats = serve.get_deployment_handle("ticker", app_name=APP).stats.remote().result()
+    assert stats["items"] >= 1
+
+
+def test_auth_limits_and_unknown_models_are_answered_as_usual(one: Endpoint) -> None:
+    with one.client(api_key=None) as client:
+        assert (
+            client.post("/v1/chat/completions", json=chat_body(model="ticker")).status_code == 401
+        )
+    with one.client() as client:
+        too_many = client.post(
+            "/v1/chat/completions", json=chat_body(model="ticker", max_tokens=101)
+        )
+        unknown = client.post("/v1/chat/completions", json=chat_body(model="nope"))
+    assert (too_many.status_code, too_many.json()["error"]["param"]) == (400, "max_tokens")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found")
+
+
+async def test_chunks_stream_as_the_generator_makes_them(one: Endpoint) -> None:
+    async with one.openai() as client:
+        started = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="ticker",
+            messages=[{"role": "user", "content": "count"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals, usage = [], None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append((time.monotonic() - started, chunk.choices[0].delta.content))
+            usage = chunk.usage or usage
+    assert [text for _, text in arrivals] == [f"tick{i} " for i in range(8)]
+    assert arrivals[-1][0] - arrivals[0][0] >= 6 * 0.25  # spread out, not batched
+    assert usage is not None and usage.completion_tokens == 8
+
+
+async def test_a_client_that_hangs_up_stops_the_generation(
+    one: Endpoint, stream_records: Path
+) -> None:
+    name = f"leaving-one-{uuid.uuid4().hex}"
+    async with one.openai() as client:
+        stream = await client.chat.completions.create(
+            model="ticker", messages=[{"role": "user", "content": name}], stream=True
+        )
+        seen = 0
+        async for chunk in stream:
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
+            if seen == 2:
+                break
+        await stream.close()
+    record = stream_records / name
+    deadline = time.monotonic() + 20
+    while not record.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert record.exists(), "the generator's stream was not stopped"
+
+
+def test_a_config_file_can_ask_for_one_deployment() -> None:
+    from rig_ray.serve.config import app_builder
+
+    models = [{"generator": "transformers!smollm2-135m"}]
+    one = app_builder({"models": models, "one_deployment": True})
+    two = app_builder({"models": models})
+    assert (one._bound_deployment.name, two._bound_deployment.name) == (
+        "smollm2-135m",
+        "OpenAIIngress",
+    )
+
+
+async def test_a_batch_runs_on_the_one_deployment(one: Endpoint) -> None:
+    from tests.serve.test_batches import finished, jsonl, line, parse, submit, wait_for
+
+    async with one.openai() as client:
+        batch = await submit(client, jsonl([line("a", "x", "ticker"), line("b", "y", "ticker")]))
+        batch = await wait_for(client, batch.id, finished)
+        assert batch.status == "completed", batch
+        output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [row["custom_id"] for row in output] == ["a", "b"]
+    for row in output:
+        reply = row["response"]["body"]["choices"][0]["message"]["content"]
+        assert reply.startswith("tick0 ")
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_vllm_streams_from_one_deployment(local_serve: int) -> None:
+    """The real engine behind one deployment: tokens stream with usage, a plain reply works,
+    and the replica reports its engine's capacity by the model's deployment name."""
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+    from tests.serve.conftest import VLLM_GENERATOR, _continuous_vllm
+
+    if not _continuous_vllm():
+        pytest.skip("needs vLLM and its generator on the async engine")
+    model = ServedModel(generator=VLLM_GENERATOR, name="one-vllm", ray_actor_options=FAKE_CPU)
+    serve.run(
+        build_app(model, api_key=KEY, one_deployment=True),
+        name="one-vllm",
+        route_prefix="/one-vllm",
+    )
+    try:
+        endpoint = Endpoint(local_serve, "/one-vllm")
+        async with endpoint.openai() as client:
+            stream = await client.chat.completions.create(
+                model="one-vllm",
+                messages=[{"role": "user", "content": "Tell me about the sea."}],
+                max_tokens=32,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+            pieces, usage = 0, None
+            async for chunk in stream:
+                pieces += bool(chunk.choices and chunk.choices[0].delta.content)
+                usage = chunk.usage or usage
+            reply = await client.chat.completions.create(
+                model="one-vllm", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+        assert usage is not None and usage.completion_tokens == 32 and pieces >= 8
+        assert reply.choices[0].message.content
+        handle = serve.get_deployment_handle("one-vllm", app_name="one-vllm")
+        assert (await handle.capacity.remote()) >= 1
+    finally:
+        serve.delete("one-vllm")
