@@ -48,8 +48,15 @@ def test_help_lists_every_option() -> None:
     ],
     ids=["bad-path", "bad-provider", "bad-param", "missing-column"],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_gives_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str, request: pytest.FixtureRequest
+) -> None:
     args = [str(tmp_path / "out") if a == "out" else a for a in args]
+    if "--template" in args:  # found once the rows are read: on the session's Ray, not a new one
+        request.getfixturevalue("local_ray")
+        import ray
+
+        args += ["--address", str(ray.get_runtime_context().gcs_address)]
     done = _cli(*args)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr

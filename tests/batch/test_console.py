@@ -64,6 +64,7 @@ def test_a_python_batch_without_progress_leaves_stderr_empty(
     assert "2 rows in, 2 generations written (0 failed)" in line
 
 
+@pytest.mark.slow  # a Ray of its own, as a user gets: heavier than the default run
 def test_verbose_shows_ray_datas_own_lines(tmp_path: Path, smollm2_path: Path) -> None:
     done = _python_batch(tmp_path, verbose=True)
     assert done.returncode == 0, done.stderr

@@ -200,6 +200,7 @@ def test_submitted_job_writes_every_row_then_resumes(
     assert read_output(output).num_rows == table.num_rows
 
 
+@pytest.mark.slow  # the CLI test of a missing column covers the message; this, the job path
 def test_submitted_job_with_a_missing_column_fails_in_one_line(
     head: Head, prompts: Path, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ embedded.embedded_model_path()
 """
 
 
+@pytest.mark.slow  # two conversions of the model (the default run converts it once)
 def test_killed_conversion_leaves_no_half_folder(tmp_path: Path, monkeypatch) -> None:
     env = {**os.environ, "RIG_RAY_CACHE": str(tmp_path)}
     process = subprocess.Popen(

@@ -77,6 +77,7 @@ def test_unload_gives_the_memory_back_in_the_actor(start, smollm2_path) -> None:
     assert remote.generate(["Paris is"]) and remote.is_loaded  # loads again on its own
 
 
+@pytest.mark.slow  # the restart itself is the fakes' test (tests/ray/test_remote.py)
 def test_killed_engine_actor_reloads_and_answers(start, local_ray, tiny_llama_path) -> None:
     remote = start(identifier(tiny_llama_path))
     [[before]] = remote.generate(["Hello there"])

@@ -1,6 +1,7 @@
-"""`rig-ray serve` as a real process: it says it serves only once every model has loaded, a
-SIGTERM stops it well within 30 s while requests run (each told the server is stopping),
-and joining a running Serve checks auth against, and prints, the address it really has."""
+"""`rig-ray serve` as a real process: it says it serves only once every model has loaded,
+answers with auth and stops cleanly on SIGTERM; a SIGTERM stops it well within 30 s while
+requests run (each told the server is stopping); and joining a running Serve checks auth
+against, and prints, the address it really has."""
 
 from __future__ import annotations
 
@@ -42,11 +43,21 @@ def test_serving_is_said_and_health_is_200_only_once_the_model_has_loaded(
         assert "rig-ray: serving" not in log.read_text()
         gate.touch()
         wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
+        assert f"rig-ray: serving slow at http://127.0.0.1:{port}/v1" in log.read_text()
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any("raylet" in child.name() for child in started)  # a Ray of its own
         health = get(port, "/health")
         assert health is not None and health.status_code == 200
+        url = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(url, timeout=10).status_code == 401  # no key, no models
+        models = get(port, "/v1/models")
+        assert models is not None and [m["id"] for m in models.json()["data"]] == ["slow"]
     finally:
         gate.touch()
-        stop(process, signal.SIGTERM, psutil.Process(process.pid).children(True))
+        status = stop(process, signal.SIGTERM, psutil.Process(process.pid).children(True))
+    output = log.read_text()
+    assert status == 0, output  # a SIGTERM is a clean stop
+    assert "rig-ray: stopping" in output and "Traceback" not in output
 
 
 def test_sigterm_stops_within_30_s_and_running_requests_hear_why(tmp_path: Path) -> None:
