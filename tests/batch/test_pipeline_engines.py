@@ -138,7 +138,7 @@ def test_stream_two_stages_on_vllm_and_transformers(tmp_path: Path) -> None:
     answer, judge = summary.stage("answer").engines, summary.stage("judge").engines
     assert answer.load_finished is not None and judge.load_finished is not None
     assert judge.load_finished < t.cast(float, answer.unload_started)  # loaded side by side
-    assert list((tmp_path / "out" / "_inputs" / "judge").glob("*.parquet"))  # made part by part
+    assert list((tmp_path / "out" / "_inputs" / "judge").rglob("*.parquet"))  # part by part
     changes_after_a_run(source, tmp_path / "out")
 
 
