@@ -190,7 +190,15 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
     and basic credentials, and the values of credential-named pairs (an authorization's
     value with the credential after its scheme)."""
     spans = [m.span("value") for m in _URL_PASSWORD.finditer(text) if m.group("value")]
-    spans += [m.span("value") for m in _QUERY.finditer(text) if _is_query_secret(m["name"])]
+    position = 0
+    while query := _QUERY.search(text, position):
+        # Not past a value that is no secret: a password such as `p&w=` in the userinfo reads
+        # as a parameter whose value runs on over the real query (`?key=...`).
+        if _is_query_secret(query["name"]):
+            spans.append(query.span("value"))
+            position = query.end()
+        else:
+            position = query.start("value")
     spans += [m.span("value") for m in _BEARER.finditer(text)]
     position = 0
     while match := _PAIR.search(text, position):

@@ -314,7 +314,8 @@ async def test_two_generators_in_one_process_load_and_unload_apart(tiny, tiny_ll
     assert not alive(theirs) and alive(mine) == mine
     [result] = await tiny.generate_texts(["still here"], [GenerateParams(max_tokens=3)])
     assert isinstance(result, rr.GeneratedText)
-    assert {p.pid for p in engine_children()} == mine  # nothing of the other one is left
+    left = {p.pid for p in engine_children()}
+    assert mine <= left and not left & theirs  # nothing of the other one is left
 
 
 async def test_fifty_calls_with_an_unload_in_the_middle_all_end(tiny):

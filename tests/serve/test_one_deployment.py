@@ -136,20 +136,6 @@ def test_a_config_file_can_ask_for_one_deployment() -> None:
     )
 
 
-async def test_a_batch_runs_on_the_one_deployment(one: Endpoint) -> None:
-    from tests.serve.test_batches import finished, jsonl, line, parse, submit, wait_for
-
-    async with one.openai() as client:
-        batch = await submit(client, jsonl([line("a", "x", "ticker"), line("b", "y", "ticker")]))
-        batch = await wait_for(client, batch.id, finished)
-        assert batch.status == "completed", batch
-        output = parse((await client.files.content(batch.output_file_id)).content)
-    assert [row["custom_id"] for row in output] == ["a", "b"]
-    for row in output:
-        reply = row["response"]["body"]["choices"][0]["message"]["content"]
-        assert reply.startswith("tick0 ")
-
-
 @pytest.mark.engine
 @pytest.mark.slow
 async def test_vllm_streams_from_one_deployment(local_serve: int) -> None:

@@ -43,7 +43,7 @@ def test_bad_input_is_one_line_and_exit_2(echo_provider, capsys, argv, message) 
 def test_providers_lists_the_builtins(capsys) -> None:
     assert main(["providers"]) == 0
     out = capsys.readouterr().out
-    for name in ("litellm", "transformers", "vllm"):
+    for name in ("litellm", "serve", "transformers", "vllm"):
         assert name in out
 
 

@@ -27,6 +27,7 @@ from rig_ray import (
     registered_providers,
 )
 from rig_ray.generator import registry
+from rig_ray.generator.serve_ import ServeGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
 
 
@@ -543,7 +544,7 @@ def test_unknown_provider(identifier: str, provider: str) -> None:
     assert isinstance(error, InvalidGeneratorError)
     assert error.provider == error.part == provider
     assert f"unknown provider {provider!r}" in str(error)
-    assert "custom, litellm, transformers, vllm" in str(error)
+    assert "custom, litellm, serve, transformers, vllm" in str(error)
     assert "register_generator" in str(error)
 
 
@@ -613,6 +614,7 @@ def test_registered_providers_is_a_copy() -> None:
     providers = registered_providers()
     assert providers == {
         "litellm": LiteLLMGenerator,
+        "serve": ServeGenerator,
         "transformers": TransformersGenerator,
         "vllm": VLLMGenerator,
     }
@@ -622,7 +624,7 @@ def test_registered_providers_is_a_copy() -> None:
 
 def test_registry_restored_between_tests() -> None:
     # Registrations made by earlier tests (custom, fake, ...) are gone.
-    assert set(registered_providers()) == {"litellm", "transformers", "vllm"}
+    assert set(registered_providers()) == {"litellm", "serve", "transformers", "vllm"}
 
 
 # --- the interface -------------------------------------------------------------------------

@@ -189,3 +189,10 @@ def test_escaped_quotes_of_a_repr_in_a_repr_still_hide_the_value() -> None:
         assert SECRET not in redact(text), text
     assert redact('x {"api_key": "ab\\"cd"}') == 'x {"api_key": "***"}'
     assert redact("password=ab\\cd more") == "password=*** more"
+
+
+def test_a_url_password_that_reads_as_a_query_does_not_hide_the_real_query() -> None:
+    """`p&0=` in the userinfo looks like a parameter whose value runs over `?key=...`."""
+    shown = redact("https://user:Zq0&0=@proxy.example/v1?key=Zq1")
+    assert "Zq0" not in shown and "Zq1" not in shown
+    assert shown == "https://user:***@proxy.example/v1?key=***"
