@@ -103,6 +103,13 @@ def meta_path(folder: str, name: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, f"{path.rstrip('/')}/{META_FOLDER}/{name}"
 
 
+def requests_location(folder: str) -> str:
+    """The prepared requests file of the output folder, as a path or, for a URI, a URI."""
+    if "://" in folder:
+        return f"{folder.rstrip('/')}/{META_FOLDER}/{REQUESTS_FILE}"
+    return meta_path(folder, REQUESTS_FILE)[1]
+
+
 def prepare(
     source: str,
     output: str,

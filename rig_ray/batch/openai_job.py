@@ -81,9 +81,7 @@ def job_options(
     else:
         models = bool(members) and takes_vllm_fields(members[0])
     prepared = openai_files.prepare(source, output, vllm_fields=models)
-    location = prepared.requests  # a local path, or the same file by the output's URI
-    if "://" in output:
-        location = output.rstrip("/") + f"/{openai_files.META_FOLDER}/{openai_files.REQUESTS_FILE}"
+    location = openai_files.requests_location(output) if "://" in output else prepared.requests
     return location, {
         **options,
         **routes,

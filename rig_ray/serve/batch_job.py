@@ -22,6 +22,7 @@ from rig_ray.batch.openai_files import (
     REQUESTS_FILE,
     TEXT_COLUMN,
     meta_path,
+    requests_location,
 )
 from rig_ray.errors import BatchInputError
 
@@ -77,13 +78,6 @@ def job_spec(
         batch_size=batch_size,
         max_concurrent_batches=max(2, -(-2 * max_in_flight // batch_size)),
     )
-
-
-def requests_location(job: str) -> str:
-    """The prepared requests file of the job folder, as a path or URI."""
-    if "://" in job:
-        return f"{job.rstrip('/')}/_openai/{REQUESTS_FILE}"
-    return meta_path(job, REQUESTS_FILE)[1]
 
 
 def run_job(spec: JobSpec) -> None:

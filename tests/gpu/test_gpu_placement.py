@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import rig_ray as rr
-from tests.serve.support import free_port
+from tests.ray.conftest import own_ray_and_serve
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -42,18 +42,8 @@ def wait_for_free(before: int, slack: int = 512 << 20, timeout_s: float = 120.0)
 
 @pytest.fixture(scope="module")
 def gpu_ray() -> t.Iterator[t.Any]:
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_gpus=torch.cuda.device_count(), include_dashboard=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    with own_ray_and_serve(num_gpus=torch.cuda.device_count()) as ray:
         yield ray
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def tp2(path: Path) -> str:

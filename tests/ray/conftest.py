@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 from pathlib import Path
 
@@ -21,19 +22,27 @@ def other_tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path
     )
 
 
-@pytest.fixture(scope="module")
-def ray_and_serve() -> t.Iterator[t.Any]:
-    """A local Ray of the module's own (2 CPUs) with Serve on a free port, for tests that
-    watch actors and replicas end."""
+@contextlib.contextmanager
+def own_ray_and_serve(**resources: t.Any) -> t.Iterator[t.Any]:
+    """A local Ray of the caller's own (`resources` go to `ray.init`) with Serve on a free
+    port; both shut down on the way out."""
     import ray
     from ray import serve
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(address="local", include_dashboard=False, logging_level="warning", **resources)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         yield ray
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_and_serve() -> t.Iterator[t.Any]:
+    """A local Ray of the module's own (2 CPUs) with Serve on a free port, for tests that
+    watch actors and replicas end."""
+    with own_ray_and_serve(num_cpus=2) as ray:
+        yield ray

@@ -12,8 +12,8 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.cluster.placement import BatchGroups
+from tests.ray.conftest import own_ray_and_serve
 from tests.ray.placement_members import WhereAmI
-from tests.serve.support import free_port
 
 CPU = 0.25
 GPUS = 4
@@ -24,24 +24,8 @@ SIZES = [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytes
 @pytest.fixture(scope="module")
 def gpu_ray() -> t.Iterator[t.Any]:
     """A local Ray of its own with 2 CPUs and 4 logical GPUs, and Serve on a free port."""
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=GPUS,
-        include_dashboard=False,
-        logging_level="warning",
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    with own_ray_and_serve(num_cpus=2, num_gpus=GPUS) as ray:
         yield ray
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def check(report: dict[str, t.Any], tp: int) -> None:

@@ -4,7 +4,6 @@ the model's stats by its deployment name), on `ticker` (8 chunks 0.25 s apart)."
 
 from __future__ import annotations
 
-import asyncio
 import time
 import typing as t
 import uuid
@@ -106,22 +105,9 @@ async def test_chunks_stream_as_the_generator_makes_them(one: Endpoint) -> None:
 async def test_a_client_that_hangs_up_stops_the_generation(
     one: Endpoint, stream_records: Path
 ) -> None:
-    name = f"leaving-one-{uuid.uuid4().hex}"
-    async with one.openai() as client:
-        stream = await client.chat.completions.create(
-            model="ticker", messages=[{"role": "user", "content": name}], stream=True
-        )
-        seen = 0
-        async for chunk in stream:
-            seen += bool(chunk.choices and chunk.choices[0].delta.content)
-            if seen == 2:
-                break
-        await stream.close()
-    record = stream_records / name
-    deadline = time.monotonic() + 20
-    while not record.exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert record.exists(), "the generator's stream was not stopped"
+    from tests.serve.test_streaming import hang_up_after_two_chunks
+
+    await hang_up_after_two_chunks(one, stream_records, f"leaving-one-{uuid.uuid4().hex}")
 
 
 def test_a_config_file_can_ask_for_one_deployment() -> None:

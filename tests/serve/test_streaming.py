@@ -59,11 +59,10 @@ async def test_n_streams_interleave(guarded: Endpoint) -> None:
     assert texts == {i: "".join(f"tick{k} " for k in range(CHUNKS)) for i in (0, 1)}
 
 
-async def test_a_client_that_hangs_up_stops_the_generation(
-    guarded: Endpoint, stream_records: Path
-) -> None:
-    name = f"leaving-{uuid.uuid4().hex}"
-    async with guarded.openai() as client:
+async def hang_up_after_two_chunks(endpoint: Endpoint, stream_records: Path, name: str) -> None:
+    """Stream `ticker` as `name`, leave after two chunks, and wait for the generator's record
+    that its stream was stopped."""
+    async with endpoint.openai() as client:
         stream = await client.chat.completions.create(
             model="ticker", messages=[{"role": "user", "content": name}], stream=True
         )
@@ -78,6 +77,12 @@ async def test_a_client_that_hangs_up_stops_the_generation(
     while not record.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert record.exists(), "the generator's stream was not stopped"
+
+
+async def test_a_client_that_hangs_up_stops_the_generation(
+    guarded: Endpoint, stream_records: Path
+) -> None:
+    await hang_up_after_two_chunks(guarded, stream_records, f"leaving-{uuid.uuid4().hex}")
 
 
 @pytest.mark.parametrize("field", ["ignore_eos", "min_tokens", "repetition_penalty"])
