@@ -92,19 +92,19 @@ def head_processes(marker: str) -> list[psutil.Process]:
 
 
 def stop_head(marker: str) -> None:
-    """Terminate, then kill, every process of this head only; fail if one survives.
+    """Kill every process of this head only; fail if one survives.
 
-    gcs_server and raylet can sit out a SIGTERM for long (`ray stop` waits 16 s for them), and
-    this head's state is thrown away anyway, so the grace period is short.
+    Its state is thrown away, so there is no SIGTERM first (gcs_server and raylet can sit one
+    out for long: `ray stop` waits 16 s for them).
     """
-    for signal, wait_s in (("terminate", 3), ("kill", 15)):
-        for process in head_processes(marker):
+    # Polled rather than psutil.wait_procs, which counts a zombie as alive; killed again on
+    # each round, in case one was starting a process of its own meanwhile.
+    deadline = time.monotonic() + 15
+    while (left := head_processes(marker)) and time.monotonic() < deadline:
+        for process in left:
             with contextlib.suppress(psutil.NoSuchProcess):
-                getattr(process, signal)()
-        # Polled rather than psutil.wait_procs, which counts a zombie as alive.
-        deadline = time.monotonic() + wait_s
-        while head_processes(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
+                process.kill()
+        time.sleep(0.1)
     left = head_processes(marker)
     assert not left, f"processes of the test head survived: {[p.pid for p in left]}"
 

@@ -169,20 +169,26 @@ def test_a_plain_input_is_refused_for_openai_output(tmp_path: Path) -> None:
         )
 
 
-def _cli(source: Path, out: Path) -> list[str]:
+def _cli(source: Path, out: Path, fast: Path, address: str) -> list[str]:
     return [
         sys.executable, "-m", "tests.batch.fake_cli", "batch", str(source), str(out),
-        "--generator", "slow!s,seconds=0.5", "--output-format", "openai", "--batch-size", "2",
-        "--num-cpus", "0.25", "--quiet", "--rows-per-part", "4",
+        "--generator", f"slow!s,seconds=0.5,fast_when={fast}", "--output-format", "openai",
+        "--batch-size", "2", "--num-cpus", "0.25", "--quiet", "--rows-per-part", "4",
+        "--address", address,
     ]  # fmt: skip
 
 
-def test_cli_killed_and_resumed_gives_one_line_per_custom_id(tmp_path: Path) -> None:
+def test_cli_killed_and_resumed_gives_one_line_per_custom_id(
+    tmp_path: Path, local_ray: t.Any
+) -> None:
     lines = [chat_line(f"req-{i}", f"text {i}") for i in range(40)]
     source = write_lines(tmp_path / "in.jsonl", [*lines, "not json"])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = _cli(source, out)
+    # Both runs join the session's Ray; the first is slow (0.5 s a batch) so that it is killed
+    # halfway, the second runs at once (the file `fast` exists by then).
+    fast = tmp_path / "fast"
+    command = _cli(source, out, fast, local_ray.get_runtime_context().gcs_address)
     job = subprocess.Popen(command, env=env, cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600  # a busy machine starts Ray slowly
@@ -193,6 +199,7 @@ def test_cli_killed_and_resumed_gives_one_line_per_custom_id(tmp_path: Path) -> 
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
+    fast.write_text("")
     assert not (out / "output.jsonl").exists()  # a killed run writes nothing more
     export_openai(str(out), str(tmp_path / "partial.jsonl"), str(tmp_path / "partial-e.jsonl"))
     partial = read_jsonl(tmp_path / "partial.jsonl")

@@ -140,7 +140,7 @@ def test_names_need_an_openai_batch_file(tmp_path: Path) -> None:
         )
 
 
-def test_cli_names_route_the_lines(tmp_path: Path) -> None:
+def test_cli_names_route_the_lines(tmp_path: Path, local_ray: t.Any) -> None:
     source = write_lines(tmp_path / "in.jsonl", routed_lines())
     out = tmp_path / "out"
     command = [
@@ -148,6 +148,7 @@ def test_cli_names_route_the_lines(tmp_path: Path) -> None:
         "--generator", "echo!first", "--name", "beta",
         "--generator", "failing!second", "--name", "alpha",
         "--output-format", "openai", "--num-cpus", "0.25", "--quiet",
+        "--address", local_ray.get_runtime_context().gcs_address,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing as t
 from pathlib import Path
 
 from rig_ray.batch import read_output, read_pipeline, run_pipeline
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _kill_all(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the job and every process under it (its own local Ray)."""
+    """SIGKILL the job and every process under it."""
     import psutil
 
     under = psutil.Process(process.pid).children(recursive=True)
@@ -32,13 +33,15 @@ def _kill_all(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=60)
 
 
-def test_killed_in_stage_two_resumes_stage_two_only(tmp_path: Path, local_ray: object) -> None:
+def test_killed_in_stage_two_resumes_stage_two_only(tmp_path: Path, local_ray: t.Any) -> None:
     source = tmp_path / "q.jsonl"
     source.write_text(
         "".join(json.dumps({"id": f"q{n}", "question": f"question {n}"}) + "\n" for n in range(4))
     )
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The job joins the session's Ray: its actors die with it, and no Ray starts twice.
+    address = local_ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address}
     job = subprocess.Popen(
         [sys.executable, "-m", "tests.batch.pipeline_job", str(source), str(out), str(tmp_path)],
         cwd=ROOT,

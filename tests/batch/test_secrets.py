@@ -123,7 +123,11 @@ def test_no_secret_reaches_console_logs_parquet_or_manifest_explored(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    import ray
+
+    # The CLI joins the session's Ray (as `--address` does) rather than starting one of its own.
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address}
     return subprocess.run(
         [sys.executable, "-m", "tests.batch.fake_cli", *args],
         capture_output=True,
