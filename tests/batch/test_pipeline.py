@@ -49,7 +49,11 @@ def keys(rows: list[dict[str, t.Any]]) -> list[tuple[str, int]]:
     return sorted((row["id"], row["generation_index"]) for row in rows)
 
 
-@pytest.mark.parametrize("mode", ["swap", "stream"])
+# The swap variant is covered by the default tests of swap mode: later stages' prefixes and
+# skipped parents (test_later_stages_see_prefixes_and_keep_errors_when_asked, on fakes) and
+# ids, parent ids and typed columns on real engines
+# (test_pipeline_engines.py::test_swap_two_stages_on_vllm_and_transformers).
+@pytest.mark.parametrize("mode", [pytest.param("swap", marks=pytest.mark.slow), "stream"])
 def test_two_stages_ids_parents_skips_and_typed_columns(tmp_path: Path, mode: str) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = tmp_path / "out"
@@ -109,18 +113,6 @@ def test_later_stages_see_prefixes_and_keep_errors_when_asked(tmp_path: Path) ->
     assert {"answer_text", "judge_score", "echo_text", "parent_id"} <= set(final.column_names)
 
 
-def test_on_error_keep_passes_failed_parents_on(tmp_path: Path) -> None:
-    source = questions(tmp_path / "q.jsonl")
-    chain = [
-        stages(tmp_path)[0],
-        Stage("kept", generator=Answerer(model="k"), template="$question", on_error="keep"),
-    ]
-    run_pipeline(
-        str(source), str(tmp_path / "out"), stages=chain, gpu_sharing="swap", progress=False
-    )
-    assert read_pipeline(str(tmp_path / "out")).num_rows == 6  # q2's failed answers too
-
-
 def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: Path) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = str(tmp_path / "out")
@@ -155,11 +147,13 @@ def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: 
     assert (loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")) == (2, 1)
 
 
-def test_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
+def test_on_error_keep_then_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = str(tmp_path / "out")
     one, two = stages(tmp_path)
-    run_pipeline(str(source), out, stages=[one], progress=False)
+    kept = Stage("kept", generator=Answerer(model="k"), template="$question", on_error="keep")
+    run_pipeline(str(source), out, stages=[one, kept], gpu_sharing="swap", progress=False)
+    assert read_pipeline(out).num_rows == 6  # q2's failed answers passed on too
     with pytest.raises(PipelineError, match="stage 1 is 'judge'"):
         run_pipeline(str(source), out, stages=[two, one], progress=False)
     with pytest.raises(PipelineError, match="two stages are named"):
