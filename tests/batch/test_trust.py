@@ -116,12 +116,14 @@ def test_a_second_run_on_a_busy_folder_fails_fast(tmp_path: Path) -> None:
     source = rows(tmp_path / "in.jsonl", 12)
     out = tmp_path / "out"
     outcome: dict[str, object] = {}
+    # Slow (0.5 s a batch) until the second run has been refused, then at once.
+    slow = SlowEcho(model="s", seconds=0.5, fast_when=str(tmp_path / "fast"))
 
     def first() -> None:
         outcome["summary"] = run(
             str(source),
             str(out),
-            generator=SlowEcho(model="s", seconds=0.5),
+            generator=slow,
             template="$topic",
             num_generations=2,
             batch_size=2,
@@ -139,13 +141,14 @@ def test_a_second_run_on_a_busy_folder_fails_fast(tmp_path: Path) -> None:
         run(
             str(source),
             str(out),
-            generator=SlowEcho(model="s", seconds=0.5),
+            generator=slow,
             template="$topic",
             num_generations=2,
             batch_size=2,
             **FAST,
         )
     assert time.monotonic() - started < 30
+    (tmp_path / "fast").write_text("")
     job.join(240)
     assert not job.is_alive()
     keys = sorted((r["id"], r["generation_index"]) for r in output_rows(out))
