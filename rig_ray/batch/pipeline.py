@@ -52,6 +52,7 @@ def generate(
     json_schema: dict[str, t.Any] | type | None = None,
     route_column: str | None = None,
     routes: t.Sequence[str] | None = None,
+    generations_column: str | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -74,6 +75,8 @@ def generate(
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
+    With `generations_column`, each row makes its own number of generations (its value, at
+    most `num_generations`; empty: `num_generations`), as an OpenAI batch file's `n` does.
     With `routes` (one name per generator) and `route_column`, each row instead goes whole to
     the generator whose name is its `route_column` value (a row naming none is left out): an
     OpenAI batch file's `body.model` choosing a served model.
@@ -121,6 +124,10 @@ def generate(
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
     routed = _check_routes(route_column, routes, len(members), columns)
+    if generations_column is not None and generations_column not in columns:
+        raise InvalidGeneratorError(
+            f"generations_column {generations_column!r} is not a column of the input"
+        )
     batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
@@ -141,6 +148,7 @@ def generate(
             input_columns=columns,
             batch_timeout_s=batch_timeout_s,
             structured=structured,
+            generations_column=generations_column,
             row_requests=sizing.row_requests,
         )
         with warnings.catch_warnings():
