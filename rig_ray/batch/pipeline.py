@@ -8,6 +8,7 @@ import warnings
 
 from rig_ray.batch import concurrency
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
+from rig_ray.batch.placement import fit_cpus
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -40,7 +41,7 @@ def generate(
     params: GenerateParams | None = None,
     replicas: int = 1,
     num_gpus: float | None = None,
-    num_cpus: float = 1,
+    num_cpus: float | None = None,
     batch_size: int | None = None,
     id_column: str = "id",
     seed: int | None = None,
@@ -62,7 +63,9 @@ def generate(
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
     (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
     gets a text completion of it instead (no chat template). Each generator runs in a pool of
-    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
+    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (`num_cpus`
+    left unset: one, or less on a local Ray too small for every actor, one CPU kept for Ray
+    Data's own tasks; see `rig_ray.batch.placement.fit_cpus`. GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
     group on one node, and a value that disagrees with the engine is a PlacementError), and
     take `batch_size` rows (64) at a time, up to `max_concurrent_batches` batches at once per
@@ -117,6 +120,9 @@ def generate(
         params_column=params_column,
         text_column=text_column,
     ).resolve(columns)
+    if num_cpus is None:
+        gpus = max(place(member, num_gpus=num_gpus).total_gpus for member in members)
+        num_cpus, _ = fit_cpus(None, gpus, replicas * len(members))
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy
 

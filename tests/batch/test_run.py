@@ -225,8 +225,7 @@ def test_a_generations_column_gives_each_row_its_own_count(tmp_path: Path) -> No
         num_generations=3,
         generations_column="k",
         seed=1,
-        num_cpus=0.25,
-    ).take_all()
+    ).take_all()  # num_cpus unset: two actors fit a 2-CPU Ray beside Ray Data's tasks
     keys = sorted((row["id"], row["generation_index"]) for row in made)
     assert keys == [("all", 0), ("all", 1), ("all", 2), ("one", 0), ("two", 0), ("two", 1)]
     two = {row["model"] for row in made if row["id"] == "two"}
