@@ -5,6 +5,8 @@ left at auto: float32 on a CPU (that the bundled SmolLM2 answers right at auto i
 the Serve tests' vLLM app, tests/serve/test_vllm_knows_paris.py).
 Nothing here depends on how fast the CPU is: tests wait for events (a first chunk, a request
 running in the engine), and long requests are long by construction (ignore_eos, ~1000 tokens).
+The checks of Serve's context limit on vLLM (tests/engine/vllm_context_checks.py) run here too,
+on the same engine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.vllm_ import engine_processes
 from tests.engine.loop_ticks import ticks_during
+from tests.engine.vllm_context_checks import (  # noqa: F401  # collected here, on `tiny`
+    strict,  # their fixture
+    test_a_prompt_past_the_context_alone_says_so,
+    test_a_served_prompt_is_rendered_once,
+    test_an_unset_max_tokens_counts_as_the_engines_default,
+    test_prompt_and_max_tokens_past_the_context_fail_with_the_counts,
+)
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
