@@ -83,6 +83,30 @@ def endpoint(
         registry._providers.update(saved)
 
 
+ECHO_PREFIX = "/echo"
+BODY_TIMEOUT_S = 2.0
+"""The echo app's body timeout: a body that stops coming is a 408 after this."""
+
+
+@pytest.fixture(scope="package")
+def echo_app(local_serve: int) -> t.Iterator[Endpoint]:
+    """An app of one fake, `echo` (0.1 CPU), at /echo, with a short body timeout
+    (BODY_TIMEOUT_S): one generator, so the default one-deployment app. The fuzz and
+    reliability tests share it."""
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+    from tests.fakes import EchoGenerator
+
+    model = ServedModel(generator=EchoGenerator(model="echo"), ray_actor_options=FAKE_CPU)
+    app = build_app(model, api_key=KEY, limits={"body_timeout_s": BODY_TIMEOUT_S})
+    try:
+        serve.run(app, name="echo", route_prefix=ECHO_PREFIX)
+        yield Endpoint(local_serve, ECHO_PREFIX)
+    finally:
+        serve.delete("echo")
+
+
 @pytest.fixture(scope="package")
 def stream_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the `ticker` generator records the streams that were stopped early."""

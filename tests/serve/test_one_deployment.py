@@ -187,45 +187,5 @@ def test_ingress_options_apply_to_the_one_deployment_but_not_its_resources() -> 
     assert split._bound_deployment.ray_actor_options["num_cpus"] == 0
 
 
-@pytest.mark.engine
-@pytest.mark.slow
-async def test_vllm_streams_from_one_deployment(local_serve: int) -> None:
-    """The real engine behind one deployment: tokens stream with usage, a plain reply works,
-    and the replica reports its engine's capacity by the model's deployment name."""
-    from ray import serve
-
-    from rig_ray.serve import ServedModel, build_app
-    from tests.serve.conftest import VLLM_GENERATOR, _continuous_vllm
-
-    if not _continuous_vllm():
-        pytest.skip("needs vLLM and its generator on the async engine")
-    model = ServedModel(generator=VLLM_GENERATOR, name="one-vllm", ray_actor_options=FAKE_CPU)
-    serve.run(
-        build_app(model, api_key=KEY, one_deployment=True),
-        name="one-vllm",
-        route_prefix="/one-vllm",
-    )
-    try:
-        endpoint = Endpoint(local_serve, "/one-vllm")
-        async with endpoint.openai() as client:
-            stream = await client.chat.completions.create(
-                model="one-vllm",
-                messages=[{"role": "user", "content": "Tell me about the sea."}],
-                max_tokens=32,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body={"ignore_eos": True},
-            )
-            pieces, usage = 0, None
-            async for chunk in stream:
-                pieces += bool(chunk.choices and chunk.choices[0].delta.content)
-                usage = chunk.usage or usage
-            reply = await client.chat.completions.create(
-                model="one-vllm", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-            )
-        assert usage is not None and usage.completion_tokens == 32 and pieces >= 8
-        assert reply.choices[0].message.content
-        handle = serve.get_deployment_handle("one-vllm", app_name="one-vllm")
-        assert (await handle.capacity.remote()) >= 1
-    finally:
-        serve.delete("one-vllm")
+# The real engine behind one deployment: the package's vLLM app (`vllm_endpoint`, one
+# generator) is a one-deployment app; tests/serve/test_vllm_streaming.py streams from it.
