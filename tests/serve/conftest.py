@@ -183,8 +183,9 @@ def _continuous_vllm() -> bool:
 @pytest.fixture(scope="package")
 def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
     """The one vLLM app of the package, at /vllm: the embedded SmolLM2 on vLLM's async engine
-    (CPU here), eager, max_model_len 1024, greedy, served as `smol-vllm`. Every Serve test
-    that needs vLLM uses it (one engine start for the package)."""
+    (CPU here), eager, max_model_len 1024, greedy, served as `smol-vllm`; one generator, so
+    the default one-deployment app. Every Serve test that needs vLLM uses it (one engine
+    start for the package)."""
     if not _continuous_vllm():
         pytest.skip("needs vLLM and its generator on the async engine (batches_continuously)")
     from ray import serve
