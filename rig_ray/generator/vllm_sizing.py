@@ -4,12 +4,17 @@ vLLM picks `max_num_seqs` and `max_num_batched_tokens` by the engine's usage con
 platform it runs on (`EngineArgs.get_batch_defaults`): `vllm.LLM` starts with `LLM_CLASS`,
 `vllm serve` with `OPENAI_API_SERVER`. rig_ray starts generators, batch jobs and `remote()`
 actors as `LLM_CLASS` and Serve replicas as `OPENAI_API_SERVER`, so its engines get the same
-sizes as vLLM's own entry points. vLLM is imported only when a figure is asked for.
+sizes as vLLM's own entry points. The table is read only when a figure is asked for, and in a
+child process where this one has not imported vLLM (see `batch_defaults`).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import subprocess
+import sys
 import typing as t
 
 if t.TYPE_CHECKING:
@@ -43,24 +48,67 @@ def default_max_num_seqs(engine_args: t.Mapping[str, t.Any], context: UsageName)
     explicit = engine_args.get("max_num_seqs")
     if explicit is not None:
         return int(explicit)
+    world = int(engine_args.get("tensor_parallel_size") or 1) * int(
+        engine_args.get("pipeline_parallel_size") or 1
+    )
+    table = batch_defaults(world)
+    if table is None:
+        return None
+    seqs, tokens_default = table[context]
+    tokens = engine_args.get("max_num_batched_tokens")
+    throughput = engine_args.get("performance_mode") == "throughput"
+    if tokens is None:
+        tokens = tokens_default * (2 if throughput else 1)
+    seqs *= 2 if throughput else 1
+    return int(min(seqs, tokens))
+
+
+Table = dict[str, tuple[int, int]]
+"""(max_num_seqs, max_num_batched_tokens) by usage context name."""
+
+
+@functools.cache
+def batch_defaults(world_size: int) -> Table | None:
+    """vLLM's default table on this machine's platform for an engine over `world_size`
+    devices; None when vLLM cannot be imported.
+
+    A process that has not imported vLLM (a batch driver, `rig-ray serve`'s own process)
+    reads it in a short-lived child process, so that it never holds vLLM, torch and
+    transformers (about 450 MiB) for one table lookup."""
+    if "vllm" in sys.modules:
+        return _read_table(world_size)
+    done = subprocess.run(
+        [sys.executable, "-m", __name__, str(world_size)],
+        capture_output=True,
+        text=True,
+        timeout=LOOKUP_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return None if answer is None else {k: (int(v[0]), int(v[1])) for k, v in answer.items()}
+
+
+LOOKUP_TIMEOUT_S = 300.0
+"""Longest wait for the child process that reads vLLM's table."""
+
+
+def _read_table(world_size: int) -> Table | None:
     try:
         from vllm.config import SchedulerConfig
         from vllm.engine.arg_utils import EngineArgs
     except ImportError:
         return None
-    world = int(engine_args.get("tensor_parallel_size") or 1) * int(
-        engine_args.get("pipeline_parallel_size") or 1
-    )
-    tokens_table, seqs_table = EngineArgs.get_batch_defaults(world)
-    key = usage_context(context)
-    seqs = seqs_table.get(key, SchedulerConfig.DEFAULT_MAX_NUM_SEQS)
-    tokens = engine_args.get("max_num_batched_tokens")
-    throughput = engine_args.get("performance_mode") == "throughput"
-    if tokens is None:
-        tokens = tokens_table.get(key, SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS)
-        tokens *= 2 if throughput else 1
-    seqs *= 2 if throughput else 1
-    return int(min(seqs, tokens))
+    tokens_table, seqs_table = EngineArgs.get_batch_defaults(world_size)
+    table: Table = {}
+    for name in t.get_args(UsageName):
+        key = usage_context(name)
+        table[name] = (
+            seqs_table.get(key, SchedulerConfig.DEFAULT_MAX_NUM_SEQS),
+            tokens_table.get(key, SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS),
+        )
+    return table
 
 
 def max_num_seqs_for(generator: Generator, context: UsageName = OFFLINE) -> int | None:
@@ -79,10 +127,15 @@ def in_flight(max_num_seqs: int) -> int:
     return math.ceil(max_num_seqs * IN_FLIGHT_FACTOR)
 
 
+if __name__ == "__main__":  # the child process of `batch_defaults`
+    print(json.dumps(_read_table(int(sys.argv[1]))), flush=True)
+
+
 __all__: t.Sequence[str] = [
     "IN_FLIGHT_FACTOR",
     "OFFLINE",
     "SERVER",
+    "batch_defaults",
     "default_max_num_seqs",
     "in_flight",
     "max_num_seqs_for",

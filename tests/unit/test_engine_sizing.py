@@ -3,8 +3,11 @@ many rows a batch actor keeps in flight, and a Serve replica's max_ongoing_reque
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -45,6 +48,23 @@ def test_each_context_gets_vllms_own_table() -> None:
     generator = rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 48})
     assert vllm_sizing.max_num_seqs_for(generator) == 48
     assert vllm_sizing.max_num_seqs_for(FixedGenerator(model="f")) is None
+
+
+@pytest.mark.usefixtures("vllm_here")
+def test_a_process_without_vllm_reads_the_table_in_a_child_and_stays_lean() -> None:
+    script = (
+        "import json, sys\n"
+        "from rig_ray.generator import vllm_sizing as v\n"
+        "figures = [v.default_max_num_seqs({}, c) for c in (v.OFFLINE, v.SERVER)]\n"
+        "held = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]\n"
+        "print(json.dumps([figures, held]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    figures, held = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures == [vllm_table("LLM_CLASS"), vllm_table("OPENAI_API_SERVER")]
+    assert held == []  # the driver never holds vLLM, torch or transformers for a lookup
 
 
 @pytest.mark.usefixtures("vllm_here")
