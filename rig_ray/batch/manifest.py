@@ -98,6 +98,8 @@ class Manifest(BaseModel):
     num_generations: int
     id_column: str
     params_column: str | None = None
+    generations_column: str | None = None
+    """The column with each row's own number of generations, where rows ask for their own."""
     structured: dict[str, t.Any] | None = None
     """`parse_as` (as module:Class) and `json_schema`, when the job reads them out of replies."""
 

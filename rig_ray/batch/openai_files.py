@@ -42,6 +42,8 @@ JOB_FILE = "job.json"
 MESSAGES_COLUMN = "messages"
 PARAMS_COLUMN = "params"
 TEXT_COLUMN = "prompt"
+N_COLUMN = "n"
+"""Each line's `n`: the job makes that many generations of it (`generations_column`)."""
 _CHUNK = 10_000
 
 
@@ -221,7 +223,7 @@ def _schema() -> pa.Schema:
             pa.field("line", pa.int64()),
             pa.field("url", pa.string()),
             pa.field("request_model", pa.string()),
-            pa.field("n", pa.int32()),
+            pa.field(N_COLUMN, pa.int32()),
             pa.field(MESSAGES_COLUMN, pa.list_(message)),
             pa.field(PARAMS_COLUMN, pa.string()),
             pa.field(TEXT_COLUMN, pa.string()),
@@ -319,7 +321,7 @@ def _row(
         "line": number,
         "url": url,
         "request_model": request.model,
-        "n": request.n,
+        N_COLUMN: request.n,
         PARAMS_COLUMN: params.model_dump_json(exclude_none=True, exclude_defaults=True),
     }
     if isinstance(request, wire.CompletionRequest):

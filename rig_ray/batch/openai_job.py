@@ -89,4 +89,5 @@ def job_options(
         "params_column": openai_files.PARAMS_COLUMN,
         "text_column": openai_files.TEXT_COLUMN,
         "num_generations": prepared.num_generations,
+        "generations_column": openai_files.N_COLUMN,
     }

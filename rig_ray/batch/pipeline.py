@@ -8,6 +8,7 @@ import warnings
 
 from rig_ray.batch import concurrency
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
+from rig_ray.batch.placement import fit_cpus
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -40,7 +41,7 @@ def generate(
     params: GenerateParams | None = None,
     replicas: int = 1,
     num_gpus: float | None = None,
-    num_cpus: float = 1,
+    num_cpus: float | None = None,
     batch_size: int | None = None,
     id_column: str = "id",
     seed: int | None = None,
@@ -52,6 +53,7 @@ def generate(
     json_schema: dict[str, t.Any] | type | None = None,
     route_column: str | None = None,
     routes: t.Sequence[str] | None = None,
+    generations_column: str | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -61,7 +63,9 @@ def generate(
     `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
     (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
     gets a text completion of it instead (no chat template). Each generator runs in a pool of
-    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (GPUs follow
+    `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (`num_cpus`
+    left unset: one, or less on a local Ray too small for every actor, one CPU kept for Ray
+    Data's own tasks; see `rig_ray.batch.placement.fit_cpus`. GPUs follow
     `rig_ray.cluster.placement`: unset, an engine over several GPUs gets them as a placement
     group on one node, and a value that disagrees with the engine is a PlacementError), and
     take `batch_size` rows (64) at a time, up to `max_concurrent_batches` batches at once per
@@ -74,6 +78,8 @@ def generate(
 
     With several `generators`, each row's `num_generations` are split across them by the
     pool's divide/remainder rule, drawn from `seed` and the row id: the same split every run.
+    With `generations_column`, each row makes its own number of generations (its value, at
+    most `num_generations`; empty: `num_generations`), as an OpenAI batch file's `n` does.
     With `routes` (one name per generator) and `route_column`, each row instead goes whole to
     the generator whose name is its `route_column` value (a row naming none is left out): an
     OpenAI batch file's `body.model` choosing a served model.
@@ -114,6 +120,9 @@ def generate(
         params_column=params_column,
         text_column=text_column,
     ).resolve(columns)
+    if num_cpus is None:
+        gpus = max(place(member, num_gpus=num_gpus).total_gpus for member in members)
+        num_cpus, _ = fit_cpus(None, gpus, replicas * len(members))
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy
 
@@ -121,6 +130,10 @@ def generate(
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
     routed = _check_routes(route_column, routes, len(members), columns)
+    if generations_column is not None and generations_column not in columns:
+        raise InvalidGeneratorError(
+            f"generations_column {generations_column!r} is not a column of the input"
+        )
     batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
@@ -141,6 +154,7 @@ def generate(
             input_columns=columns,
             batch_timeout_s=batch_timeout_s,
             structured=structured,
+            generations_column=generations_column,
             row_requests=sizing.row_requests,
         )
         with warnings.catch_warnings():

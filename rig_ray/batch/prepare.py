@@ -34,6 +34,16 @@ class Plan(t.NamedTuple):
     dataset: ray.data.Dataset | None
     rows_in: int
     pending: int
+    wanted: int
+    """The generations the rows ask for, those done already included."""
+
+
+def row_generations(value: t.Any, num_generations: int) -> int:
+    """A row's own number of generations from its `generations_column` value: at most
+    `num_generations`, at least 1; a missing value means `num_generations`."""
+    if value is None:
+        return num_generations
+    return max(1, min(int(value), num_generations))
 
 
 class _Ids:
@@ -83,26 +93,34 @@ def plan_rows(
     *,
     num_generations: int,
     finished: t.Mapping[str, int],
+    generations_column: str | None = None,
 ) -> Plan:
     """Read `dataset` once, in order, and keep the rows with generations still to make.
 
     `finished` maps an id to a bitmask of its generation indices not to make again. The kept
-    rows get `ID_COLUMN` and `TODO_COLUMN` and go to Ray's object store as they are read.
+    rows get `ID_COLUMN` and `TODO_COLUMN` and go to Ray's object store as they are read. With
+    `generations_column`, each row asks for its own number of generations (`row_generations`).
     """
     import ray
 
     dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
     ids = _Ids(spec)
     refs: list[t.Any] = []
-    rows_in = pending = 0
+    rows_in = pending = wanted = 0
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         table = t.cast(pa.Table, batch)
         id_array = ids.assign(table.to_pylist())
+        counts = (
+            [row_generations(v, num_generations) for v in table[generations_column].to_pylist()]
+            if generations_column is not None
+            else [num_generations] * table.num_rows
+        )
         todo = [
-            [g for g in range(num_generations) if not finished.get(row_id, 0) >> g & 1]
-            for row_id in id_array.to_pylist()
+            [g for g in range(count) if not finished.get(row_id, 0) >> g & 1]
+            for row_id, count in zip(id_array.to_pylist(), counts, strict=True)
         ]
         rows_in += table.num_rows
+        wanted += sum(counts)
         pending += sum(len(indices) for indices in todo)
         keep = pa.array([bool(indices) for indices in todo], type=pa.bool_())
         if table.num_rows and pc.any(keep).as_py():
@@ -111,5 +129,5 @@ def plan_rows(
             refs.append(ray.put(table.filter(keep)))
     ids.check_unique()
     if not refs:
-        return Plan(None, rows_in, 0)
-    return Plan(ray.data.from_arrow_refs(refs), rows_in, pending)
+        return Plan(None, rows_in, 0, wanted)
+    return Plan(ray.data.from_arrow_refs(refs), rows_in, pending, wanted)

@@ -216,6 +216,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
         spec,
         num_generations=manifest.num_generations,
         finished=folder.scan().finished(retry_failed=retry_failed),
+        generations_column=manifest.generations_column,
     )
     return plan.pending
 
@@ -271,6 +272,7 @@ def _manifest(
         num_generations=int(options.get("num_generations", 1)),
         id_column=spec.id_column,
         params_column=spec.params_column,
+        generations_column=options.get("generations_column"),
         structured=None
         if structured is None
         else {"parse_as": structured.model_key, "json_schema": structured.json_schema},
@@ -297,6 +299,7 @@ def _run(
             spec,
             num_generations=manifest.num_generations,
             finished=scan.finished(retry_failed=settings.retry_failed),
+            generations_column=manifest.generations_column,
         )
     except RigRayError:
         raise
@@ -305,7 +308,7 @@ def _run(
             f"cannot read the input: {_cause(error)}", source=folder.location
         ) from error
     retried = scan.failed_count() if settings.retry_failed else 0
-    skipped = plan.rows_in * manifest.num_generations - plan.pending
+    skipped = plan.wanted - plan.pending
     meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
     writer = folder.writer(
         rows_per_part=settings.rows_per_part,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.batch.parsed import StructuredSpec, generate_messages, structured_step
 from rig_ray.batch.plan import member_indices
-from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN
+from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN, row_generations
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
@@ -60,6 +60,8 @@ class StageConfig(BaseModel):
     """A batch whose engine call runs longer fails its rows with a timeout error."""
     structured: StructuredSpec | None = None
     """What to read out of each reply into typed columns (parse_as / json_schema)."""
+    generations_column: str | None = None
+    """The column with each row's own number of generations (at most num_generations)."""
     row_requests: int | None = Field(None, ge=1)
     """Rows go to the engine one request at a time, at most this many per actor at once (1.1 x
     the loaded engine's capacity, where it reports one); None: one engine call per batch."""
@@ -145,7 +147,10 @@ class GenerateStage:
         row_id = row.get(ID_COLUMN)
         if row_id is None:
             row_id = config.prompts.row_id(row)
-        owned = member_indices(row_id, config.num_generations, config.members, config.seed)
+        count = config.num_generations
+        if config.generations_column is not None:
+            count = row_generations(row.get(config.generations_column), count)
+        owned = member_indices(row_id, count, config.members, config.seed)
         left = row.get(TODO_COLUMN)
         mine = owned[config.member]
         return row_id, list(mine) if left is None else [g for g in left if g in mine]

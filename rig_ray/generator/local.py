@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import threading
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from pydantic import PrivateAttr
 
@@ -71,8 +73,46 @@ class LocalGenerator(Generator):
             finally:
                 _CANCELLED.event = None
 
+        waiting = _StopOnCancel(stop, loop=loop)
+        worker.submit(job).add_done_callback(functools.partial(_hand_back, loop, waiting))
         try:
-            return await loop.run_in_executor(worker, job)
+            return await waiting
         except asyncio.CancelledError:
             stop.set()
             raise
+
+
+class _StopOnCancel(asyncio.Future[t.Any]):
+    """The loop's side of an engine-thread call. Cancelling it sets the call's stop event at
+    once, not on the loop's next turn: the engine thread may take the call up in between (the
+    call before it has just ended), and must find it given up."""
+
+    def __init__(self, stop: threading.Event, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._stop = stop
+
+    def cancel(self, msg: t.Any | None = None) -> bool:
+        self._stop.set()
+        return super().cancel(msg=msg)
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[t.Any], done: Future[t.Any]
+) -> None:
+    """On the engine thread: settle `waiting` on its loop, unless that loop has ended."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed just now
+            loop.call_soon_threadsafe(_settle, waiting, done)
+
+
+def _settle(waiting: asyncio.Future[t.Any], done: Future[t.Any]) -> None:
+    """Hand the engine thread's outcome to the loop's future (unless it was given up)."""
+    if waiting.done():
+        return
+    error = done.exception()
+    if isinstance(error, asyncio.CancelledError):
+        waiting.cancel()
+    elif error is not None:
+        waiting.set_exception(error)
+    else:
+        waiting.set_result(done.result())

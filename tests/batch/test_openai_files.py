@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rig_ray.batch import OutputFolder, export_openai, run
+from rig_ray.batch import OutputFolder, export_openai, read_output, run
 from rig_ray.batch.openai_files import prepare, read_invalid
 from rig_ray.errors import BatchInputError
 from tests.fakes import EchoGenerator, FailingGenerator
@@ -111,9 +111,16 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     ]
     source = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out"
-    run(
+    summary = run(
         str(source), str(out), generator=FailingGenerator(model="f"), output_format="openai", **FAST
     )
+    # each line makes its own n: 1 + 1 + 3 + 1 + 1, not the file's largest n for every line
+    assert summary.generations_written == 7 and summary.skipped == 0
+    assert len(read_output(str(out))) == 7
+    again = run(
+        str(source), str(out), generator=FailingGenerator(model="f"), output_format="openai", **FAST
+    )
+    assert (again.generations_written, again.skipped) == (0, 7)
     outputs = read_jsonl(out / "output.jsonl")
     errors = read_jsonl(out / "errors.jsonl")
     assert [line["custom_id"] for line in outputs] == ["ok-1", "ok-2", "three-choices", "text"]

@@ -15,7 +15,7 @@ import pytest
 from rig_ray import GenerateParams
 from rig_ray.batch import OUTPUT_COLUMNS, generate, run
 from rig_ray.batch.plan import member_indices
-from rig_ray.errors import BatchInputError, UnknownProviderError
+from rig_ray.errors import BatchInputError, InvalidGeneratorError, UnknownProviderError
 from tests.batch.members import CountsLoads, Whole, output_rows, rows
 from tests.fakes import CallbackGenerator, EchoGenerator, FailingGenerator, FixedGenerator
 
@@ -212,6 +212,31 @@ def test_generate_is_a_lazy_dataset_that_composes(tmp_path: Path) -> None:
     assert sorted(kept.take_all(), key=lambda r: int(r["id"])) == [
         {"id": str(n), "text": f"p{n}"} for n in range(6)
     ]
+
+
+def test_a_generations_column_gives_each_row_its_own_count(tmp_path: Path) -> None:
+    ray = _ray()
+    items = [{"id": "one", "k": 1}, {"id": "two", "k": 2}, {"id": "all", "k": None}]
+    members = [FixedGenerator(model=f"m{m}", text=f"m{m}") for m in range(2)]
+    made = generate(
+        ray.data.from_items(items),
+        generators=members,
+        template="x",
+        num_generations=3,
+        generations_column="k",
+        seed=1,
+    ).take_all()  # num_cpus unset: two actors fit a 2-CPU Ray beside Ray Data's tasks
+    keys = sorted((row["id"], row["generation_index"]) for row in made)
+    assert keys == [("all", 0), ("all", 1), ("all", 2), ("one", 0), ("two", 0), ("two", 1)]
+    two = {row["model"] for row in made if row["id"] == "two"}
+    assert len(two) == 2  # a row's own count is split across the pool by the rule
+    with pytest.raises(InvalidGeneratorError, match="generations_column 'nope'"):
+        generate(
+            ray.data.from_items(items),
+            generator=members[0],
+            template="x",
+            generations_column="nope",
+        )
 
 
 def test_bad_input_is_refused_before_any_generation(tmp_path: Path) -> None:

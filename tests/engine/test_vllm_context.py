@@ -2,10 +2,10 @@
 the engine (no second rendering to count it), and a prompt past the context, with its
 `max_tokens` or the engine's default, is the 400 `context_length_exceeded`.
 
-Collected in tests/engine/test_vllm_engine.py, on its module's engine (`tiny`: the tiny
-random Llama, max_model_len 1024), so they cost no engine start of their own: the replica's
-own checks run in process on it, with its renderer spied on and its context made strict as a
-Serve replica makes it (for the test only)."""
+On the package's engine (`tiny`, tests/engine/conftest.py: the tiny random Llama,
+max_model_len 1024), so no engine start of its own: the replica's own checks run in process
+on it, with its renderer spied on and its context made strict as a Serve replica makes it
+(for each test only)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from rig_ray.generator.base import DEFAULT_MAX_TOKENS, GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve.limits import check_context, context_error
 
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.engine
+
 WINDOW = 1024
-"""max_model_len of the engine (tests/engine/test_vllm_engine.py's ENGINE)."""
+"""max_model_len of the engine (ENGINE in tests/engine/vllm_support.py)."""
 
 
 @pytest.fixture
