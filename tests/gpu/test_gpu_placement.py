@@ -125,9 +125,9 @@ def test_tp2_through_serve(gpu_ray, tiny_llama_path: Path) -> None:
     before = free_gpu_bytes()
     serve.run(build_app([served]), name="tp2", route_prefix=None)
     try:
-        handle = serve.get_deployment_handle("tp2", app_name="tp2")
+        handle = serve.get_app_handle("tp2")  # its routes, in either app
         messages = [rr.Message(role="user", content="Count to three:")]
-        [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+        [reply] = handle.chat.remote("tp2", "req-1", messages, rr.GenerateParams(), 1).result()
         assert reply.usage.output_tokens >= 1
     finally:
         serve.delete("tp2")

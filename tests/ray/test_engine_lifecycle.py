@@ -77,9 +77,9 @@ def test_a_deleted_serve_replica_unloads(ray_and_serve, tmp_path: Path) -> None:
         health_probe=False,
     )
     serve.run(build_app([served]), name="lifecycle", route_prefix=None)
-    handle = serve.get_deployment_handle("n", app_name="lifecycle")
+    handle = serve.get_app_handle("lifecycle")  # its routes, in either app
     messages = [rr.Message(role="user", content="hi")]
-    [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+    [reply] = handle.chat.remote("n", "req-1", messages, rr.GenerateParams(), 1).result()
     assert reply.message.content == "hi"
     assert [kind for kind, _ in notes(log)] == ["load"]
     serve.delete("lifecycle")

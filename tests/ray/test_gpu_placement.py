@@ -116,9 +116,9 @@ def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     app = f"placement-{tp}"
     serve.run(build_app([served]), name=app, route_prefix=None)
     try:
-        handle = serve.get_deployment_handle("where", app_name=app)
+        handle = serve.get_app_handle(app)  # its routes, in either app
         messages = [rr.Message(role="user", content="where?")]
-        [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+        [reply] = handle.chat.remote("where", "req-1", messages, rr.GenerateParams(), 1).result()
         check(json.loads(reply.message.content), tp)
     finally:
         serve.delete(app)

@@ -91,9 +91,9 @@ def test_a_deleted_replica_leaves_no_engine_core(ray_and_serve, tiny_llama_path:
     serve.run(build_app([served]), name="vllm-lifecycle", route_prefix=None)
     engines = engine_cores()
     try:
-        handle = serve.get_deployment_handle("tiny", app_name="vllm-lifecycle")
+        handle = serve.get_app_handle("vllm-lifecycle")  # its routes, in either app
         messages = [rr.Message(role="user", content="hi")]
-        [reply] = handle.chat.remote("req-1", messages, rr.GenerateParams()).result()
+        [reply] = handle.chat.remote("tiny", "req-1", messages, rr.GenerateParams(), 1).result()
         assert reply.usage.output_tokens >= 1
         assert engines
     finally:

@@ -83,6 +83,30 @@ def endpoint(
         registry._providers.update(saved)
 
 
+ECHO_PREFIX = "/echo"
+BODY_TIMEOUT_S = 2.0
+"""The echo app's body timeout: a body that stops coming is a 408 after this."""
+
+
+@pytest.fixture(scope="package")
+def echo_app(local_serve: int) -> t.Iterator[Endpoint]:
+    """An app of one fake, `echo` (0.1 CPU), at /echo, with a short body timeout
+    (BODY_TIMEOUT_S): one generator, so the default one-deployment app. The fuzz and
+    reliability tests share it."""
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+    from tests.fakes import EchoGenerator
+
+    model = ServedModel(generator=EchoGenerator(model="echo"), ray_actor_options=FAKE_CPU)
+    app = build_app(model, api_key=KEY, limits={"body_timeout_s": BODY_TIMEOUT_S})
+    try:
+        serve.run(app, name="echo", route_prefix=ECHO_PREFIX)
+        yield Endpoint(local_serve, ECHO_PREFIX)
+    finally:
+        serve.delete("echo")
+
+
 @pytest.fixture(scope="package")
 def stream_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the `ticker` generator records the streams that were stopped early."""
@@ -159,8 +183,9 @@ def _continuous_vllm() -> bool:
 @pytest.fixture(scope="package")
 def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
     """The one vLLM app of the package, at /vllm: the embedded SmolLM2 on vLLM's async engine
-    (CPU here), eager, max_model_len 1024, greedy, served as `smol-vllm`. Every Serve test
-    that needs vLLM uses it (one engine start for the package)."""
+    (CPU here), eager, max_model_len 1024, greedy, served as `smol-vllm`; one generator, so
+    the default one-deployment app. Every Serve test that needs vLLM uses it (one engine
+    start for the package)."""
     if not _continuous_vllm():
         pytest.skip("needs vLLM and its generator on the async engine (batches_continuously)")
     from ray import serve

@@ -132,9 +132,18 @@ class GatedGenerator(Generator):
 
 class BlockingGenerator(Generator):
     """Every call writes a file into `started_dir` (named after the last message) and then
-    waits until it is cancelled: a request that runs for as long as the test wants."""
+    waits until it is cancelled: a request that runs for as long as the test wants. With a
+    `gate`, its load writes `<gate>.loading` and then waits until the file `gate` exists."""
 
     started_dir: str = ""
+    gate: str = ""
+
+    def load(self) -> t.Self:
+        if self.gate:
+            Path(f"{self.gate}.loading").touch()
+        while self.gate and not Path(self.gate).exists():
+            time.sleep(0.1)
+        return self
 
     async def generate_messages(
         self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]

@@ -1,7 +1,9 @@
 """`rig-ray serve --address auto` joining a Serve that already runs, in one process:
-`python -m tests.serve.join_main HOST PORT`. Starts a local Ray with Serve on HOST:PORT, then
-runs `rig-ray serve --address auto --port <another>` (with $RIG_RAY_API_KEY as the caller
-set it) until it prints its serving line, stops it with SIGTERM, and prints its status."""
+`python -m tests.serve.join_main HOST PORT`. Starts a local Ray with Serve on HOST:PORT and
+runs `rig-ray serve --address auto --port <another>` twice: first without $RIG_RAY_API_KEY,
+then (on a Ray and Serve started again, on PORT + 2, as the first run's exit shut Ray down in
+this process) with one; each until it prints its serving line, then stopped with SIGTERM, and
+its status printed."""
 
 from __future__ import annotations
 
@@ -35,13 +37,24 @@ class Watch:
         self.out.flush()
 
 
-def main(host: str, port: int) -> None:
+def serve_once(host: str, port: int, key: str | None) -> None:
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="warning")
     serve.start(http_options={"host": host, "port": port})
-    sys.stdout = Watch(sys.stdout)  # type: ignore[assignment]
+    if key is None:
+        os.environ.pop("RIG_RAY_API_KEY", None)
+    else:
+        os.environ["RIG_RAY_API_KEY"] = key
     argv = ["-g", REMOTE, "--name", "up", "--address", "auto", "--port", str(port + 1)]
     status = cli.main([*argv, "--num-cpus", "0.1"])
     print(f"status: {status}", flush=True)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def main(host: str, port: int) -> None:
+    sys.stdout = Watch(sys.stdout)  # type: ignore[assignment]
+    serve_once(host, port, key=None)
+    serve_once(host, port + 2, key="joined-key")  # a port the first run's Serve never held
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import json
 import secrets
 import time
 import typing as t
-from pathlib import Path
 
 import openai
 import pytest
@@ -188,7 +187,13 @@ async def test_limits_traversal_guessed_ids_and_auth(endpoint: Endpoint) -> None
         assert wrong.get("/v1/files").status_code == 401
 
 
-# -- cancel and restart, on an app of their own: a slow model, one batch request at a time ---
+# -- cancel, restart and expiry, on an app of their own: a slow model, one batch request at a
+# time. One generator: the default one-deployment app, so these are also its batch tests (the
+# package's `endpoint` app, several generators, runs the batches of the split app above).
+
+LEASE_S = 3.0
+"""The slow app's batch lease: a replica that went without letting go of a batch's lease
+(killed before its shutdown hook ran) leaves it stale after this, not the default 30 s."""
 
 
 def slow_app(storage: str) -> t.Any:
@@ -203,14 +208,19 @@ def slow_app(storage: str) -> t.Any:
         api_key=KEY,
         batch_storage=storage,
         batch_max_in_flight=1,
+        batch_lease_s=LEASE_S,
     )
 
 
-@pytest.fixture
-def slow_endpoint(local_serve: int, tmp_path: Path) -> t.Iterator[tuple[Endpoint, str]]:
+@pytest.fixture(scope="module")
+def slow_endpoint(
+    local_serve: int, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[tuple[Endpoint, str]]:
+    """The slow app, deployed once for the module (the restart test deploys it again on the
+    same storage); each test runs batches of its own."""
     from ray import serve
 
-    storage = str(tmp_path / "storage")
+    storage = str(tmp_path_factory.mktemp("slowbatch") / "storage")
     serve.run(slow_app(storage), name="slowbatch", route_prefix=SLOW_PREFIX)
     try:
         yield Endpoint(local_serve, SLOW_PREFIX), storage
@@ -219,7 +229,11 @@ def slow_endpoint(local_serve: int, tmp_path: Path) -> t.Iterator[tuple[Endpoint
 
 
 async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoint, str]) -> None:
+    from ray import serve
+
     endpoint, _ = slow_endpoint
+    deployments = serve.status().applications["slowbatch"].deployments
+    assert list(deployments) == ["slow"]  # the one-deployment app runs these batches
     client = endpoint.openai()
     batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(40)]))
     await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)

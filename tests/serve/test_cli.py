@@ -43,6 +43,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         "--max-queued-requests", "--max-tokens-limit", "--address", "RIG_RAY_API_KEY",
         "/v1/chat/completions", "SIGTERM", "--max-body-bytes", "--max-messages", "--max-stop",
         "--max-stop-length", "--max-n", "--request-timeout-s", "--no-auth", "--one-deployment",
+        "--split-deployments",
     ):  # fmt: skip
         assert flag in out, flag
 
@@ -63,6 +64,7 @@ def test_options_reach_the_served_models() -> None:
         (["-g", "vllm!m", "--name", "a", "--name", "b"], "2 names for 1 generators"),
         (["-g", "vllm!m", "--max-batch-size", "0"], "max_batch_size"),
         (["-g", "vllm!m", "--replicas", "0"], "num_replicas"),
+        (["-g", "vllm!a", "-g", "vllm!b", "--one-deployment"], "serves one generator, not 2"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(
@@ -147,9 +149,20 @@ def test_limits_and_timeout_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> No
     assert (limits.max_body_bytes, limits.max_messages, limits.max_stop) == (100, 3, 2)
     assert (limits.max_stop_length, limits.max_n) == (9, 4)
     assert seen["request_timeout_s"] == 7.5 and seen["api_key"] is None
-    assert seen["one_deployment"] is False
+    assert seen["one_deployment"] is None  # build_app decides by the number of generators
     cli.run(parse([*argv, "--port", str(free_port()), "--one-deployment"]))
     assert seen["one_deployment"] is True
+    cli.run(parse([*argv, "--port", str(free_port()), "--split-deployments"]))
+    assert seen["one_deployment"] is False
+
+
+def test_one_deployment_and_split_deployments_exclude_each_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["-g", REMOTE, "--one-deployment", "--split-deployments"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

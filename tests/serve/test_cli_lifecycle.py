@@ -1,20 +1,24 @@
-"""`rig-ray serve` as a real process: it says it serves only once every model has loaded,
-answers with auth and stops cleanly on SIGTERM; a SIGTERM stops it well within 30 s while
-requests run (each told the server is stopping); and joining a running Serve checks auth
-against, and prints, the address it really has."""
+"""`rig-ray serve` as a real process. One process (one generator: the default one-deployment
+app) says it serves, and answers /health 200, only once its model has loaded; answers with
+auth; and on SIGTERM while requests run stops cleanly well within 30 s, each request told
+the server is stopping. One more process joins a running Serve twice: without a key on a
+public address it is refused, with one it checks auth against, and prints, the address
+Serve really has. (503 on /health while a model loads: the split app's, in
+tests/serve/test_reliability.py.)"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+import typing as t
 from pathlib import Path
 
 import httpx
 import psutil
 
 from tests.serve.support import free_port
-from tests.serve.test_cli import start, stop, wait_for
+from tests.serve.test_cli import start, wait_for
 
 KEY = "lifecycle-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -28,55 +32,37 @@ def get(port: int, path: str) -> httpx.Response | None:
         return None
 
 
-def test_serving_is_said_and_health_is_200_only_once_the_model_has_loaded(
+def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path) -> None:
+    """While the model loads (its replica is in its constructor: the one deployment holds the
+    routes too, so Serve's proxy holds requests until the replica is up) health is not 200
+    and nothing is said; once the gate lets the load end, the serving line, a Ray of the
+    process's own, health 200 and the model behind the key."""
+    wait_for(lambda: Path(f"{gate}.loading").exists(), process, log)
+    health = get(port, "/health")  # held (a timeout) or refused while the model loads
+    assert health is None or health.status_code != 200
+    assert "rig-ray: serving" not in log.read_text()
+    gate.touch()
+    wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
+    assert f"rig-ray: serving busy at http://127.0.0.1:{port}/v1" in log.read_text()
+    started = psutil.Process(process.pid).children(recursive=True)
+    assert any("raylet" in child.name() for child in started)  # a Ray of its own
+    health = get(port, "/health")
+    assert health is not None and health.status_code == 200
+    url = f"http://127.0.0.1:{port}/v1/models"
+    assert httpx.get(url, timeout=10).status_code == 401  # no key, no models
+    models = get(port, "/v1/models")
+    assert models is not None and [m["id"] for m in models.json()["data"]] == ["busy"]
+
+
+def test_serving_is_said_once_loaded_and_sigterm_stops_within_30_s_telling_requests_why(
     tmp_path: Path,
 ) -> None:
     port, log, gate = free_port(), tmp_path / "serve.log", tmp_path / "gate"
-    command = [*MAIN, "-g", f"gated!slow,gate={gate}", "--port", str(port), "--num-cpus", "0.1"]
-    process = start(command, log, RIG_RAY_API_KEY=KEY)
-    try:
-        wait_for(
-            lambda: (get(port, "/health") or httpx.Response(0)).status_code == 503, process, log
-        )
-        models = get(port, "/v1/models")
-        assert models is not None and models.json()["data"] == []
-        assert "rig-ray: serving" not in log.read_text()
-        gate.touch()
-        wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
-        assert f"rig-ray: serving slow at http://127.0.0.1:{port}/v1" in log.read_text()
-        started = psutil.Process(process.pid).children(recursive=True)
-        assert any("raylet" in child.name() for child in started)  # a Ray of its own
-        health = get(port, "/health")
-        assert health is not None and health.status_code == 200
-        url = f"http://127.0.0.1:{port}/v1/models"
-        assert httpx.get(url, timeout=10).status_code == 401  # no key, no models
-        models = get(port, "/v1/models")
-        assert models is not None and [m["id"] for m in models.json()["data"]] == ["slow"]
-    finally:
-        gate.touch()
-        status = stop(process, signal.SIGTERM, psutil.Process(process.pid).children(True))
-    output = log.read_text()
-    assert status == 0, output  # a SIGTERM is a clean stop
-    assert "rig-ray: stopping" in output and "Traceback" not in output
-
-
-def test_sigterm_stops_within_30_s_and_running_requests_hear_why(tmp_path: Path) -> None:
-    port, log = free_port(), tmp_path / "serve.log"
     started = tmp_path / "started"
     started.mkdir()
-    model = f"blocking!busy,started_dir={started}"
-    command = [
-        *MAIN,
-        "-g",
-        model,
-        "--port",
-        str(port),
-        "--num-cpus",
-        "0.1",
-        "--max-batch-size",
-        "1",
-    ]
-    process = start(command, log, RIG_RAY_API_KEY=KEY)
+    model = f"blocking!busy,started_dir={started},gate={gate}"
+    command = [*MAIN, "-g", model, "--port", str(port), "--num-cpus", "0.1"]
+    process = start([*command, "--max-batch-size", "1"], log, RIG_RAY_API_KEY=KEY)
     replies: dict[str, httpx.Response | str] = {}
 
     def ask(name: str, stream: bool) -> None:
@@ -92,7 +78,7 @@ def test_sigterm_stops_within_30_s_and_running_requests_hear_why(tmp_path: Path)
         for name, stream in (("plain", False), ("streamed", True))
     ]
     try:
-        wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
+        check_loading_then_serving(port, process, log, gate)
         children = psutil.Process(process.pid).children(recursive=True)
         for asker in askers:
             asker.start()
@@ -101,12 +87,15 @@ def test_sigterm_stops_within_30_s_and_running_requests_hear_why(tmp_path: Path)
         process.send_signal(signal.SIGTERM)
         status = process.wait(timeout=30)  # it used to take about 60 s
     finally:
+        gate.touch()
         if process.poll() is None:
             process.kill()
             process.wait()
     for asker in askers:
         asker.join(timeout=60)
-    assert status == 0, log.read_text()
+    output = log.read_text()
+    assert status == 0, output  # a SIGTERM is a clean stop
+    assert "rig-ray: stopping" in output and "Traceback" not in output
     for name in ("plain", "streamed"):
         reply = replies[name]
         assert isinstance(reply, httpx.Response), reply
@@ -114,33 +103,29 @@ def test_sigterm_stops_within_30_s_and_running_requests_hear_why(tmp_path: Path)
         assert reply.json()["error"]["code"] == "server_shutting_down"
         assert reply.headers["Retry-After"] == "5"
     _, alive = psutil.wait_procs(children, timeout=60)
-    assert not alive, [p.name() for p in alive]
+    assert not alive, [p.name() for p in alive]  # no Ray process left behind
 
 
-def join(tmp_path: Path, host: str, key: str | None) -> tuple[int, str]:
-    """Run tests/serve/join_main.py: `rig-ray serve --address auto` against a Serve started on
-    host:port; its exit status and output."""
+def test_joining_a_serve_checks_auth_against_and_prints_the_address_it_really_has(
+    tmp_path: Path,
+) -> None:
+    """tests/serve/join_main.py: `rig-ray serve --address auto` against a Serve started on
+    0.0.0.0:port, first without $RIG_RAY_API_KEY (refused: that address is public), then,
+    on a Serve started again on port + 2, with a key."""
     port, log = free_port(), tmp_path / "join.log"
-    env = {"RIG_RAY_API_KEY": key} if key else {}
-    process = start([sys.executable, "-m", "tests.serve.join_main", host, str(port)], log, **env)
+    process = start([sys.executable, "-m", "tests.serve.join_main", "0.0.0.0", str(port)], log)
     try:
         status = process.wait(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    return port, f"exit {status}\n{log.read_text()}"
-
-
-def test_joining_a_serve_on_a_public_address_without_a_key_is_refused(tmp_path: Path) -> None:
-    _, output = join(tmp_path, "0.0.0.0", key=None)
-    assert "status: 2" in output, output
-    assert "rig-ray: error: refusing to serve on 0.0.0.0 without an API key" in output
-    assert "rig-ray: serving" not in output
-
-
-def test_joining_prints_the_address_serve_really_listens_on(tmp_path: Path) -> None:
-    port, output = join(tmp_path, "127.0.0.1", key="joined-key")
-    assert "status: 0" in output, output
-    assert f"rig-ray: serving up at http://127.0.0.1:{port}/v1" in output
-    assert f"on 127.0.0.1:{port}; --host and --port do not apply" in output
+    output = f"exit {status}\n{log.read_text()}"
+    without_key, _, with_key = output.partition("status: 2")
+    assert with_key, output  # the first run was refused
+    assert "rig-ray: error: refusing to serve on 0.0.0.0 without an API key" in without_key
+    assert "rig-ray: serving" not in without_key
+    assert "status: 0" in with_key, output
+    joined = port + 2  # where join_main starts the second Serve
+    assert f"rig-ray: serving up at http://127.0.0.1:{joined}/v1" in with_key
+    assert f"on 0.0.0.0:{joined}; --host and --port do not apply" in with_key

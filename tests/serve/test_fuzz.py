@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serve.support import KEY, Endpoint
+from tests.serve.support import Endpoint
 
-PREFIX = "/fuzz"
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 EXAMPLES, SLOW_EXAMPLES = 150, 1000
 
@@ -99,19 +98,10 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     return path, encoded
 
 
-@pytest.fixture(scope="module")
-def fuzz_app(local_serve: int) -> t.Iterator[Endpoint]:
-    from ray import serve
-
-    from rig_ray.serve import ServedModel, build_app
-    from tests.fakes import EchoGenerator
-
-    model = ServedModel(generator=EchoGenerator(model="echo"), ray_actor_options={"num_cpus": 0.1})
-    try:
-        serve.run(build_app(model, api_key=KEY), name="fuzz", route_prefix=PREFIX)
-        yield Endpoint(local_serve, PREFIX)
-    finally:
-        serve.delete("fuzz")
+@pytest.fixture
+def fuzz_app(echo_app: Endpoint) -> Endpoint:
+    """The package's echo app (`echo_app` in conftest.py)."""
+    return echo_app
 
 
 def check_reply(client: t.Any, path: str, raw: bytes) -> int:

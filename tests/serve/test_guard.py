@@ -135,21 +135,26 @@ def test_an_item_failure_body_has_a_code_and_request_id_only(endpoint: Endpoint)
 
 
 @pytest.mark.slow  # Serve retries the ingress's constructor first (about 25 s)
-def test_an_ingress_without_its_key_variable_does_not_start(local_serve: int) -> None:
+@pytest.mark.parametrize("one_deployment", [None, False], ids=["one", "split"])
+def test_an_ingress_without_its_key_variable_does_not_start(
+    local_serve: int, one_deployment: bool | None
+) -> None:
     from ray import serve
 
-    from rig_ray.serve import build_app
+    from rig_ray.serve import INGRESS_NAME, build_app
     from tests.serve.generators import ChatOnlyGenerator
 
     app = build_app(
         ChatOnlyGenerator(model="locked"),
         api_key_env="RIG_RAY_TEST_KEY_NOT_SET",
         ray_actor_options={"num_cpus": 0.1},
+        one_deployment=one_deployment,
     )
+    routes = "locked" if one_deployment is None else INGRESS_NAME  # the routes' deployment
     try:
-        with pytest.raises(RuntimeError, match="OpenAIIngress"):
+        with pytest.raises(RuntimeError, match=routes):
             serve.run(app, name="locked", route_prefix="/locked")
-        status = serve.status().applications["locked"].deployments["OpenAIIngress"]
+        status = serve.status().applications["locked"].deployments[routes]
         assert "$RIG_RAY_TEST_KEY_NOT_SET is not set where the ingress runs" in status.message
     finally:
         serve.delete("locked")

@@ -1,6 +1,8 @@
-"""`build_app(one_deployment=True)`: the routes and one generator in one deployment. The
-same API as the two-deployment app (auth, streams, a client that hangs up, errors, health,
-the model's stats by its deployment name), on `ticker` (8 chunks 0.25 s apart)."""
+"""The one-deployment app (the default for one generator; `build_app(one_deployment=True)`):
+the routes and the generator in one deployment. The same API as the split app (auth,
+streams, a client that hangs up, errors, health, the model's stats by its deployment name),
+on `ticker` (8 chunks 0.25 s apart); which app `build_app` picks, and the options each gives
+the model's replicas."""
 
 from __future__ import annotations
 
@@ -110,57 +112,80 @@ async def test_a_client_that_hangs_up_stops_the_generation(
     await hang_up_after_two_chunks(one, stream_records, f"leaving-one-{uuid.uuid4().hex}")
 
 
-def test_a_config_file_can_ask_for_one_deployment() -> None:
+def test_one_generator_is_one_deployment_unless_the_split_app_is_asked_for() -> None:
+    from rig_ray.serve import INGRESS_NAME, build_app
     from rig_ray.serve.config import app_builder
+    from tests.fakes import EchoGenerator
 
+    def top(app: t.Any) -> str:
+        return str(app._bound_deployment.name)
+
+    assert top(build_app(EchoGenerator(model="a"))) == "a"
+    assert top(build_app(EchoGenerator(model="a"), one_deployment=True)) == "a"
+    assert top(build_app(EchoGenerator(model="a"), one_deployment=False)) == INGRESS_NAME
+    two = [EchoGenerator(model="a"), EchoGenerator(model="b")]
+    assert top(build_app(two)) == INGRESS_NAME
     models = [{"generator": "transformers!smollm2-135m"}]
-    one = app_builder({"models": models, "one_deployment": True})
-    two = app_builder({"models": models})
-    assert (one._bound_deployment.name, two._bound_deployment.name) == (
-        "smollm2-135m",
-        "OpenAIIngress",
-    )
+    assert top(app_builder({"models": models})) == "smollm2-135m"
+    assert top(app_builder({"models": models, "one_deployment": True})) == "smollm2-135m"
+    assert top(app_builder({"models": models, "one_deployment": False})) == INGRESS_NAME
 
 
-@pytest.mark.engine
-@pytest.mark.slow
-async def test_vllm_streams_from_one_deployment(local_serve: int) -> None:
-    """The real engine behind one deployment: tokens stream with usage, a plain reply works,
-    and the replica reports its engine's capacity by the model's deployment name."""
-    from ray import serve
-
+def test_both_apps_give_the_model_the_same_replicas() -> None:
+    """Placement (GPU bundles of a TP engine), sizing and user_config are the model's in
+    either app; the Ray tests (tests/ray/test_gpu_placement.py, test_engine_lifecycle.py)
+    run the default, one deployment."""
+    import rig_ray as rr
     from rig_ray.serve import ServedModel, build_app
-    from tests.serve.conftest import VLLM_GENERATOR, _continuous_vllm
 
-    if not _continuous_vllm():
-        pytest.skip("needs vLLM and its generator on the async engine")
-    model = ServedModel(generator=VLLM_GENERATOR, name="one-vllm", ray_actor_options=FAKE_CPU)
-    serve.run(
-        build_app(model, api_key=KEY, one_deployment=True),
-        name="one-vllm",
-        route_prefix="/one-vllm",
+    model = ServedModel(
+        generator=rr.get_generator("vllm!m,tensor_parallel_size=2"),
+        name="big",
+        ray_actor_options={"num_cpus": 2, "runtime_env": {"env_vars": {"A": "1"}}},
+        max_ongoing_requests=77,
     )
-    try:
-        endpoint = Endpoint(local_serve, "/one-vllm")
-        async with endpoint.openai() as client:
-            stream = await client.chat.completions.create(
-                model="one-vllm",
-                messages=[{"role": "user", "content": "Tell me about the sea."}],
-                max_tokens=32,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body={"ignore_eos": True},
-            )
-            pieces, usage = 0, None
-            async for chunk in stream:
-                pieces += bool(chunk.choices and chunk.choices[0].delta.content)
-                usage = chunk.usage or usage
-            reply = await client.chat.completions.create(
-                model="one-vllm", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-            )
-        assert usage is not None and usage.completion_tokens == 32 and pieces >= 8
-        assert reply.choices[0].message.content
-        handle = serve.get_deployment_handle("one-vllm", app_name="one-vllm")
-        assert (await handle.capacity.remote()) >= 1
-    finally:
-        serve.delete("one-vllm")
+    one = build_app(model)._bound_deployment
+    split = build_app(model, one_deployment=False)._bound_deployment
+    replica = split.init_args[0]["big"].handle._bound_deployment
+    assert (one.name, replica.name) == ("big", "big")
+    for deployment in (one, replica):
+        config = deployment._replica_config
+        assert config.placement_group_bundles == [{"GPU": 1.0, "CPU": 2.0}, {"GPU": 1.0}]
+        assert config.placement_group_strategy == "STRICT_PACK"
+        assert deployment.ray_actor_options["runtime_env"] == {"env_vars": {"A": "1"}}
+        assert deployment.max_ongoing_requests == 77
+        assert deployment.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.05}
+    assert split.max_ongoing_requests == 1024  # the ingress
+
+
+def test_ingress_options_apply_to_the_one_deployment_but_not_its_resources() -> None:
+    from rig_ray.errors import ServeConfigError
+    from rig_ray.serve import ServedModel, build_app
+    from tests.fakes import EchoGenerator
+
+    model = ServedModel(
+        generator=EchoGenerator(model="a"),
+        ray_actor_options={"num_cpus": 0.5},
+        autoscaling_config={"min_replicas": 1, "max_replicas": 3},
+    )
+    options = {
+        "num_replicas": 2,
+        "max_ongoing_requests": 9,
+        "ray_actor_options": {"runtime_env": {"env_vars": {"B": "2"}}},
+    }
+    one = build_app(model, ingress_options=options)._bound_deployment
+    assert (one.num_replicas, one.max_ongoing_requests) == (2, 9)
+    assert one._deployment_config.autoscaling_config is None
+    assert one.ray_actor_options["num_cpus"] == 0.5
+    assert one.ray_actor_options["runtime_env"] == {"env_vars": {"B": "2"}}
+    for wrong in ({"ray_actor_options": {"num_cpus": 0}}, {"placement_group_bundles": [{}]}):
+        with pytest.raises(ServeConfigError, match="model's ray_actor_options"):
+            build_app(model, ingress_options=wrong)
+    split = build_app(
+        model, ingress_options={"ray_actor_options": {"num_cpus": 0}}, one_deployment=False
+    )
+    assert split._bound_deployment.ray_actor_options["num_cpus"] == 0
+
+
+# The real engine behind one deployment: the package's vLLM app (`vllm_endpoint`, one
+# generator) is a one-deployment app; tests/serve/test_vllm_streaming.py streams from it.

@@ -23,26 +23,13 @@ from rig_ray.message import Message
 from rig_ray.serve.limits import check_context
 from tests.serve.support import KEY, Endpoint, chat_body
 
-PREFIX = "/reliable"
-BODY_TIMEOUT_S = 2.0
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def fakes(local_serve: int) -> t.Iterator[Endpoint]:
-    """An app of one fake (`echo`) with a short body timeout."""
-    from ray import serve
-
-    from rig_ray.serve import ServedModel, build_app
-    from tests.fakes import EchoGenerator
-
-    model = ServedModel(generator=EchoGenerator(model="echo"), ray_actor_options={"num_cpus": 0.1})
-    app = build_app(model, api_key=KEY, limits={"body_timeout_s": BODY_TIMEOUT_S})
-    try:
-        serve.run(app, name="reliable", route_prefix=PREFIX)
-        yield Endpoint(local_serve, PREFIX)
-    finally:
-        serve.delete("reliable")
+@pytest.fixture
+def fakes(echo_app: Endpoint) -> Endpoint:
+    """The package's echo app (`echo_app` in conftest.py: one fake, a short body timeout)."""
+    return echo_app
 
 
 def huge_chat(size: int) -> bytes:
@@ -96,7 +83,7 @@ def test_a_64_mib_body_through_the_openai_client_gets_the_413_once(fakes: Endpoi
 
 def test_a_body_that_stops_coming_is_408_within_the_body_timeout(fakes: Endpoint) -> None:
     head = (
-        f"POST {PREFIX}/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"POST {fakes.prefix}/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
         "Content-Length: 1000\r\n\r\n"
     ).encode()

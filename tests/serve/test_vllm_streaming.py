@@ -2,7 +2,8 @@
 the engine makes them, a short request is not held behind a long one (each request goes to
 the engine at once, which batches continuously), and vLLM's own sampling fields are taken.
 Runs on the package's one vLLM app (`vllm_endpoint` in conftest.py): the embedded SmolLM2 on
-vLLM's async engine (CPU here), eager, max_model_len 1024."""
+vLLM's async engine (CPU here), eager, max_model_len 1024; one generator, so the default
+one-deployment app (routes and engine in one replica)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,8 @@ def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) ->
     from rig_ray.generator import vllm_sizing
     from rig_ray.serve.app import deployment_name
 
+    deployments = serve.status().applications[VLLM_APP].deployments
+    assert list(deployments) == [deployment_name(MODEL)]  # one generator: one deployment
     handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=VLLM_APP)
     got = handle.capacity.remote().result(timeout_s=TIMEOUT)
     generator = t.cast(rr.VLLMGenerator, rr.get_generator(VLLM_GENERATOR))

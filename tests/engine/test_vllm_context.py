@@ -2,13 +2,14 @@
 the engine (no second rendering to count it), and a prompt past the context, with its
 `max_tokens` or the engine's default, is the 400 `context_length_exceeded`.
 
-One engine (the tiny random Llama, max_model_len 256) for the module; the replica's own
-checks run in process on it, with its renderer spied on."""
+On the package's engine (`tiny`, tests/engine/conftest.py: the tiny random Llama,
+max_model_len 1024), so no engine start of its own: the replica's own checks run in process
+on it, with its renderer spied on and its context made strict as a Serve replica makes it
+(for each test only)."""
 
 from __future__ import annotations
 
 import typing as t
-from pathlib import Path
 
 import pytest
 
@@ -21,17 +22,20 @@ from rig_ray.serve.limits import check_context, context_error
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
 
-WINDOW = 512
+WINDOW = 1024
+"""max_model_len of the engine (ENGINE in tests/engine/vllm_support.py)."""
 
 
-@pytest.fixture(scope="module")
-def strict(tiny_llama_path: Path) -> t.Iterator[rr.VLLMGenerator]:
-    generator = rr.VLLMGenerator(
-        model=str(tiny_llama_path), enforce_eager=True, max_model_len=WINDOW
-    )
-    generator.refuse_past_context()  # what a Serve replica does
-    yield generator.load()
-    generator.unload()
+@pytest.fixture
+def strict(tiny: rr.VLLMGenerator) -> t.Iterator[rr.VLLMGenerator]:
+    """The module's engine, refusing prompts past its context as a Serve replica has it do
+    (`refuse_past_context()`), for this test only."""
+    assert tiny.max_model_len == WINDOW
+    tiny.refuse_past_context()
+    try:
+        yield tiny
+    finally:
+        tiny._strict_context = False  # the module's other tests get vLLM's own behaviour
 
 
 def spy_renders(generator: rr.VLLMGenerator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -80,22 +84,22 @@ async def test_a_served_prompt_is_rendered_once(
 async def test_prompt_and_max_tokens_past_the_context_fail_with_the_counts(
     strict: rr.VLLMGenerator,
 ) -> None:
-    prompt = chat(300)  # ~300 tokens: fits alone, not with 300 more
-    result = await admit_and_generate(strict, prompt, GenerateParams(max_tokens=300))
+    prompt = chat(600)  # ~600 tokens: fits alone, not with 600 more
+    result = await admit_and_generate(strict, prompt, GenerateParams(max_tokens=600))
     assert isinstance(result, ContextLengthError)
-    assert result.window == WINDOW and result.completion == 300
-    assert WINDOW - 300 < result.prompt < WINDOW
+    assert result.window == WINDOW and result.completion == 600
+    assert WINDOW - 600 < result.prompt < WINDOW
     reply = context_error(result, "messages")
     assert isinstance(reply, ServeRequestError) and reply.status_code == 400
     assert reply.code == "context_length_exceeded" and reply.param == "messages"
     assert f"maximum context length is {WINDOW} tokens" in str(reply)
-    assert "300 in the completion" in str(reply)
+    assert "600 in the completion" in str(reply)
 
 
 async def test_an_unset_max_tokens_counts_as_the_engines_default(
     strict: rr.VLLMGenerator,
 ) -> None:
-    prompt = chat(300)  # ~300 tokens + 256 > 512
+    prompt = chat(800)  # ~800 tokens + 256 > 1024
     result = await admit_and_generate(strict, prompt, GenerateParams())
     assert isinstance(result, ContextLengthError)
     assert result.completion == DEFAULT_MAX_TOKENS
@@ -105,8 +109,8 @@ async def test_an_unset_max_tokens_counts_as_the_engines_default(
 
 
 async def test_a_prompt_past_the_context_alone_says_so(strict: rr.VLLMGenerator) -> None:
-    result = await admit_and_generate(strict, chat(1000), GenerateParams(max_tokens=1))
+    result = await admit_and_generate(strict, chat(2000), GenerateParams(max_tokens=1))
     assert isinstance(result, ContextLengthError)
     assert result.completion is None and result.prompt > WINDOW
-    [text] = await strict.generate_texts(["hello " * 1000], [GenerateParams(max_tokens=1)])
+    [text] = await strict.generate_texts(["hello " * 2000], [GenerateParams(max_tokens=1)])
     assert isinstance(text, ContextLengthError)
