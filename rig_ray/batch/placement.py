@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import typing as t
 
 from rig_ray.errors import BatchInputError
@@ -51,16 +52,19 @@ def _connect(address: str) -> None:
 
     _probe(address)
     logging.getLogger("ray._private.worker").addFilter(_NoThreadNotice())
+    started = time.monotonic()
     try:
         with _time_limit(JOIN_TIMEOUT_S):
             ray.init(address=address, logging_level=logging.WARNING)
     except _JoinTimeout:
         if ray.is_initialized():
             ray.shutdown()
+        # The timer cannot cut Ray's own connect waits short (in C++, up to about 40 s by
+        # default; RAY_py_gcs_connect_timeout_s bounds them): say how long it really took.
+        waited = max(JOIN_TIMEOUT_S, time.monotonic() - started)
         raise BatchInputError(
-            f"the Ray cluster at {redact(address)!r} did not answer within "
-            f"{JOIN_TIMEOUT_S:.0f}s; check --address / RAY_ADDRESS, or leave both unset for a "
-            "local Ray"
+            f"the Ray cluster at {redact(address)!r} did not answer within {waited:.0f}s; "
+            "check --address / RAY_ADDRESS, or leave both unset for a local Ray"
         ) from None
     except Exception as error:
         first = (str(error).strip().splitlines() or [""])[0]
