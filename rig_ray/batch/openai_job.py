@@ -81,8 +81,7 @@ def job_options(
     else:
         models = bool(members) and takes_vllm_fields(members[0])
     prepared = openai_files.prepare(source, output, vllm_fields=models)
-    location = openai_files.requests_location(output) if "://" in output else prepared.requests
-    return location, {
+    return openai_files.requests_location(output), {
         **options,
         **routes,
         "messages_column": openai_files.MESSAGES_COLUMN,

@@ -8,7 +8,7 @@ import warnings
 
 from rig_ray.batch import concurrency
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
-from rig_ray.batch.placement import fit_cpus
+from rig_ray.batch.placement import fit_cpus, gpus_per_actor
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -120,20 +120,19 @@ def generate(
         params_column=params_column,
         text_column=text_column,
     ).resolve(columns)
+    routed = _check_routes(route_column, routes, len(members), columns)
+    if generations_column is not None and generations_column not in columns:
+        raise InvalidGeneratorError(
+            f"generations_column {generations_column!r} is not a column of the input"
+        )
     if num_cpus is None:
-        gpus = max(place(member, num_gpus=num_gpus).total_gpus for member in members)
-        num_cpus, _ = fit_cpus(None, gpus, replicas * len(members))
+        num_cpus, _ = fit_cpus(None, gpus_per_actor(members, num_gpus), replicas * len(members))
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy
 
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
-    routed = _check_routes(route_column, routes, len(members), columns)
-    if generations_column is not None and generations_column not in columns:
-        raise InvalidGeneratorError(
-            f"generations_column {generations_column!r} is not a column of the input"
-        )
     batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):

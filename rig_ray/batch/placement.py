@@ -20,6 +20,9 @@ import typing as t
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
 
+if t.TYPE_CHECKING:
+    from rig_ray.generator.base import Generator
+
 JOIN_TIMEOUT_S = 60.0
 DEFAULT_NUM_CPUS = 1.0
 """CPUs per actor when the user leaves it open and the cluster has them."""
@@ -132,6 +135,13 @@ def fixed_cluster() -> bool:
         return False
 
 
+def gpus_per_actor(members: t.Sequence[Generator], num_gpus: float | None) -> float:
+    """The most GPUs an actor of one of `members` takes (by `rig_ray.cluster.placement`)."""
+    from rig_ray.cluster.placement import place
+
+    return max(place(member, num_gpus=num_gpus).total_gpus for member in members)
+
+
 def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[float, str | None]:
     """CPUs per actor, and a note for the progress line when the job must wait for resources.
 
@@ -170,4 +180,10 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-__all__: t.Sequence[str] = ["JOIN_TIMEOUT_S", "fit_cpus", "fixed_cluster", "join"]
+__all__: t.Sequence[str] = [
+    "JOIN_TIMEOUT_S",
+    "fit_cpus",
+    "fixed_cluster",
+    "gpus_per_actor",
+    "join",
+]

@@ -15,12 +15,12 @@ from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, 
 from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
-from rig_ray.batch.placement import fit_cpus, join, quiet_ray_logs
+from rig_ray.batch.placement import fit_cpus, gpus_per_actor, join, quiet_ray_logs
 from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_files, read_prompts
-from rig_ray.cluster.placement import BatchGroups, place
+from rig_ray.cluster.placement import BatchGroups
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
@@ -170,7 +170,7 @@ def _run_source(
         options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
     )
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
-    gpus = max(place(m, num_gpus=options.get("num_gpus")).total_gpus for m in members)
+    gpus = gpus_per_actor(members, options.get("num_gpus"))
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     if not verbose:
         quiet_ray_logs()

@@ -100,9 +100,8 @@ def _hand_back(
     loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[t.Any], done: Future[t.Any]
 ) -> None:
     """On the engine thread: settle `waiting` on its loop, unless that loop has ended."""
-    if not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # the loop closed just now
-            loop.call_soon_threadsafe(_settle, waiting, done)
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        loop.call_soon_threadsafe(_settle, waiting, done)
 
 
 def _settle(waiting: asyncio.Future[t.Any], done: Future[t.Any]) -> None:
@@ -110,9 +109,7 @@ def _settle(waiting: asyncio.Future[t.Any], done: Future[t.Any]) -> None:
     if waiting.done():
         return
     error = done.exception()
-    if isinstance(error, asyncio.CancelledError):
-        waiting.cancel()
-    elif error is not None:
+    if error is not None:
         waiting.set_exception(error)
     else:
         waiting.set_result(done.result())

@@ -65,33 +65,34 @@ def default_max_num_seqs(engine_args: t.Mapping[str, t.Any], context: UsageName)
 
 Table = dict[str, tuple[int, int]]
 """(max_num_seqs, max_num_batched_tokens) by usage context name."""
+LOOKUP_TIMEOUT_S = 300.0
+"""Longest wait for the child process that reads vLLM's table."""
 
 
 @functools.cache
 def batch_defaults(world_size: int) -> Table | None:
     """vLLM's default table on this machine's platform for an engine over `world_size`
-    devices; None when vLLM cannot be imported.
+    devices; None when vLLM cannot be imported (or its table not read in time).
 
     A process that has not imported vLLM (a batch driver, `rig-ray serve`'s own process)
     reads it in a short-lived child process, so that it never holds vLLM, torch and
     transformers (about 450 MiB) for one table lookup."""
     if "vllm" in sys.modules:
         return _read_table(world_size)
-    done = subprocess.run(
-        [sys.executable, "-m", __name__, str(world_size)],
-        capture_output=True,
-        text=True,
-        timeout=LOOKUP_TIMEOUT_S,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", __name__, str(world_size)],
+            capture_output=True,
+            text=True,
+            timeout=LOOKUP_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
     if done.returncode != 0:
         return None
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     return None if answer is None else {k: (int(v[0]), int(v[1])) for k, v in answer.items()}
-
-
-LOOKUP_TIMEOUT_S = 300.0
-"""Longest wait for the child process that reads vLLM's table."""
 
 
 def _read_table(world_size: int) -> Table | None:

@@ -11,19 +11,16 @@ disk. The same kill on fake generators runs in the default suite
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
 from rig_ray.generator.base import GenerateParams
-from tests.batch.test_pipeline_recovery import _kill_all
+from tests.batch.test_pipeline_recovery import judged_once_each, kill_in_stage_two
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -65,24 +62,13 @@ def test_killed_in_stage_two_on_real_engines_resumes_stage_two_only(
         )
     )
     out = tmp_path / "out"
-    log = tmp_path / "job.log"
-    job = subprocess.Popen(
-        [sys.executable, "-m", "tests.batch.test_pipeline_recovery_engines", str(source), str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        start_new_session=True,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    kill_in_stage_two(
+        ["tests.batch.test_pipeline_recovery_engines", str(source), str(out)],
+        out,
+        dict(os.environ),
+        tmp_path / "job.log",
+        within_s=900,
     )
-    try:
-        deadline = time.monotonic() + 900
-        while not list((out / "judge").glob("part-*.parquet")):  # stage 2 has begun writing
-            assert job.poll() is None, log.read_text()[-3000:]  # it ended before stage 2 wrote
-            assert time.monotonic() < deadline, "stage 2 wrote nothing in time"
-            time.sleep(0.05)
-    finally:
-        if job.poll() is None:
-            _kill_all(job)
     total = 2 * QUESTIONS
     answers = read_output(str(out / "answer"))
     assert answers.num_rows == total  # stage 1 was complete before stage 2 began
@@ -95,10 +81,7 @@ def test_killed_in_stage_two_on_real_engines_resumes_stage_two_only(
     assert not summary.stage("answer").loaded  # stage 1 neither loaded nor ran again
     assert summary.stage("answer").generations_written == 0
     assert summary.stage("judge").generations_written == total - written
-    rows = read_output(str(out / "judge")).to_pylist()
-    counts = collections.Counter((row["id"], row["generation_index"]) for row in rows)
-    expected = [(f"q{n}/{g}", 0) for n in range(QUESTIONS) for g in range(2)]
-    assert sorted(counts) == sorted(expected) and set(counts.values()) == {1}
+    rows = judged_once_each(out, QUESTIONS)
     assert all(row["error"] is None and row["text"] for row in rows)
     assert read_pipeline(str(out)).num_rows == total
 

@@ -98,12 +98,6 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     return path, encoded
 
 
-@pytest.fixture
-def fuzz_app(echo_app: Endpoint) -> Endpoint:
-    """The package's echo app (`echo_app` in conftest.py)."""
-    return echo_app
-
-
 def check_reply(client: t.Any, path: str, raw: bytes) -> int:
     """Send one body; any status under 500, and an OpenAI error body with every refusal."""
     reply = client.post(path, content=raw, headers={"Content-Type": "application/json"})
@@ -139,11 +133,11 @@ def fuzz(endpoint: Endpoint, max_examples: int) -> dict[int, int]:
     return statuses
 
 
-def test_random_and_hostile_bodies_get_4xx_never_5xx(fuzz_app: Endpoint) -> None:
-    statuses = fuzz(fuzz_app, EXAMPLES)
+def test_random_and_hostile_bodies_get_4xx_never_5xx(echo_app: Endpoint) -> None:
+    statuses = fuzz(echo_app, EXAMPLES)
     assert sum(statuses.values()) >= EXAMPLES // 2 and any(400 <= s < 500 for s in statuses)
 
 
 @pytest.mark.slow
-def test_random_and_hostile_bodies_get_4xx_never_5xx_explored_longer(fuzz_app: Endpoint) -> None:
-    fuzz(fuzz_app, SLOW_EXAMPLES)
+def test_random_and_hostile_bodies_get_4xx_never_5xx_explored_longer(echo_app: Endpoint) -> None:
+    fuzz(echo_app, SLOW_EXAMPLES)

@@ -26,12 +26,6 @@ from tests.serve.support import KEY, Endpoint, chat_body
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def fakes(echo_app: Endpoint) -> Endpoint:
-    """The package's echo app (`echo_app` in conftest.py: one fake, a short body timeout)."""
-    return echo_app
-
-
 def huge_chat(size: int) -> bytes:
     head, tail = b'{"model": "echo", "messages": [{"role": "user", "content": "', b'"}]}'
     return head + b"x" * (size - len(head) - len(tail)) + tail
@@ -46,9 +40,9 @@ def assert_still_answers(endpoint: Endpoint) -> None:
 # -- 413 for a body far past the limit -----------------------------------------------------
 
 
-def test_a_64_mib_body_through_urllib_gets_the_413(fakes: Endpoint) -> None:
+def test_a_64_mib_body_through_urllib_gets_the_413(echo_app: Endpoint) -> None:
     request = urllib.request.Request(
-        f"{fakes.base_url}/chat/completions",
+        f"{echo_app.base_url}/chat/completions",
         data=huge_chat(64 * MIB),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
     )
@@ -57,17 +51,17 @@ def test_a_64_mib_body_through_urllib_gets_the_413(fakes: Endpoint) -> None:
     assert refused.value.code == 413
     error = json.loads(refused.value.read())["error"]
     assert error["code"] == "request_too_large" and str(8 * MIB) in error["message"]
-    assert_still_answers(fakes)
+    assert_still_answers(echo_app)
 
 
-def test_a_64_mib_body_through_the_openai_client_gets_the_413_once(fakes: Endpoint) -> None:
+def test_a_64_mib_body_through_the_openai_client_gets_the_413_once(echo_app: Endpoint) -> None:
     sent: list[int] = []
 
     def count(request: httpx.Request) -> None:
         sent.append(1)
 
     http = httpx.Client(event_hooks={"request": [count]}, timeout=120)
-    client = openai.OpenAI(base_url=fakes.base_url, api_key=KEY, max_retries=2, http_client=http)
+    client = openai.OpenAI(base_url=echo_app.base_url, api_key=KEY, max_retries=2, http_client=http)
     with client, pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(
             model="echo", messages=[{"role": "user", "content": "x" * (64 * MIB)}]
@@ -75,19 +69,19 @@ def test_a_64_mib_body_through_the_openai_client_gets_the_413_once(fakes: Endpoi
     assert refused.value.status_code == 413
     assert refused.value.body["code"] == "request_too_large"  # type: ignore[index]
     assert len(sent) == 1  # a 413 is not retried (a reset would be, upload and all)
-    assert_still_answers(fakes)
+    assert_still_answers(echo_app)
 
 
 # -- a body that never arrives whole -------------------------------------------------------
 
 
-def test_a_body_that_stops_coming_is_408_within_the_body_timeout(fakes: Endpoint) -> None:
+def test_a_body_that_stops_coming_is_408_within_the_body_timeout(echo_app: Endpoint) -> None:
     head = (
-        f"POST {fakes.prefix}/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"POST {echo_app.prefix}/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
         "Content-Length: 1000\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", fakes.port), timeout=60) as sock:
+    with socket.create_connection(("127.0.0.1", echo_app.port), timeout=60) as sock:
         sock.sendall(head + b'{"model": "echo", ')  # and nothing more
         reply = b""
         while b"\r\n\r\n" not in reply:
@@ -96,34 +90,34 @@ def test_a_body_that_stops_coming_is_408_within_the_body_timeout(fakes: Endpoint
                 break
             reply += data
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-    assert_still_answers(fakes)
+    assert_still_answers(echo_app)
 
 
 # -- JSON nested deep ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("depth", [70, 100_000])
-def test_json_nested_deep_is_a_400(fakes: Endpoint, depth: int) -> None:
+def test_json_nested_deep_is_a_400(echo_app: Endpoint, depth: int) -> None:
     nested = b"[" * depth + b"]" * depth
     for field in (b"metadata", b"messages", b"model"):
         body = b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "%s": %s}'
-        with fakes.client() as client:
+        with echo_app.client() as client:
             reply = client.post("/v1/chat/completions", content=body % (field, nested))
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["code"] == "invalid_json"
-    assert_still_answers(fakes)
+    assert_still_answers(echo_app)
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_a_lone_surrogate_is_a_400_not_a_reply_that_cannot_be_encoded(
-    fakes: Endpoint, path: str
+    echo_app: Endpoint, path: str
 ) -> None:
     """Found by the fuzz test: a valid JSON escape of half a surrogate pair, echoed by the
     model, made the reply fail to encode (a 500)."""
     field = b'"messages": [{"role": "user", "content": "a\\ud800b"}]'
     if path.endswith("/completions") and "chat" not in path:
         field = b'"prompt": "a\\ud800b"'
-    with fakes.client() as client:
+    with echo_app.client() as client:
         reply = client.post(path, content=b'{"model": "echo", %s}' % field)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["code"] == "invalid_json"
