@@ -137,3 +137,29 @@ def local_ray(ray_session: None) -> t.Iterator[t.Any]:
     tests take fractions of a CPU). Modules that need a cluster of their own shut it down and
     start theirs; the next module that asks for this one gets a fresh shared Ray."""
     yield shared_ray()
+
+
+@pytest.fixture
+def every_cpu_held() -> t.Iterator[None]:
+    """Actors holding every CPU of the cluster, for as long as the test runs (one more is
+    started for CPUs that free up once the first holds its share: actors of earlier tests
+    that were just killed)."""
+    import ray
+
+    @ray.remote
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hogs: list[t.Any] = []
+    deadline = time.monotonic() + 60
+    while (free := ray.available_resources().get("CPU", 0.0)) > 1e-3:
+        assert time.monotonic() < deadline, f"{free} CPUs still free"
+        hogs.append(Hog.options(num_cpus=free).remote())  # type: ignore[attr-defined]
+        ray.get(hogs[-1].ready.remote(), timeout=120)
+        while ray.available_resources().get("CPU", 0.0) > free - 1e-3:  # the report lags
+            assert time.monotonic() < deadline, "Ray never reported the held CPUs"
+            time.sleep(0.1)
+    yield
+    for hog in hogs:
+        ray.kill(hog)

@@ -7,6 +7,7 @@ import typing as t
 import warnings
 
 from rig_ray.batch import concurrency
+from rig_ray.batch.data_tasks import remote_args, split_rows
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.placement import fit_cpus, gpus_per_actor
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
@@ -54,6 +55,7 @@ def generate(
     route_column: str | None = None,
     routes: t.Sequence[str] | None = None,
     generations_column: str | None = None,
+    data_cpus: float | None = None,
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -82,7 +84,9 @@ def generate(
     most `num_generations`; empty: `num_generations`), as an OpenAI batch file's `n` does.
     With `routes` (one name per generator) and `route_column`, each row instead goes whole to
     the generator whose name is its `route_column` value (a row naming none is left out): an
-    OpenAI batch file's `body.model` choosing a served model.
+    OpenAI batch file's `body.model` choosing a served model. Ray Data's own tasks here (the
+    cut into batches, the routing) ask `data_cpus` each: None, Ray Data's one CPU; 0 for a
+    job beside engines that hold every CPU (see `rig_ray.batch.data_tasks`).
 
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
@@ -133,7 +137,7 @@ def generate(
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches)
-    batches = dataset.repartition(target_num_rows_per_block=plans[0].batch_size)
+    batches = split_rows(dataset, plans[0].batch_size, data_cpus)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):
         rows = batches
@@ -142,7 +146,9 @@ def generate(
                 functools.partial(_rows_for, column=routed[0], name=routed[1][index]),
                 batch_format="pyarrow",
                 batch_size=None,
-            ).repartition(target_num_rows_per_block=sizing.batch_size)
+                **remote_args(data_cpus),
+            )
+            rows = split_rows(rows, sizing.batch_size, data_cpus)
         config = StageConfig(
             prompts=spec,
             member=0 if routed else index,

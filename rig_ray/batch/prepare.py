@@ -15,6 +15,7 @@ import typing as t
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rig_ray.batch.data_tasks import Block, from_blocks, put_block
 from rig_ray.batch.prompts import PromptSpec, content_id
 from rig_ray.errors import BatchInputError
 
@@ -101,11 +102,10 @@ def plan_rows(
     rows get `ID_COLUMN` and `TODO_COLUMN` and go to Ray's object store as they are read. With
     `generations_column`, each row asks for its own number of generations (`row_generations`).
     """
-    import ray
 
     dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
     ids = _Ids(spec)
-    refs: list[t.Any] = []
+    blocks: list[Block] = []
     rows_in = pending = wanted = 0
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         table = t.cast(pa.Table, batch)
@@ -126,8 +126,8 @@ def plan_rows(
         if table.num_rows and pc.any(keep).as_py():
             table = table.append_column(ID_COLUMN, id_array)
             table = table.append_column(TODO_COLUMN, pa.array(todo, type=pa.list_(pa.int32())))
-            refs.append(ray.put(table.filter(keep)))
+            blocks.append(put_block(table.filter(keep)))
     ids.check_unique()
-    if not refs:
+    if not blocks:
         return Plan(None, rows_in, 0, wanted)
-    return Plan(ray.data.from_arrow_refs(refs), rows_in, pending, wanted)
+    return Plan(from_blocks(blocks), rows_in, pending, wanted)

@@ -100,7 +100,9 @@ def run(
     `seconds_per_part` seconds, and on the way out, whatever stopped the run.
 
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
-    out while this one runs. `num_cpus` per actor, left None, fits the cluster. Runs on the
+    out while this one runs. `num_cpus` per actor, left None, fits the cluster; Ray Data's
+    own tasks (reading, cutting into batches) ask `data_cpus` each (None: one; 0 beside
+    engines that hold every CPU, see `rig_ray.batch.data_tasks`). Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
     Progress lines start with `progress_label`.
 
@@ -177,7 +179,11 @@ def _run_source(
     join(address)
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
-        dataset = read_prompts(source, id_column=options.get("id_column", "id"))
+        dataset = read_prompts(
+            source,
+            id_column=options.get("id_column", "id"),
+            data_cpus=options.get("data_cpus"),
+        )
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output) as lock:
@@ -207,7 +213,9 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     )
     folder = OutputFolder(output)
     join(options.get("address"))
-    dataset = read_prompts(source, id_column=options.get("id_column", "id"))
+    dataset = read_prompts(
+        source, id_column=options.get("id_column", "id"), data_cpus=options.get("data_cpus")
+    )
     spec = _resolve(dataset, source, options)
     manifest = _manifest(members, spec, structured, options)
     check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)

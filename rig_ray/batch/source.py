@@ -7,6 +7,7 @@ import json
 import re
 import typing as t
 
+from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
 
@@ -113,12 +114,16 @@ def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
     return filesystem, files
 
 
-def read_prompts(source: str, *, id_column: str = "id") -> ray.data.Dataset:
+def read_prompts(
+    source: str, *, id_column: str = "id", data_cpus: float | None = None
+) -> ray.data.Dataset:
     """A lazy Ray dataset of the rows of every input file that `source` names.
 
     The `id_column` is read as text, never through a number: CSV `007` stays `007`, a JSON
     `1.0` stays `1.0` and a 23-digit id keeps every digit. The other columns' types are
-    inferred.
+    inferred. The read tasks ask `data_cpus` each (see `rig_ray.batch.data_tasks`); with
+    0, Parquet files are read by this process instead (Ray Data's Parquet reader samples the
+    files in tasks of one CPU, whatever the read asks).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -126,17 +131,37 @@ def read_prompts(source: str, *, id_column: str = "id") -> ray.data.Dataset:
 
     filesystem, files = input_files(source)
     kind = format_of(files[0])
+    args = remote_args(data_cpus)
+    if kind == "parquet" and data_cpus == 0:
+        return _parquet_here(filesystem, files)
     if kind == "parquet":
-        return ray.data.read_parquet(files, filesystem=filesystem)
+        return ray.data.read_parquet(files, filesystem=filesystem, **args)
     if kind == "csv":
         as_text = pacsv.ConvertOptions(column_types={id_column: pa.string()})
-        return ray.data.read_csv(files, filesystem=filesystem, convert_options=as_text)
+        return ray.data.read_csv(files, filesystem=filesystem, convert_options=as_text, **args)
     # Lines are parsed here (not by pyarrow, which reads every number as a number) so that
     # the id keeps the text it was written as. A file holding one JSON array works too.
-    files_data = ray.data.read_binary_files(files, filesystem=filesystem)
+    files_data = ray.data.read_binary_files(files, filesystem=filesystem, **args)
     return files_data.map_batches(
-        _JsonRows(id_column), batch_size=1, batch_format="pyarrow", zero_copy_batch=True
+        _JsonRows(id_column), batch_size=1, batch_format="pyarrow", zero_copy_batch=True, **args
     )
+
+
+def _parquet_here(filesystem: pafs.FileSystem, files: list[str]) -> ray.data.Dataset:
+    """The Parquet `files` read by this process, a block per row group, into Ray's object
+    store: a dataset that needs no task to exist."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blocks = []
+    for path in files:
+        with filesystem.open_input_file(path) as handle:
+            reader = pq.ParquetFile(handle)
+            for group in range(reader.num_row_groups):
+                blocks.append(put_block(reader.read_row_group(group)))
+            if not reader.num_row_groups:
+                blocks.append(put_block(pa.Table.from_batches([], schema=reader.schema_arrow)))
+    return from_blocks(blocks)
 
 
 class _JsonRows:

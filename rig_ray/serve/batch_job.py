@@ -28,8 +28,9 @@ from rig_ray.errors import BatchInputError
 
 ACTOR_CPUS = 0.0
 """CPUs each of a job's Ray Data actors asks for: none, they only wait on Serve handles."""
-# Ray Data's own tasks (reading the prepared file, cutting it into blocks) ask one CPU each:
-# a batch job needs one CPU of the cluster free besides what the engines hold.
+DATA_CPUS = 0.0
+"""CPUs each of a job's Ray Data tasks asks for (reading the prepared file, cutting it into
+batches): none, so that a job runs beside replicas that hold every CPU of the cluster."""
 ROWS_PER_PART = 64
 SECONDS_PER_PART = 2.0
 """How often a job writes a part: what a stop loses at most, and how fresh progress is."""
@@ -99,6 +100,7 @@ def run_job(spec: JobSpec) -> None:
                 rows_per_part=ROWS_PER_PART,
                 seconds_per_part=SECONDS_PER_PART,
                 num_cpus=ACTOR_CPUS,
+                data_cpus=DATA_CPUS,
                 messages_column=MESSAGES_COLUMN,
                 params_column=PARAMS_COLUMN,
                 text_column=TEXT_COLUMN,

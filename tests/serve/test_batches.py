@@ -123,6 +123,17 @@ async def test_bad_lines_land_in_the_error_file(endpoint: Endpoint) -> None:
     assert errors[3]["response"]["status_code"] == 500
 
 
+@pytest.mark.usefixtures("every_cpu_held")
+async def test_a_batch_runs_while_replicas_and_others_hold_every_cpu(endpoint: Endpoint) -> None:
+    # Its reads and its cut into batches ask no CPU (`serve.batch_job.DATA_CPUS`).
+    client = endpoint.openai()
+    lines = [line(f"c{i}", f"held {i}") for i in range(5)]
+    batch = await wait_for(client, (await submit(client, jsonl(lines))).id, finished)
+    assert batch.status == "completed" and batch.request_counts.completed == 5, batch
+    output = parse((await client.files.content(batch.output_file_id)).content)
+    assert [x["custom_id"] for x in output] == [f"c{i}" for i in range(5)]
+
+
 async def test_files_list_retrieve_delete_and_batches_list(endpoint: Endpoint) -> None:
     client = endpoint.openai()
     uploaded = await client.files.create(

@@ -1,0 +1,79 @@
+"""The CPUs that Ray Data's own tasks of a batch job ask for.
+
+A job's Ray Data tasks only read the input files and cut the rows into batches; its engines
+run in actors of their own, and the rows it keeps go to Ray's object store described by the
+driver, with no task at all (`put_block`, `from_blocks`). Ray Data gives each task one CPU
+unless told otherwise, so a job started beside engines that already hold every CPU of the
+cluster (a `/v1/batches` job beside the Serve replicas it sends its rows to) would wait
+forever for its first read. Such a job sets `data_cpus=0`; None keeps Ray Data's default.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+if t.TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+
+def remote_args(data_cpus: float | None) -> dict[str, t.Any]:
+    """The remote args of a data task: `num_cpus` where one is given, else Ray Data's."""
+    return {} if data_cpus is None else {"num_cpus": data_cpus}
+
+
+def split_rows(dataset: ray.data.Dataset, rows: int, data_cpus: float | None) -> ray.data.Dataset:
+    """`dataset` in blocks of `rows` rows, streamed (`Dataset.repartition` with
+    `target_num_rows_per_block`), its tasks asking `data_cpus`.
+
+    `Dataset.repartition` takes no remote args, so with `data_cpus` the same logical
+    operator is built here with them (Ray 2.60's `StreamingRepartition`; the tests run a job
+    with every CPU held, which only ends if the operator got them).
+    """
+    if data_cpus is None:
+        return dataset.repartition(target_num_rows_per_block=rows)
+    from ray.data import Dataset
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.map_operator import StreamingRepartition
+
+    operator = StreamingRepartition(
+        target_num_rows_per_block=rows,
+        input_dependencies=[dataset._logical_plan.dag],
+        ray_remote_args=remote_args(data_cpus),
+    )
+    return Dataset._from_parent(dataset, LogicalPlan(operator, dataset.context))
+
+
+class Block(t.NamedTuple):
+    """A table put in Ray's object store, with Ray Data's description of it."""
+
+    ref: t.Any
+    metadata: t.Any
+
+
+def put_block(table: pa.Table) -> Block:
+    """Put `table` in Ray's object store and describe it here, where it is at hand
+    (`ray.data.from_arrow_refs` instead runs a one-CPU task per table to read that back)."""
+    import ray
+    from ray.data.block import BlockExecStats, BlockMetadataWithSchema
+
+    stats = BlockExecStats.builder().build()
+    return Block(ray.put(table), BlockMetadataWithSchema.from_block(table, block_exec_stats=stats))
+
+
+def from_blocks(blocks: t.Sequence[Block]) -> ray.data.Dataset:
+    """A dataset of `blocks`, as `ray.data.from_arrow_refs` makes it, with no task."""
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.from_operators import FromArrow
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.context import DataContext
+    from ray.data.dataset import MaterializedDataset
+
+    refs = [block.ref for block in blocks]
+    metadata = [block.metadata for block in blocks]
+    stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
+    context = DataContext.get_current().copy()
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
+
+
+__all__: t.Sequence[str] = ["Block", "from_blocks", "put_block", "remote_args", "split_rows"]

@@ -1,0 +1,86 @@
+"""A batch job beside engines that hold every CPU: with `data_cpus=0` it still runs to the end.
+
+A `/v1/batches` job runs on the cluster of the Serve replicas it sends its rows to; they may
+hold every CPU. Ray Data's tasks ask one CPU each by default and would wait forever.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import typing as t
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from rig_ray import batch
+from tests.fakes import EchoGenerator
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+WAIT_S = 180.0
+"""Far longer than these few rows take: a job still running then waits for a CPU."""
+
+
+def _inputs(folder: Path) -> dict[str, str]:
+    rows = [
+        {"id": f"r{i}", "prompt": f"say {i}", "route": "a" if i % 2 else "b"} for i in range(12)
+    ]
+    jsonl = folder / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, folder / "in.parquet")
+    pacsv.write_csv(table, folder / "in.csv")
+    return {kind: str(folder / f"in.{kind}") for kind in ("jsonl", "parquet", "csv")}
+
+
+def _finishes(job: t.Callable[[], batch.BatchSummary]) -> batch.BatchSummary:
+    done: list[batch.BatchSummary] = []
+    thread = threading.Thread(target=lambda: done.append(job()), daemon=True)
+    thread.start()
+    thread.join(WAIT_S)
+    assert done, f"the job still waits after {WAIT_S:.0f} s: a task asks for a CPU"
+    return done[0]
+
+
+@pytest.mark.usefixtures("every_cpu_held")
+def test_a_job_with_data_cpus_0_runs_while_every_cpu_is_held(tmp_path: Path) -> None:
+    for kind, source in _inputs(tmp_path).items():
+        output = tmp_path / f"out-{kind}"
+        summary = _finishes(
+            lambda source=source, output=output: batch.run(
+                source,
+                str(output),
+                generator=EchoGenerator(model="echo"),
+                num_cpus=0,
+                data_cpus=0,
+                batch_size=4,
+                progress=False,
+            )
+        )
+        assert summary.generations_written == 12 and summary.failed == 0, (kind, summary)
+        rows = batch.read_output(str(output)).to_pylist()
+        assert sorted(row["id"] for row in rows) == sorted(f"r{i}" for i in range(12)), kind
+    # Rows routed to two generators by a column: one filter and one cut into batches each.
+    routed = _finishes(
+        lambda: batch.run(
+            str(tmp_path / "in.jsonl"),
+            str(tmp_path / "out-routed"),
+            generators=[EchoGenerator(model="a"), EchoGenerator(model="b")],
+            route_column="route",
+            routes=["a", "b"],
+            num_cpus=0,
+            data_cpus=0,
+            batch_size=4,
+            progress=False,
+        )
+    )
+    assert routed.generations_written == 12, routed
+    models = {
+        row["id"]: row["model"]
+        for row in batch.read_output(str(tmp_path / "out-routed")).to_pylist()
+    }
+    assert all(models[f"r{i}"] == ("a" if i % 2 else "b") for i in range(12)), models
