@@ -15,6 +15,13 @@ So a row reaches the next stage part by part, not row by row through one Ray Dat
 its wait is the rest of its batch in the stage before (then it is on disk at once), the
 round of the next stage that is running when it arrives, and that round's start (reading
 its input, starting Ray Data).
+
+That leaves a stage folder with many small parts (one per batch, or per round for the last
+stage). When every stage is done (and so none reads another's parts any more), each stage's
+runs of small parts are merged into parts of up to its `rows_per_part` rows, holding its
+folder's lock (`merge_parts`, `OutputFolder.merge`), and the next stage's input is made
+again from the merged parts. Stages complete already from an earlier run are merged too (a
+run that stopped before its end left them small). A run that raises merges nothing.
 """
 
 from __future__ import annotations
