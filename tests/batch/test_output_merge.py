@@ -4,12 +4,15 @@ replace go; a merge killed in between is undone by `compact`; large parts stay a
 from __future__ import annotations
 
 import shutil
+import tempfile
 import typing as t
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.output import Merged, OutputFolder, read_output
@@ -128,3 +131,26 @@ def test_each_merged_part_is_checked_first_and_a_held_folder_is_left_alone(
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".parquet") == before
     assert merge_parts(str(tmp_path), rows_per_part=10) == Merged(3, 1)
     assert not (tmp_path / "_rig_ray.lock").exists()  # the lock went with the merge
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=10),
+    rows_per_part=st.integers(1, 15),
+)
+def test_any_merge_keeps_the_rows_in_order_and_only_shrinks(
+    sizes: list[int], rows_per_part: int
+) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        parts_of(folder, sizes, failed=["r0", "r5"])
+        before, names_before = rows_of(folder), names(folder)
+        merged = OutputFolder(name).merge(rows_per_part=rows_per_part)
+        after = names(folder)
+        assert rows_of(folder) == before
+        assert len(after) == len(names_before) - merged.parts + merged.into
+        assert set(after) <= set(names_before)  # each merged part has its run's first name
+        counts = [pq.read_metadata(folder / n).num_rows for n in after]
+        large = [size for size in sizes if size > rows_per_part]  # only those stay larger
+        assert sorted(c for c in counts if c > rows_per_part) == sorted(large)
+        assert OutputFolder(name).merge(rows_per_part=rows_per_part) == Merged(0, 0)
