@@ -2,6 +2,8 @@
 
 Parts are written whole or not at all (locally: to a hidden temporary name, then renamed), so a
 job killed at any moment leaves only complete files, and a rerun knows exactly what is done.
+`OutputFolder.merge` rewrites many small parts (a pipeline's stream mode writes one per batch)
+as few, under the same rule: a merged part is complete before the parts it replaces go.
 """
 
 from __future__ import annotations
@@ -94,6 +96,63 @@ class OutputFolder:
             self._rewrite(part, table.filter(pa.array(mask)))
         return dropped
 
+    def merge(
+        self, *, rows_per_part: int, before_part: t.Callable[[], None] | None = None
+    ) -> Merged:
+        """Merge runs of consecutive parts into parts of up to `rows_per_part` rows, in the
+        folder's order; parts that hold `rows_per_part` rows or more stay as they are, and a
+        run is merged only where that leaves fewer parts. The caller holds the folder's lock;
+        `before_part` runs before each merged part is written (it raises to stop).
+
+        Each merged part is written whole under the name of the first part of its run
+        (replacing it, so the folder's order holds), and only then are the others deleted: a
+        process killed in between leaves their rows twice, and `compact` (on a resume, and
+        here before merging) leaves one of each. Returns the parts merged and how many
+        they became."""
+        runs = self._merge_runs(rows_per_part)
+        if not runs:
+            return Merged(0, 0)
+        self._clear_temporaries()
+        scan = self.scan()
+        if scan.repeated:  # a merge or a retry that stopped before deleting what it replaced
+            self.compact(scan)
+            runs = self._merge_runs(rows_per_part)
+        for run in runs:
+            tables = [self._read(part, None) for part in run]
+            table = pa.concat_tables(tables, promote_options="permissive")
+            if before_part is not None:
+                before_part()
+            _write_whole(self.filesystem, table, run[0])
+            for part in run[1:]:
+                self._delete(part)
+        return Merged(sum(len(run) for run in runs), len(runs))
+
+    def _merge_runs(self, rows_per_part: int) -> list[list[str]]:
+        """Runs of consecutive parts whose rows add up to `rows_per_part` at most (row counts
+        from the parts' footers), two parts or more each."""
+        runs: list[list[str]] = []
+        total = 0
+        for part in self.parts():
+            rows = self._rows(part)
+            if not runs or total + rows > rows_per_part:
+                runs.append([])
+                total = 0
+            runs[-1].append(part)
+            total += rows
+        return [run for run in runs if len(run) > 1]
+
+    def _rows(self, part: str) -> int:
+        try:
+            return int(pq.read_metadata(part, filesystem=self.filesystem).num_rows)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise BatchInputError(
+                f"output part {part!r} cannot be read ({error}); move it away to resume",
+                source=self.location,
+            ) from error
+
+    def _delete(self, part: str) -> None:
+        self.filesystem.delete_file(part)
+
     def _read(self, part: str, columns: list[str] | None) -> pa.Table:
         try:
             return pq.read_table(part, columns=columns, filesystem=self.filesystem)
@@ -105,7 +164,7 @@ class OutputFolder:
 
     def _rewrite(self, part: str, table: pa.Table) -> None:
         if table.num_rows == 0:
-            self.filesystem.delete_file(part)
+            self._delete(part)
         else:
             _write_whole(self.filesystem, table, part)
 
@@ -132,6 +191,13 @@ class OutputFolder:
         for info in infos:
             if info.type == pafs.FileType.File and info.base_name.startswith(_TEMP_PREFIX):
                 self.filesystem.delete_file(info.path)
+
+
+class Merged(t.NamedTuple):
+    """What `OutputFolder.merge` did: `parts` merged into `into` parts."""
+
+    parts: int
+    into: int
 
 
 class PartWriter:

@@ -5,8 +5,11 @@ the part (and its size and time, so a part rewritten by a retry's clean-up is ma
 the files made by one update sit in a numbered subfolder of their own (`000001/`, ...), so
 that a stream-mode round can read the new rows only.
 Making the input again reads only the parts that are new since the last time, one at a time,
-and removes the files of parts that are gone: memory holds one part (and, for the rule
-below, the keys of the stage before, as `batch.run`'s resume does), never the whole stage.
+and removes the files of parts that are gone (and subfolders left empty): memory holds one
+part (and, for the rule below, the keys of the stage before, as `batch.run`'s resume does),
+never the whole stage. A stage before whose small parts were merged (stream mode, at the end
+of a run) has new parts under the names of the first of each run: their rows, with the same
+ids, are made again from them, and the files of the small parts go.
 
 Where the stage before holds two rows for one (id, generation_index) (a `retry_failed` run
 stopped before its clean-up), the one its clean-up will keep is used: the first that
@@ -75,9 +78,12 @@ def update_input(
     wanted = {_input_name(part, infos[part], dropped.get(part)): part for part in parts}
     filesystem.create_dir(target, recursive=True)
     existing = _files(filesystem, target)
-    for name in set(existing) - set(wanted):  # its part is gone or was rewritten
-        filesystem.delete_file(existing[name])
+    gone = set(existing) - set(wanted)
+    for name in gone:  # its part is gone, was rewritten, or was merged into another
+        filesystem.delete_file(existing.pop(name))
     fresh = _next_subfolder(filesystem, target) if set(wanted) - set(existing) else None
+    if gone:  # once the new one is numbered, so that it comes after them
+        _remove_empty_subfolders(filesystem, target)
     for name, part in sorted(wanted.items()):
         if name not in existing:
             table = pq.read_table(part, filesystem=folder.filesystem)
@@ -200,6 +206,16 @@ def _files(filesystem: pafs.FileSystem, folder: str) -> dict[str, str]:
         and info.base_name.endswith(".parquet")
         and not info.base_name.startswith((".", "_"))
     }
+
+
+def _remove_empty_subfolders(filesystem: pafs.FileSystem, folder: str) -> None:
+    """Remove the numbered subfolders of `folder` whose files are all gone."""
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+    full = {info.path.rsplit("/", 1)[0] for info in infos if info.type == pafs.FileType.File}
+    for info in infos:
+        numbered = info.type == pafs.FileType.Directory and info.base_name.isdigit()
+        if numbered and info.path not in full:
+            filesystem.delete_dir(info.path)
 
 
 def _next_subfolder(filesystem: pafs.FileSystem, folder: str) -> str:

@@ -9,7 +9,8 @@ own (`pipeline_engines`), loaded before the stage and unloaded after it:
 - "stream": every stage's engines are loaded at once and the stages run side by side; a later
   stage takes the Parquet parts of the stage before as they are written (a part per batch
   of rows; a new `batch.run` round over what has arrived, its engines loaded throughout;
-  see `pipeline_stream`).
+  see `pipeline_stream`). Once every stage is done, each stage's small parts are merged
+  into parts of up to its `rows_per_part` rows (`OutputFolder.merge`).
 - "auto": stream when the cluster has room for every stage's actors at once, else swap.
 A stage with nothing left to do loads no model.
 """
@@ -37,7 +38,8 @@ PROXY_CPUS = 0.05
 STREAM_SECONDS_PER_PART = 0.0
 """In stream mode, a stage that feeds another writes a part for every batch of rows that
 comes back from its engines, at once (a part is written only when a batch comes in: any
-wait here would keep a batch's rows back until the next batch arrives)."""
+wait here would keep a batch's rows back until the next batch arrives). These small parts
+are merged once every stage is done (see `pipeline_stream`)."""
 DATA_CPUS = 2.0
 """CPUs left to Ray Data's read, plan and write tasks (all of a smaller cluster): engine
 actors without `num_cpus` share what is left, and take a token 0.01 CPU where nothing is."""

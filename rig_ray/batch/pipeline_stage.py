@@ -55,6 +55,8 @@ class Stage(BaseModel):
     json_schema: dict[str, t.Any] | type | None = None
     retry_failed: bool = False
     rows_per_part: int = Field(DEFAULT_ROWS_PER_PART, ge=1)
+    """Rows per Parquet part at most; in stream mode also the size its small parts are
+    merged into at the end."""
     seconds_per_part: float = Field(DEFAULT_SECONDS_PER_PART, gt=0)
     on_error: OnError = "skip"
 

@@ -15,6 +15,13 @@ So a row reaches the next stage part by part, not row by row through one Ray Dat
 its wait is the rest of its batch in the stage before (then it is on disk at once), the
 round of the next stage that is running when it arrives, and that round's start (reading
 its input, starting Ray Data).
+
+That leaves a stage folder with many small parts (one per batch, or per round for the last
+stage). When every stage is done (and so none reads another's parts any more), each stage's
+runs of small parts are merged into parts of up to its `rows_per_part` rows, holding its
+folder's lock (`merge_parts`, `OutputFolder.merge`), and the next stage's input is made
+again from the merged parts. Stages complete already from an earlier run are merged too (a
+run that stopped before its end left them small). A run that raises merges nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import threading
 import time
 import typing as t
 
-from rig_ray.batch.output import OutputFolder
+from rig_ray.batch.lock import FolderLock
+from rig_ray.batch.output import Merged, OutputFolder
 from rig_ray.batch.pipeline_engines import StageEngines
 from rig_ray.batch.pipeline_summary import StageSummary
+from rig_ray.errors import BatchInputError
 
 if t.TYPE_CHECKING:
     from rig_ray.batch.pipeline_run import _Job
@@ -69,7 +78,25 @@ class Stream:
             for index, stage_engines in engines.items():
                 stage_engines.unload()  # already done for stages that finished
                 self.summaries[index].engines = stage_engines.times
+        self._merge()
         return self.summaries
+
+    def _merge(self) -> None:
+        """Every stage is complete and none reads another's parts any more: merge each
+        stage's small parts into parts of up to its `rows_per_part` rows, then remake the
+        next stage's input from the merged parts (the same rows and ids, in fewer files, so
+        a later run finds it up to date)."""
+        job = self.job
+        for index, stage in enumerate(job.stages):
+            summary = self.summaries[index]
+            merged = merge_parts(job.layout.stage(stage.name), stage.rows_per_part)
+            if isinstance(merged, str):  # another run holds the folder: left as it is
+                note = f"its parts were not merged: {merged}"
+                summary.note = f"{summary.note}; {note}" if summary.note else note
+                continue
+            summary.merged, summary.merged_into = merged
+            if merged.parts and index + 1 < len(job.stages):
+                job.read(index + 1)
 
     def _first_with_work(self) -> int:
         """The first stage with generations left to make (every stage after it has work too,
@@ -135,3 +162,21 @@ class Stream:
                 return
             read = read._replace(source=fresh)
         self.summaries[index].add(self.job.run_once(index, read, engines, feeds))
+
+
+def merge_parts(location: str, rows_per_part: int) -> Merged | str:
+    """Merge the small parts of a complete stage's folder (`OutputFolder.merge`), holding
+    the folder's lock as `batch.run` does; where the lock cannot be taken (another run holds
+    it), nothing is merged and the reason is returned."""
+    folder = OutputFolder(location)
+    if len(folder.parts()) < 2:
+        return Merged(0, 0)
+    lock = FolderLock(folder.filesystem, folder.path, location)
+    try:
+        lock.acquire()
+    except BatchInputError as busy:
+        return str(busy)
+    try:
+        return folder.merge(rows_per_part=rows_per_part, before_part=lock.check)
+    finally:
+        lock.release()

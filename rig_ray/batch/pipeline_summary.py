@@ -33,6 +33,10 @@ class StageSummary(BaseModel):
     loaded: bool = False
     """Whether its engines were loaded (False: nothing was left to do)."""
     engines: EngineTimes = Field(default_factory=EngineTimes)
+    merged: int = 0
+    """Small parts merged once the stage was complete (stream mode) ..."""
+    merged_into: int = 0
+    """... into this many parts."""
     note: str | None = None
 
     def add(self, run: BatchSummary) -> None:
@@ -62,6 +66,8 @@ class StageSummary(BaseModel):
             )
         else:
             line += "; no model loaded"
+        if self.merged:
+            line += f"; merged {self.merged:,} parts into {self.merged_into:,}"
         if self.note:
             line += f" ({self.note})"
         return redact(f"{line} -> {self.output}")

@@ -83,6 +83,14 @@ def test_two_stages_ids_parents_skips_and_typed_columns(tmp_path: Path, mode: st
         else:
             assert row["score"] is None and "JSON" in row["error"]
     assert "input_text" not in final.column_names  # the answer's text is answer_text there
+    if mode == "stream":  # a part per batch of 2 rows, merged once the pipeline was done
+        assert answer.merged >= 2 and answer.merged_into == 1
+        assert f"merged {answer.merged} parts into 1" in answer.line()
+        answers = read_output(str(out / "answer")).to_pylist()
+        assert keys(answers) == sorted((f"q{n}", g) for n in range(3) for g in range(2))
+        assert sum(row["error"] is not None for row in answers) == 2  # q2's, as written
+    for stage in ("answer", "judge"):
+        assert len(list((out / stage).glob("part-*.parquet"))) == 1
 
 
 def test_later_stages_see_prefixes_and_keep_errors_when_asked(tmp_path: Path) -> None:

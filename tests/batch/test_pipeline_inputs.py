@@ -98,3 +98,21 @@ def test_a_repeated_key_keeps_the_first_success(tmp_path: Path) -> None:
     update_input(OutputFolder(str(stage)), str(target), pafs.LocalFileSystem(), keep)
     assert [r["id"] for r in made(target)] == ["q0/0", "q1/0"]
     assert len(list(target.rglob("*.parquet"))) == 2  # the old file of part 1 went
+
+
+def test_a_merged_stage_before_gives_the_same_rows_in_fewer_files(tmp_path: Path) -> None:
+    stage, target = tmp_path / "answer", tmp_path / "_inputs" / "judge"
+    part(stage, "1", [("q0", 0, None), ("q0", 1, None)])
+    part(stage, "2", [("q1", 0, "boom"), ("q1", 1, None)])
+    part(stage, "3", [("q2", 0, None)])
+    update(stage, target)
+    before = made(target)
+    assert [r["id"] for r in before] == ["q0/0", "q0/1", "q1/1", "q2/0"]
+    assert OutputFolder(str(stage)).merge(rows_per_part=10).into == 1
+    after = t.cast(InputUpdate, update(stage, target))
+    assert (after.rows, after.fresh) == (4, "000002")
+    assert made(target) == before  # the same ids, parents and columns
+    assert [f.name for f in target.rglob("*.parquet")] == [
+        next(f.name for f in (target / "000002").iterdir())
+    ]  # the small parts' files went with them
+    assert [p.name for p in target.iterdir()] == ["000002"]  # and so did their subfolder
