@@ -103,7 +103,7 @@ def start_server(
         if replica_port is not None:  # read by Serve's processes as they start
             env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
             env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(replica_port)
-            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(replica_port)
+            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(replica_port + 1)
         identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
         command = [
             python, "-m", "rig_ray.cli", "serve", "-g", identifier, "--name", "bench",
