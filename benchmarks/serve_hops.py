@@ -8,6 +8,10 @@ between them) is served both ways in one local Ray (`--num-cpus`, Ray workers at
 one app at a time; `--streams` streamed chats at once through httpx, `--rounds` times (the
 best round counts). Printed: chunks/s through the whole path (proxy, replicas, SSE) and the
 ratio one / two. No vLLM: it needs no lock and measures only the per-chunk path.
+
+`--direct-ingress` starts Ray with Serve's `RAY_SERVE_ENABLE_DIRECT_INGRESS=1` (a Ray 2.60
+feature flag: each ingress replica also answers HTTP itself, on a port of its own) and loads
+the one-deployment app twice: through Serve's proxy, and straight at the replica's port.
 """
 
 from __future__ import annotations
@@ -92,13 +96,42 @@ def run_app(one: bool, args: argparse.Namespace, port: int) -> float:
         serve.delete("hops")
 
 
+def direct(args: argparse.Namespace, port: int, replica_port: int) -> tuple[float, float]:
+    """chunks/s of the one-deployment app through the proxy and at the replica's own port."""
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    model = ServedModel(generator=burst_generator(args.chunks), ray_actor_options={"num_cpus": 0.5})
+    serve.run(build_app(model, one_deployment=True), name="hops", route_prefix="/")
+    try:
+        rates = []
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{replica_port}"):
+            best = 0.0
+            for _ in range(args.rounds):
+                wall, chunks = asyncio.run(load(url, args.streams))
+                if chunks != args.streams * args.chunks:
+                    raise RuntimeError(f"got {chunks} chunks from {url}")
+                best = max(best, chunks / wall)
+            rates.append(best)
+        return rates[0], rates[1]
+    finally:
+        serve.delete("hops")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--chunks", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-cpus", type=float, default=2)
+    parser.add_argument("--direct-ingress", action="store_true")
     args = parser.parse_args()
+    replica_port = free_port()
+    if args.direct_ingress:  # read by Serve's processes as they start: set before Ray starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(replica_port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(replica_port + 100)
 
     import ray
     from ray import serve
@@ -109,11 +142,20 @@ def main() -> None:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        two = run_app(False, args, port)
-        one = run_app(True, args, port)
+        if args.direct_ingress:
+            proxied, straight = direct(args, port, replica_port)
+        else:
+            two = run_app(False, args, port)
+            one = run_app(True, args, port)
     finally:
         serve.shutdown()
         ray.shutdown()
+    if args.direct_ingress:
+        print("\n| one deployment, direct ingress on | chunks/s |\n|---|---:|")
+        print(f"| through Serve's proxy | {proxied:.0f} |")
+        print(f"| at the replica's own port | {straight:.0f} |")
+        print(f"replica / proxy: {straight / proxied:.2f}x")
+        return
     print("\n| app | chunks/s |\n|---|---:|")
     print(f"| ingress + model (two deployments) | {two:.0f} |")
     print(f"| one deployment | {one:.0f} |")

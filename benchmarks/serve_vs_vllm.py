@@ -14,7 +14,10 @@ rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
 `--sides` picks the servers, in order: `vllm`, `rig_ray` (`rig-ray serve` as it runs by
 default: one generator, so routes and engine in the same replica), `rig_ray_split`
 (`--split-deployments`: the routes in an ingress deployment in front of the model's) and
-`rig_ray_one` (`--one-deployment`, the default asked for by name). rig-ray's Ray workers
+`rig_ray_one` (`--one-deployment`, the default asked for by name) and `rig_ray_direct` (the
+default app on a Ray started with Serve's `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, a Ray 2.60
+feature flag: the replica answers HTTP itself on a port of its own, which the load goes to,
+with no Serve proxy in between). rig-ray's Ray workers
 run at `--ray-niceness` (0, as `vllm serve` does; Ray's own default is 15, which on a busy
 machine hands the CPU to everything else).
 
@@ -59,6 +62,7 @@ SIDES = {
     "rig_ray": "rig-ray serve",
     "rig_ray_split": "rig-ray serve --split-deployments",
     "rig_ray_one": "rig-ray serve --one-deployment",
+    "rig_ray_direct": "rig-ray serve, direct ingress",
 }
 
 
@@ -76,7 +80,13 @@ class Reply(t.NamedTuple):
 
 
 def start_server(
-    side: str, folder: str, port: int, dtype: str, log: Path, niceness: int = 0
+    side: str,
+    folder: str,
+    port: int,
+    dtype: str,
+    log: Path,
+    niceness: int = 0,
+    replica_port: int | None = None,
 ) -> subprocess.Popen:
     python = sys.executable
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
@@ -90,6 +100,10 @@ def start_server(
         # Ray starts its workers (the replicas, and so the engine) at niceness 15; `vllm serve`
         # runs at 0. On a machine shared with other work that alone decides who gets the CPU.
         env["RAY_worker_niceness"] = str(niceness)
+        if replica_port is not None:  # read by Serve's processes as they start
+            env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+            env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(replica_port)
+            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(replica_port + 1)
         identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
         command = [
             python, "-m", "rig_ray.cli", "serve", "-g", identifier, "--name", "bench",
@@ -167,9 +181,11 @@ def percentile(values: list[float], q: int) -> float:
 
 def run_side(side: str, args: argparse.Namespace, folder: str, logs: Path) -> dict[str, float]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    direct = free_port() if side == "rig_ray_direct" else None
     log = logs / f"{side}.log"
-    process = start_server(side, folder, port, args.dtype, log, args.ray_niceness)
+    process = start_server(side, folder, port, args.dtype, log, args.ray_niceness, direct)
+    port = direct or port  # the load goes to the replica itself where it answers HTTP
+    url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(url, process, args.start_timeout))
         asyncio.run(load(url, args.concurrency, args.concurrency, args.seed + 1))  # warm-up

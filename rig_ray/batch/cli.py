@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPUs per actor (default: 1, less when the cluster is too small for that)",
     )
     parser.add_argument(
+        "--data-cpus",
+        type=float,
+        metavar="C",
+        help="CPUs each of Ray Data's read and split tasks asks for (default: 1; 0 on a "
+        "cluster whose CPUs other work holds, e.g. model replicas)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         metavar="B",
@@ -229,6 +236,7 @@ def _run_batch(args: argparse.Namespace) -> t.Any:
         replicas=args.replicas,
         num_gpus=args.num_gpus,
         num_cpus=args.num_cpus,
+        data_cpus=args.data_cpus,
         batch_size=args.batch_size,
         max_concurrent_batches=args.max_concurrent_batches,
         batch_timeout_s=args.batch_timeout_s,

@@ -17,7 +17,7 @@ RIG_RAY = [sys.executable, "-m", "rig_ray.cli"]
 OPTIONS = (
     "--generator", "--template", "--system", "--messages-column", "--num-generations",
     "--replicas", "--num-gpus", "--batch-size", "--id-column", "--seed", "--address",
-    "--retry-failed", "--max-concurrent-batches", "--batch-timeout-s",
+    "--retry-failed", "--max-concurrent-batches", "--batch-timeout-s", "--num-cpus", "--data-cpus",
 )  # fmt: skip
 
 

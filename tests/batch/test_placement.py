@@ -62,5 +62,7 @@ def test_a_cluster_that_never_answers_is_a_batch_input_error_after_the_timeout()
     seconds, address, message = result.strip().split("|", 2)
     assert f"the Ray cluster at '{address}' did not answer within " in message
     said = int(message.split("did not answer within ")[1].split("s")[0])
-    assert said >= 3 and abs(said - float(seconds)) <= 1  # the time it really took
+    # The time it really took: Ray's connect waits (about 5 s here) outlast the 3 s timer;
+    # the test's own clock stops later still (after the join has shut Ray down again).
+    assert 4 <= said <= float(seconds) + 0.5
     assert 2.5 <= float(seconds) < 60

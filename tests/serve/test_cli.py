@@ -65,6 +65,9 @@ def test_options_reach_the_served_models() -> None:
         (["-g", "vllm!m", "--max-batch-size", "0"], "max_batch_size"),
         (["-g", "vllm!m", "--replicas", "0"], "num_replicas"),
         (["-g", "vllm!a", "-g", "vllm!b", "--one-deployment"], "serves one generator, not 2"),
+        (["-g", "vllm!m", "--direct-ingress", "--replicas", "2"], "takes one replica"),
+        (["-g", "vllm!m", "--direct-ingress", "--split-deployments"], "leave out --split"),
+        (["-g", "vllm!m", "--direct-ingress", "--address", "auto"], "a Ray of this command"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(

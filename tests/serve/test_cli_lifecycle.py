@@ -4,7 +4,8 @@ auth; and on SIGTERM while requests run stops cleanly well within 30 s, each req
 the server is stopping. One more process joins a running Serve twice: without a key on a
 public address it is refused, with one it checks auth against, and prints, the address
 Serve really has. (503 on /health while a model loads: the split app's, in
-tests/serve/test_reliability.py.)"""
+tests/serve/test_reliability.py.) With --direct-ingress, the replica itself listens on the
+port and answers, and SIGTERM stops it all."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import typing as t
 from pathlib import Path
 
 import httpx
+import openai
 import psutil
+import pytest
 
 from tests.serve.support import free_port
-from tests.serve.test_cli import start, wait_for
+from tests.serve.test_cli import start, stop, wait_for
 
 KEY = "lifecycle-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -129,3 +132,34 @@ def test_joining_a_serve_checks_auth_against_and_prints_the_address_it_really_ha
     joined = port + 2  # where join_main starts the second Serve
     assert f"rig-ray: serving up at http://127.0.0.1:{joined}/v1" in with_key
     assert f"on 0.0.0.0:{joined}; --host and --port do not apply" in with_key
+
+
+def test_direct_ingress_answers_on_the_port_from_the_replica_itself(tmp_path: Path) -> None:
+    port, log, gate = free_port(), tmp_path / "serve.log", tmp_path / "gate"
+    gate.touch()  # loads at once
+    model = f"gated!direct,gate={gate}"
+    command = [*MAIN, "-g", model, "--port", str(port), "--num-cpus", "0.1", "--direct-ingress"]
+    process = start(command, log, RIG_RAY_API_KEY=KEY)
+    try:
+        wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
+        assert f"rig-ray: serving direct at http://127.0.0.1:{port}/v1" in log.read_text()
+        listening = [
+            psutil.Process(c.pid).cmdline()
+            for c in psutil.net_connections("tcp")
+            if c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+        ]
+        assert listening and all("ServeReplica" in " ".join(c) for c in listening), listening
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        chunks = client.chat.completions.create(
+            model="direct", messages=[{"role": "user", "content": "up?"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ready"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert stop(process, signal.SIGTERM, started) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "rig-ray: stopping" in log.read_text()
