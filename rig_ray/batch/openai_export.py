@@ -11,6 +11,7 @@ exports what it has.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import secrets
 import typing as t
@@ -65,23 +66,26 @@ def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSu
     token = str(job_info(folder)["token"])
     created = int(job_info(folder)["created"])
     generations = _generations(folder)
-    lines: list[tuple[int, str, dict[str, t.Any]]] = []  # (input line, file, line)
-    for request in requests:
-        rows = generations.get(request["id"], {})
-        wanted = [rows.get(index) for index in range(request["n"])]
-        if any(row is None for row in wanted):
-            continue  # not finished yet
-        done = t.cast(list[dict[str, t.Any]], wanted)
-        kind, line = _result_line(token, created, request, done)
-        lines.append((request["line"], kind, line))
-    for invalid in read_invalid(folder):
-        lines.append((invalid.line, ERRORS_FILE, _invalid_line(token, invalid)))
-    lines.sort(key=lambda item: item[0])
-    outputs = [line for _, kind, line in lines if kind == OUTPUT_FILE]
-    errors = [line for _, kind, line in lines if kind == ERRORS_FILE]
-    _write_jsonl(output_jsonl, outputs)
-    _write_jsonl(errors_jsonl, errors)
-    return ExportSummary(len(outputs), len(errors))
+
+    def results() -> t.Iterator[tuple[int, str, dict[str, t.Any]]]:  # in input order
+        for request in sorted(requests, key=lambda request: int(request["line"])):
+            rows = generations.get(request["id"], {})
+            wanted = [rows.get(index) for index in range(request["n"])]
+            if any(row is None for row in wanted):
+                continue  # not finished yet
+            done = t.cast(list[dict[str, t.Any]], wanted)
+            kind, line = _result_line(token, created, request, done)
+            yield request["line"], kind, line
+
+    invalid = sorted(read_invalid(folder), key=lambda line: line.line)
+    failed = ((line.line, ERRORS_FILE, _invalid_line(token, line)) for line in invalid)
+    counts = {OUTPUT_FILE: 0, ERRORS_FILE: 0}
+    # Each line is written as it is made (none are held): the two kinds merged by input line.
+    with _JsonlFile(output_jsonl) as outputs, _JsonlFile(errors_jsonl) as errors:
+        for _, kind, line in heapq.merge(results(), failed, key=lambda item: item[0]):
+            (outputs if kind == OUTPUT_FILE else errors).write(line)
+            counts[kind] += 1
+    return ExportSummary(counts[OUTPUT_FILE], counts[ERRORS_FILE])
 
 
 def export_into_folder(folder: str) -> ExportSummary:
@@ -198,14 +202,29 @@ def _line(
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}
 
 
-def _write_jsonl(location: str, lines: list[dict[str, t.Any]]) -> None:
-    """Write whole or not at all: to a hidden name beside it, then renamed."""
-    filesystem, path = open_filesystem(location)
-    folder, _, name = path.rpartition("/")
-    if folder:
-        filesystem.create_dir(folder, recursive=True)
-    temporary = f"{folder}/.tmp-{secrets.token_hex(6)}-{name}"
-    with filesystem.open_output_stream(temporary) as stream:
-        for line in lines:
-            stream.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
-    filesystem.move(temporary, path)
+class _JsonlFile:
+    """A JSONL file written whole or not at all: to a hidden name beside it, renamed to its
+    own name when the block ends without an error (removed if it raised)."""
+
+    def __init__(self, location: str) -> None:
+        self._filesystem, path = open_filesystem(location)
+        folder, _, name = path.rpartition("/")
+        if folder:
+            self._filesystem.create_dir(folder, recursive=True)
+        self._path = path
+        self._temporary = f"{folder}/.tmp-{secrets.token_hex(6)}-{name}"
+        self._stream: t.Any = None
+
+    def __enter__(self) -> _JsonlFile:
+        self._stream = self._filesystem.open_output_stream(self._temporary)
+        return self
+
+    def write(self, line: dict[str, t.Any]) -> None:
+        self._stream.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+
+    def __exit__(self, kind: t.Any, error: t.Any, trace: t.Any) -> None:
+        self._stream.close()
+        if kind is None:
+            self._filesystem.move(self._temporary, self._path)
+        else:
+            self._filesystem.delete_file(self._temporary)
