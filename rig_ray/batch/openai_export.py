@@ -63,8 +63,8 @@ def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSu
             "batch file?)",
             source=folder,
         ) from error
-    token = str(job_info(folder)["token"])
-    created = int(job_info(folder)["created"])
+    info = job_info(folder)
+    token, created = str(info["token"]), int(info["created"])
     generations = _generations(folder)
 
     def results() -> t.Iterator[tuple[int, str, dict[str, t.Any]]]:  # in input order

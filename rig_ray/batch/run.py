@@ -179,11 +179,7 @@ def _run_source(
     join(address)
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
-        dataset = read_prompts(
-            source,
-            id_column=options.get("id_column", "id"),
-            data_cpus=options.get("data_cpus"),
-        )
+        dataset = _read(source, options)
         spec = _resolve(dataset, source, options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output) as lock:
@@ -213,9 +209,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     )
     folder = OutputFolder(output)
     join(options.get("address"))
-    dataset = read_prompts(
-        source, id_column=options.get("id_column", "id"), data_cpus=options.get("data_cpus")
-    )
+    dataset = _read(source, options)
     spec = _resolve(dataset, source, options)
     manifest = _manifest(members, spec, structured, options)
     check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
@@ -244,6 +238,13 @@ def _check_num_generations(value: t.Any) -> None:
         raise BatchInputError(
             f"num_generations must be a whole number of at least 1, not {value!r}"
         )
+
+
+def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
+    """The input's rows as `run` and `pending` read them (its id column, its data tasks' CPUs)."""
+    return read_prompts(
+        source, id_column=options.get("id_column", "id"), data_cpus=options.get("data_cpus")
+    )
 
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:

@@ -163,10 +163,7 @@ def _start(
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
     forward_redacted([model.generator for model in served])
     serve.start(http_options={"host": args.host, "port": proxy_port})
-    if args.direct_ingress:
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        return args.host, args.port
-    host, port = listening()
+    host, port = (args.host, args.port) if args.direct_ingress else listening()
     if (host, port) != (args.host, args.port):
         print(
             f"rig-ray: Serve already runs on this cluster, on {host}:{port}; "
