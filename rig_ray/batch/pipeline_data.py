@@ -80,7 +80,13 @@ class Layout:
                 )
 
     def write_record(self, names: list[str], columns: list[str], id_column: str) -> None:
-        record = {"stages": names, "input_columns": columns, "id_column": id_column}
+        """Record the stages in order. Stages of an earlier run that this one leaves off the
+        end stay in the record (their folders are still there, and `read_pipeline` joins
+        them); `check_record` has refused any other difference already."""
+        record = self.read_record() or {}
+        earlier = list(record.get("stages", []))
+        kept = earlier[len(names) :] if earlier[: len(names)] == names else []
+        record = {"stages": names + kept, "input_columns": columns, "id_column": id_column}
         self.filesystem.create_dir(self.path, recursive=True)
         _write_bytes(self.filesystem, f"{self.path}/{RECORD_NAME}", json.dumps(record).encode())
 

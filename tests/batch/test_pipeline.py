@@ -93,6 +93,7 @@ def test_two_stages_ids_parents_skips_and_typed_columns(tmp_path: Path, mode: st
         assert len(list((out / stage).glob("part-*.parquet"))) == 1
 
 
+@pytest.mark.slow
 def test_later_stages_see_prefixes_and_keep_errors_when_asked(tmp_path: Path) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = tmp_path / "out"
@@ -121,6 +122,7 @@ def test_later_stages_see_prefixes_and_keep_errors_when_asked(tmp_path: Path) ->
     assert {"answer_text", "judge_score", "echo_text", "parent_id"} <= set(final.column_names)
 
 
+@pytest.mark.slow
 def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: Path) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = str(tmp_path / "out")
@@ -142,6 +144,11 @@ def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: 
     assert loads(tmp_path / "echo.log") == 1
     assert grown.stage("echo").generations_written == 2
     assert first.stage("judge").generations_written == 4
+    # A run of the first stage alone leaves the later stages in the record: still joined.
+    alone = run_pipeline(str(source), out, stages=stages(tmp_path)[:1], progress=False)
+    assert [stage.name for stage in alone.stages] == ["answer"]
+    joined = read_pipeline(out)
+    assert joined.num_rows == 2 and {"answer_text", "judge_score"} <= set(joined.column_names)
     parts = sorted(p.name for p in (tmp_path / "out" / "answer").iterdir())
     with pytest.raises(PipelineError, match=r"stage 'judge'.*template") as refused:
         run_pipeline(
