@@ -27,8 +27,12 @@ from rig_ray.batch.openai_files import (
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
 
+if t.TYPE_CHECKING:
+    import pyarrow as pa
+
 OUTPUT_FILE = "output.jsonl"
 ERRORS_FILE = "errors.jsonl"
+_REQUEST_COLUMNS = ["id", "line", "url", "request_model", "n", "prompt", "echo"]
 _GENERATION_COLUMNS = [
     "id",
     "generation_index",
@@ -52,11 +56,7 @@ def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSu
 
     filesystem, requests_path = meta_path(folder, REQUESTS_FILE)
     try:
-        requests = pq.read_table(
-            requests_path,
-            columns=["id", "line", "url", "request_model", "n", "prompt", "echo"],
-            filesystem=filesystem,
-        ).to_pylist()
+        requests = pq.read_table(requests_path, columns=_REQUEST_COLUMNS, filesystem=filesystem)
     except (FileNotFoundError, OSError) as error:
         raise BatchInputError(
             f"{folder!r} holds no OpenAI batch job (no {REQUESTS_FILE}; was its input an OpenAI "
@@ -65,11 +65,11 @@ def export_openai(folder: str, output_jsonl: str, errors_jsonl: str) -> ExportSu
         ) from error
     info = job_info(folder)
     token, created = str(info["token"]), int(info["created"])
-    generations = _generations(folder)
+    requests = requests.sort_by("line")
+    generations = _generations(folder, requests)
 
     def results() -> t.Iterator[tuple[int, str, dict[str, t.Any]]]:  # in input order
-        for request in sorted(requests, key=lambda request: int(request["line"])):
-            rows = generations.get(request["id"], {})
+        for request, rows in _requests_with_rows(requests, generations):
             wanted = [rows.get(index) for index in range(request["n"])]
             if any(row is None for row in wanted):
                 continue  # not finished yet
@@ -94,19 +94,61 @@ def export_into_folder(folder: str) -> ExportSummary:
     return export_openai(folder, f"{base}/{OUTPUT_FILE}", f"{base}/{ERRORS_FILE}")
 
 
-def _generations(folder: str) -> dict[str, dict[int, dict[str, t.Any]]]:
-    """id -> generation index -> its output row."""
+def _generations(folder: str, requests: pa.Table) -> tuple[pa.Table, pa.Array] | None:
+    """The output rows of the job's requests, with their request's input line (`_line`), and
+    the order that sorts them by line and generation index; kept as Arrow columns (the rows
+    are taken in that order a slice at a time, never copied whole)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from rig_ray.batch.output import OutputFolder
 
     output = OutputFolder(folder)
-    found: dict[str, dict[int, dict[str, t.Any]]] = {}
-    for part in output.parts():
-        table = pq.read_table(part, columns=_GENERATION_COLUMNS, filesystem=output.filesystem)
-        for row in table.to_pylist():
-            found.setdefault(row["id"], {})[row["generation_index"]] = row
-    return found
+    tables = [
+        pq.read_table(part, columns=_GENERATION_COLUMNS, filesystem=output.filesystem)
+        for part in output.parts()
+    ]
+    if not tables:
+        return None
+    table = pa.concat_tables(tables, promote_options="permissive")
+    position = pc.index_in(table["id"], value_set=requests["id"])
+    table = table.append_column("_line", pc.take(requests["line"], position))
+    keys = pa.table({"_line": table["_line"], "generation_index": table["generation_index"]})
+    # rows of ids the job never had (no line) sort last and are left off
+    order = pc.sort_indices(
+        keys, sort_keys=[("_line", "ascending", "at_end"), ("generation_index", "ascending")]
+    )
+    return table, order.slice(0, len(table) - table["_line"].null_count)
+
+
+def _requests_with_rows(
+    requests: pa.Table, generations: tuple[pa.Table, pa.Array] | None
+) -> t.Iterator[tuple[dict[str, t.Any], dict[int, dict[str, t.Any]]]]:
+    """Each request (in input order) with its output rows by generation index: both are
+    walked in line order together, a slice at a time, so only a slice is ever held as Python
+    objects."""
+    rows = _in_slices(*generations) if generations is not None else iter(())
+    waiting = next(rows, None)
+    for request in _in_slices(requests):
+        found: dict[int, dict[str, t.Any]] = {}
+        while waiting is not None and waiting["_line"] <= request["line"]:
+            if waiting["_line"] == request["line"]:
+                found.setdefault(waiting["generation_index"], waiting)
+            waiting = next(rows, None)
+        yield request, found
+
+
+def _in_slices(
+    table: pa.Table, order: pa.Array | None = None, rows: int = 1024
+) -> t.Iterator[dict[str, t.Any]]:
+    """The table's rows as dicts, in `order` (row indices) if given, a slice at a time."""
+    if order is None:
+        for batch in table.to_batches(max_chunksize=rows):
+            yield from batch.to_pylist()
+        return
+    for start in range(0, len(order), rows):
+        yield from table.take(order.slice(start, rows)).to_pylist()
 
 
 def _ids(token: str, custom_id: str) -> tuple[str, str]:
