@@ -54,6 +54,7 @@ def _foreign(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith(OURS)]
 
 
+@pytest.mark.slow
 def test_a_python_batch_without_progress_leaves_stderr_empty(
     tmp_path: Path, smollm2_path: Path
 ) -> None:

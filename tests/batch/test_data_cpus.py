@@ -46,6 +46,7 @@ def _finishes(job: t.Callable[[], batch.BatchSummary]) -> batch.BatchSummary:
     return done[0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("every_cpu_held")
 def test_a_job_with_data_cpus_0_runs_while_every_cpu_is_held(tmp_path: Path) -> None:
     for kind, source in _inputs(tmp_path).items():

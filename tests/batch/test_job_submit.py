@@ -176,6 +176,7 @@ def read_output(folder: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(part) for part in parts)
 
 
+@pytest.mark.slow
 def test_submitted_job_writes_every_row_then_resumes(
     head: Head, prompts: Path, tmp_path: Path
 ) -> None:

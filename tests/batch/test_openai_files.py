@@ -185,6 +185,7 @@ def _cli(source: Path, out: Path, fast: Path, address: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_killed_and_resumed_gives_one_line_per_custom_id(
     tmp_path: Path, local_ray: t.Any
 ) -> None:

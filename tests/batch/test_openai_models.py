@@ -98,6 +98,7 @@ def test_body_model_chooses_the_generator(tmp_path: Path) -> None:
         run(str(source), str(out), generators=members, names=["beta", "alpha"], **FAST)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_with_one_generator_any_model_name_is_accepted(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", routed_lines())
@@ -140,6 +141,7 @@ def test_names_need_an_openai_batch_file(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_cli_names_route_the_lines(tmp_path: Path, local_ray: t.Any) -> None:
     source = write_lines(tmp_path / "in.jsonl", routed_lines())
     out = tmp_path / "out"

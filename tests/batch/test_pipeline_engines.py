@@ -108,6 +108,41 @@ def check_result(out: Path) -> pa.Table:
     return final
 
 
+def test_swap_two_stages_on_transformers(tmp_path: Path) -> None:
+    """The default run's pipeline on real engines (the vLLM ones below are `slow`): two
+    generations per question on transformers SmolLM2, then a second transformers stage over
+    each; stage one's actors are gone before stage two loads."""
+    source = write_questions(tmp_path / "q.jsonl")
+    stages = [
+        Stage(
+            "answer",
+            generator=f"{TRANSFORMERS},max_tokens=8",
+            template="$question",
+            num_generations=2,
+            seed=0,
+        ),
+        Stage("echo", generator=f"{TRANSFORMERS},max_tokens=4", template="Repeat: $text"),
+    ]
+    with Sampler() as sampler:
+        summary = run_pipeline(
+            str(source), str(tmp_path / "out"), stages=stages, gpu_sharing="swap", progress=False
+        )
+    echoed = read_output(str(tmp_path / "out" / "echo"))
+    assert sorted(echoed.column("id").to_pylist()) == ["ice/0", "ice/1", "sky/0", "sky/1"]
+    assert echoed.column("error").null_count == 4
+    final = read_pipeline(str(tmp_path / "out"))
+    assert final.num_rows == 4
+    for row in final.to_pylist():
+        assert row["question"] == QUESTIONS[row["parent_id"]] and row["answer_text"]
+    answer, echo = summary.stage("answer").engines, summary.stage("echo").engines
+    assert answer.unload_finished is not None and echo.load_started is not None
+    assert answer.unload_finished <= echo.load_started
+    assert len(answer.actor_pids) == 1
+    after = [pids for when, pids in sampler.samples if when >= echo.load_started]
+    assert after and all(not set(answer.actor_pids) & pids for pids in after)
+
+
+@pytest.mark.slow
 def test_swap_two_stages_on_vllm_and_transformers(tmp_path: Path) -> None:
     pytest.importorskip("vllm")
     source = write_questions(tmp_path / "q.jsonl")

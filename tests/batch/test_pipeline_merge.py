@@ -42,6 +42,7 @@ def drop(folder: Path, row_id: str) -> None:
         pq.write_table(table.filter(pc.not_equal(table.column("id"), row_id)), path)
 
 
+@pytest.mark.slow
 def test_a_killed_merge_is_undone_and_the_next_stage_resumes_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,8 @@ import time
 import typing as t
 from pathlib import Path
 
+import pytest
+
 from rig_ray.batch import read_output, read_pipeline, run_pipeline
 from tests.batch.pipeline_job import job_stages
 from tests.batch.pipeline_members import loads
@@ -67,6 +69,7 @@ def judged_once_each(out: Path, questions: int) -> list[dict[str, t.Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_killed_in_stage_two_resumes_stage_two_only(tmp_path: Path, local_ray: t.Any) -> None:
     source = tmp_path / "q.jsonl"
     source.write_text(

@@ -8,9 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_a_cluster_that_never_answers_is_a_batch_input_error_after_the_timeout() -> None:
     # In a process of its own: the abandoned join keeps Ray half set up until the process ends.
     script = textwrap.dedent(

@@ -47,6 +47,7 @@ def address(local_ray: object) -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
+@pytest.mark.slow
 def test_a_changed_template_is_refused_with_one_line(tmp_path: Path, address: str) -> None:
     source, out = rows(tmp_path / "in.jsonl", 2), tmp_path / "out"
     common = ["--generator", "echo!e", "--num-cpus", "0.25", "--address", address, "--quiet"]
@@ -75,6 +76,7 @@ def test_no_secret_on_any_stream_or_in_any_file(tmp_path: Path, address: str) ->
         assert SECRET.encode() not in path.read_bytes(), path.name
 
 
+@pytest.mark.slow
 def test_retry_failed_from_the_command_line(tmp_path: Path, address: str) -> None:
     source, out = rows(tmp_path / "in.jsonl", 3), tmp_path / "out"
     rows(source, 1, start=3, topic="FAIL")

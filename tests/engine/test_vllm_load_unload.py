@@ -30,6 +30,7 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.engine
 
 
+@pytest.mark.slow
 async def test_fifty_calls_with_an_unload_in_the_middle_all_end(tiny):
     await tiny.generate_texts(["load"], [GenerateParams(max_tokens=1)])
     old = engine_pids(tiny)
@@ -51,6 +52,7 @@ async def test_fifty_calls_with_an_unload_in_the_middle_all_end(tiny):
     assert tiny.is_loaded
 
 
+@pytest.mark.slow
 async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
     await tiny.generate_texts(["load"], [GenerateParams(max_tokens=1)])
     engine = tiny._engine
@@ -72,6 +74,7 @@ async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
     assert isinstance(result, rr.GeneratedText)
 
 
+@pytest.mark.slow
 async def test_two_generators_in_one_process_load_and_unload_apart(tiny, one_seat):
     await asyncio.to_thread(tiny.unload)
     await asyncio.gather(asyncio.to_thread(tiny.load), asyncio.to_thread(one_seat.load))  # at once

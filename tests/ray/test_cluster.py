@@ -44,6 +44,7 @@ def node_with(resource: str) -> str:
     return t.cast(str, node)
 
 
+@pytest.mark.slow
 def test_pool_members_on_two_nodes(cluster) -> None:
     first = rr.remote(EchoGenerator(model="a"), num_cpus=0.5, resources={"node_a": 0.1})
     second = rr.remote(FixedGenerator(model="b", text="B"), num_cpus=0.5, resources={"node_b": 0.1})

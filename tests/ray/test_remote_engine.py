@@ -35,6 +35,7 @@ def start() -> t.Iterator[t.Callable[..., rr.RemoteGenerator]]:
         remote.teardown()
 
 
+@pytest.mark.slow
 def test_two_different_models_in_one_pool(start, tiny_llama_path, other_tiny_llama_path) -> None:
     first, second = start(identifier(tiny_llama_path)), start(identifier(other_tiny_llama_path))
     pool = rr.LLMPool([first, second], seed=5)

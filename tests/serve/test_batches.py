@@ -239,6 +239,7 @@ def slow_endpoint(
         serve.delete("slowbatch")
 
 
+@pytest.mark.slow
 async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoint, str]) -> None:
     from ray import serve
 
@@ -258,6 +259,7 @@ async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoin
     assert batch.request_counts.completed == len(ids)
 
 
+@pytest.mark.slow
 async def test_a_restarted_app_completes_the_batch(slow_endpoint: tuple[Endpoint, str]) -> None:
     from ray import serve
 
@@ -298,6 +300,7 @@ async def test_a_file_over_200_mb_is_refused_naming_the_limit() -> None:
     assert refused.value.status_code == 400
 
 
+@pytest.mark.slow
 async def test_an_expired_batch_keeps_the_lines_that_finished(
     slow_endpoint: tuple[Endpoint, str],
 ) -> None:

@@ -109,6 +109,7 @@ def test_serving_is_said_once_loaded_and_sigterm_stops_within_30_s_telling_reque
     assert not alive, [p.name() for p in alive]  # no Ray process left behind
 
 
+@pytest.mark.slow
 def test_joining_a_serve_checks_auth_against_and_prints_the_address_it_really_has(
     tmp_path: Path,
 ) -> None:
@@ -134,6 +135,7 @@ def test_joining_a_serve_checks_auth_against_and_prints_the_address_it_really_ha
     assert f"on 0.0.0.0:{joined}; --host and --port do not apply" in with_key
 
 
+@pytest.mark.slow
 def test_direct_ingress_answers_on_the_port_from_the_replica_itself(tmp_path: Path) -> None:
     port, log, gate = free_port(), tmp_path / "serve.log", tmp_path / "gate"
     gate.touch()  # loads at once

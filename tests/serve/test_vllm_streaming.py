@@ -55,6 +55,7 @@ async def test_a_streamed_reply_starts_early(vllm_endpoint: Endpoint) -> None:
     assert arrivals[0] < total / 2  # the first token came after prefill, not with the last
 
 
+@pytest.mark.slow
 async def test_short_requests_are_not_held_behind_a_long_one(vllm_endpoint: Endpoint) -> None:
     long_request = asyncio.create_task(
         stream(vllm_endpoint, "Write a long essay about rivers.", 256, ignore_eos=True)
@@ -113,6 +114,7 @@ def test_prompts_are_counted_against_max_model_len(vllm_endpoint: Endpoint) -> N
     assert fine.status_code == 200
 
 
+@pytest.mark.slow
 def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) -> None:
     """The replica's engine starts in vLLM's server context: its max_num_seqs is what vLLM's
     own config code gives `vllm serve` on the same arguments (no second engine)."""
