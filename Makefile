@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rig_ray-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all lint
+.PHONY: install demo test test-slow test-all lint
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The tests `make test` leaves out (marked `slow`): together with it, the whole suite.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 test-all: install
 	$(BIN)/python -m pytest -m ""

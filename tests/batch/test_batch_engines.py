@@ -14,6 +14,7 @@ from tests.batch.members import output_rows, rows
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("local_ray")]
 
 
+@pytest.mark.slow
 def test_smollm2_on_transformers_in_two_replicas(tmp_path: Path, smollm2_path: Path) -> None:
     source = rows(tmp_path / "in.jsonl", 8)
     summary = run(

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 FAST = {"num_cpus": 0.25, "progress": False}
 
 
+@pytest.mark.slow
 def test_raising_num_generations_keeps_the_split_of_a_fresh_run(tmp_path: Path) -> None:
     source, out = rows(tmp_path / "in.jsonl", 6), tmp_path / "out"
     members = [EchoGenerator(model="m0"), EchoGenerator(model="m1")]

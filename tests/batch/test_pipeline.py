@@ -162,6 +162,7 @@ def test_resume_per_stage_added_stage_alone_and_changed_stage_refused(tmp_path: 
     assert (loads(tmp_path / "answer.log"), loads(tmp_path / "judge.log")) == (2, 1)
 
 
+@pytest.mark.slow
 def test_on_error_keep_then_reordered_stages_and_bad_options_are_refused(tmp_path: Path) -> None:
     source = questions(tmp_path / "q.jsonl")
     out = str(tmp_path / "out")

@@ -138,7 +138,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("verbose", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_cli_console_holds_no_secret(tmp_path: Path, verbose: bool) -> None:
     password, query, header = "Zqp@ss:w@rd!", "ZqQueryValue%2B9", "ZqHeaderCred/+="
     from rig_ray.generator.identifier import encode_value

@@ -24,6 +24,7 @@ LONG = RUN_ON.merge_with(GenerateParams(max_tokens=600))
 SHORT = RUN_ON.merge_with(GenerateParams(max_tokens=3))
 
 
+@pytest.mark.slow
 async def test_online_requests_run_before_batch_rows(one_seat: rr.VLLMGenerator, monkeypatch):
     if not one_seat.is_loaded:
         await asyncio.to_thread(one_seat.load)

@@ -61,6 +61,7 @@ def test_pool_members_on_two_nodes(cluster) -> None:
         second.teardown()
 
 
+@pytest.mark.slow
 def test_tensor_parallel_reserves_packed_gpu_bundles(cluster) -> None:
     import ray
 
