@@ -104,7 +104,7 @@ def echo_app(local_serve: int) -> t.Iterator[Endpoint]:
         serve.run(app, name="echo", route_prefix=ECHO_PREFIX)
         yield Endpoint(local_serve, ECHO_PREFIX)
     finally:
-        serve.delete("echo")
+        serve.delete("echo", _blocking=False)  # local_serve's shutdown waits for it
 
 
 @pytest.fixture(scope="package")
@@ -159,7 +159,7 @@ def guarded(local_serve: int, stream_records: Path, upstream: OpenAIStub) -> t.I
         serve.run(app, name="guard", route_prefix=GUARD)
         yield Endpoint(local_serve, GUARD)
     finally:
-        serve.delete("guard")
+        serve.delete("guard", _blocking=False)  # local_serve's shutdown waits for it
         registry._providers.clear()
         registry._providers.update(saved)
 
@@ -201,7 +201,7 @@ def vllm_endpoint(local_serve: int) -> t.Iterator[Endpoint]:
         serve.run(build_app(model, api_key=KEY), name=VLLM_APP, route_prefix=f"/{VLLM_APP}")
         yield Endpoint(local_serve, f"/{VLLM_APP}")
     finally:
-        serve.delete(VLLM_APP)
+        serve.delete(VLLM_APP, _blocking=False)  # local_serve's shutdown waits for it
 
 
 @pytest.fixture(scope="package")
