@@ -41,9 +41,10 @@ def test_help_lists_every_option() -> None:
         (["missing.jsonl", "out", "--generator", "transformers!smollm2-135m"], "does not exist"),
         (["examples/prompts.jsonl", "out", "--generator", "nosuch!m"], "unknown provider"),
         (["examples/prompts.jsonl", "out", "--generator", "transformers!m,top_p=7"], "top_p"),
-        (
+        pytest.param(  # the only case that reads the input, on a Ray of its own
             ["examples/prompts.jsonl", "out", "--generator", "transformers!m", "--template", "$x"],
             "template field 'x' is not a column",
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["bad-path", "bad-provider", "bad-param", "missing-column"],
@@ -65,6 +66,7 @@ def test_bad_input_gives_one_line_and_exit_2(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_ray", "fake_providers")
 def test_exit_code_says_whether_generations_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

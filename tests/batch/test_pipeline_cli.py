@@ -28,6 +28,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_pipeline_from_yaml_runs_and_shows_rows(
     tmp_path: Path, fake_providers: None, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -61,6 +61,7 @@ def test_a_changed_template_is_refused_with_one_line(tmp_path: Path, address: st
     assert len(output_rows(out)) == 2
 
 
+@pytest.mark.slow
 def test_no_secret_on_any_stream_or_in_any_file(tmp_path: Path, address: str) -> None:
     source, out = rows(tmp_path / "in.jsonl", 2, topic="FAIL"), tmp_path / "out"
     identifier = f"failing!e,api_key={SECRET},api_base=https://me:{SECRET}@example.com/v1"

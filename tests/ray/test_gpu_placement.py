@@ -99,7 +99,7 @@ def test_batch_actors_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     assert wait_until(lambda: all_gpus_free(gpu_ray))
 
 
-@pytest.mark.parametrize("tp", SIZES)
+@pytest.mark.parametrize("tp", [pytest.param(tp, marks=pytest.mark.slow) for tp in (1, 2, 4)])
 def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     from ray import serve
 

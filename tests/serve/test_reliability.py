@@ -160,6 +160,7 @@ def poll(what: t.Callable[[], bool], within_s: float = 120.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_not_ready_until_every_model_has_loaded(local_serve: int, tmp_path: Path) -> None:
     from ray import serve
 

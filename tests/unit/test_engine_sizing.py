@@ -50,6 +50,7 @@ def test_each_context_gets_vllms_own_table() -> None:
     assert vllm_sizing.max_num_seqs_for(FixedGenerator(model="f")) is None
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("vllm_here")
 def test_a_process_without_vllm_reads_the_table_in_a_child_and_stays_lean() -> None:
     script = (
