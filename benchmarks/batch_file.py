@@ -159,6 +159,7 @@ def model_folder(choice: str | None, tiny_folder: Path) -> Path:
     if choice != "tiny":
         return Path(choice)
     if not (tiny_folder / "config.json").exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's tests
         from tests.conftest import build_tiny_llama
 
         tiny_folder.mkdir(parents=True, exist_ok=True)
