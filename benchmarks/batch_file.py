@@ -13,7 +13,11 @@ each in a process of its own, once per size in `--lines`:
   local Ray (`--num-cpus` 1 for the engine actor).
 Both get the same engine settings (dtype, eager, max_model_len 1024, `--memory-share` as
 gpu_memory_utilization, which on vLLM's CPU backend is the share of the memory kept for the
-KV cache). `--model` is a model folder, the embedded SmolLM2 when left out, or `tiny`: a
+KV cache). The engines' scheduler sizes are each side's own unless `--max-num-seqs` /
+`--max-num-batched-tokens` set them on both: `vllm run-batch` starts its engine in a usage
+context that vLLM's sizing tables leave out, so it falls back to 128 sequences and 2048
+batched tokens, while rig_ray sizes its engine as `vllm.LLM` does (on a CPU: 256 and 4096).
+`--model` is a model folder, the embedded SmolLM2 when left out, or `tiny`: a
 2-layer random-weight Llama with SmolLM2's tokenizer (`tests.conftest.build_tiny_llama`),
 written once to `--tiny-folder`, so the engine is fast and the per-line costs show.
 Peak memory is the largest sum, over the process and all its descendants (Ray's workers
@@ -30,6 +34,7 @@ the end, so its rerun starts from nothing; rig_ray's resumes.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -178,6 +183,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny-folder", type=Path, default=Path("/tmp/rig-ray-tiny-llama"))
     parser.add_argument("--max-gib", type=float, default=18.0, help="kill a tree past this RSS")
     parser.add_argument("--skip-kill", action="store_true", help="full runs only")
+    parser.add_argument("--max-num-seqs", type=int, help="both engines (default: their own)")
+    parser.add_argument("--max-num-batched-tokens", type=int, help="both engines")
     return parser.parse_args()
 
 
@@ -193,9 +200,22 @@ def main() -> None:
         f"vllm!{model},dtype={args.dtype},enforce_eager=True,max_model_len=1024,"
         f"gpu_memory_utilization={args.memory_share}"
     )
+    sizing = {
+        key: value
+        for key, value in (
+            ("max_num_seqs", args.max_num_seqs),
+            ("max_num_batched_tokens", args.max_num_batched_tokens),
+        )
+        if value is not None
+    }
+    if sizing:
+        engine += [f"--{key.replace('_', '-')}={value}" for key, value in sizing.items()]
+        packed = base64.urlsafe_b64encode(json.dumps(sizing).encode()).decode()
+        generator += f",engine_args=base64:{packed}"
     print(machine())
     print(f"model {model}; max_tokens {args.max_tokens}, ignore_eos {args.ignore_eos}, ")
     print(f"{args.dtype}, gpu_memory_utilization {args.memory_share}; logs in {log}")
+    print(f"engine sizes: {sizing or 'each side its own'}")
     print("| lines | run | wall s | peak RSS GiB | peak PSS GiB | exit | output lines |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for lines in sizes:
