@@ -34,7 +34,6 @@ the end, so its rerun starts from nothing; rig_ray's resumes.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import signal
@@ -46,6 +45,8 @@ import typing as t
 from pathlib import Path
 
 from common import machine
+
+from rig_ray.generator.identifier import encode_value
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -210,8 +211,7 @@ def main() -> None:
     }
     if sizing:
         engine += [f"--{key.replace('_', '-')}={value}" for key, value in sizing.items()]
-        packed = base64.urlsafe_b64encode(json.dumps(sizing).encode()).decode()
-        generator += f",engine_args=base64:{packed}"
+        generator += f",engine_args={encode_value(sizing)}"
     print(machine())
     print(f"model {model}; max_tokens {args.max_tokens}, ignore_eos {args.ignore_eos}, ")
     print(f"{args.dtype}, gpu_memory_utilization {args.memory_share}; logs in {log}")

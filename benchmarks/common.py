@@ -31,6 +31,16 @@ def machine() -> str:
     )
 
 
+def cpu_features(wanted: tuple[str, ...]) -> list[str]:
+    """Which of the `wanted` CPU flags (`/proc/cpuinfo`) this machine has, in their order."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [flag for flag in wanted if flag in flags]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

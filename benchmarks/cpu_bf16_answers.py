@@ -19,7 +19,7 @@ swapped instead by a `sitecustomize` that every process of the engine runs at it
 
     .venv/bin/python benchmarks/cpu_bf16_answers.py
 
-On a CPU without AMX the four differ only in the dtype.
+On a CPU without AMX the five differ only in the dtype.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import tempfile
 import time
 import typing as t
 from pathlib import Path
+
+from common import cpu_features, machine  # beside this script, so on sys.path
 
 CHAT = "What is the capital of France?"
 COMPLETION = "The capital of France is"
@@ -111,18 +113,6 @@ def run(name: str, patch_dir: Path) -> dict[str, object]:
     raise SystemExit(f"{name}: exit {done.returncode}\n{tail}")
 
 
-def cpu_line() -> str:
-    model = "unknown CPU"
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "unknown CPU":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    return f"{model}; {os.cpu_count()} cores; " + ", ".join(f for f in wanted if f in flags)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -131,9 +121,8 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    import vllm
-
-    print(f"{cpu_line()}; vllm {vllm.__version__}")
+    features = cpu_features(("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"))
+    print(f"{machine()}; CPU features: {', '.join(features)}")
     print("| setting | chat answer | completion | s for both |")
     print("|---|---|---|---:|")
     with tempfile.TemporaryDirectory() as folder:
