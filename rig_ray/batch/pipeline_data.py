@@ -18,6 +18,7 @@ import typing as t
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from rig_ray.batch.output import OutputFolder, read_output
 from rig_ray.batch.pipeline_inputs import (
@@ -27,7 +28,7 @@ from rig_ray.batch.pipeline_inputs import (
     own_columns,
     update_input,
 )
-from rig_ray.batch.schema import passthrough_names
+from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.batch.source import input_files, open_filesystem
 from rig_ray.errors import PipelineError
 from rig_ray.redaction import redact
@@ -140,7 +141,9 @@ def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
 def read_pipeline(output: str) -> pa.Table:
     """A pipeline's result: one row per generation of its last stage, with that stage's own
     columns, `parent_id`, the input's columns, and every earlier stage's columns under its
-    `<stage>_` prefix."""
+    `<stage>_` prefix. A last stage with no rows (every parent failed or did not parse, or it
+    has not run) gives an empty table of the generation columns and what its input carries
+    (its parsed columns are known only from its rows)."""
     layout = Layout(output)
     record = layout.read_record()
     if record is None or not record.get("stages"):
@@ -149,31 +152,58 @@ def read_pipeline(output: str) -> pa.Table:
         )
     names: list[str] = record["stages"]
     last = names[-1]
+    read = _last_input(layout, last) if len(names) > 1 else None
+    kept = [] if read is None else _kept(read.columns, names)
+    if not OutputFolder(layout.stage(last)).parts():
+        return _empty(layout, read, kept)
     table = read_output(layout.stage(last))
-    if len(names) == 1:
+    if read is None:
         return table
+    carried = passthrough_names(read.columns, "id")
+    result = table.select(own_columns(table.column_names, read))
+    for name in kept:
+        result = result.append_column(name, table.column(carried[name]))
+    return result
+
+
+def _last_input(layout: Layout, last: str) -> StageInput | None:
+    """What the last stage read (None: nothing yet)."""
     path = layout.stage_input(last)
     _, inner = open_filesystem(path)
     if layout.filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
         path += ".parquet"  # a folder made before inputs were kept part by part
+        if layout.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
     _, files = input_files(path)
     columns, _ = input_summary(layout.filesystem, files)
-    read = StageInput(path, columns, "id")
-    own = own_columns(table.column_names, read)
-    carried = passthrough_names(columns, "id")
+    return StageInput(path, columns, "id")
+
+
+def _kept(columns: list[str], names: list[str]) -> list[str]:
+    """The last stage's input columns that the result carries: `parent_id`, the pipeline
+    input's, and the earlier stages' prefixed ones (not the stage before's unprefixed copies)."""
     previous = names[-2]
-    kept = [
+    return [
         name
         for name in columns
-        if name == PARENT_COLUMN
-        or name.startswith(tuple(f"{stage}_" for stage in names[:-1]))
-        or not _from_previous(name, previous, columns)
+        if name != "id"
+        and (
+            name == PARENT_COLUMN
+            or name.startswith(tuple(f"{stage}_" for stage in names[:-1]))
+            or not _from_previous(name, previous, columns)
+        )
     ]
-    result = table.select(own)
-    for name in kept:
-        if name != "id":
-            result = result.append_column(name, table.column(carried[name]))
-    return result
+
+
+def _empty(layout: Layout, read: StageInput | None, kept: list[str]) -> pa.Table:
+    fields = list(OUTPUT_SCHEMA)
+    if read is not None:
+        _, files = input_files(read.source)
+        schema = pq.read_schema(files[0], filesystem=layout.filesystem) if files else None
+        for name in kept:
+            kind = schema.field(name).type if schema and name in schema.names else pa.string()
+            fields.append(pa.field(name, kind))
+    return pa.schema(fields).empty_table()
 
 
 def _from_previous(name: str, previous: str, columns: list[str]) -> bool:

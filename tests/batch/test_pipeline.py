@@ -209,3 +209,20 @@ def test_stream_rounds_take_the_new_rows_as_the_stage_before_makes_them(tmp_path
     assert subfolders and all(p.name.isdigit() for p in subfolders)  # a subfolder per update
     made = [f for p in subfolders for f in p.glob("*.parquet")]
     assert len(made) == len(list((out / "answer").glob("part-*.parquet")))  # one per part
+
+
+def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> None:
+    """Every answer fails: the judge has nothing to take, and the result has no rows (found
+    by the stateful search in test_pipeline_stateful.py)."""
+    source = tmp_path / "q.jsonl"
+    source.write_text('{"id": "q0", "question": "rock FAIL"}\n')
+    out = str(tmp_path / "out")
+    summary = run_pipeline(
+        str(source), out, stages=stages(tmp_path), gpu_sharing="swap", progress=False
+    )
+    assert summary.stage("answer").failed == 2
+    assert summary.stage("judge").generations_written == 0
+    final = read_pipeline(out)
+    assert final.num_rows == 0
+    assert {"id", "generation_index", "text", "error"} <= set(final.column_names)
+    assert {"parent_id", "question", "answer_text"} <= set(final.column_names)  # as carried
