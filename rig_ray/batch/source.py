@@ -191,7 +191,7 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     if text.lstrip().startswith("["):
         values = decoder.decode(text)
     else:
-        values = [decoder.decode(line) for line in text.splitlines() if line.strip()]
+        values = [decoder.decode(line) for line in text.split("\n") if line.strip()]
     rows = []
     for number, value in enumerate(values):
         if not isinstance(value, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -168,3 +169,16 @@ def test_a_glob_that_matches_an_unknown_ending_is_a_batch_input_error(tmp_path: 
     _touch(tmp_path, "a.jsonl", "a.txt")
     with pytest.raises(BatchInputError, match="cannot tell the format"):
         input_files(str(tmp_path / "a.*"))
+
+
+def test_json_lines_split_on_newlines_only() -> None:
+    """Inside a JSON string, U+2028, U+2029 and U+0085 may stand unescaped: they end no line
+    of a JSON Lines file (str.splitlines would cut the line there). \\r\\n endings work."""
+    from rig_ray.batch.source import json_rows
+
+    texts = ["one\u2028two", "three\u2029four", "five\u0085six"]
+    data = "\r\n".join(
+        json.dumps({"id": n, "text": s}, ensure_ascii=False) for n, s in enumerate(texts)
+    )
+    rows = json_rows(data.encode(), "id")
+    assert [(row["id"], row["text"]) for row in rows] == [(str(n), s) for n, s in enumerate(texts)]
