@@ -21,7 +21,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rig_ray.batch.source import format_of, input_files, open_filesystem
-from rig_ray.errors import BatchInputError
+from rig_ray.errors import BatchInputError, ServeRequestError
 from rig_ray.redaction import redact
 from rig_ray.serve import wire
 
@@ -83,7 +83,7 @@ def is_openai_batch(source: str) -> bool:
         return False
     with filesystem.open_input_stream(files[0]) as stream:
         head = stream.read(1 << 20).decode("utf-8", errors="replace")
-    for text in head.splitlines():
+    for text in head.split("\n"):
         if text.strip():
             try:
                 first = json.loads(text)
@@ -176,7 +176,7 @@ def read_invalid(output: str) -> list[InvalidLine]:
         return []
     with filesystem.open_input_stream(path) as stream:
         text = stream.read().decode()
-    return [InvalidLine.model_validate_json(line) for line in text.splitlines() if line.strip()]
+    return [InvalidLine.model_validate_json(line) for line in text.split("\n") if line.strip()]
 
 
 def job_info(output: str) -> dict[str, t.Any]:
@@ -257,6 +257,8 @@ def _lines(source: str) -> t.Iterator[tuple[int, t.Any]]:
                     continue
                 try:
                     yield number, json.loads(raw)
+                except RecursionError:
+                    yield number, _NotJson("not JSON that can be read (nested too deeply)")
                 except ValueError as error:
                     yield number, _NotJson(f"not JSON ({error})")
 
@@ -291,6 +293,9 @@ def _row(
         return bad(f"line {number}: {line.why}", code="invalid_json_line")
     if not isinstance(line, dict):
         return bad(f"line {number}: a {type(line).__name__}, not an object", "invalid_json_line")
+    refused = _refused_json({key: value for key, value in line.items() if key != "body"})
+    if refused is not None:  # before its custom_id is taken: it may be the string refused
+        return bad(f"line {number}: {refused}", "invalid_json_line")
     if isinstance(line.get("custom_id"), str | int) and str(line["custom_id"]):
         custom_id = str(line["custom_id"])
     else:
@@ -307,9 +312,17 @@ def _row(
             code="invalid_url",
             param="url",
         )
-    body = json.loads(line["body"]) if isinstance(line.get("body"), str) else line.get("body")
+    body = line.get("body")
+    if isinstance(body, str):  # a body sent as a JSON string
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            return bad(f"line {number}: body: a JSON object is required", param="body")
     if not isinstance(body, dict):
         return bad(f"line {number}: body: an object is required", param="body")
+    refused = _refused_json(body)
+    if refused is not None:
+        return bad(f"line {number}: body: {refused}", "invalid_json", "body")
     try:
         request = _request(body, chat=url == CHAT_URL)
         params = request.to_params()
@@ -331,6 +344,18 @@ def _row(
         for m in request.to_messages()
     ]
     return {**row, MESSAGES_COLUMN: messages}
+
+
+def _refused_json(value: t.Any) -> ServeRequestError | None:
+    """Why the endpoint would refuse `value` as JSON (nested too deeply, or a string with a
+    lone surrogate, which no UTF-8 file can hold), or None."""
+    from rig_ray.serve.http_errors import check_tree
+
+    try:
+        check_tree(value)
+    except ServeRequestError as refused:
+        return refused
+    return None
 
 
 class _Refused(Exception):
@@ -357,11 +382,17 @@ def _request(
 def _check(
     request: wire.ChatCompletionRequest | wire.CompletionRequest, params: t.Any, vllm_fields: bool
 ) -> None:
-    """What the endpoint refuses before a request reaches a model, as it words it."""
+    """What the endpoint refuses before a request reaches a model, as it words it: its
+    default caps on messages, stop strings and `n` included."""
+    from rig_ray.serve.limits import RequestLimits, check_request
     from rig_ray.serve.wire import VLLM_FIELDS
 
     if isinstance(request, wire.CompletionRequest) and len(request.prompts) != 1:
         raise _Refused("prompt: one prompt per batch line", "invalid_value", "prompt")
+    try:
+        check_request(request, RequestLimits())
+    except ServeRequestError as refused:
+        raise _Refused(str(refused), refused.code or "invalid_value", refused.param) from None
     if request.stream:
         raise _Refused("stream: not supported in a batch file", "unsupported_parameter", "stream")
     for name in VLLM_FIELDS:

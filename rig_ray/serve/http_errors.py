@@ -84,7 +84,7 @@ def parse_json(raw: bytes) -> dict[str, t.Any]:
         ) from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    _check_tree(body)
+    check_tree(body)
     return body
 
 
@@ -95,7 +95,7 @@ def _too_deep() -> ServeRequestError:
     )
 
 
-def _check_tree(value: t.Any) -> None:
+def check_tree(value: t.Any) -> None:
     """400 for a body nested more than MAX_JSON_DEPTH deep, or with a string that holds a lone
     surrogate (a `\ud800` escape: valid JSON, but no UTF-8 reply could echo it back). Walked
     without recursion."""
