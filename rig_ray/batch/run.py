@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch import openai_files, openai_job
+from rig_ray.batch.causes import cause_line
 from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
@@ -251,7 +252,9 @@ def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
     try:
         columns = tuple(dataset.columns() or ())
     except Exception as error:  # the input itself could not be read
-        raise BatchInputError(f"cannot read {source!r}: {_cause(error)}", source=source) from error
+        raise BatchInputError(
+            f"cannot read {source!r}: {cause_line(error)}", source=source
+        ) from error
     return PromptSpec(
         template=options.get("template"),
         system=options.get("system"),
@@ -314,7 +317,7 @@ def _run(
         raise
     except Exception as error:  # the input itself could not be read
         raise BatchInputError(
-            f"cannot read the input: {_cause(error)}", source=folder.location
+            f"cannot read the input: {cause_line(error)}", source=folder.location
         ) from error
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.wanted - plan.pending
@@ -379,7 +382,7 @@ def _write(
         raise
     except Exception as error:
         raise GenerationError(
-            f"the batch job stopped: {_cause(error)} "
+            f"the batch job stopped: {cause_line(error)} "
             f"({meter.rows:,} generations were written to {location}; run again to resume)"
         ) from error
     finally:
@@ -407,11 +410,3 @@ def _summary(
         wall_s=meter.elapsed_s,
         parts=list(parts),
     )
-
-
-def _cause(error: BaseException) -> str:
-    """The root of an error from a Ray task, in one short line (not Ray's whole traceback)."""
-    cause = getattr(error, "cause", None)
-    root = cause if isinstance(cause, BaseException) else error
-    first = (str(root).strip().splitlines() or [""])[0]
-    return redact(f"{type(root).__name__}: {' '.join(first.split())[:500]}")

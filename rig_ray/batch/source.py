@@ -177,7 +177,37 @@ class _JsonRows:
         for data in batch.column("bytes").to_pylist():
             rows.extend(json_rows(data, self._id_column))
         names = dict.fromkeys(name for row in rows for name in row)  # every row's keys
-        return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
+        try:
+            return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
+        except UnicodeEncodeError:
+            raise BatchInputError(_lone_surrogate(rows)) from None
+
+
+def _lone_surrogate(rows: list[dict[str, t.Any]]) -> str:
+    """Which row and column hold a string that is not valid Unicode (a lone UTF-16
+    surrogate, from a `\\ud800` escape: valid JSON, but no Arrow string can hold it)."""
+
+    def broken(value: t.Any) -> bool:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(broken(k) or broken(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(broken(item) for item in value)
+        return False
+
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            if broken(key) or broken(value):
+                return (
+                    f"JSON row {number}: column {key!r} holds a lone UTF-16 surrogate (an "
+                    "unpaired \\ud800-\\udfff escape), which is not valid Unicode"
+                )
+    return "a JSON row holds a string that is not valid Unicode"
 
 
 class _Number(str):
@@ -191,7 +221,16 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     if text.lstrip().startswith("["):
         values = decoder.decode(text)
     else:
-        values = [decoder.decode(line) for line in text.split("\n") if line.strip()]
+        values = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                values.append(decoder.decode(line))
+            except RecursionError:
+                raise BatchInputError(f"line {number} is nested too deeply to read") from None
+            except ValueError as error:
+                raise BatchInputError(f"line {number} is not JSON ({error})") from None
     rows = []
     for number, value in enumerate(values):
         if not isinstance(value, dict):

@@ -249,7 +249,10 @@ def test_bad_input_is_refused_before_any_generation(tmp_path: Path) -> None:
         run(str(tmp_path / "nope.jsonl"), str(out), generator=EchoGenerator(model="e"), **FAST)
     garbled = tmp_path / "garbled.jsonl"
     garbled.write_text('{"prompt": "fine"}\n{"prompt": oops\n')
-    with pytest.raises(BatchInputError, match="cannot read"):
+    with pytest.raises(BatchInputError, match=r"cannot read .*: BatchInputError: line 2 is not"):
+        run(str(garbled), str(out), generator=EchoGenerator(model="e"), **FAST)
+    garbled.write_text('{"prompt": "fine"}\n{"prompt": "x\\ud800y"}\n')  # valid JSON
+    with pytest.raises(BatchInputError, match="row 2: column 'prompt' holds a lone UTF-16"):
         run(str(garbled), str(out), generator=EchoGenerator(model="e"), **FAST)
     with pytest.raises(UnknownProviderError):
         run(str(source), str(out), generator="nosuch!model", **FAST)
