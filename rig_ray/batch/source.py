@@ -216,10 +216,19 @@ class _Number(str):
 
 def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     """The objects of a JSON Lines file (or of one JSON array), with `id_column` as text."""
-    text = data.decode("utf-8-sig")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise BatchInputError(f"line {line} is not UTF-8 text ({error.reason})") from None
     decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
     if text.lstrip().startswith("["):
-        values = decoder.decode(text)
+        try:
+            values = decoder.decode(text)
+        except RecursionError:
+            raise BatchInputError("the JSON array is nested too deeply to read") from None
+        except ValueError as error:
+            raise BatchInputError(f"the file is not one JSON array ({error})") from None
     else:
         values = []
         for number, line in enumerate(text.split("\n"), start=1):
