@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import typing as t
 
 from rig_ray.errors import RigRayError
 from rig_ray.redaction import redact
@@ -30,3 +33,22 @@ def cause_line(error: BaseException) -> str:
 
 
 _QUOTED = re.compile(r"^rig_ray\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+_TASK_ERROR_LOGGERS = ("ray.data._internal.execution", "ray.data.exceptions")
+"""Where Ray Data logs a failed task of a dataset, before it raises the error."""
+
+
+@contextlib.contextmanager
+def errors_told_once() -> t.Iterator[None]:
+    """Keep Ray Data's own log lines about a failed task off the console while the caller
+    turns the error into one line of its own (`cause_line`)."""
+    loggers = [logging.getLogger(name) for name in _TASK_ERROR_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch import openai_files, openai_job
-from rig_ray.batch.causes import cause_line
+from rig_ray.batch.causes import cause_line, errors_told_once
 from rig_ray.batch.console import job_console
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
@@ -250,7 +250,8 @@ def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
 
 def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
     try:
-        columns = tuple(dataset.columns() or ())
+        with errors_told_once():
+            columns = tuple(dataset.columns() or ())
     except Exception as error:  # the input itself could not be read
         raise BatchInputError(
             f"cannot read {source!r}: {cause_line(error)}", source=source

@@ -219,8 +219,8 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise BatchInputError(f"line {line} is not UTF-8 text ({error.reason})") from None
+        at = data[: error.start].count(b"\n") + 1
+        raise BatchInputError(f"line {at} is not UTF-8 text ({error.reason})") from None
     decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
     if text.lstrip().startswith("["):
         try:
