@@ -23,16 +23,8 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from rig_ray import PipelineError
 from rig_ray.batch import OutputFolder, read_output, read_pipeline, run_pipeline
@@ -40,6 +32,7 @@ from rig_ray.batch.manifest import MANIFEST_NAME
 from tests.batch.pipeline_members import loads
 from tests.batch.pipeline_search_job import STAGE_NAMES, chain
 from tests.batch.test_pipeline_recovery import ROOT, _kill_all
+from tests.stateful_runs import explore
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -302,26 +295,17 @@ class PipelineFolder(RuleBasedStateMachine):
 
 
 def _explore(examples: int, steps: int) -> None:
-    """Run the machine (`RIG_RAY_STATEFUL_EXAMPLES` / `_STEPS` override the numbers) and
-    print how much it explored."""
-    examples = int(os.environ.get("RIG_RAY_STATEFUL_EXAMPLES", examples))
-    steps = int(os.environ.get("RIG_RAY_STATEFUL_STEPS", steps))
     PipelineFolder.examples = PipelineFolder.steps = 0
     PipelineFolder.done.clear()
-    options = settings(
-        max_examples=examples,
-        stateful_step_count=steps,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
-    try:
-        run_state_machine_as_test(PipelineFolder, settings=options)
-    finally:
-        print(
+    explore(
+        PipelineFolder,
+        examples,
+        steps,
+        lambda: (
             f"stateful pipeline test: {PipelineFolder.examples} examples, "
             f"{PipelineFolder.steps} checks; {dict(PipelineFolder.done)}"
-        )
+        ),
+    )
 
 
 @pytest.mark.slow

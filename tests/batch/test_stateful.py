@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -23,16 +22,8 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from rig_ray.batch import OutputFolder, read_output, run
 from rig_ray.batch.manifest import MANIFEST_NAME
@@ -41,6 +32,7 @@ from rig_ray.errors import BatchInputError
 from rig_ray.generator import seeds
 from rig_ray.generator.base import GenerateParams
 from tests.batch.stateful_members import FAIL, members, reply_for
+from tests.stateful_runs import explore
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -313,22 +305,13 @@ class BatchFolder(RuleBasedStateMachine):
 
 
 def _explore(examples: int, steps: int) -> None:
-    """Run the machine (`RIG_RAY_STATEFUL_EXAMPLES` / `_STEPS` override the numbers) and
-    print how much it explored."""
-    examples = int(os.environ.get("RIG_RAY_STATEFUL_EXAMPLES", examples))
-    steps = int(os.environ.get("RIG_RAY_STATEFUL_STEPS", steps))
     BatchFolder.examples = BatchFolder.steps = 0
-    options = settings(
-        max_examples=examples,
-        stateful_step_count=steps,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
+    explore(
+        BatchFolder,
+        examples,
+        steps,
+        lambda: f"stateful batch test: {BatchFolder.examples} examples, {BatchFolder.steps} checks",
     )
-    try:
-        run_state_machine_as_test(BatchFolder, settings=options)
-    finally:
-        print(f"stateful batch test: {BatchFolder.examples} examples, {BatchFolder.steps} checks")
 
 
 def test_batch_folders_hold_their_invariants_over_random_runs() -> None:
