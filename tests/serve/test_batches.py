@@ -202,6 +202,9 @@ async def test_limits_traversal_guessed_ids_and_auth(endpoint: Endpoint) -> None
 # time. One generator: the default one-deployment app, so these are also its batch tests (the
 # package's `endpoint` app, several generators, runs the batches of the split app above).
 
+LONG_LINES = 200
+"""Lines of a batch that is stopped part way: 60 s of the slow model's work at the least, so
+that a busy machine, slow to report the first lines done, still stops it part way."""
 LEASE_S = 3.0
 """The slow app's batch lease: a replica that went without letting go of a batch's lease
 (killed before its shutdown hook ran) leaves it stale after this, not the default 30 s."""
@@ -247,7 +250,8 @@ async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoin
     deployments = serve.status().applications["slowbatch"].deployments
     assert list(deployments) == ["slow"]  # the one-deployment app runs these batches
     client = endpoint.openai()
-    batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(40)]))
+    lines = [line(f"r{i}", f"text {i}", "slow") for i in range(LONG_LINES)]
+    batch = await submit(client, jsonl(lines))
     await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)
     cancelling = await client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
@@ -255,7 +259,7 @@ async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoin
     assert batch.status == "cancelled" and batch.cancelled_at
     output = parse((await client.files.content(batch.output_file_id)).content)
     ids = [x["custom_id"] for x in output]
-    assert 2 <= len(ids) < 40 and ids == [f"r{i}" for i in range(len(ids))]
+    assert 2 <= len(ids) < LONG_LINES and ids == [f"r{i}" for i in range(len(ids))]
     assert batch.request_counts.completed == len(ids)
 
 
@@ -309,7 +313,8 @@ async def test_an_expired_batch_keeps_the_lines_that_finished(
 
     endpoint, storage = slow_endpoint
     client = endpoint.openai()
-    batch = await submit(client, jsonl([line(f"r{i}", f"text {i}", "slow") for i in range(40)]))
+    lines = [line(f"r{i}", f"text {i}", "slow") for i in range(LONG_LINES)]
+    batch = await submit(client, jsonl(lines))
     await wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)
     store = BatchStore(FileStore(storage))  # the window ends now, on the storage itself
     running = store.get(batch.id)
@@ -322,4 +327,4 @@ async def test_an_expired_batch_keeps_the_lines_that_finished(
     assert batch.expired_at and batch.output_file_id
     output = parse((await client.files.content(batch.output_file_id)).content)
     ids = [x["custom_id"] for x in output]
-    assert 2 <= len(ids) < 40 and batch.request_counts.completed == len(ids)
+    assert 2 <= len(ids) < LONG_LINES and batch.request_counts.completed == len(ids)

@@ -199,7 +199,7 @@ def stop(process: subprocess.Popen[bytes], sig: int, started: list[psutil.Proces
     """Send `sig`, wait for the exit, and check that no process it started is left."""
     process.send_signal(sig)
     try:
-        status = process.wait(timeout=120)
+        status = process.wait(timeout=300)  # Serve's own shutdown is slow on a busy machine
     finally:
         if process.poll() is None:
             process.kill()
