@@ -24,6 +24,7 @@ from rig_ray.batch.source import format_of, input_files, open_filesystem
 from rig_ray.errors import BatchInputError, ServeRequestError
 from rig_ray.redaction import redact
 from rig_ray.serve import wire
+from rig_ray.serve.limits import RequestLimits, check_request
 
 if t.TYPE_CHECKING:
     import pyarrow as pa
@@ -45,6 +46,8 @@ TEXT_COLUMN = "prompt"
 N_COLUMN = "n"
 """Each line's `n`: the job makes that many generations of it (`generations_column`)."""
 _CHUNK = 10_000
+_LIMITS = RequestLimits()
+"""The endpoint's default caps, which every line gets."""
 
 
 class InvalidLine(BaseModel):
@@ -384,18 +387,15 @@ def _check(
 ) -> None:
     """What the endpoint refuses before a request reaches a model, as it words it: its
     default caps on messages, stop strings and `n` included."""
-    from rig_ray.serve.limits import RequestLimits, check_request
-    from rig_ray.serve.wire import VLLM_FIELDS
-
     if isinstance(request, wire.CompletionRequest) and len(request.prompts) != 1:
         raise _Refused("prompt: one prompt per batch line", "invalid_value", "prompt")
     try:
-        check_request(request, RequestLimits())
+        check_request(request, _LIMITS)
     except ServeRequestError as refused:
         raise _Refused(str(refused), refused.code or "invalid_value", refused.param) from None
     if request.stream:
         raise _Refused("stream: not supported in a batch file", "unsupported_parameter", "stream")
-    for name in VLLM_FIELDS:
+    for name in wire.VLLM_FIELDS:
         if name in params.extra and not vllm_fields:
             raise _Refused(
                 f"{name}: only vLLM generators take it, and the generator of this line is not one",

@@ -186,23 +186,11 @@ class _JsonRows:
 def _lone_surrogate(rows: list[dict[str, t.Any]]) -> str:
     """Which row and column hold a string that is not valid Unicode (a lone UTF-16
     surrogate, from a `\\ud800` escape: valid JSON, but no Arrow string can hold it)."""
-
-    def broken(value: t.Any) -> bool:
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-            return False
-        if isinstance(value, dict):
-            return any(broken(k) or broken(v) for k, v in value.items())
-        if isinstance(value, list):
-            return any(broken(item) for item in value)
-        return False
-
     for number, row in enumerate(rows, start=1):
         for key, value in row.items():
-            if broken(key) or broken(value):
+            try:
+                json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
                 return (
                     f"JSON row {number}: column {key!r} holds a lone UTF-16 surrogate (an "
                     "unpaired \\ud800-\\udfff escape), which is not valid Unicode"
@@ -214,6 +202,16 @@ class _Number(str):
     """A JSON number as written; turned into an int or float everywhere but in the id."""
 
 
+def _decoded(decoder: json.JSONDecoder, text: str, where: str) -> t.Any:
+    """`text` decoded, or a `BatchInputError` that names `where` it is."""
+    try:
+        return decoder.decode(text)
+    except RecursionError:
+        raise BatchInputError(f"{where} is nested too deeply to read") from None
+    except ValueError as error:
+        raise BatchInputError(f"{where} is not JSON ({error})") from None
+
+
 def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     """The objects of a JSON Lines file (or of one JSON array), with `id_column` as text."""
     try:
@@ -223,23 +221,10 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
         raise BatchInputError(f"line {at} is not UTF-8 text ({error.reason})") from None
     decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
     if text.lstrip().startswith("["):
-        try:
-            values = decoder.decode(text)
-        except RecursionError:
-            raise BatchInputError("the JSON array is nested too deeply to read") from None
-        except ValueError as error:
-            raise BatchInputError(f"the file is not one JSON array ({error})") from None
+        values = _decoded(decoder, text, "the JSON array")
     else:
-        values = []
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                values.append(decoder.decode(line))
-            except RecursionError:
-                raise BatchInputError(f"line {number} is nested too deeply to read") from None
-            except ValueError as error:
-                raise BatchInputError(f"line {number} is not JSON ({error})") from None
+        lines = enumerate(text.split("\n"), start=1)
+        values = [_decoded(decoder, line, f"line {n}") for n, line in lines if line.strip()]
     rows = []
     for number, value in enumerate(values):
         if not isinstance(value, dict):

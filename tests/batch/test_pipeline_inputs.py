@@ -24,13 +24,19 @@ HOW = Derivation(
 )
 
 
-def part(folder: Path, name: str, rows: list[tuple[str, int, str | None]]) -> Path:
-    """A part of the stage before: (id, generation_index, error) rows."""
+def part(
+    folder: Path,
+    name: str,
+    rows: list[tuple[str, int, str | None]],
+    texts: list[str] | None = None,
+) -> Path:
+    """A part of the stage before: (id, generation_index, error) rows, and their texts
+    (by default `answer <id>/<generation_index>`)."""
     columns: dict[str, t.Any] = {name: [None] * len(rows) for name in OUTPUT_SCHEMA.names}
     columns["id"] = [row[0] for row in rows]
     columns["generation_index"] = [row[1] for row in rows]
     columns["error"] = [row[2] for row in rows]
-    columns["text"] = [f"answer {row[0]}/{row[1]}" for row in rows]
+    columns["text"] = texts or [f"answer {row[0]}/{row[1]}" for row in rows]
     table = pa.table(columns, schema=OUTPUT_SCHEMA).append_column(
         "question", pa.array([f"question {row[0]}" for row in rows])
     )
