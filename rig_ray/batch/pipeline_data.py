@@ -24,6 +24,7 @@ from rig_ray.batch.output import OutputFolder, read_output
 from rig_ray.batch.pipeline_inputs import (
     PARENT_COLUMN,
     Derivation,
+    input_columns,
     input_summary,
     own_columns,
     update_input,
@@ -124,6 +125,22 @@ def derive(
         return None
     fresh = None if made.fresh is None else f"{location}/{made.fresh}"
     return StageInput(location, made.columns, "id"), made.rows, fresh
+
+
+def planned_input(
+    layout: Layout,
+    previous: str,
+    previous_read: StageInput,
+    stage: str,
+    *,
+    earlier: t.Sequence[str],
+    keep_errors: bool,
+) -> StageInput | None:
+    """What `derive` would make `stage` read now (its columns), writing nothing; None when
+    `previous` has no output yet."""
+    how = Derivation(previous, previous_read, tuple(earlier), keep_errors)
+    columns = input_columns(OutputFolder(layout.stage(previous)), how)
+    return None if columns is None else StageInput(layout.stage_input(stage), columns, "id")
 
 
 def _write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -98,6 +98,19 @@ def update_input(
     return InputUpdate(columns, rows, fresh)
 
 
+def input_columns(folder: OutputFolder, how: Derivation) -> list[str] | None:
+    """The columns `update_input` would give the input made from `folder`'s parts, read from
+    their footers and writing nothing; None when `folder` has no part yet."""
+    parts = folder.parts()
+    if not parts:
+        return None
+    columns: dict[str, None] = {}
+    for part in parts:
+        schema = pq.read_schema(part, filesystem=folder.filesystem)
+        columns.update(dict.fromkeys(derive_table(schema.empty_table(), how).column_names))
+    return list(columns)
+
+
 def input_summary(filesystem: pafs.FileSystem, files: t.Sequence[str]) -> tuple[list[str], int]:
     """The columns (in first-seen order) and the row count of an input's files, from their
     footers."""

@@ -23,12 +23,12 @@ import time
 import typing as t
 
 from rig_ray.batch.console import job_console
-from rig_ray.batch.pipeline_data import Layout, StageInput, derive
+from rig_ray.batch.pipeline_data import Layout, StageInput, derive, planned_input
 from rig_ray.batch.pipeline_engines import StageEngines
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
 from rig_ray.batch.placement import join, quiet_ray_logs
-from rig_ray.batch.run import BatchSummary, pending, run
+from rig_ray.batch.run import BatchSummary, check_settings, pending, run
 from rig_ray.batch.source import input_files, read_prompts
 from rig_ray.errors import BatchInputError, PipelineError
 from rig_ray.redaction import redact, redact_logs
@@ -205,12 +205,28 @@ class _Job:
             )
 
     def refuse_changed(self) -> None:
-        """Refuse, before any stage runs, a stage whose settings differ from its folder's."""
-        for index in range(len(self.stages)):
-            read = self.read(index)
-            if read is None:
+        """Refuse, before any stage runs and before any stage's input is brought up to date,
+        a stage whose settings differ from its folder's (or name a column its input lacks)."""
+        read = self.reads[0]
+        for index, stage in enumerate(self.stages):
+            if read is None:  # the stage before has written nothing yet
                 return
-            self.pending(index, read)
+            with _named(stage.name):
+                check_settings(
+                    read.columns,
+                    self.layout.stage(stage.name),
+                    generators=stage.members,
+                    **self.options(index, read),
+                )
+            if index + 1 < len(self.stages):
+                read = planned_input(
+                    self.layout,
+                    stage.name,
+                    read,
+                    self.stages[index + 1].name,
+                    earlier=[s.name for s in self.stages[:index]],
+                    keep_errors=self.stages[index + 1].on_error == "keep",
+                )
 
     def run_once(
         self, index: int, read: StageInput, engines: StageEngines | None, feeds: bool

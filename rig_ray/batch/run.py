@@ -181,7 +181,7 @@ def _run_source(
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
         dataset = _read(source, options)
-        spec = _resolve(dataset, source, options)
+        spec = _spec(_columns(dataset, source), options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output) as lock:
             return _run(
@@ -202,18 +202,10 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     with the same `BatchInputError`. Runs on the Ray already initialised (or starts one).
     """
     input_files(source)
-    members = generator_members(options.get("generator"), options.get("generators"))
-    structured = StructuredSpec.build(
-        options.get("parse_as"),
-        options.get("json_schema"),
-        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
-    )
     folder = OutputFolder(output)
     join(options.get("address"))
     dataset = _read(source, options)
-    spec = _resolve(dataset, source, options)
-    manifest = _manifest(members, spec, structured, options)
-    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    spec, manifest = _checked_settings(folder, _columns(dataset, source), options)
     plan = plan_rows(
         dataset,
         spec,
@@ -222,6 +214,27 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
         generations_column=manifest.generations_column,
     )
     return plan.pending
+
+
+def check_settings(columns: t.Sequence[str], output: str, **options: t.Any) -> None:
+    """Refuse, with `run`'s `BatchInputError`, settings that differ from `output`'s manifest
+    or name columns an input of `columns` lacks. Reads no rows and needs no Ray."""
+    _checked_settings(OutputFolder(output), tuple(columns), options)
+
+
+def _checked_settings(
+    folder: OutputFolder, columns: tuple[str, ...], options: dict[str, t.Any]
+) -> tuple[PromptSpec, Manifest]:
+    members = generator_members(options.get("generator"), options.get("generators"))
+    structured = StructuredSpec.build(
+        options.get("parse_as"),
+        options.get("json_schema"),
+        options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
+    )
+    spec = _spec(columns, options)
+    manifest = _manifest(members, spec, structured, options)
+    check_manifest(folder.filesystem, folder.path, folder.location, manifest, write=False)
+    return spec, manifest
 
 
 class _Settings(t.NamedTuple):
@@ -248,14 +261,17 @@ def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
     )
 
 
-def _resolve(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> PromptSpec:
+def _columns(dataset: ray.data.Dataset, source: str) -> tuple[str, ...]:
     try:
         with errors_told_once():
-            columns = tuple(dataset.columns() or ())
+            return tuple(dataset.columns() or ())
     except Exception as error:  # the input itself could not be read
         raise BatchInputError(
             f"cannot read {source!r}: {cause_line(error)}", source=source
         ) from error
+
+
+def _spec(columns: tuple[str, ...], options: dict[str, t.Any]) -> PromptSpec:
     return PromptSpec(
         template=options.get("template"),
         system=options.get("system"),

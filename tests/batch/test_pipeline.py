@@ -226,3 +226,26 @@ def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> No
     assert final.num_rows == 0
     assert {"id", "generation_index", "text", "error"} <= set(final.column_names)
     assert {"parent_id", "question", "answer_text"} <= set(final.column_names)  # as carried
+
+
+def test_a_refused_stage_leaves_every_input_as_it_was(tmp_path: Path) -> None:
+    """The answer stage has a part the judge's input has not taken yet, and the judge's
+    template changed: the run is refused before that input is brought up to date, so no
+    file of the folder changes (found by the stateful search in test_pipeline_stateful.py)."""
+    out = tmp_path / "out"
+    run_pipeline(
+        str(questions(tmp_path / "q.jsonl", count=1)), str(out), stages=stages(tmp_path),
+        gpu_sharing="swap", progress=False,
+    )  # fmt: skip
+    more = str(questions(tmp_path / "more.jsonl", count=4))
+    run_pipeline(more, str(out), stages=stages(tmp_path)[:1], progress=False)  # a new part
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(PipelineError, match=r"stage 'judge'.*template"):
+        run_pipeline(
+            more, str(out), stages=stages(tmp_path, template="Rate: $text"), progress=False
+        )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    missing = stages(tmp_path, template="Q: $nowhere")  # a column no input has
+    with pytest.raises(PipelineError, match=r"stage 'judge'.*nowhere"):
+        run_pipeline(more, str(out), stages=missing, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
