@@ -34,11 +34,8 @@ test: install
 	$(BIN)/python -m pytest
 
 # The tests `make test` leaves out (marked `slow`): together with it, the whole suite.
-# The Serve batch tests run in a pytest of their own: in one run with every other slow test,
-# their cancel and expiry tests saw every line made before the stop (cause not yet known).
 test-slow: install
-	$(BIN)/python -m pytest -m slow --ignore=tests/serve/test_batches.py
-	$(BIN)/python -m pytest -m slow tests/serve/test_batches.py
+	$(BIN)/python -m pytest -m slow
 
 test-all: install
 	$(BIN)/python -m pytest -m ""

@@ -271,3 +271,13 @@ class FolderLockLostError(RigRayError):
 
         self.location = redact(location) if isinstance(location, str) else location
         super().__init__(redact(message))
+
+
+class BatchStoppedError(RigRayError):
+    """The `/v1/batches` batch a row belongs to was stopped (cancelled, expired, or taken over
+    by another replica) while the row waited: the batch's job stops, writing what it made,
+    instead of failing the rows it has not made yet."""
+
+    def __init__(self, batch_id: str):
+        self.batch_id = batch_id
+        super().__init__(f"batch {batch_id} was stopped")

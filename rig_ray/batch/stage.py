@@ -25,7 +25,7 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import describe
-from rig_ray.errors import EngineDeadError
+from rig_ray.errors import BatchStoppedError, EngineDeadError
 from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
@@ -181,6 +181,8 @@ class GenerateStage:
             async with slots:
                 try:
                     return (await generate(self._generator, [conversation], [item]))[0]
+                except BatchStoppedError:
+                    raise
                 except Exception as error:  # the call failed: this item gets the error
                     return error
 
@@ -226,6 +228,8 @@ class GenerateStage:
                 f"the batch took longer than batch_timeout_s={self._config.batch_timeout_s:g}"
             )
             results = [timeout_error] * count
+        except BatchStoppedError:  # the job stops: its rows are not made, nor failed
+            raise
         except Exception as error:  # the whole call failed: every item gets the error
             results = [error] * count
         if dead := next((r for r in results if _engine_died(r)), None):

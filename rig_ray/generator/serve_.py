@@ -15,6 +15,7 @@ import typing as t
 
 from pydantic import Field, PrivateAttr
 
+from rig_ray.errors import BatchStoppedError
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
 from rig_ray.message import Message
 
@@ -68,11 +69,13 @@ class ServeGenerator(Generator):
 
     async def _one(self, kind: str, prompt: t.Any, params: GenerateParams) -> t.Any:
         """One request's result, or its error in place (a refused request's ServeRequestError
-        keeps the endpoint's wording)."""
+        keeps the endpoint's wording); raises `BatchStoppedError` once the batch is stopped."""
         self.load()
         try:
             call = self._handle.batch_request.remote(self.batch, self.model, kind, prompt, params)
             results = await call
         except Exception as error:
             return error
+        if isinstance(results[0], BatchStoppedError):
+            raise results[0]
         return results[0]

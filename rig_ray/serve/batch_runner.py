@@ -23,7 +23,7 @@ import typing as t
 import uuid
 
 from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
-from rig_ray.errors import BatchInputError, ServeRequestError
+from rig_ray.errors import BatchInputError, BatchStoppedError, ServeRequestError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY
 from rig_ray.generator.serve_ import INGRESS
@@ -133,8 +133,8 @@ class BatchRunner:
                 return await _send(self._routes[model], request_id, kind, prompt, params)
         except ServeRequestError as error:
             return [error]
-        except SlotsClosed:
-            return [RuntimeError(f"batch {batch_id} was stopped")]
+        except SlotsClosed:  # the job stops on it (`serve!` raises it), making no error row
+            return [BatchStoppedError(batch_id)]
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -271,9 +271,11 @@ class BatchRunner:
         finally:
             if not waiting.done():
                 _cancel(ref)
+            # Rows still waiting for a slot, and any the job sends after, are refused: the
+            # job stops on the first of them, even where the interrupt does not reach it.
+            self.slots.close(batch.id)
             await asyncio.wait({waiting})
             self._jobs.pop(batch.id, None)
-            self.slots.close(batch.id)  # rows of a stopped job still waiting: refused
         if reason in ("closing", "lost"):
             return None
         if reason is not None:

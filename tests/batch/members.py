@@ -100,6 +100,18 @@ class Whole(EchoGenerator):
         raise RuntimeError("the engine is out of memory")
 
 
+class StopsAt(EchoGenerator):
+    """Echoes, but raises `BatchStoppedError` on a batch holding STOP, as the `serve` provider
+    does once its `/v1/batches` batch is stopped."""
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        from rig_ray.errors import BatchStoppedError
+
+        if any("STOP" in conversation[-1].content for conversation in messages):
+            raise BatchStoppedError("batch_test")
+        return await super().generate_messages(messages, params)
+
+
 def rows(path: Path, count: int, *, start: int = 0, **extra: t.Any) -> Path:
     """Write `count` JSONL rows with ids `r<n>` and a `topic` to `path` (appending)."""
     import json

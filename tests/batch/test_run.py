@@ -15,8 +15,13 @@ import pytest
 from rig_ray import GenerateParams
 from rig_ray.batch import OUTPUT_COLUMNS, generate, run
 from rig_ray.batch.plan import member_indices
-from rig_ray.errors import BatchInputError, InvalidGeneratorError, UnknownProviderError
-from tests.batch.members import CountsLoads, Whole, output_rows, rows
+from rig_ray.errors import (
+    BatchInputError,
+    InvalidGeneratorError,
+    RigRayError,
+    UnknownProviderError,
+)
+from tests.batch.members import CountsLoads, StopsAt, Whole, output_rows, rows
 from tests.fakes import CallbackGenerator, EchoGenerator, FailingGenerator, FixedGenerator
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -294,3 +299,26 @@ def test_each_row_can_carry_its_own_params(tmp_path: Path) -> None:
         "16 0.5",
     ]
     assert "column 'params' does not hold valid params" in got["bad"]["error"]
+
+
+def test_a_stopped_batch_ends_the_job_and_fails_no_row(tmp_path: Path) -> None:
+    """`BatchStoppedError` (a `/v1/batches` batch cancelled while its rows wait) ends the job
+    at once: what was made is written, and the rows it did not make are not failed rows."""
+    source = rows(tmp_path / "in.jsonl", 4)
+    rows(source, 1, start=4, topic="STOP")
+    rows(source, 3, start=5)
+    out = tmp_path / "out"
+    with pytest.raises(RigRayError, match="batch batch_test was stopped"):
+        run(
+            str(source),
+            str(out),
+            generator=StopsAt(model="stops"),
+            template="$topic",
+            batch_size=1,
+            max_concurrent_batches=1,
+            rows_per_part=1,
+            **FAST,
+        )
+    written = output_rows(out) if any(out.glob("part-*.parquet")) else []
+    assert all(row["error"] is None for row in written)
+    assert {row["id"] for row in written} <= {f"r{n}" for n in range(4)}

@@ -261,6 +261,7 @@ async def test_cancel_keeps_the_lines_that_finished(slow_endpoint: tuple[Endpoin
     ids = [x["custom_id"] for x in output]
     assert 2 <= len(ids) < LONG_LINES and ids == [f"r{i}" for i in range(len(ids))]
     assert batch.request_counts.completed == len(ids)
+    assert batch.request_counts.failed == 0  # the lines it did not make are not failed ones
 
 
 @pytest.mark.slow
