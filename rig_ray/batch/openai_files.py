@@ -121,6 +121,7 @@ def prepare(
     *,
     vllm_fields: bool | t.Mapping[str, bool],
     urls: t.Sequence[str] = URLS,
+    limits: RequestLimits | None = None,
 ) -> Prepared:
     """Read the batch file `source` into the output folder's `_openai` folder.
 
@@ -128,7 +129,9 @@ def prepare(
     and its lines. `vllm_fields`: whether the generator takes vLLM's extra sampling fields;
     or, where `body.model` chooses among several, each served name and whether its generator
     takes them (a line naming another model is refused as `model_not_found`); `urls`: the
-    endpoints lines may name (a batch of the endpoint runs one).
+    endpoints lines may name (a batch of the endpoint runs one); `limits`: the caps on `n`,
+    messages and stop strings of each line (the endpoint's, on `/v1/batches`; by default
+    those of `rig-ray serve`'s defaults).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -145,7 +148,7 @@ def prepare(
     schema = _schema()
     with pq.ParquetWriter(temporary, schema, filesystem=filesystem) as writer:
         for number, line in _lines(source):
-            row = _row(number, line, vllm_fields, tuple(urls))
+            row = _row(number, line, vllm_fields, tuple(urls), limits or _LIMITS)
             if isinstance(row, InvalidLine):
                 invalid.append(row)
             custom_id = row.custom_id if isinstance(row, InvalidLine) else row["id"]
@@ -282,7 +285,11 @@ def _text_lines(stream: t.Any) -> t.Iterator[str]:
 
 
 def _row(
-    number: int, line: t.Any, vllm_fields: bool | t.Mapping[str, bool], urls: tuple[str, ...]
+    number: int,
+    line: t.Any,
+    vllm_fields: bool | t.Mapping[str, bool],
+    urls: tuple[str, ...],
+    limits: RequestLimits,
 ) -> dict[str, t.Any] | InvalidLine:
     """The prepared row of one line, or why it cannot run."""
 
@@ -329,7 +336,7 @@ def _row(
     try:
         request = _request(body, chat=url == CHAT_URL)
         params = request.to_params()
-        _check(request, params, _takes_vllm_fields(request.model, vllm_fields))
+        _check(request, params, _takes_vllm_fields(request.model, vllm_fields), limits)
     except _Refused as error:
         return bad(f"line {number}: {error.message}", error.code, error.param)
     row = {
@@ -383,14 +390,17 @@ def _request(
 
 
 def _check(
-    request: wire.ChatCompletionRequest | wire.CompletionRequest, params: t.Any, vllm_fields: bool
+    request: wire.ChatCompletionRequest | wire.CompletionRequest,
+    params: t.Any,
+    vllm_fields: bool,
+    limits: RequestLimits,
 ) -> None:
-    """What the endpoint refuses before a request reaches a model, as it words it: its
-    default caps on messages, stop strings and `n` included."""
+    """What the endpoint refuses before a request reaches a model, as it words it: its caps
+    on messages, stop strings and `n` included."""
     if isinstance(request, wire.CompletionRequest) and len(request.prompts) != 1:
         raise _Refused("prompt: one prompt per batch line", "invalid_value", "prompt")
     try:
-        check_request(request, _LIMITS)
+        check_request(request, limits)
     except ServeRequestError as refused:
         raise _Refused(str(refused), refused.code or "invalid_value", refused.param) from None
     if request.stream:

@@ -34,6 +34,7 @@ from rig_ray.serve.batch_job import job_spec, models_of, progress, requested, st
 from rig_ray.serve.batch_lease import DEFAULT_LEASE_S, BatchLeases
 from rig_ray.serve.batch_slots import FairSlots, SlotsClosed
 from rig_ray.serve.batches import RUNNING, BatchError, BatchErrors, BatchObject, BatchStore
+from rig_ray.serve.limits import RequestLimits
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,7 +54,8 @@ class Route(t.NamedTuple):
 
 class BatchRunner:
     """Runs the batches of `store` on `routes` (served name -> Route) of the Serve app `app`;
-    `check(model, params)` refuses what the endpoint refuses, as the endpoint words it."""
+    `check(model, params)` refuses what the endpoint refuses, as the endpoint words it, and
+    each line's `n`, messages and stop strings are held to the endpoint's `limits`."""
 
     def __init__(
         self,
@@ -65,8 +67,10 @@ class BatchRunner:
         deployment: str = INGRESS,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         lease_s: float = DEFAULT_LEASE_S,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits
         self.app = app
         self.deployment = deployment
         self.slots = FairSlots(max_in_flight)
@@ -171,7 +175,12 @@ class BatchRunner:
         vllm = bool(self._routes) and all(route.vllm_fields for route in self._routes.values())
         try:
             prepared = await asyncio.to_thread(
-                prepare, source, job, vllm_fields=vllm, urls=(batch.endpoint,)
+                prepare,
+                source,
+                job,
+                vllm_fields=vllm,
+                urls=(batch.endpoint,),
+                limits=self.limits,
             )
         except BatchInputError as error:
             return await self._fail(batch, [BatchError(code="invalid_file", message=str(error))])
@@ -391,6 +400,7 @@ def batch_runner(
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     lease_s: float = DEFAULT_LEASE_S,
     window_s: float | None = None,
+    limits: RequestLimits | None = None,
 ) -> BatchRunner:
     """The runner of the batches (and the store of the files) under `storage`."""
     from rig_ray.serve.files import FileStore
@@ -404,6 +414,7 @@ def batch_runner(
         deployment=deployment,
         max_in_flight=max_in_flight,
         lease_s=lease_s,
+        limits=limits,
     )
 
 

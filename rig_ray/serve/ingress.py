@@ -94,6 +94,7 @@ class OpenAIIngress:
             max_in_flight=batch_max_in_flight,
             lease_s=batch_lease_s,
             window_s=batch_window_s,
+            limits=self.limits,
         )
 
     async def __del__(self) -> None:

@@ -96,6 +96,24 @@ def test_the_params_are_the_endpoints(tmp_path: Path) -> None:
     assert GenerateParams.model_validate_json(row["params"]) == endpoint.to_params()
 
 
+def test_each_line_is_held_to_the_endpoints_caps(tmp_path: Path) -> None:
+    """`n`, messages and stop strings are capped per line as the endpoint caps a request:
+    by `rig-ray serve`'s defaults, or by the limits given (a `/v1/batches` batch: its app's)."""
+    from rig_ray.serve.limits import RequestLimits
+
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [chat_line("n20", "x", n=20), chat_line("stops", "x", stop=["a", "b", "c"])],
+    )
+    default = prepare(str(source), str(tmp_path / "default"), vllm_fields=False)
+    assert (default.valid, default.invalid) == (1, 1)
+    assert read_invalid(str(tmp_path / "default"))[0].param == "n"
+    wider = RequestLimits(max_n=32, max_stop=2)
+    given = prepare(str(source), str(tmp_path / "given"), vllm_fields=False, limits=wider)
+    assert (given.valid, given.invalid, given.num_generations) == (1, 1, 20)
+    assert read_invalid(str(tmp_path / "given"))[0].param == "stop"
+
+
 @pytest.mark.usefixtures("local_ray")
 def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     lines = [

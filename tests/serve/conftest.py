@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import _shared, shared_ray
 from tests.openai_stub import OpenAIStub
-from tests.serve.support import GUARD, KEY, SMOL, Endpoint, free_port
+from tests.serve.support import GUARD, KEY, MAX_STOP, SMOL, Endpoint, free_port
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -75,7 +75,14 @@ def endpoint(
         storage = str(tmp_path_factory.mktemp("batch-storage"))
         # one batch request at a time: each is then alone in its engine call, as the online
         # requests it is compared with are (batched bf16 padding changes greedy text)
-        app = build_app(models, api_key=KEY, batch_storage=storage, batch_max_in_flight=1)
+        # at most 2 stop strings (16 by default): batch lines are held to the app's caps
+        app = build_app(
+            models,
+            api_key=KEY,
+            batch_storage=storage,
+            batch_max_in_flight=1,
+            limits={"max_stop": MAX_STOP},
+        )
         serve.run(app, name=APP_NAME, route_prefix="/")
         yield Endpoint(local_serve)
     finally:

@@ -14,6 +14,8 @@ SMOL = "smollm2-135m"
 """The embedded model's served name."""
 GUARD = "/guard"
 """The route prefix of the second test app (short timeouts, hanging and streaming fakes)."""
+MAX_STOP = 2
+"""The test app's cap on stop strings per request (16 by default)."""
 TIMEOUT = 300.0
 """Seconds a request may take: the machine may be busy with other Ray tests."""
 

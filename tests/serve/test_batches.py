@@ -11,7 +11,7 @@ import typing as t
 import openai
 import pytest
 
-from tests.serve.support import KEY, SMOL, TIMEOUT, Endpoint
+from tests.serve.support import KEY, MAX_STOP, SMOL, TIMEOUT, Endpoint
 
 SLOW_PREFIX = "/slowbatch"
 
@@ -107,20 +107,22 @@ async def test_bad_lines_land_in_the_error_file(endpoint: Endpoint) -> None:
         line("refused", "x", logit_bias={"5": 1}),
         line("fails", "please FAIL"),
         line("good-2", "also fine", n=2),
+        line("stops", "x", stop=["a", "b", "c"][: MAX_STOP + 1]),  # over the app's own cap
     ]
     batch = await wait_for(client, (await submit(client, jsonl(lines))).id, finished)
     assert batch.status == "completed"
-    assert (batch.request_counts.total, batch.request_counts.completed) == (6, 2)
-    assert batch.request_counts.failed == 4
-    assert batch.errors is not None and [e.line for e in batch.errors.data] == [2, 3, 4]
+    assert (batch.request_counts.total, batch.request_counts.completed) == (7, 2)
+    assert batch.request_counts.failed == 5
+    assert batch.errors is not None and [e.line for e in batch.errors.data] == [2, 3, 4, 7]
     output = parse((await client.files.content(batch.output_file_id)).content)
     assert [x["custom_id"] for x in output] == ["good", "good-2"]
     assert len(output[1]["response"]["body"]["choices"]) == 2
     errors = parse((await client.files.content(batch.error_file_id)).content)
-    assert [x["custom_id"] for x in errors] == ["other-url", None, "refused", "fails"]
+    assert [x["custom_id"] for x in errors] == ["other-url", None, "refused", "fails", "stops"]
     assert errors[1]["error"]["line"] == 3
     assert errors[2]["error"]["param"] == "logit_bias"
     assert errors[3]["response"]["status_code"] == 500
+    assert errors[4]["error"]["param"] == "stop"
 
 
 @pytest.mark.usefixtures("every_cpu_held")
