@@ -42,6 +42,9 @@ DEFAULT_MAX_IN_FLIGHT = 4
 """Batch requests in the model deployments at once, all batches together (per replica)."""
 TICK_S = 1.0
 """How often a running batch's counts, lease, cancel and expiry are looked at."""
+STOP_GRACE_S = 5.0
+"""How long a stopped job has to end on its interrupt (`ray.cancel`) before its rows are
+refused."""
 _FINISHED = ("completed", "failed", "expired", "cancelled")
 
 
@@ -280,11 +283,14 @@ class BatchRunner:
         finally:
             if not waiting.done():
                 _cancel(ref)
-            # Rows still waiting for a slot, and any the job sends after, are refused: the
-            # job stops on the first of them, even where the interrupt does not reach it.
+                await asyncio.wait({waiting}, timeout=STOP_GRACE_S)
+            # Rows still waiting for a slot, and any the job sends after, are refused: a job
+            # the interrupt did not end stops on the first of them (`BatchStoppedError`).
             self.slots.close(batch.id)
             await asyncio.wait({waiting})
             self._jobs.pop(batch.id, None)
+        if reason is not None:
+            waiting.exception()  # the job ends on the stop it was given: no failure of its own
         if reason in ("closing", "lost"):
             return None
         if reason is not None:
