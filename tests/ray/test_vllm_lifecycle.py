@@ -5,6 +5,7 @@ unload: tests/engine/test_vllm_engine.py.) Each starts one tiny engine: run unde
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,30 @@ def test_teardown_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) ->
     assert not gone_within(engines, timeout_s=10)
 
 
+class Seen:
+    """Every engine process seen under this process while the `with` body runs, looked for
+    every 0.1 s: an engine lives for seconds (its start alone), so none is missed, however
+    fast the body's rows come back."""
+
+    def __init__(self) -> None:
+        self.processes: dict[int, psutil.Process] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            for process in engine_cores():
+                self.processes.setdefault(process.pid, process)
+
+    def __enter__(self) -> Seen:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def test_a_batch_actor_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
     from rig_ray.batch import generate
 
@@ -68,13 +93,10 @@ def test_a_batch_actor_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Pat
     generations = generate(
         dataset, generator=f"vllm!{tiny_llama_path},{ENGINE}", num_cpus=CPU, batch_size=2
     )
-    engines: list[psutil.Process] = []
-    rows = 0
-    for batch in generations.iter_batches(batch_size=None):
-        engines = engines or engine_cores()  # while the actor still runs
-        rows += len(batch["text"])
-    assert rows == 8 and engines
-    assert not gone_within(engines)
+    with Seen() as seen:  # Ray Data may end the actor before the first batch is read here
+        rows = sum(len(batch["text"]) for batch in generations.iter_batches(batch_size=None))
+    assert rows == 8 and seen.processes
+    assert not gone_within(list(seen.processes.values()))
 
 
 def test_a_deleted_replica_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
