@@ -26,6 +26,7 @@ PERSON = {
 }
 
 
+@pytest.mark.slow  # the vLLM app takes 80 s to start here
 def test_json_schema_through_the_openai_client_on_vllm(vllm_url: str) -> None:
     client = openai.OpenAI(base_url=vllm_url, api_key=KEY, max_retries=0, timeout=TIMEOUT)
     reply = client.chat.completions.create(

@@ -9,7 +9,7 @@ import pytest
 from tests.serve.conftest import VLLM_MODEL
 from tests.serve.support import KEY, TIMEOUT, Endpoint
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.slow]  # the vLLM app takes 80 s to start here
 
 
 async def test_smollm2_on_vllm_at_auto_knows_the_capital_of_france(

@@ -16,7 +16,7 @@ import pytest
 from tests.serve.conftest import VLLM_APP, VLLM_GENERATOR, VLLM_MODEL
 from tests.serve.support import KEY, TIMEOUT, Endpoint
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.slow]  # the vLLM app takes 80 s to start here
 
 MODEL = VLLM_MODEL
 
@@ -55,7 +55,6 @@ async def test_a_streamed_reply_starts_early(vllm_endpoint: Endpoint) -> None:
     assert arrivals[0] < total / 2  # the first token came after prefill, not with the last
 
 
-@pytest.mark.slow
 async def test_short_requests_are_not_held_behind_a_long_one(vllm_endpoint: Endpoint) -> None:
     long_request = asyncio.create_task(
         stream(vllm_endpoint, "Write a long essay about rivers.", 256, ignore_eos=True)
@@ -114,7 +113,6 @@ def test_prompts_are_counted_against_max_model_len(vllm_endpoint: Endpoint) -> N
     assert fine.status_code == 200
 
 
-@pytest.mark.slow
 def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) -> None:
     """The replica's engine starts in vLLM's server context: its max_num_seqs is what vLLM's
     own config code gives `vllm serve` on the same arguments (no second engine)."""
