@@ -105,41 +105,25 @@ class StageInput(t.NamedTuple):
 
 
 def derive(
-    layout: Layout,
-    previous: str,
-    previous_read: StageInput,
-    stage: str,
-    *,
-    earlier: t.Sequence[str],
-    keep_errors: bool,
+    layout: Layout, stage: str, how: Derivation
 ) -> tuple[StageInput, int, str | None] | None:
-    """Bring `stage`'s input up to date with the output of the stage `previous` (which read
-    `previous_read`, after the stages `earlier`), part by part (see `pipeline_inputs`); None
-    when `previous` has no output yet. Also returns the row count, and the location of the
-    subfolder with the rows this update added (None: none)."""
-    how = Derivation(previous, previous_read, tuple(earlier), keep_errors)
+    """Bring `stage`'s input up to date with the output of the stage before (`how`), part by
+    part (see `pipeline_inputs`); None when that stage has no output yet. Also returns the
+    row count, and the location of the subfolder with the rows this update added (None:
+    none)."""
     location = layout.stage_input(stage)
     _, inner = open_filesystem(location)
-    made = update_input(OutputFolder(layout.stage(previous)), inner, layout.filesystem, how)
+    made = update_input(OutputFolder(layout.stage(how.previous)), inner, layout.filesystem, how)
     if made is None:
         return None
     fresh = None if made.fresh is None else f"{location}/{made.fresh}"
     return StageInput(location, made.columns, "id"), made.rows, fresh
 
 
-def planned_input(
-    layout: Layout,
-    previous: str,
-    previous_read: StageInput,
-    stage: str,
-    *,
-    earlier: t.Sequence[str],
-    keep_errors: bool,
-) -> StageInput | None:
+def planned_input(layout: Layout, stage: str, how: Derivation) -> StageInput | None:
     """What `derive` would make `stage` read now (its columns), writing nothing; None when
-    `previous` has no output yet."""
-    how = Derivation(previous, previous_read, tuple(earlier), keep_errors)
-    columns = input_columns(OutputFolder(layout.stage(previous)), how)
+    the stage before has no output yet."""
+    columns = input_columns(OutputFolder(layout.stage(how.previous)), how)
     return None if columns is None else StageInput(layout.stage_input(stage), columns, "id")
 
 

@@ -25,6 +25,7 @@ import typing as t
 from rig_ray.batch.console import job_console
 from rig_ray.batch.pipeline_data import Layout, StageInput, derive, planned_input
 from rig_ray.batch.pipeline_engines import StageEngines
+from rig_ray.batch.pipeline_inputs import Derivation
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
 from rig_ray.batch.placement import join, quiet_ray_logs
@@ -176,15 +177,7 @@ class _Job:
             previous_read = self.reads[index - 1]
         if previous_read is None:  # the stage before has not read anything yet
             return None
-        stage = self.stages[index]
-        made = derive(
-            self.layout,
-            self.stages[index - 1].name,
-            previous_read,
-            stage.name,
-            earlier=[s.name for s in self.stages[: index - 1]],
-            keep_errors=stage.on_error == "keep",
-        )
+        made = derive(self.layout, self.stages[index].name, self._how(index, previous_read))
         with self._lock:
             self.reads[index] = made[0] if made else None
             self.fresh[index] = made[2] if made else None
@@ -219,14 +212,18 @@ class _Job:
                     **self.options(index, read),
                 )
             if index + 1 < len(self.stages):
-                read = planned_input(
-                    self.layout,
-                    stage.name,
-                    read,
-                    self.stages[index + 1].name,
-                    earlier=[s.name for s in self.stages[:index]],
-                    keep_errors=self.stages[index + 1].on_error == "keep",
-                )
+                following = self.stages[index + 1].name
+                read = planned_input(self.layout, following, self._how(index + 1, read))
+
+    def _how(self, index: int, previous_read: StageInput) -> Derivation:
+        """How stage `index`'s rows come from those of the stage before, which read
+        `previous_read`."""
+        return Derivation(
+            self.stages[index - 1].name,
+            previous_read,
+            tuple(s.name for s in self.stages[: index - 1]),
+            self.stages[index].on_error == "keep",
+        )
 
     def run_once(
         self, index: int, read: StageInput, engines: StageEngines | None, feeds: bool

@@ -289,13 +289,12 @@ class BatchRunner:
             self.slots.close(batch.id)
             await asyncio.wait({waiting})
             self._jobs.pop(batch.id, None)
-        if reason is not None:
-            waiting.exception()  # the job ends on the stop it was given: no failure of its own
+        error = waiting.exception()  # retrieved: a stopped job's ending is no failure
         if reason in ("closing", "lost"):
             return None
         if reason is not None:
             return await self._stopped_early(batch)
-        if (error := waiting.exception()) is not None:
+        if error is not None:
             raise error
         return await self._save_unless_cancelled(batch.moved("finalizing"))
 

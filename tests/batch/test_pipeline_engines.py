@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import typing as t
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from rig_ray import PipelineError
 from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
+from tests.polling import Polling
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("local_ray")]
 
@@ -53,30 +53,19 @@ def pipeline_stages() -> list[Stage]:
     ]
 
 
-class Sampler:
+class Sampler(Polling):
     """The processes under this one (its local Ray), sampled every 0.1 s with the time."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[float, set[int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
         import psutil
 
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            now = time.time()
-            self.samples.append((now, {p.pid for p in me.children(recursive=True)}))
-            self._stop.wait(0.1)
+        super().__init__()
+        self.samples: list[tuple[float, set[int]]] = []
+        self._me = psutil.Process(os.getpid())
 
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        now = time.time()
+        self.samples.append((now, {p.pid for p in self._me.children(recursive=True)}))
 
 
 def write_questions(path: Path) -> Path:

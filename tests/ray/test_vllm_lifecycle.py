@@ -5,7 +5,6 @@ unload: tests/engine/test_vllm_engine.py.) Each starts one tiny engine: run unde
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import psutil
 import pytest
 
 import rig_ray as rr
+from tests.polling import Polling
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -62,28 +62,18 @@ def test_teardown_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) ->
     assert not gone_within(engines, timeout_s=10)
 
 
-class Seen:
+class Seen(Polling):
     """Every engine process seen under this process while the `with` body runs, looked for
     every 0.1 s: an engine lives for seconds (its start alone), so none is missed, however
     fast the body's rows come back."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.processes: dict[int, psutil.Process] = {}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _watch(self) -> None:
-        while not self._done.wait(0.1):
-            for process in engine_cores():
-                self.processes.setdefault(process.pid, process)
-
-    def __enter__(self) -> Seen:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join()
+    def sample(self) -> None:
+        for process in engine_cores():
+            self.processes.setdefault(process.pid, process)
 
 
 def test_a_batch_actor_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
