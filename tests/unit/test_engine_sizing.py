@@ -126,3 +126,65 @@ async def test_an_unloaded_vllm_generator_reports_what_vllm_will_give_it() -> No
     generator._usage_context = vllm_sizing.SERVER  # as a Serve replica sets it
     assert await generator.capacity() == vllm_table("OPENAI_API_SERVER")
     assert "usage_context" not in generator.to_identifier()
+
+
+def nodes(monkeypatch: pytest.MonkeyPatch, *listed: dict[str, object]) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: list(listed))
+
+
+def node(node_id: str, alive: bool = True, **resources: float) -> dict[str, object]:
+    return {"NodeID": node_id, "Alive": alive, "Resources": resources}
+
+
+def test_an_engine_is_sized_on_a_node_that_has_what_it_takes(monkeypatch) -> None:
+    from rig_ray.cluster.placement import place
+
+    nodes(
+        monkeypatch,
+        node("cpu", CPU=64),
+        node("gone", alive=False, CPU=8, GPU=8, **{"accelerator_type:H100": 1}),
+        node("a100", CPU=32, GPU=4, **{"accelerator_type:A100": 1}),
+        node("h100", CPU=32, GPU=8, disk=2, **{"accelerator_type:H100": 1}),
+    )
+    generator = rr.VLLMGenerator(model="m")
+    assert vllm_sizing.engine_nodes(place(generator, num_gpus=0.5)) == ["a100", "h100"]
+    h100 = place(generator, num_gpus=1, accelerator_type="H100")
+    assert vllm_sizing.engine_nodes(h100) == ["h100"]
+    with_disk = place(generator, num_gpus=1, resources={"disk": 1})
+    assert vllm_sizing.engine_nodes(with_disk) == ["h100"]
+    sharded = rr.VLLMGenerator(model="m", tensor_parallel_size=8)
+    assert vllm_sizing.engine_nodes(place(sharded)) == ["h100"]  # all 8 on one node
+    too_wide = rr.VLLMGenerator(model="m", engine_args={"tensor_parallel_size": 16})
+    assert vllm_sizing.engine_nodes(place(too_wide)) == []
+
+
+def test_an_engine_without_gpus_is_sized_here_with_no_ray_call(monkeypatch) -> None:
+    from rig_ray.cluster.placement import place
+
+    def no_call() -> None:
+        raise AssertionError("Ray asked where no GPU is placed")
+
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", no_call)
+    monkeypatch.setattr(vllm_sizing, "batch_defaults", lambda world: {"LLM_CLASS": (9, 99)})
+    on_cpu = place(rr.VLLMGenerator(model="m"), num_cpus=1)
+    assert vllm_sizing.engine_table(1, on_cpu) == {"LLM_CLASS": (9, 99)}
+    assert vllm_sizing.engine_table(1, None) == {"LLM_CLASS": (9, 99)}
+
+
+def test_with_no_node_to_read_on_the_engine_is_sized_here_and_says_so(monkeypatch, caplog) -> None:
+    from rig_ray.cluster.placement import place
+
+    nodes(monkeypatch, node("cpu", CPU=64))
+    monkeypatch.setattr(vllm_sizing, "batch_defaults", lambda world: {"LLM_CLASS": (9, 99)})
+    placement = place(rr.VLLMGenerator(model="m"), num_gpus=1, accelerator_type="H100")
+    with caplog.at_level(logging.WARNING, logger="rig_ray.vllm"):
+        table, read_on = vllm_sizing.read_on_engine_node(1, placement)
+    assert (table, read_on) == ({"LLM_CLASS": (9, 99)}, None)
+    [record] = caplog.records
+    assert "1 GPU, H100" in record.getMessage()
+    assert "no live node of the cluster has them" in record.getMessage()
+    assert "LLM_CLASS: 9 sequences" in record.getMessage()
