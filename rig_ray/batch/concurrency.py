@@ -6,7 +6,10 @@ rule) and sends rows one request at a time, so that a row still generating holds
 own slot, not its whole batch's. The driver reads `max_num_seqs` from vLLM's own default table
 as the actors' engines will (on a node with their GPUs, see `vllm_sizing.engine_table`; no
 engine is loaded); each actor then sizes its row slots from its loaded engine. Engines that
-batch per call (transformers) keep one call per batch of rows.
+batch per call (transformers) keep one call per batch of rows. A member whose engine lives
+in an actor of its own (a pipeline stage's engines, `rr.remote()`) and batches continuously
+is asked for its engine's `max_num_seqs`, and gets as many batches as a vLLM generator would,
+each batch one call to that actor.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import math
 import typing as t
 
+from rig_ray.cluster.remote_generator import RemoteGenerator
 from rig_ray.generator import vllm_sizing
 from rig_ray.generator.base import Generator
 
@@ -57,9 +61,7 @@ def plan(
     short: list[str] = []
     where = list(placements) if placements is not None else [None] * len(members)
     for member, placement in zip(members, where, strict=True):
-        seqs = None
-        if member.batches_continuously:
-            seqs = vllm_sizing.max_num_seqs_for(member, vllm_sizing.OFFLINE, placement)
+        seqs = _max_num_seqs(member, placement)
         if seqs is None:
             concurrent = max_concurrent_batches or DEFAULT_MAX_CONCURRENT_BATCHES
             plans.append(Concurrency(size, concurrent, None))
@@ -70,7 +72,8 @@ def plan(
         )
         if size * concurrent < seqs:
             short.append(f"{member.model} runs {seqs} sequences at once")
-        plans.append(Concurrency(size, concurrent, target))
+        remote = isinstance(member, RemoteGenerator)  # one actor call per batch, not per row
+        plans.append(Concurrency(size, concurrent, None if remote else target))
     if short:
         logger.warning(
             "batch_size x max_concurrent_batches = %d x %d rows per actor cannot fill the "
@@ -80,6 +83,18 @@ def plan(
             "; ".join(short),
         )
     return plans
+
+
+def _max_num_seqs(member: Generator, placement: Placement | None) -> int | None:
+    """The sequences the member's engine runs at once where it batches continuously, else
+    None: a vLLM generator's from vLLM's table where `placement` runs it; an actor's (a
+    pipeline stage's engines, `rr.remote()`) from the actor, whose engine is loaded or sized
+    where it runs."""
+    if isinstance(member, RemoteGenerator):
+        return member.engine_capacity() if member.inner.batches_continuously else None
+    if not member.batches_continuously:
+        return None
+    return vllm_sizing.max_num_seqs_for(member, vllm_sizing.OFFLINE, placement)
 
 
 __all__: t.Sequence[str] = [

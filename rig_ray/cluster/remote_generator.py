@@ -169,6 +169,12 @@ class RemoteGenerator(Generator):
         value = await self._await("capacity")
         return None if value is None else int(value)
 
+    def engine_capacity(self) -> int | None:
+        """`capacity()` for a caller without an event loop (a batch driver planning its
+        rows): the actor's engine's max_num_seqs, or None."""
+        value = self._get("capacity")
+        return None if value is None else int(value)
+
     def info(self) -> dict[str, t.Any]:
         """The actor's pid, node id, placement group id, loaded state and RSS."""
         return t.cast(dict[str, t.Any], self._get("info"))

@@ -105,3 +105,13 @@ class Trickle(rr.Generator):
                 with open(self.stopped_file, "w") as marker:
                     marker.write("stopped")
             raise
+
+
+class Continuous(FixedGenerator):
+    """Says it batches continuously, with an engine that runs `seqs` sequences at once."""
+
+    batches_continuously: t.ClassVar[bool] = True
+    seqs: int = 300
+
+    async def capacity(self) -> int | None:
+        return self.seqs

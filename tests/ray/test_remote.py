@@ -4,6 +4,7 @@ restarts, failures and pools of remote members."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import pickle
 import sys
@@ -23,6 +24,7 @@ from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
 from tests.ray.members import (
     Boom,
+    Continuous,
     Loadable,
     RaisesKeywordOnly,
     Sleepy,
@@ -335,3 +337,15 @@ class Sized(FixedGenerator):
 async def test_capacity_is_asked_of_the_actor(start) -> None:
     assert await start(Sized(model="sized")).capacity() == 42
     assert await start(FixedGenerator(model="plain")).capacity() is None
+
+
+def test_a_batch_keeps_an_actors_continuous_engine_full(start) -> None:
+    """A pipeline stage's engines are actors: the batch driver asks each how many sequences
+    its engine runs, and keeps about twice 1.1x that many rows in flight, a call per batch."""
+    from rig_ray.batch import concurrency
+
+    full = start(Continuous(model="c", text="C", seqs=300))
+    per_call = start(FixedGenerator(model="f", text="F"))
+    [engine, other] = concurrency.plan([full, per_call], None, None)
+    assert engine == concurrency.Concurrency(64, 2 * math.ceil(330 / 64), None)
+    assert other == concurrency.Concurrency(64, concurrency.DEFAULT_MAX_CONCURRENT_BATCHES, None)
