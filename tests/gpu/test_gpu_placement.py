@@ -69,6 +69,27 @@ def test_vllm_max_num_seqs_is_what_vllm_llm_gets(tiny_llama_path: Path) -> None:
         generator.unload()
 
 
+def test_a_batch_plan_is_sized_as_the_engine_on_the_gpu_runs(gpu_ray, tiny_llama_path) -> None:
+    """The driver reads vLLM's table on the GPU's node (a task that takes no GPU): the figure
+    it plans with is the max_num_seqs the engine gets once loaded on that GPU."""
+    pytest.importorskip("vllm")
+    from rig_ray.batch import concurrency
+    from rig_ray.cluster.placement import place
+    from rig_ray.generator import vllm_sizing
+
+    generator = rr.get_generator(f"vllm!{tiny_llama_path},{ENGINE}")
+    placement = place(generator, num_gpus=1, num_cpus=1)
+    planned = vllm_sizing.max_num_seqs_for(generator, vllm_sizing.OFFLINE, placement)
+    [plan] = concurrency.plan([generator], None, None, [placement])
+    remote = rr.remote(generator, num_cpus=1, num_gpus=1)
+    try:
+        remote.load()
+        assert planned == remote.engine_capacity()
+        assert plan.row_requests == vllm_sizing.in_flight(planned)
+    finally:
+        remote.teardown()
+
+
 def test_remote_unload_and_teardown_free_the_gpu(gpu_ray, tiny_llama_path: Path) -> None:
     pytest.importorskip("vllm")
     before = free_gpu_bytes()
