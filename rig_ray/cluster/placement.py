@@ -30,7 +30,7 @@ PARALLEL_FIELDS = ("tensor_parallel_size", "pipeline_parallel_size", "data_paral
 STRATEGY = "STRICT_PACK"
 """All bundles of one engine on one node."""
 
-PLACEMENT_KEYS = ("num_gpus", "num_cpus", "resources", "accelerator_type")
+PLACE_OPTIONS = ("num_gpus", "num_cpus", "resources", "accelerator_type")
 """The actor options that `place()` takes; the others pass through as they are."""
 
 Bundle = dict[str, float]
@@ -226,7 +226,7 @@ class BatchGroups:
 
 __all__: t.Sequence[str] = [
     "PARALLEL_FIELDS",
-    "PLACEMENT_KEYS",
+    "PLACE_OPTIONS",
     "STRATEGY",
     "BatchGroups",
     "Placement",

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import typing as t
 
+from rig_ray.redaction import error_text
+
 if t.TYPE_CHECKING:
     from rig_ray.cluster.placement import Placement
     from rig_ray.generator.base import Generator
@@ -177,7 +179,7 @@ def read_on_engine_node(world_size: int, placement: Placement) -> tuple[Table | 
         try:
             return _read_on_node(world_size, nodes[0]), nodes[0]
         except Exception as error:  # the task failed or timed out: sized from here instead
-            why = f"reading them on node {nodes[0]} failed ({type(error).__name__}: {error})"
+            why = f"reading them on node {nodes[0]} failed ({error_text(error)[:300]})"
     local = batch_defaults(world_size)
     logger.warning(
         "vLLM's default batch sizes for an engine on %s were not read where it will run: %s; "

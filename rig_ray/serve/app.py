@@ -172,10 +172,10 @@ class ServedModel(BaseModel):
         """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
         placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the
         engine is a PlacementError)."""
-        from rig_ray.cluster.placement import PLACEMENT_KEYS, serve_options
+        from rig_ray.cluster.placement import PLACE_OPTIONS, serve_options
 
         options = serve_options(self.placement())
-        others = {k: v for k, v in self.ray_actor_options.items() if k not in PLACEMENT_KEYS}
+        others = {k: v for k, v in self.ray_actor_options.items() if k not in PLACE_OPTIONS}
         options["ray_actor_options"].update(others)  # runtime_env, memory, ...
         return options
 

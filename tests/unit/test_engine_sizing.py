@@ -188,3 +188,22 @@ def test_with_no_node_to_read_on_the_engine_is_sized_here_and_says_so(monkeypatc
     assert "1 GPU, H100" in record.getMessage()
     assert "no live node of the cluster has them" in record.getMessage()
     assert "LLM_CLASS: 9 sequences" in record.getMessage()
+
+
+def test_a_failed_read_on_the_node_is_sized_here_and_quotes_no_secret(monkeypatch, caplog) -> None:
+    from rig_ray.cluster.placement import place
+
+    nodes(monkeypatch, node("h100", CPU=32, GPU=8))
+
+    def fails(world: int, node: str) -> None:
+        raise RuntimeError("worker could not reach https://user:hunter2@mirror.example/simple")
+
+    monkeypatch.setattr(vllm_sizing, "_read_on_node", fails)
+    monkeypatch.setattr(vllm_sizing, "batch_defaults", lambda world: {"LLM_CLASS": (9, 99)})
+    placement = place(rr.VLLMGenerator(model="m"), num_gpus=1)
+    with caplog.at_level(logging.WARNING, logger="rig_ray.vllm"):
+        table, read_on = vllm_sizing.read_on_engine_node(1, placement)
+    assert (table, read_on) == ({"LLM_CLASS": (9, 99)}, None)
+    [record] = caplog.records
+    assert "reading them on node h100 failed (RuntimeError: worker could not" in record.getMessage()
+    assert "hunter2" not in record.getMessage()
