@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             batch_max_in_flight=args.batch_max_in_flight,
             one_deployment=args.one_deployment,
         )
-        make_app()
+        app = make_app()
         if args.direct_ingress:
             direct.check(
                 generators=len(served),
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     status, deployed = 0, True
     try:
         forward_redacted([model.generator for model in served])  # learns the secrets
-        host, port = _start(make_app, args, served)
+        joins = args.address != "local"  # a cluster's GPU nodes size its replicas
+        host, port = _start(app, args, served, make_app if joins else None)
         url = f"http://{client_host(host)}:{port}"
         wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
@@ -148,15 +149,17 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _start(
-    make_app: t.Callable[[], t.Any],
+    app: t.Any,
     args: argparse.Namespace,
     served: t.Sequence[ServedModel] = (),
+    rebuild: t.Callable[[], t.Any] | None = None,
 ) -> tuple[str, int]:
-    """Start (or join) Ray and Serve, run the app that `make_app` builds once Ray is up (a
-    joined cluster's GPU nodes size its replicas, see `ServedModel.ongoing_requests`), and
-    return the host and port Serve really listens on. A Serve that already runs keeps its
-    own, so auth is checked again against them before the app runs. What the replicas print
-    reaches this console redacted, and scrubbed with the served generators' own secrets."""
+    """Start (or join) Ray and Serve, run the app (built again by `rebuild` once Ray is up,
+    where given: a joined cluster's GPU nodes size its replicas, see
+    `ServedModel.ongoing_requests`), and return the host and port Serve really listens on.
+    A Serve that already runs keeps its own, so auth is checked again against them before
+    the app runs. What the replicas print reaches this console redacted, and scrubbed with
+    the served generators' own secrets."""
     import ray
     from ray import serve
 
@@ -178,7 +181,7 @@ def _start(
             flush=True,
         )
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
-    serve.run(make_app(), name=APP_NAME, route_prefix="/")
+    serve.run(rebuild() if rebuild else app, name=APP_NAME, route_prefix="/")
     return host, port
 
 
