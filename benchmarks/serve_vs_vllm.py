@@ -17,7 +17,9 @@ default: one generator, so routes and engine in the same replica), `rig_ray_spli
 `rig_ray_one` (`--one-deployment`, the default asked for by name) and `rig_ray_direct` (the
 default app on a Ray started with Serve's `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, a Ray 2.60
 feature flag: the replica answers HTTP itself on a port of its own, which the load goes to,
-with no Serve proxy in between). rig-ray's Ray workers
+with no Serve proxy in between) and `rig_ray_lean` (the default app on a Ray started with the
+settings of Serve's `RAY_SERVE_THROUGHPUT_OPTIMIZED` that keep its proxy: user code and the
+proxy's router on their process's main loop, access logs buffered). rig-ray's Ray workers
 run at `--ray-niceness` (0, as `vllm serve` does; Ray's own default is 15, which on a busy
 machine hands the CPU to everything else).
 
@@ -63,7 +65,15 @@ SIDES = {
     "rig_ray_split": "rig-ray serve --split-deployments",
     "rig_ray_one": "rig-ray serve --one-deployment",
     "rig_ray_direct": "rig-ray serve, direct ingress",
+    "rig_ray_lean": "rig-ray serve, Serve's lean path",
 }
+LEAN_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+"""`rig_ray_lean`: the settings of Serve's `RAY_SERVE_THROUGHPUT_OPTIMIZED` that keep Serve's
+proxy (user code and the proxy's router on their process's own loop, access logs buffered)."""
 
 
 def ratio_rows(results: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
@@ -100,6 +110,8 @@ def start_server(
         # Ray starts its workers (the replicas, and so the engine) at niceness 15; `vllm serve`
         # runs at 0. On a machine shared with other work that alone decides who gets the CPU.
         env["RAY_worker_niceness"] = str(niceness)
+        if side == "rig_ray_lean":
+            env.update(LEAN_ENV)
         if replica_port is not None:  # read by Serve's processes as they start
             env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
             env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(replica_port)
