@@ -3,7 +3,8 @@
 `join` picks a cluster as `rig-ray serve` does: `address=`, else `RAY_ADDRESS`, else a local
 Ray of the job's own; a cluster that does not answer within `JOIN_TIMEOUT_S` is a one-line
 `BatchInputError` naming the address. `fit_cpus` compares what the actor pools ask for with
-what the cluster has before anything is scheduled.
+what the cluster has before anything is scheduled. `size_engines_ahead` starts looking up
+the engines' sizes while Ray starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 import typing as t
 
-from rig_ray.errors import BatchInputError
+from rig_ray.errors import BatchInputError, RigRayError
 from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
@@ -48,6 +49,20 @@ def join(address: str | None) -> bool:
     finally:
         if threading.current_thread() is threading.main_thread() and handler is not None:
             signal.signal(signal.SIGTERM, handler)
+
+
+def size_engines_ahead(members: t.Sequence[Generator], num_gpus: float | None) -> None:
+    """Start looking up vLLM's sizes for the members' engines in the background, while Ray
+    starts and the input is read: the job's plan asks for them next, and a lookup imports
+    vLLM in a child process or a Ray task (seconds; see `vllm_sizing.prefetch`)."""
+    from rig_ray.cluster.placement import place
+    from rig_ray.generator import vllm_sizing
+
+    try:
+        placements = [place(member, num_gpus=num_gpus) for member in members]
+    except RigRayError:  # the job refuses these where it places its actors, in its own words
+        return
+    vllm_sizing.prefetch(members, placements)
 
 
 def _connect(address: str) -> None:
@@ -186,4 +201,5 @@ __all__: t.Sequence[str] = [
     "fixed_cluster",
     "gpus_per_actor",
     "join",
+    "size_engines_ahead",
 ]

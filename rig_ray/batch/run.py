@@ -16,7 +16,13 @@ from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, 
 from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
-from rig_ray.batch.placement import fit_cpus, gpus_per_actor, join, quiet_ray_logs
+from rig_ray.batch.placement import (
+    fit_cpus,
+    gpus_per_actor,
+    join,
+    quiet_ray_logs,
+    size_engines_ahead,
+)
 from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
@@ -177,7 +183,9 @@ def _run_source(
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     if not verbose:
         quiet_ray_logs()
+    size_engines_ahead(members, options.get("num_gpus"))
     join(address)
+    size_engines_ahead(members, options.get("num_gpus"))  # those on GPUs, now that Ray runs
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
         dataset = _read(source, options)

@@ -11,17 +11,22 @@ vLLM's table depends on the device of the process that reads it (an H100 or H200
 CPU's or an A100's sequences). An engine that takes GPUs on a Ray cluster may run on another
 kind of node than the driver (a CPU head node, a laptop joined with `--address`), so its
 figures are read on a node that has its GPUs (`engine_table`), in a task that reserves none.
+
+Either read imports vLLM (seconds), so each is made once per process, and a job can start it
+in the background (`prefetch`) while it starts Ray and reads its input.
 """
 
 from __future__ import annotations
 
-import functools
+import atexit
+import concurrent.futures
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
+import threading
 import typing as t
 
 from rig_ray.redaction import error_text
@@ -65,10 +70,7 @@ def default_max_num_seqs(
     explicit = engine_args.get("max_num_seqs")
     if explicit is not None:
         return int(explicit)
-    world = int(engine_args.get("tensor_parallel_size") or 1) * int(
-        engine_args.get("pipeline_parallel_size") or 1
-    )
-    table = engine_table(world, placement)
+    table = engine_table(_world(engine_args), placement)
     if table is None:
         return None
     seqs, tokens_default = table[context]
@@ -86,7 +88,47 @@ LOOKUP_TIMEOUT_S = 300.0
 """Longest wait for the child process that reads vLLM's table."""
 
 
-@functools.cache
+def _world(engine_args: t.Mapping[str, t.Any]) -> int:
+    """Devices one engine runs over (tensor x pipeline parallel)."""
+    return int(engine_args.get("tensor_parallel_size") or 1) * int(
+        engine_args.get("pipeline_parallel_size") or 1
+    )
+
+
+class _Once:
+    """Each key's lookup made once per process: a caller that comes while it runs waits for
+    its answer, and later callers get the same answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[t.Any, ...], concurrent.futures.Future[t.Any]] = {}
+
+    def __call__(self, key: tuple[t.Any, ...], lookup: t.Callable[[], t.Any]) -> t.Any:
+        with self._lock:
+            future = self._calls.get(key)
+            mine = future is None
+            if future is None:
+                future = self._calls[key] = concurrent.futures.Future()
+        if mine:
+            try:
+                future.set_result(lookup())
+            except Exception as error:
+                future.set_exception(error)
+            except BaseException as error:  # an interrupt is no answer: a later call tries again
+                with self._lock:
+                    del self._calls[key]
+                future.set_exception(error)
+                raise
+        return future.result()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+
+_lookups = _Once()
+
+
 def batch_defaults(world_size: int) -> Table | None:
     """vLLM's default table on this machine's platform for an engine over `world_size`
     devices; None when vLLM cannot be imported (or its table not read in time).
@@ -94,22 +136,79 @@ def batch_defaults(world_size: int) -> Table | None:
     A process that has not imported vLLM (a batch driver, `rig-ray serve`'s own process)
     reads it in a short-lived child process, so that it never holds vLLM, torch and
     transformers (about 450 MiB) for one table lookup."""
+    return t.cast(Table | None, _lookups(("here", world_size), lambda: _read_here(world_size)))
+
+
+def _read_here(world_size: int) -> Table | None:
     if "vllm" in sys.modules:
         return _read_table(world_size)
+    child = subprocess.Popen(
+        [sys.executable, "-m", __name__, str(world_size)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with _children_lock:
+        _children.add(child)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", __name__, str(world_size)],
-            capture_output=True,
-            text=True,
-            timeout=LOOKUP_TIMEOUT_S,
-            check=False,
-        )
+        out, _ = child.communicate(timeout=LOOKUP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
         return None
-    if done.returncode != 0:
+    finally:
+        with _children_lock:
+            _children.discard(child)
+    if child.returncode != 0:
         return None
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = json.loads(out.strip().splitlines()[-1])
     return None if answer is None else {k: (int(v[0]), int(v[1])) for k, v in answer.items()}
+
+
+_children: set[subprocess.Popen[str]] = set()
+_children_lock = threading.Lock()
+_told: set[tuple[str, str]] = set()
+"""Fallbacks already warned of, by the engine's wants and the reason."""
+
+
+@atexit.register
+def _end_children() -> None:
+    """A lookup still running when this process ends (one started ahead for a job that then
+    had nothing to do) ends with it."""
+    with _children_lock:
+        for child in _children:
+            child.kill()
+
+
+def prefetch(generators: t.Sequence[Generator], placements: t.Sequence[Placement | None]) -> None:
+    """Start, in the background, the lookups that sizing these generators' vLLM engines
+    where `placements` run them will make (`max_num_seqs_for`), so that the sizing finds them
+    made. An engine that takes GPUs is looked up only once Ray runs (it is read on a node
+    with its GPUs, see `engine_table`); a call before that leaves it alone."""
+    from rig_ray.generator.vllm_ import VLLMGenerator
+
+    for generator, placement in zip(generators, placements, strict=True):
+        if not isinstance(generator, VLLMGenerator):
+            continue
+        args = {"tensor_parallel_size": generator.tensor_parallel_size, **generator.engine_args}
+        if args.get("max_num_seqs") is not None:
+            continue
+        if placement is not None and placement.total_gpus > 0 and not _ray_running():
+            continue
+        threading.Thread(
+            target=_look_up_quietly,
+            args=(_world(args), placement),
+            name="rig_ray-vllm-sizes",
+            daemon=True,
+        ).start()
+
+
+def _look_up_quietly(world_size: int, placement: Placement | None) -> None:
+    """A lookup made ahead: its failure is the caller's to meet when it asks."""
+    try:
+        engine_table(world_size, placement)
+    except Exception:
+        logger.debug("vLLM's table looked up ahead failed", exc_info=True)
 
 
 READ_ON_NODE_TIMEOUT_S = 180.0
@@ -155,8 +254,14 @@ def engine_nodes(placement: Placement) -> list[str]:
     return nodes
 
 
-@functools.cache
 def _read_on_node(world_size: int, node: str) -> Table | None:
+    return t.cast(
+        Table | None,
+        _lookups(("node", world_size, node), lambda: _read_on_node_now(world_size, node)),
+    )
+
+
+def _read_on_node_now(world_size: int, node: str) -> Table | None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -181,6 +286,11 @@ def read_on_engine_node(world_size: int, placement: Placement) -> tuple[Table | 
         except Exception as error:  # the task failed or timed out: sized from here instead
             why = f"reading them on node {nodes[0]} failed ({error_text(error)[:300]})"
     local = batch_defaults(world_size)
+    with _children_lock:  # once per engine and reason (a lookup made ahead asks too)
+        told = (_wants(placement), why) in _told
+        _told.add((_wants(placement), why))
+    if told:
+        return local, None
     logger.warning(
         "vLLM's default batch sizes for an engine on %s were not read where it will run: %s; "
         "this machine's are used (%s), which may keep fewer requests in flight than its "

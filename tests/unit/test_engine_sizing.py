@@ -207,3 +207,74 @@ def test_a_failed_read_on_the_node_is_sized_here_and_quotes_no_secret(monkeypatc
     [record] = caplog.records
     assert "reading them on node h100 failed (RuntimeError: worker could not" in record.getMessage()
     assert "hunter2" not in record.getMessage()
+
+
+def test_a_lookup_is_made_once_while_callers_wait_for_it() -> None:
+    import threading
+
+    once = vllm_sizing._Once()
+    release, calls, answers = threading.Event(), [], []
+
+    def lookup() -> dict:
+        calls.append(1)
+        release.wait(30)
+        return {"LLM_CLASS": (5, 50)}
+
+    callers = [
+        threading.Thread(target=lambda: answers.append(once(("here", 1), lookup))) for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+    release.set()
+    for caller in callers:
+        caller.join(30)
+    assert calls == [1] and answers == [{"LLM_CLASS": (5, 50)}] * 3
+    assert once(("here", 1), lambda: pytest.fail("looked up again")) == {"LLM_CLASS": (5, 50)}
+
+    def fails() -> None:
+        raise OSError("no table")
+
+    for _ in range(2):  # a failure is the answer too: not looked up again
+        with pytest.raises(OSError, match="no table"):
+            once(("here", 2), fails)
+
+
+def test_a_lookup_started_ahead_is_the_one_the_sizing_gets(monkeypatch) -> None:
+    import threading
+
+    from rig_ray.cluster.placement import place
+
+    monkeypatch.setattr(vllm_sizing, "_lookups", vllm_sizing._Once())
+    started, release, reads = threading.Event(), threading.Event(), []
+
+    def read_here(world: int) -> dict:
+        reads.append(world)
+        started.set()
+        release.wait(30)
+        return {"LLM_CLASS": (7, 70), "OPENAI_API_SERVER": (3, 30)}
+
+    monkeypatch.setattr(vllm_sizing, "_read_here", read_here)
+    monkeypatch.setattr(vllm_sizing, "_ray_running", lambda: False)
+    plain = rr.VLLMGenerator(model="m")
+    sized = rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 4})
+    on_gpu = rr.VLLMGenerator(model="m", tensor_parallel_size=2)
+    members = [plain, sized, on_gpu, FixedGenerator(model="f")]
+    vllm_sizing.prefetch(members, [place(member) for member in members])
+    assert started.wait(30)  # begun in the background, before anyone asked
+    release.set()
+    assert vllm_sizing.max_num_seqs_for(plain, placement=place(plain)) == 7
+    assert vllm_sizing.max_num_seqs_for(sized) == 4
+    # one read, of this machine: explicit sizes need none, and an engine on GPUs is read
+    # where it will run, once Ray runs
+    assert reads == [1]
+
+
+def test_a_lookup_still_running_at_exit_ends_with_the_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    vllm_sizing._children.add(child)
+    try:
+        vllm_sizing._end_children()
+        assert child.wait(10) != 0
+    finally:
+        vllm_sizing._children.discard(child)
+        child.kill()
