@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="G",
-        help="GPUs per actor (default: the engine's tensor x pipeline parallel size when it is "
-        "more than 1, else 0)",
+        help="GPUs per actor (default: the engine's: its tensor x pipeline parallel size, or one "
+        "GPU for an engine that runs on a GPU where the cluster has any; 0 keeps it off them)",
     )
     parser.add_argument(
         "--num-cpus",

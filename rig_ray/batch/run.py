@@ -179,12 +179,13 @@ def _run_source(
         options.get("max_parse_retries", DEFAULT_MAX_PARSE_RETRIES),
     )
     with_json_schema(members, options.get("params"), structured)  # refused before Ray starts
-    gpus = gpus_per_actor(members, options.get("num_gpus"))
+    gpus_per_actor(members, options.get("num_gpus"))  # one the engines refuse fails here
     folder = OutputFolder(output)  # and so does an output URI that cannot be opened
     if not verbose:
         quiet_ray_logs()
     size_engines_ahead(members, options.get("num_gpus"))
     join(address)
+    gpus = gpus_per_actor(members, options.get("num_gpus"))  # unset: by the cluster's GPUs
     size_engines_ahead(members, options.get("num_gpus"))  # those on GPUs, now that Ray runs
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):

@@ -192,18 +192,25 @@ def remote(
     dies, and retries the calls it was running (`max_task_retries`; -1: while restarts last).
     GPUs follow `rig_ray.cluster.placement`: an engine over several GPUs (tensor x pipeline
     parallel) gets a placement group of that many GPUs on one node; `num_gpus` left unset
-    takes what the engine uses, and one that disagrees is a PlacementError.
+    takes what the engine uses (one GPU for a vLLM engine where the cluster has GPUs), and
+    one that disagrees is a PlacementError. Starts a local Ray where none runs (as any
+    `.remote()` call does), before it looks at the cluster's GPUs.
     """
     import ray
 
     generator = _as_generator(generator_or_identifier)
-    placement = place(
+    where = functools.partial(
+        place,
         generator,
         num_gpus=num_gpus,
         num_cpus=num_cpus,
         resources=resources,
         accelerator_type=accelerator_type,
     )
+    where()  # a refused num_gpus fails before Ray starts
+    if not ray.is_initialized():
+        ray.init()
+    placement = where()
     options: dict[str, t.Any] = {
         "max_restarts": max_restarts,
         "max_task_retries": max_task_retries,

@@ -4,8 +4,10 @@ replicas all ask `place()` where an engine runs.
 An engine uses `tensor_parallel_size x pipeline_parallel_size x data_parallel_size` GPUs, read
 from the generator's fields and its `engine_args` (engine_args win, as they do in the engine).
 
-- One GPU or none: the actor itself takes `num_gpus` (default 0, the engine runs on CPU; give
-  1, or a share of one, for a GPU).
+- One GPU or none: the actor itself takes `num_gpus`. Left unset, an engine that runs on a
+  GPU wherever it finds one (vLLM's, transformers' with no device) takes one where the
+  running Ray cluster has GPUs, and none elsewhere (the engine runs on CPU); give 0 to keep
+  it off the GPUs, or a share of one to share a GPU.
 - More than one: a placement group of one `{"GPU": 1}` bundle per GPU, packed on one node
   (STRICT_PACK); the actor takes its CPUs from the first bundle and no GPU of its own, and the
   engine's workers (vLLM's Ray executor) take the bundles, as Ray Data LLM places them.
@@ -112,9 +114,11 @@ def place(
                 need=need,
                 num_gpus=num_gpus,
             )
+        if num_gpus is None:
+            num_gpus = 1.0 if _uses_the_clusters_gpus(generator) else 0.0
         return Placement(
             num_cpus=num_cpus,
-            num_gpus=num_gpus or 0,
+            num_gpus=num_gpus,
             resources=resources,
             accelerator_type=accelerator_type,
         )
@@ -138,6 +142,55 @@ def place(
         accelerator_type=accelerator_type,
         bundles=tuple(bundles),
     )
+
+
+def _uses_the_clusters_gpus(generator: t.Any) -> bool:
+    """Whether an engine of one GPU would find one: it runs on a GPU wherever it finds one,
+    and the running Ray cluster has GPUs. Without that GPU reserved, vLLM (or torch) takes
+    the node's first GPU anyway, beside whatever Ray placed there."""
+    takes = getattr(generator, "takes_a_gpu_where_there_is_one", None)
+    if takes is None or not takes():
+        return False
+    return cluster_gpus() > 0
+
+
+def cluster_gpus() -> float:
+    """GPUs of the running Ray cluster (0 where Ray is not running in this process)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return 0.0
+    import ray
+
+    if not ray.is_initialized():
+        return 0.0
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def executor_in_group(engine_args: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A vLLM engine's arguments, with vLLM's Ray executor asked for where the engine spans
+    several GPUs from a Ray actor in a placement group: its GPUs are the group's bundles,
+    which that executor takes (as Ray Data LLM asks). Left to guess, vLLM first counts the
+    GPUs this process sees, which a Ray that hides them from the actor leaves at none. An
+    explicit `distributed_executor_backend` wins."""
+    world = math.prod(
+        int(engine_args.get(name) or 1)
+        for name in ("tensor_parallel_size", "pipeline_parallel_size")
+    )
+    if world > 1 and "distributed_executor_backend" not in engine_args and _in_a_group():
+        return {**engine_args, "distributed_executor_backend": "ray"}
+    return engine_args
+
+
+def _in_a_group() -> bool:
+    """Whether this process is a Ray actor or task in a placement group."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.util.get_current_placement_group() is not None
 
 
 def _sizes(generator: t.Any) -> str:

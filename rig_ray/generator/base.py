@@ -231,6 +231,12 @@ class Generator(BaseModel, rounds.SyncGenerate):
     """Whether `refuse_past_context()` makes the engine check each prompt against the context
     as it renders it (so a server need not render it a second time to count it)."""
 
+    def takes_a_gpu_where_there_is_one(self) -> bool:
+        """Whether its engine runs on a GPU wherever it finds one (vLLM's; transformers' with
+        no device, or a CUDA one): on a Ray cluster with GPUs, an actor holding it reserves
+        one unless told otherwise (see `rig_ray.cluster.placement`)."""
+        return False
+
     def __eq__(self, other: object) -> bool:
         """Same class and settings; the api_key, never written into identifiers, is not compared.
 

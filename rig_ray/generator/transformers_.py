@@ -100,6 +100,9 @@ class TransformersGenerator(LocalGenerator):
         self._model, self._tokenizer = model, tokenizer
         self._counter = None
 
+    def takes_a_gpu_where_there_is_one(self) -> bool:
+        return self.device_map is None and (self.device is None or self.device.startswith("cuda"))
+
     def load(self) -> t.Self:
         with self._lock:
             if self._model is not None:

@@ -141,7 +141,12 @@ class VLLMGenerator(LocalGenerator):
             if self.dtype == "auto":
                 kwargs["dtype"] = _auto_cpu_dtype(path, self.quantization)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return {**kwargs, **self.engine_args}
+        from rig_ray.cluster.placement import executor_in_group
+
+        return executor_in_group({**kwargs, **self.engine_args})
+
+    def takes_a_gpu_where_there_is_one(self) -> bool:
+        return True
 
     def load(self) -> t.Self:
         """Start the engine (blocking this thread: call it off any event loop, or let the

@@ -18,6 +18,7 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.batch.console import forward_redacted
+from rig_ray.cluster.placement import cluster_gpus
 from rig_ray.errors import RigRayError, ServeConfigError
 from rig_ray.redaction import scrub
 from rig_ray.serve import direct
@@ -76,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     status, deployed = 0, True
     try:
         forward_redacted([model.generator for model in served])  # learns the secrets
-        joins = args.address != "local"  # a cluster's GPU nodes size its replicas
-        host, port = _start(app, args, served, make_app if joins else None)
+        host, port = _start(app, args, served, make_app)
         url = f"http://{client_host(host)}:{port}"
         wait_until_ready(url)
         names = ", ".join(model.served_name for model in served)
@@ -127,7 +127,7 @@ def _raise_stop(signum: int, frame: t.Any) -> None:
 
 def _options(args: argparse.Namespace) -> dict[str, t.Any]:
     actor: dict[str, t.Any] = {"num_cpus": args.num_cpus}
-    if args.num_gpus:
+    if args.num_gpus is not None:
         actor["num_gpus"] = args.num_gpus
     return {
         "num_replicas": args.replicas,
@@ -154,9 +154,10 @@ def _start(
     served: t.Sequence[ServedModel] = (),
     rebuild: t.Callable[[], t.Any] | None = None,
 ) -> tuple[str, int]:
-    """Start (or join) Ray and Serve, run the app (built again by `rebuild` once Ray is up,
-    where given: a joined cluster's GPU nodes size its replicas, see
-    `ServedModel.ongoing_requests`), and return the host and port Serve really listens on.
+    """Start (or join) Ray and Serve, run the app (built again by `rebuild` once Ray is up
+    where Ray has GPUs or is a joined cluster: its GPUs place the replicas and its GPU nodes
+    size them, see `ServedModel.placement` and `ongoing_requests`), and return the host and
+    port Serve really listens on.
     A Serve that already runs keeps its own, so auth is checked again against them before
     the app runs. What the replicas print reaches this console redacted, and scrubbed with
     the served generators' own secrets."""
@@ -181,7 +182,9 @@ def _start(
             flush=True,
         )
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
-    serve.run(rebuild() if rebuild else app, name=APP_NAME, route_prefix="/")
+    if rebuild is not None and (args.address != "local" or cluster_gpus() > 0):
+        app = rebuild()
+    serve.run(app, name=APP_NAME, route_prefix="/")
     return host, port
 
 

@@ -97,9 +97,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--num-gpus",
         type=float,
-        default=0,
+        default=None,
         metavar="G",
-        help="GPUs per replica (default: %(default)s)",
+        help="GPUs per replica (default: the engine's: its tensor x pipeline parallel size, or "
+        "one GPU for an engine that runs on a GPU where the cluster has any; 0 keeps it off them)",
     )
     parser.add_argument(
         "--max-batch-size",

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr
 
 from rig_ray import GeneratedMessage, GenerateParams, Message
+from rig_ray.cluster.placement import executor_in_group
 from rig_ray.errors import EngineDeadError
 from tests.fakes import EchoGenerator
 
@@ -22,6 +23,12 @@ class WhereAmI(EchoGenerator):
 
     tensor_parallel_size: int = Field(1, ge=1)
     engine_args: dict[str, t.Any] = Field(default_factory=dict)
+    on_a_gpu_where_found: bool = True
+    """As vLLM's engine: runs on a GPU wherever it finds one (so its actor reserves one on a
+    cluster with GPUs, `num_gpus` unset)."""
+
+    def takes_a_gpu_where_there_is_one(self) -> bool:
+        return self.on_a_gpu_where_found
 
     async def generate_messages(
         self, messages: t.Sequence[t.Sequence[Message]], params: t.Sequence[GenerateParams]
@@ -44,6 +51,9 @@ async def where_am_i() -> dict[str, t.Any]:
         "bundles": None,
         "strategy": None,
         "workers": [],
+        "vllm_executor": executor_in_group({"tensor_parallel_size": 2}).get(
+            "distributed_executor_backend"
+        ),
     }
     if group is None:
         return report

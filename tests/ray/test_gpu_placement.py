@@ -31,11 +31,13 @@ def gpu_ray() -> t.Iterator[t.Any]:
 def check(report: dict[str, t.Any], tp: int) -> None:
     """What an engine of `tp` GPUs must have got, and all GPUs free again afterwards."""
     if tp == 1:  # the actor takes the GPU itself
+        assert report["vllm_executor"] is None  # no group: vLLM picks its own executor
         assert report["bundles"] is None
         assert len(report["gpu_ids"]) == 1
         assert report["cuda_visible_devices"] == report["gpu_ids"][0]
         return
     assert report["strategy"] == "STRICT_PACK"
+    assert report["vllm_executor"] == "ray"  # a vLLM engine here takes the bundles
     assert [bundle["GPU"] for bundle in report["bundles"]] == [1.0] * tp
     assert report["bundles"][0]["CPU"] == CPU  # the actor's CPUs, in the first bundle
     assert report["gpu_ids"] == []  # the actor holds no GPU; its workers hold one each
@@ -49,7 +51,7 @@ def check(report: dict[str, t.Any], tp: int) -> None:
 
 
 def num_gpus_for(tp: int) -> float | None:
-    return 1 if tp == 1 else None  # one GPU is asked for; more come from the engine
+    return None  # unset: an engine of one GPU takes one on a cluster with GPUs, as vLLM's
 
 
 def all_gpus_free(ray: t.Any) -> bool:
@@ -99,15 +101,22 @@ def test_batch_actors_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     assert wait_until(lambda: all_gpus_free(gpu_ray))
 
 
+def test_an_engine_that_runs_where_it_is_put_takes_no_gpu_unasked(gpu_ray: t.Any) -> None:
+    remote = rr.remote(WhereAmI(model="w", on_a_gpu_where_found=False), num_cpus=CPU)
+    try:
+        [[reply]] = remote.generate([[rr.Message(role="user", content="where?")]])
+        assert json.loads(reply.message.content)["gpu_ids"] == []
+    finally:
+        remote.teardown()
+
+
 @pytest.mark.parametrize("tp", [pytest.param(tp, marks=pytest.mark.slow) for tp in (1, 2, 4)])
 def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     from ray import serve
 
     from rig_ray.serve import ServedModel, build_app
 
-    actor: dict[str, t.Any] = {"num_cpus": CPU}
-    if tp == 1:
-        actor["num_gpus"] = 1
+    actor: dict[str, t.Any] = {"num_cpus": CPU}  # num_gpus unset, as for vLLM's engine
     served = ServedModel(
         generator=WhereAmI(model="where", tensor_parallel_size=tp),
         ray_actor_options=actor,

@@ -124,3 +124,37 @@ def test_batch_and_remote_refuse_a_disagreeing_num_gpus_before_ray_starts(tmp_pa
     with pytest.raises(PlacementError, match="runs on 2 GPUs"):
         remote(sharded, num_gpus=3)
     assert ray.is_initialized() == was_running
+
+
+def test_an_engine_that_finds_a_gpu_takes_one_where_the_cluster_has_gpus(monkeypatch) -> None:
+    from rig_ray.cluster import placement
+    from rig_ray.generator.transformers_ import TransformersGenerator
+
+    vllm = VLLMGenerator(model="m")
+    assert place(vllm).num_gpus == 0  # no Ray running here: a CPU engine
+    monkeypatch.setattr(placement, "cluster_gpus", lambda: 8.0)
+    assert place(vllm).num_gpus == 1  # vLLM would take GPU 0 anyway: it is reserved
+    assert place(vllm, num_gpus=0).num_gpus == 0  # kept off the GPUs when asked
+    assert place(vllm, num_gpus=0.5).num_gpus == 0.5
+    assert place(TransformersGenerator(model="m")).num_gpus == 1
+    assert place(TransformersGenerator(model="m", device="cuda:1")).num_gpus == 1
+    assert place(TransformersGenerator(model="m", device="cpu")).num_gpus == 0
+    assert place(EchoGenerator(model="e")).num_gpus == 0  # runs where it is put
+    monkeypatch.setattr(placement, "cluster_gpus", lambda: 0.0)
+    assert place(vllm).num_gpus == 0
+
+
+def test_an_engine_over_a_groups_gpus_asks_for_vllms_ray_executor(monkeypatch) -> None:
+    from rig_ray.cluster import placement
+
+    tp2 = {"tensor_parallel_size": 2}
+    assert placement.executor_in_group(tp2) == tp2  # not in a group: vLLM chooses
+    monkeypatch.setattr(placement, "_in_a_group", lambda: True)
+    assert placement.executor_in_group(tp2)["distributed_executor_backend"] == "ray"
+    pp2 = {"pipeline_parallel_size": 2}
+    assert placement.executor_in_group(pp2)["distributed_executor_backend"] == "ray"
+    chosen = {**tp2, "distributed_executor_backend": "mp"}
+    assert placement.executor_in_group(chosen) == chosen  # an explicit choice wins
+    assert placement.executor_in_group({"tensor_parallel_size": 1}) == {"tensor_parallel_size": 1}
+    kwargs = VLLMGenerator(model="m", tensor_parallel_size=2)._engine_kwargs("m", on_cpu=False)
+    assert kwargs["distributed_executor_backend"] == "ray"
