@@ -567,6 +567,9 @@ def main() -> None:
                 print(f"round {round_ + 1}: {engine} ({side}) in {wall:.0f}s: {done}", flush=True)
     rows = [(engine, side, result) for (engine, side), result in best.items()]
     print_table(rows, MIXED_TARGETS if args.workload == "mixed" else TARGETS)
+    failed = [f"{engine} ({side})" for engine, side, result in rows if "error" in result]
+    if failed:  # a side that did not run is a failed check, not a row to read past
+        sys.exit(f"sides that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -126,10 +126,12 @@ def _transformers_side(
     import rig_ray as rr
 
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as the generator picks
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    model.to(device)
 
     def raw() -> int:
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
         with torch.inference_mode():
             out = model.generate(
                 **encoded,

@@ -7,11 +7,14 @@
 #   3. benchmarks/batch_throughput.py --gpus 1: raw vLLM, the generator, batch.run and Ray
 #      Data LLM (where it runs) on one GPU, mixed lengths.
 # Each step has a time limit, so one that hangs cannot take the whole budget; a step that
-# fails is reported and the others still run. Usage: bash benchmarks/gpu_check.sh [python]
+# fails is reported and the others still run (a benchmark side that fails fails its step).
+# Usage: bash benchmarks/gpu_check.sh [python], where python has rig_ray installed with CUDA
+# builds of torch and vLLM (pip install -e ".[transformers,vllm,dev]"; `make install` makes
+# the CPU venv, which this script refuses).
 set -u
 cd "$(dirname "$0")/.."
 PY="${1:-${PYTHON:-.venv/bin/python}}"
-export PYTHONPATH="${PYTHONPATH:-$PWD}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
 failed=()
 
@@ -32,11 +35,13 @@ assert torch.cuda.is_available()
 print(f"GPUs: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
 PY
 
-step "tests/gpu" 210 "$PY" -m pytest -q -p no:cacheprovider -m "gpu" tests/gpu
-step "generator_throughput" 90 "$PY" benchmarks/generator_throughput.py \
-    --prompts 256 --max-tokens 64 --engines vllm,transformers
-step "batch_throughput" 170 "$PY" benchmarks/batch_throughput.py \
-    --gpus 1 --workload mixed --prompts 256 --repeats 1 --engine-threads 0 --timeout 160
+step "tests/gpu" 180 "$PY" -m pytest -q -p no:cacheprovider -m "gpu" tests/gpu
+step "generator_throughput" 70 "$PY" benchmarks/generator_throughput.py \
+    --prompts 128 --max-tokens 64 --engines vllm,transformers
+# raw vLLM (a), batch.run (c) and Ray Data LLM (d), each a process of its own that starts
+# an engine: a side's limit, and the step's for the three
+step "batch_throughput" 220 "$PY" benchmarks/batch_throughput.py --sides acd \
+    --gpus 1 --workload mixed --prompts 128 --repeats 1 --engine-threads 0 --timeout 70
 
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}"

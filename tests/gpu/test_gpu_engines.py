@@ -38,7 +38,10 @@ async def test_vllm_unload_frees_gpu_memory_and_reloads(tiny_llama_path: Path) -
     pytest.importorskip("vllm")
     before = free_gpu_bytes()
     generator = rr.VLLMGenerator(
-        model=str(tiny_llama_path), gpu_memory_utilization=0.3, max_model_len=256
+        model=str(tiny_llama_path),
+        gpu_memory_utilization=0.3,
+        max_model_len=256,
+        enforce_eager=True,  # no graph capture: the check is about memory, and fits its time
     )
     for _ in range(2):  # load, unload, and the same again in one process
         generator.load()
@@ -55,7 +58,10 @@ async def test_vllm_streams_and_batches_continuously_on_gpu(tiny_llama_path: Pat
 
     pytest.importorskip("vllm")
     generator = rr.VLLMGenerator(
-        model=str(tiny_llama_path), gpu_memory_utilization=0.3, max_model_len=512
+        model=str(tiny_llama_path),
+        gpu_memory_utilization=0.3,
+        max_model_len=512,
+        enforce_eager=True,
     ).load()
     params = rr.GenerateParams(temperature=0, max_tokens=256, extra={"ignore_eos": True})
     try:

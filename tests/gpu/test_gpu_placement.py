@@ -23,7 +23,9 @@ pytestmark = [
 two_gpus = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs"
 )
-ENGINE = "gpu_memory_utilization=0.3,max_model_len=256,max_tokens=4,temperature=0"
+ENGINE = (
+    "gpu_memory_utilization=0.3,max_model_len=256,enforce_eager=True,max_tokens=4,temperature=0"
+)
 GiB = 1 << 30
 
 
