@@ -156,41 +156,65 @@ def _uses_the_clusters_gpus(generator: t.Any) -> bool:
 
 def cluster_gpus() -> float:
     """GPUs of the running Ray cluster (0 where Ray is not running in this process)."""
-    import sys
-
-    if "ray" not in sys.modules:
+    if not _ray_running():
         return 0.0
     import ray
 
-    if not ray.is_initialized():
-        return 0.0
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
-def executor_in_group(engine_args: dict[str, t.Any]) -> dict[str, t.Any]:
-    """A vLLM engine's arguments, with vLLM's Ray executor asked for where the engine spans
-    several GPUs from a Ray actor in a placement group: its GPUs are the group's bundles,
-    which that executor takes (as Ray Data LLM asks). Left to guess, vLLM first counts the
-    GPUs this process sees, which a Ray that hides them from the actor leaves at none. An
-    explicit `distributed_executor_backend` wins."""
+VLLM_MEMORY_SHARE = 0.9
+"""vLLM's own `gpu_memory_utilization` default: the share of a whole GPU an engine takes."""
+
+
+def placed_engine_args(engine_args: dict[str, t.Any], on_cpu: bool) -> dict[str, t.Any]:
+    """A vLLM engine's arguments, fitted to where Ray put the actor that starts it:
+    - over several GPUs from an actor in a placement group, vLLM's Ray executor, which takes
+      the group's bundles (as Ray Data LLM asks). Left to guess, vLLM first counts the GPUs
+      this process sees, which a Ray that hides them from the actor leaves at none;
+    - on a share of one GPU (`num_gpus=0.5`), that share of vLLM's memory default (0.45 of
+      the GPU), so that the engines sharing it all start: each would otherwise ask for 0.9.
+    Explicit `distributed_executor_backend` and `gpu_memory_utilization` win."""
     world = math.prod(
         int(engine_args.get(name) or 1)
         for name in ("tensor_parallel_size", "pipeline_parallel_size")
     )
-    if world > 1 and "distributed_executor_backend" not in engine_args and _in_a_group():
-        return {**engine_args, "distributed_executor_backend": "ray"}
-    return engine_args
+    fitted = dict(engine_args)
+    if world > 1 and "distributed_executor_backend" not in fitted and _in_a_group():
+        fitted["distributed_executor_backend"] = "ray"
+    share = None if on_cpu or fitted.get("gpu_memory_utilization") else _gpu_share()
+    if share is not None:
+        fitted["gpu_memory_utilization"] = round(VLLM_MEMORY_SHARE * share, 4)
+    return fitted
 
 
-def _in_a_group() -> bool:
-    """Whether this process is a Ray actor or task in a placement group."""
+def _gpu_share() -> float | None:
+    """The share of one GPU this Ray actor holds, where it holds less than a whole one."""
+    if not _ray_running():
+        return None
+    import ray
+
+    held = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return held if 0 < held < 1 else None
+
+
+def _ray_running() -> bool:
     import sys
 
     if "ray" not in sys.modules:
         return False
     import ray
 
-    return ray.is_initialized() and ray.util.get_current_placement_group() is not None
+    return bool(ray.is_initialized())
+
+
+def _in_a_group() -> bool:
+    """Whether this process is a Ray actor or task in a placement group."""
+    if not _ray_running():
+        return False
+    import ray
+
+    return ray.util.get_current_placement_group() is not None
 
 
 def _sizes(generator: t.Any) -> str:

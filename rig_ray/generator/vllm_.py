@@ -141,9 +141,9 @@ class VLLMGenerator(LocalGenerator):
             if self.dtype == "auto":
                 kwargs["dtype"] = _auto_cpu_dtype(path, self.quantization)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        from rig_ray.cluster.placement import executor_in_group
+        from rig_ray.cluster.placement import placed_engine_args
 
-        return executor_in_group({**kwargs, **self.engine_args})
+        return placed_engine_args({**kwargs, **self.engine_args}, on_cpu)
 
     def takes_a_gpu_where_there_is_one(self) -> bool:
         return True

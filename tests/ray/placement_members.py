@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr
 
 from rig_ray import GeneratedMessage, GenerateParams, Message
-from rig_ray.cluster.placement import executor_in_group
+from rig_ray.cluster.placement import placed_engine_args
 from rig_ray.errors import EngineDeadError
 from tests.fakes import EchoGenerator
 
@@ -51,9 +51,7 @@ async def where_am_i() -> dict[str, t.Any]:
         "bundles": None,
         "strategy": None,
         "workers": [],
-        "vllm_executor": executor_in_group({"tensor_parallel_size": 2}).get(
-            "distributed_executor_backend"
-        ),
+        "vllm_fitted": placed_engine_args({"tensor_parallel_size": 2}, on_cpu=False),
     }
     if group is None:
         return report

@@ -31,13 +31,15 @@ def gpu_ray() -> t.Iterator[t.Any]:
 def check(report: dict[str, t.Any], tp: int) -> None:
     """What an engine of `tp` GPUs must have got, and all GPUs free again afterwards."""
     if tp == 1:  # the actor takes the GPU itself
-        assert report["vllm_executor"] is None  # no group: vLLM picks its own executor
+        assert report["vllm_fitted"] == {"tensor_parallel_size": 2}  # no group: vLLM chooses
         assert report["bundles"] is None
         assert len(report["gpu_ids"]) == 1
         assert report["cuda_visible_devices"] == report["gpu_ids"][0]
         return
     assert report["strategy"] == "STRICT_PACK"
-    assert report["vllm_executor"] == "ray"  # a vLLM engine here takes the bundles
+    fitted = report["vllm_fitted"]  # a vLLM engine here takes the bundles, whole GPUs each
+    assert fitted["distributed_executor_backend"] == "ray"
+    assert "gpu_memory_utilization" not in fitted
     assert [bundle["GPU"] for bundle in report["bundles"]] == [1.0] * tp
     assert report["bundles"][0]["CPU"] == CPU  # the actor's CPUs, in the first bundle
     assert report["gpu_ids"] == []  # the actor holds no GPU; its workers hold one each
@@ -106,6 +108,16 @@ def test_an_engine_that_runs_where_it_is_put_takes_no_gpu_unasked(gpu_ray: t.Any
     try:
         [[reply]] = remote.generate([[rr.Message(role="user", content="where?")]])
         assert json.loads(reply.message.content)["gpu_ids"] == []
+    finally:
+        remote.teardown()
+
+
+def test_an_engine_on_a_share_of_a_gpu_takes_that_share_of_its_memory(gpu_ray: t.Any) -> None:
+    remote = rr.remote(WhereAmI(model="w"), num_cpus=CPU, num_gpus=0.5)
+    try:
+        [[reply]] = remote.generate([[rr.Message(role="user", content="where?")]])
+        fitted = json.loads(reply.message.content)["vllm_fitted"]
+        assert fitted["gpu_memory_utilization"] == 0.45  # two such engines fit on one GPU
     finally:
         remote.teardown()
 

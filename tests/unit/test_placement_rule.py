@@ -144,17 +144,24 @@ def test_an_engine_that_finds_a_gpu_takes_one_where_the_cluster_has_gpus(monkeyp
     assert place(vllm).num_gpus == 0
 
 
-def test_an_engine_over_a_groups_gpus_asks_for_vllms_ray_executor(monkeypatch) -> None:
+def test_an_engine_is_fitted_to_where_ray_put_it(monkeypatch) -> None:
     from rig_ray.cluster import placement
 
+    fit = placement.placed_engine_args
     tp2 = {"tensor_parallel_size": 2}
-    assert placement.executor_in_group(tp2) == tp2  # not in a group: vLLM chooses
+    assert fit(tp2, on_cpu=False) == tp2  # not in a group, no Ray: vLLM chooses
     monkeypatch.setattr(placement, "_in_a_group", lambda: True)
-    assert placement.executor_in_group(tp2)["distributed_executor_backend"] == "ray"
-    pp2 = {"pipeline_parallel_size": 2}
-    assert placement.executor_in_group(pp2)["distributed_executor_backend"] == "ray"
+    assert fit(tp2, on_cpu=False)["distributed_executor_backend"] == "ray"
+    assert fit({"pipeline_parallel_size": 2}, on_cpu=False)["distributed_executor_backend"] == "ray"
     chosen = {**tp2, "distributed_executor_backend": "mp"}
-    assert placement.executor_in_group(chosen) == chosen  # an explicit choice wins
-    assert placement.executor_in_group({"tensor_parallel_size": 1}) == {"tensor_parallel_size": 1}
+    assert fit(chosen, on_cpu=False) == chosen  # an explicit choice wins
+    assert fit({"tensor_parallel_size": 1}, on_cpu=False) == {"tensor_parallel_size": 1}
     kwargs = VLLMGenerator(model="m", tensor_parallel_size=2)._engine_kwargs("m", on_cpu=False)
     assert kwargs["distributed_executor_backend"] == "ray"
+
+    monkeypatch.setattr(placement, "_gpu_share", lambda: 0.5)  # an actor on half a GPU
+    assert fit({}, on_cpu=False) == {"gpu_memory_utilization": 0.45}
+    assert fit({"gpu_memory_utilization": 0.3}, on_cpu=False)["gpu_memory_utilization"] == 0.3
+    assert fit({}, on_cpu=True) == {}  # a CPU engine's share is its own (KV cache memory)
+    shared = VLLMGenerator(model="m")._engine_kwargs("m", on_cpu=False)
+    assert shared["gpu_memory_utilization"] == 0.45
