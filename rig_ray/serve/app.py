@@ -168,6 +168,13 @@ class ServedModel(BaseModel):
             return DEFAULT_MAX_ONGOING_REQUESTS
         return max(DEFAULT_MAX_ONGOING_REQUESTS, vllm_sizing.in_flight(seqs))
 
+    def most_replicas(self) -> int:
+        """The most replicas the model's deployment runs: `num_replicas`, or its autoscaling
+        maximum."""
+        if self.autoscaling_config is not None:
+            return int(self.autoscaling_config.get("max_replicas", 1))
+        return self.num_replicas or 1
+
     def placement_options(self) -> dict[str, t.Any]:
         """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
         placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the
@@ -340,9 +347,25 @@ def build_app(
         routes[model.served_name] = ModelRoute(
             bound, model.max_tokens_limit, takes_vllm_fields(model.generator)
         )
-    ingress: dict[str, t.Any] = {"name": INGRESS_NAME, "ray_actor_options": {"num_cpus": 0}}
+    ingress: dict[str, t.Any] = {
+        "name": INGRESS_NAME,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": ingress_capacity(served),
+    }
     ingress.update(ingress_options or {})
     return t.cast("Deployment", OpenAIIngress).options(**ingress).bind(routes, *ingress_args)
+
+
+INGRESS_MAX_ONGOING = 1024
+"""The ingress's max_ongoing_requests where its models' replicas together take fewer."""
+
+
+def ingress_capacity(served: t.Sequence[ServedModel]) -> int:
+    """The ingress's max_ongoing_requests: what every replica of every model it routes to
+    takes at once (at the most replicas they scale to), so that one ingress replica never
+    keeps the engines behind it from filling; at least `INGRESS_MAX_ONGOING`."""
+    total = sum(model.ongoing_requests() * model.most_replicas() for model in served)
+    return max(INGRESS_MAX_ONGOING, total)
 
 
 def _one_deployment(

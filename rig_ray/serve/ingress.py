@@ -59,7 +59,7 @@ class ModelRoute(t.NamedTuple):
     """Whether the generator takes vLLM's extra sampling fields (ignore_eos, min_tokens, ...)."""
 
 
-@serve.deployment(max_ongoing_requests=1024, max_constructor_retry_count=3)
+@serve.deployment(max_ongoing_requests=1024, max_constructor_retry_count=3)  # see ingress_capacity
 @serve.ingress()
 class OpenAIIngress:
     """Routes OpenAI requests to the deployment of the model they name."""

@@ -158,6 +158,28 @@ def test_both_apps_give_the_model_the_same_replicas() -> None:
     assert split.max_ongoing_requests == 1024  # the ingress
 
 
+def test_the_split_apps_ingress_lets_through_what_its_models_replicas_take() -> None:
+    from rig_ray.serve import ServedModel, build_app
+    from tests.fakes import EchoGenerator
+
+    wide = ServedModel(generator=EchoGenerator(model="a"), max_ongoing_requests=900, num_replicas=2)
+    scaled = ServedModel(
+        generator=EchoGenerator(model="b"),
+        max_ongoing_requests=300,
+        autoscaling_config={"min_replicas": 1, "max_replicas": 3},
+    )
+    assert build_app([wide, scaled])._bound_deployment.max_ongoing_requests == 2 * 900 + 3 * 300
+    small = ServedModel(generator=EchoGenerator(model="c"), max_ongoing_requests=8)
+    assert (
+        build_app(
+            [small, small.model_copy(update={"name": "d"})]
+        )._bound_deployment.max_ongoing_requests
+        == 1024
+    )
+    asked = build_app([wide, scaled], ingress_options={"max_ongoing_requests": 50})
+    assert asked._bound_deployment.max_ongoing_requests == 50  # an explicit setting wins
+
+
 def test_ingress_options_apply_to_the_one_deployment_but_not_its_resources() -> None:
     from rig_ray.errors import ServeConfigError
     from rig_ray.serve import ServedModel, build_app
