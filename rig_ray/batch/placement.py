@@ -151,10 +151,14 @@ def fixed_cluster() -> bool:
 
 
 def gpus_per_actor(members: t.Sequence[Generator], num_gpus: float | None) -> float:
-    """The most GPUs an actor of one of `members` takes (by `rig_ray.cluster.placement`)."""
-    from rig_ray.cluster.placement import place
+    """The most GPUs an actor of one of `members` takes (by `rig_ray.cluster.placement`); on
+    a cluster that cannot grow, an engine whose GPUs no node holds is a PlacementError."""
+    from rig_ray.cluster.placement import place, refuse_what_no_node_holds
 
-    return max(place(member, num_gpus=num_gpus).total_gpus for member in members)
+    placements = [place(member, num_gpus=num_gpus) for member in members]
+    for placement in placements:
+        refuse_what_no_node_holds(placement)
+    return max(placement.total_gpus for placement in placements)
 
 
 def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[float, str | None]:

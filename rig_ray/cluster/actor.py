@@ -15,7 +15,7 @@ import typing as t
 import warnings
 
 from rig_ray.cluster.options import config_payload, restore_payload
-from rig_ray.cluster.placement import in_group, make_group, place
+from rig_ray.cluster.placement import in_group, make_group, place, refuse_what_no_node_holds
 from rig_ray.cluster.remote_generator import RemoteGenerator
 from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
 from rig_ray.errors import InvalidGeneratorError
@@ -211,6 +211,7 @@ def remote(
     if not ray.is_initialized():
         ray.init()
     placement = where()
+    refuse_what_no_node_holds(placement)
     options: dict[str, t.Any] = {
         "max_restarts": max_restarts,
         "max_task_retries": max_task_retries,

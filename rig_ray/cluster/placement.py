@@ -222,6 +222,31 @@ def _sizes(generator: t.Any) -> str:
     return " x ".join(f"{name}={size}" for name, size in sizes.items())
 
 
+def refuse_what_no_node_holds(placement: Placement) -> None:
+    """On a cluster that cannot grow (a local Ray this process started), a PlacementError for
+    an engine whose GPUs no live node has, all on one node (with its accelerator type and
+    custom resources): Ray would keep its actor waiting for them forever. A cluster that can
+    grow may still add such a node, so there it waits."""
+    if placement.total_gpus <= 0:
+        return
+    from rig_ray.batch.placement import fixed_cluster
+    from rig_ray.generator.vllm_sizing import engine_nodes
+
+    if not fixed_cluster() or engine_nodes(placement):
+        return
+    import ray
+
+    most = max((float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=0)
+    raise PlacementError(
+        f"the engine needs {placement.total_gpus:g} GPU(s) on one node"
+        + (f" ({placement.accelerator_type})" if placement.accelerator_type else "")
+        + f", but no node of this Ray has them (the most on one node: {most:g}); lower "
+        "tensor_parallel_size / pipeline_parallel_size or num_gpus, or join a cluster that has "
+        "them",
+        need=math.ceil(placement.total_gpus),
+    )
+
+
 def make_group(placement: Placement) -> t.Any:
     """A placement group for `placement`'s bundles (None when it has none)."""
     bundles = placement.group_bundles()

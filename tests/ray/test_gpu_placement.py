@@ -112,6 +112,21 @@ def test_an_engine_that_runs_where_it_is_put_takes_no_gpu_unasked(gpu_ray: t.Any
         remote.teardown()
 
 
+def test_an_engine_that_no_node_can_hold_is_refused_rather_than_left_waiting(
+    gpu_ray: t.Any,
+) -> None:
+    from rig_ray.batch.placement import gpus_per_actor
+    from rig_ray.errors import PlacementError
+
+    too_wide = WhereAmI(model="w", tensor_parallel_size=8)  # this Ray's one node has 4 GPUs
+    with pytest.raises(PlacementError, match=r"needs 8 GPU\(s\) on one node.*most on one node: 4"):
+        rr.remote(too_wide, num_cpus=CPU)
+    with pytest.raises(PlacementError, match="no node of this Ray has them"):
+        gpus_per_actor([too_wide], None)
+    assert gpus_per_actor([WhereAmI(model="w", tensor_parallel_size=4)], None) == 4
+    assert all_gpus_free(gpu_ray)  # nothing was reserved
+
+
 def test_an_engine_on_a_share_of_a_gpu_takes_that_share_of_its_memory(gpu_ray: t.Any) -> None:
     remote = rr.remote(WhereAmI(model="w"), num_cpus=CPU, num_gpus=0.5)
     try:
