@@ -175,12 +175,14 @@ def placed_engine_args(engine_args: dict[str, t.Any], on_cpu: bool) -> dict[str,
     - on a share of one GPU (`num_gpus=0.5`), that share of vLLM's memory default (0.45 of
       the GPU), so that the engines sharing it all start: each would otherwise ask for 0.9.
     Explicit `distributed_executor_backend` and `gpu_memory_utilization` win."""
-    world = math.prod(
-        int(engine_args.get(name) or 1)
-        for name in ("tensor_parallel_size", "pipeline_parallel_size")
-    )
+    from rig_ray.generator.vllm_sizing import engine_world
+
     fitted = dict(engine_args)
-    if world > 1 and "distributed_executor_backend" not in fitted and _in_a_group():
+    if (
+        engine_world(engine_args) > 1
+        and "distributed_executor_backend" not in fitted
+        and _in_a_group()
+    ):
         fitted["distributed_executor_backend"] = "ray"
     share = None if on_cpu or fitted.get("gpu_memory_utilization") else _gpu_share()
     if share is not None:

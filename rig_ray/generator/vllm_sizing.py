@@ -70,7 +70,7 @@ def default_max_num_seqs(
     explicit = engine_args.get("max_num_seqs")
     if explicit is not None:
         return int(explicit)
-    table = engine_table(_world(engine_args), placement)
+    table = engine_table(engine_world(engine_args), placement)
     if table is None:
         return None
     seqs, tokens_default = table[context]
@@ -88,7 +88,7 @@ LOOKUP_TIMEOUT_S = 300.0
 """Longest wait for the child process that reads vLLM's table."""
 
 
-def _world(engine_args: t.Mapping[str, t.Any]) -> int:
+def engine_world(engine_args: t.Mapping[str, t.Any]) -> int:
     """Devices one engine runs over (tensor x pipeline parallel)."""
     return int(engine_args.get("tensor_parallel_size") or 1) * int(
         engine_args.get("pipeline_parallel_size") or 1
@@ -97,7 +97,8 @@ def _world(engine_args: t.Mapping[str, t.Any]) -> int:
 
 class _Once:
     """Each key's lookup made once per process: a caller that comes while it runs waits for
-    its answer, and later callers get the same answer."""
+    its answer, and later callers get the same answer, a failure too (a read on a node that
+    timed out is not waited for twice: the sizing falls back to this machine's table)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -197,7 +198,7 @@ def prefetch(generators: t.Sequence[Generator], placements: t.Sequence[Placement
             continue
         threading.Thread(
             target=_look_up_quietly,
-            args=(_world(args), placement),
+            args=(engine_world(args), placement),
             name="rig_ray-vllm-sizes",
             daemon=True,
         ).start()
