@@ -184,6 +184,9 @@ class ServedModel(BaseModel):
         options = serve_options(self.placement())
         others = {k: v for k, v in self.ray_actor_options.items() if k not in PLACE_OPTIONS}
         options["ray_actor_options"].update(others)  # runtime_env, memory, ...
+        bundles = options.get("placement_group_bundles")
+        if bundles and others.get("memory"):  # the replica runs in the first bundle
+            bundles[0]["memory"] = float(others["memory"])
         return options
 
     def placement(self) -> Placement:

@@ -158,6 +158,20 @@ def test_both_apps_give_the_model_the_same_replicas() -> None:
     assert split.max_ongoing_requests == 1024  # the ingress
 
 
+def test_a_replicas_memory_is_in_the_bundle_it_runs_in() -> None:
+    import rig_ray as rr
+    from rig_ray.serve import ServedModel
+
+    model = ServedModel(
+        generator=rr.get_generator("vllm!m,tensor_parallel_size=2"),
+        ray_actor_options={"num_cpus": 1, "memory": 2**30},
+    )
+    options = model.placement_options()
+    assert options["ray_actor_options"]["memory"] == 2**30
+    assert options["placement_group_bundles"][0] == {"GPU": 1.0, "CPU": 1.0, "memory": 2**30}
+    assert options["placement_group_bundles"][1] == {"GPU": 1.0}
+
+
 def test_the_split_apps_ingress_lets_through_what_its_models_replicas_take() -> None:
     from rig_ray.serve import ServedModel, build_app
     from tests.fakes import EchoGenerator
