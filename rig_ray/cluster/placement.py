@@ -232,7 +232,7 @@ def refuse_what_no_node_holds(placement: Placement) -> None:
     if placement.total_gpus <= 0:
         return
     from rig_ray.batch.placement import fixed_cluster
-    from rig_ray.generator.vllm_sizing import engine_nodes
+    from rig_ray.generator.vllm_node_sizing import engine_nodes
 
     if not fixed_cluster() or engine_nodes(placement):
         return

@@ -10,7 +10,8 @@ child process where this one has not imported vLLM (see `batch_defaults`).
 vLLM's table depends on the device of the process that reads it (an H100 or H200 gets 4x a
 CPU's or an A100's sequences). An engine that takes GPUs on a Ray cluster may run on another
 kind of node than the driver (a CPU head node, a laptop joined with `--address`), so its
-figures are read on a node that has its GPUs (`engine_table`), in a task that reserves none.
+figures are read on a node that has its GPUs (`engine_table`, `vllm_node_sizing`), in a task
+that reserves none.
 
 Either read imports vLLM (seconds), so each is made once per process, and a job can start it
 in the background (`prefetch`) while it starts Ray and reads its input.
@@ -23,13 +24,10 @@ import concurrent.futures
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import threading
 import typing as t
-
-from rig_ray.redaction import error_text
 
 if t.TYPE_CHECKING:
     from rig_ray.cluster.placement import Placement
@@ -168,8 +166,6 @@ def _read_here(world_size: int) -> Table | None:
 
 _children: set[subprocess.Popen[str]] = set()
 _children_lock = threading.Lock()
-_told: set[tuple[str, str]] = set()
-"""Fallbacks already warned of, by the engine's wants and the reason."""
 
 
 @atexit.register
@@ -212,10 +208,6 @@ def _look_up_quietly(world_size: int, placement: Placement | None) -> None:
         logger.debug("vLLM's table looked up ahead failed", exc_info=True)
 
 
-READ_ON_NODE_TIMEOUT_S = 180.0
-"""Longest wait for the task that reads vLLM's table on a node with the engine's GPUs."""
-
-
 def engine_table(world_size: int, placement: Placement | None = None) -> Table | None:
     """vLLM's table as the engine of `placement` will read it: on a node of the running Ray
     cluster that has its GPUs (and its accelerator type and custom resources) where it takes
@@ -223,6 +215,8 @@ def engine_table(world_size: int, placement: Placement | None = None) -> Table |
     not answer in `READ_ON_NODE_TIMEOUT_S`, this machine's table is used, with a warning."""
     if placement is None or placement.total_gpus <= 0 or not _ray_running():
         return batch_defaults(world_size)
+    from rig_ray.generator.vllm_node_sizing import read_on_engine_node
+
     table, _node = read_on_engine_node(world_size, placement)
     return table
 
@@ -233,96 +227,6 @@ def _ray_running() -> bool:
     import ray
 
     return bool(ray.is_initialized())
-
-
-def engine_nodes(placement: Placement) -> list[str]:
-    """Ids of the live nodes that have what one engine of `placement` takes: its GPUs (all of
-    them on one node), its accelerator type and its custom resources (totals, not what is
-    free now: the figures depend on the kind of node, not on its load)."""
-    import ray
-
-    gpus = placement.total_gpus
-    needs = dict(placement.resources or {})
-    if placement.accelerator_type:
-        needs[f"accelerator_type:{placement.accelerator_type}"] = 0.001
-    nodes = []
-    for node in ray.nodes():
-        have = node.get("Resources") or {}
-        if not node.get("Alive") or have.get("GPU", 0.0) < gpus:
-            continue
-        if all(have.get(name, 0.0) >= amount for name, amount in needs.items()):
-            nodes.append(str(node["NodeID"]))
-    return nodes
-
-
-def _read_on_node(world_size: int, node: str) -> Table | None:
-    return t.cast(
-        Table | None,
-        _lookups(("node", world_size, node), lambda: _read_on_node_now(world_size, node)),
-    )
-
-
-def _read_on_node_now(world_size: int, node: str) -> Table | None:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    task = ray.remote(num_cpus=0, num_gpus=0, max_calls=1)(_read_with_a_gpu_in_view)
-    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
-    ref = task.options(scheduling_strategy=strategy).remote(world_size)
-    try:
-        return t.cast(Table | None, ray.get(ref, timeout=READ_ON_NODE_TIMEOUT_S))
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise TimeoutError(f"no answer in {READ_ON_NODE_TIMEOUT_S:g} s") from None
-
-
-def read_on_engine_node(world_size: int, placement: Placement) -> tuple[Table | None, str | None]:
-    """vLLM's table read on the first node that has what `placement` takes, and that node's
-    id; this machine's table and None where there is none or it does not answer."""
-    nodes = engine_nodes(placement)
-    why = "no live node of the cluster has them"
-    if nodes:
-        try:
-            return _read_on_node(world_size, nodes[0]), nodes[0]
-        except Exception as error:  # the task failed or timed out: sized from here instead
-            why = f"reading them on node {nodes[0]} failed ({error_text(error)[:300]})"
-    local = batch_defaults(world_size)
-    with _children_lock:  # once per engine and reason (a lookup made ahead asks too)
-        told = (_wants(placement), why) in _told
-        _told.add((_wants(placement), why))
-    if told:
-        return local, None
-    logger.warning(
-        "vLLM's default batch sizes for an engine on %s were not read where it will run: %s; "
-        "this machine's are used (%s), which may keep fewer requests in flight than its "
-        "engine runs; set max_num_seqs in engine_args to size it yourself",
-        _wants(placement),
-        why,
-        "none: vLLM is not installed here" if local is None else _figures(local),
-    )
-    return local, None
-
-
-def _wants(placement: Placement) -> str:
-    parts = [f"{placement.total_gpus:g} GPU"]
-    if placement.accelerator_type:
-        parts.append(placement.accelerator_type)
-    parts.extend(f"{name}={amount:g}" for name, amount in (placement.resources or {}).items())
-    return ", ".join(parts)
-
-
-def _figures(table: Table) -> str:
-    return "; ".join(f"{name}: {seqs} sequences" for name, (seqs, _tokens) in table.items())
-
-
-def _read_with_a_gpu_in_view(world_size: int) -> Table | None:
-    """The task of `_read_on_node`. It takes no GPU, so that it never waits for one; where
-    Ray hides the GPUs from such a task (`RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`), the first
-    is put back in view: the table needs only its name and memory (read through NVML)."""
-    for variable in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
-        if os.environ.get(variable) == "":
-            os.environ[variable] = "0"
-    return _read_table(world_size)
 
 
 def _read_table(world_size: int) -> Table | None:
@@ -373,10 +277,8 @@ __all__: t.Sequence[str] = [
     "SERVER",
     "batch_defaults",
     "default_max_num_seqs",
-    "engine_nodes",
     "engine_table",
     "in_flight",
     "max_num_seqs_for",
-    "read_on_engine_node",
     "usage_context",
 ]

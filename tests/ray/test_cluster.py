@@ -89,11 +89,11 @@ def test_an_engine_on_gpus_is_sized_on_the_node_that_has_them(cluster) -> None:
     pytest.importorskip("vllm")
     from rig_ray.batch import concurrency
     from rig_ray.cluster.placement import place
-    from rig_ray.generator import vllm_sizing
+    from rig_ray.generator import vllm_node_sizing, vllm_sizing
 
     sharded = rr.VLLMGenerator(model="m", tensor_parallel_size=2)
     placement = place(sharded, num_cpus=0.5)
-    table, read_on = vllm_sizing.read_on_engine_node(2, placement)
+    table, read_on = vllm_node_sizing.read_on_engine_node(2, placement)
     assert read_on == node_with("GPU")
     assert table is not None and table == vllm_sizing.batch_defaults(2)
     [plan] = concurrency.plan([sharded], None, None, [placement])

@@ -13,7 +13,7 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.batch import concurrency
-from rig_ray.generator import vllm_sizing
+from rig_ray.generator import vllm_node_sizing, vllm_sizing
 from rig_ray.serve import ServedModel
 from tests.fakes import FixedGenerator
 
@@ -149,15 +149,15 @@ def test_an_engine_is_sized_on_a_node_that_has_what_it_takes(monkeypatch) -> Non
         node("h100", CPU=32, GPU=8, disk=2, **{"accelerator_type:H100": 1}),
     )
     generator = rr.VLLMGenerator(model="m")
-    assert vllm_sizing.engine_nodes(place(generator, num_gpus=0.5)) == ["a100", "h100"]
+    assert vllm_node_sizing.engine_nodes(place(generator, num_gpus=0.5)) == ["a100", "h100"]
     h100 = place(generator, num_gpus=1, accelerator_type="H100")
-    assert vllm_sizing.engine_nodes(h100) == ["h100"]
+    assert vllm_node_sizing.engine_nodes(h100) == ["h100"]
     with_disk = place(generator, num_gpus=1, resources={"disk": 1})
-    assert vllm_sizing.engine_nodes(with_disk) == ["h100"]
+    assert vllm_node_sizing.engine_nodes(with_disk) == ["h100"]
     sharded = rr.VLLMGenerator(model="m", tensor_parallel_size=8)
-    assert vllm_sizing.engine_nodes(place(sharded)) == ["h100"]  # all 8 on one node
+    assert vllm_node_sizing.engine_nodes(place(sharded)) == ["h100"]  # all 8 on one node
     too_wide = rr.VLLMGenerator(model="m", engine_args={"tensor_parallel_size": 16})
-    assert vllm_sizing.engine_nodes(place(too_wide)) == []
+    assert vllm_node_sizing.engine_nodes(place(too_wide)) == []
 
 
 def test_an_engine_without_gpus_is_sized_here_with_no_ray_call(monkeypatch) -> None:
@@ -182,7 +182,7 @@ def test_with_no_node_to_read_on_the_engine_is_sized_here_and_says_so(monkeypatc
     monkeypatch.setattr(vllm_sizing, "batch_defaults", lambda world: {"LLM_CLASS": (9, 99)})
     placement = place(rr.VLLMGenerator(model="m"), num_gpus=1, accelerator_type="H100")
     with caplog.at_level(logging.WARNING, logger="rig_ray.vllm"):
-        table, read_on = vllm_sizing.read_on_engine_node(1, placement)
+        table, read_on = vllm_node_sizing.read_on_engine_node(1, placement)
     assert (table, read_on) == ({"LLM_CLASS": (9, 99)}, None)
     [record] = caplog.records
     assert "1 GPU, H100" in record.getMessage()
@@ -198,11 +198,11 @@ def test_a_failed_read_on_the_node_is_sized_here_and_quotes_no_secret(monkeypatc
     def fails(world: int, node: str) -> None:
         raise RuntimeError("worker could not reach https://user:hunter2@mirror.example/simple")
 
-    monkeypatch.setattr(vllm_sizing, "_read_on_node", fails)
+    monkeypatch.setattr(vllm_node_sizing, "_read_on_node", fails)
     monkeypatch.setattr(vllm_sizing, "batch_defaults", lambda world: {"LLM_CLASS": (9, 99)})
     placement = place(rr.VLLMGenerator(model="m"), num_gpus=1)
     with caplog.at_level(logging.WARNING, logger="rig_ray.vllm"):
-        table, read_on = vllm_sizing.read_on_engine_node(1, placement)
+        table, read_on = vllm_node_sizing.read_on_engine_node(1, placement)
     assert (table, read_on) == ({"LLM_CLASS": (9, 99)}, None)
     [record] = caplog.records
     assert "reading them on node h100 failed (RuntimeError: worker could not" in record.getMessage()
@@ -278,3 +278,32 @@ def test_a_lookup_still_running_at_exit_ends_with_the_process() -> None:
     finally:
         vllm_sizing._children.discard(child)
         child.kill()
+
+
+def test_on_a_cluster_of_several_gpu_kinds_the_largest_figures_are_kept(monkeypatch) -> None:
+    from rig_ray.cluster.placement import place
+
+    nodes(
+        monkeypatch,
+        node("a100-1", GPU=8, **{"accelerator_type:A100": 1}),
+        node("a100-2", GPU=8, **{"accelerator_type:A100": 1}),
+        node("h100", GPU=8, **{"accelerator_type:H100": 1}),
+        node("unlabelled", GPU=4),
+    )
+    read: list[str] = []
+    by_node = {"a100-1": 256, "h100": 1024, "unlabelled": 512}
+
+    def read_on(world: int, where: str) -> dict:
+        read.append(where)
+        return {"LLM_CLASS": (by_node[where], 8192), "OPENAI_API_SERVER": (256, 2048)}
+
+    monkeypatch.setattr(vllm_node_sizing, "_read_on_node", read_on)
+    placement = place(rr.VLLMGenerator(model="m"), num_gpus=1)
+    table, read_on_node = vllm_node_sizing.read_on_engine_node(1, placement)
+    assert read == ["a100-1", "h100", "unlabelled"]  # one node of each kind
+    assert table == {"LLM_CLASS": (1024, 8192), "OPENAI_API_SERVER": (256, 2048)}
+    assert read_on_node == "a100-1"
+    read.clear()
+    h100 = place(rr.VLLMGenerator(model="m"), num_gpus=1, accelerator_type="H100")
+    assert vllm_node_sizing.read_on_engine_node(1, h100)[0]["LLM_CLASS"] == (1024, 8192)
+    assert read == ["h100"]
