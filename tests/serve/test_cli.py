@@ -178,10 +178,21 @@ def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+SIGINT_AS_A_CONSOLE_HAS_IT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+"""Runs a command with SIGINT's default action, as a console starts it. A suite started in
+the background by a shell without job control (`... &` in a script) ignores SIGINT, its
+children inherit that, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+
+
 def start(command: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """Start `command` in the repo root with its output in `log` (a pipe could fill up)."""
+    """Start `command` in the repo root with its output in `log` (a pipe could fill up), with
+    SIGINT as a console gives it."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     environment.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-c", SIGINT_AS_A_CONSOLE_HAS_IT, *command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=out)
 
@@ -210,6 +221,9 @@ def stop(
         process.send_signal(sig)
     try:
         status = process.wait(timeout=300)  # Serve's own shutdown is slow on a busy machine
+    except subprocess.TimeoutExpired:
+        tail = heard[0].read_text(errors="replace")[-4000:] if heard else ""
+        raise AssertionError(f"no exit 300 s after {sig!r}; the end of its log:\n{tail}") from None
     finally:
         if process.poll() is None:
             process.kill()
@@ -256,9 +270,10 @@ def test_serve_run_of_the_config_file(tmp_path: Path, smollm2_path: Path) -> Non
         reply = httpx.post(url, json=body, headers=headers, timeout=300)
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     finally:
-        # Ray's `serve run` once let a SIGINT go unheard in a full slow run (it never said
-        # "Got KeyboardInterrupt" in 300 s); why is not known.
-        started = psutil.Process(process.pid).children(True)
+        try:
+            started = psutil.Process(process.pid).children(True)
+        except psutil.NoSuchProcess:  # it ended already: the error above is the one to see
+            started = []
         stop(process, signal.SIGINT, started, heard=(log, "Got KeyboardInterrupt"))
 
 
