@@ -191,12 +191,16 @@ def placed_engine_args(engine_args: dict[str, t.Any], on_cpu: bool) -> dict[str,
 
 
 def _gpu_share() -> float | None:
-    """The share of one GPU this Ray actor holds, where it holds less than a whole one."""
+    """The share of one GPU this Ray actor or task holds, where it holds less than a whole
+    one (None in a driver, which holds none)."""
     if not _ray_running():
         return None
     import ray
 
-    held = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    try:
+        held = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except AssertionError:  # Ray's answer in a driver: only workers are assigned resources
+        return None
     return held if 0 < held < 1 else None
 
 

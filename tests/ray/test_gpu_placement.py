@@ -127,6 +127,14 @@ def test_an_engine_that_no_node_can_hold_is_refused_rather_than_left_waiting(
     assert all_gpus_free(gpu_ray)  # nothing was reserved
 
 
+def test_an_engine_started_in_the_driver_is_left_as_asked(gpu_ray: t.Any) -> None:
+    """A driver with Ray running holds no resources (Ray refuses to say which): a generator
+    loaded there keeps its own settings."""
+    kwargs = rr.VLLMGenerator(model="m", tensor_parallel_size=2)._engine_kwargs("m", False)
+    assert "gpu_memory_utilization" not in kwargs
+    assert "distributed_executor_backend" not in kwargs
+
+
 def test_an_engine_on_a_share_of_a_gpu_takes_that_share_of_its_memory(gpu_ray: t.Any) -> None:
     remote = rr.remote(WhereAmI(model="w"), num_cpus=CPU, num_gpus=0.5)
     try:
