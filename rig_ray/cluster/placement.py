@@ -156,7 +156,9 @@ def _uses_the_clusters_gpus(generator: t.Any) -> bool:
 
 def cluster_gpus() -> float:
     """GPUs of the running Ray cluster (0 where Ray is not running in this process)."""
-    if not _ray_running():
+    from rig_ray.generator.vllm_sizing import ray_running
+
+    if not ray_running():
         return 0.0
     import ray
 
@@ -193,7 +195,9 @@ def placed_engine_args(engine_args: dict[str, t.Any], on_cpu: bool) -> dict[str,
 def _gpu_share() -> float | None:
     """The share of one GPU this Ray actor or task holds, where it holds less than a whole
     one (None in a driver, which holds none)."""
-    if not _ray_running():
+    from rig_ray.generator.vllm_sizing import ray_running
+
+    if not ray_running():
         return None
     import ray
 
@@ -204,19 +208,11 @@ def _gpu_share() -> float | None:
     return held if 0 < held < 1 else None
 
 
-def _ray_running() -> bool:
-    import sys
-
-    if "ray" not in sys.modules:
-        return False
-    import ray
-
-    return bool(ray.is_initialized())
-
-
 def _in_a_group() -> bool:
     """Whether this process is a Ray actor or task in a placement group."""
-    if not _ray_running():
+    from rig_ray.generator.vllm_sizing import ray_running
+
+    if not ray_running():
         return False
     import ray
 

@@ -190,7 +190,7 @@ def prefetch(generators: t.Sequence[Generator], placements: t.Sequence[Placement
         args = {"tensor_parallel_size": generator.tensor_parallel_size, **generator.engine_args}
         if args.get("max_num_seqs") is not None:
             continue
-        if placement is not None and placement.total_gpus > 0 and not _ray_running():
+        if placement is not None and placement.total_gpus > 0 and not ray_running():
             continue
         threading.Thread(
             target=_look_up_quietly,
@@ -213,7 +213,7 @@ def engine_table(world_size: int, placement: Placement | None = None) -> Table |
     cluster that has its GPUs (and its accelerator type and custom resources) where it takes
     any, else on this machine (`batch_defaults`). Where no such node is up, or the task does
     not answer in `READ_ON_NODE_TIMEOUT_S`, this machine's table is used, with a warning."""
-    if placement is None or placement.total_gpus <= 0 or not _ray_running():
+    if placement is None or placement.total_gpus <= 0 or not ray_running():
         return batch_defaults(world_size)
     from rig_ray.generator.vllm_node_sizing import read_on_engine_node
 
@@ -221,7 +221,8 @@ def engine_table(world_size: int, placement: Placement | None = None) -> Table |
     return table
 
 
-def _ray_running() -> bool:
+def ray_running() -> bool:
+    """Whether Ray runs in this process (never importing it to find out)."""
     if "ray" not in sys.modules:
         return False
     import ray

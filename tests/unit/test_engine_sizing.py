@@ -254,7 +254,7 @@ def test_a_lookup_started_ahead_is_the_one_the_sizing_gets(monkeypatch) -> None:
         return {"LLM_CLASS": (7, 70), "OPENAI_API_SERVER": (3, 30)}
 
     monkeypatch.setattr(vllm_sizing, "_read_here", read_here)
-    monkeypatch.setattr(vllm_sizing, "_ray_running", lambda: False)
+    monkeypatch.setattr(vllm_sizing, "ray_running", lambda: False)
     plain = rr.VLLMGenerator(model="m")
     sized = rr.VLLMGenerator(model="m", engine_args={"max_num_seqs": 4})
     on_gpu = rr.VLLMGenerator(model="m", tensor_parallel_size=2)
