@@ -36,6 +36,8 @@ STALE_AFTER_S = 300.0
 """An object-store lock not rewritten for this long belongs to a run that died."""
 HEARTBEAT_S = 30.0
 """How often a run renews its object-store lock."""
+UNREADABLE_TRIES = 3
+"""How many times a check reads a lock object that reads as missing or empty."""
 
 
 class FolderLock:
@@ -159,7 +161,7 @@ class FolderLock:
             if silent > self._stale_after_s / 2:
                 self._lost = f"its heartbeat could not be written for {silent:.0f}s"
             else:
-                current = self._read()
+                current = self._read_settled()
                 if current is None or current.get("token") != self._token:
                     self._lost = f"another run took it over ({_describe(current)})"
         if self._lost is not None:
@@ -240,6 +242,16 @@ class FolderLock:
         with self._filesystem.open_output_stream(self._path) as out:
             out.write(json.dumps(holder).encode())
         self._last_written = time.monotonic()
+
+    def _read_settled(self) -> dict[str, t.Any] | None:
+        """The lock object, read again where it reads as missing or empty: a store whose
+        writes are not atomic shows an empty object while this run's heartbeat rewrites it."""
+        for _ in range(UNREADABLE_TRIES - 1):
+            current = self._read()
+            if current:
+                return current
+            time.sleep(min(self._heartbeat_s, 0.2))
+        return self._read()
 
     def _read(self) -> dict[str, t.Any] | None:
         try:

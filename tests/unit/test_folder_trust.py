@@ -248,6 +248,63 @@ def test_a_heartbeat_that_cannot_be_written_loses_the_lock(
         lock.release()
 
 
+def test_a_check_during_a_heartbeat_write_does_not_lose_the_lock(tmp_path: Path) -> None:
+    """A store whose writes are not atomic shows the lock object empty while the heartbeat
+    rewrites it; a check that reads it then must not take that for another holder."""
+    fsspec = pytest.importorskip("fsspec.implementations.local")
+    import threading
+
+    holding, truncated, released = threading.Event(), threading.Event(), threading.Event()
+    lock_file = tmp_path / "out" / LOCK_NAME
+
+    class SlowWrites(fsspec.LocalFileSystem):  # type: ignore[misc,name-defined]
+        def open(self, path: str, mode: str = "rb", *args: t.Any, **kwargs: t.Any) -> t.Any:
+            checking = threading.current_thread() is threading.main_thread()
+            if (
+                not path.endswith(LOCK_NAME)
+                or not holding.is_set()
+                or ("w" not in mode and not checking)
+            ):
+                return super().open(path, mode, *args, **kwargs)
+            if "w" in mode:  # the heartbeat: the object is empty until `released`
+                handle = super().open(path, mode, *args, **kwargs)
+                truncated.set()
+                released.wait(30)
+                return handle
+            seen = lock_file.read_bytes()  # a check reads it in the middle of the write
+            holding.clear()
+            released.set()
+            deadline = time.monotonic() + 30
+            while not lock_file.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the heartbeat's write has landed
+            return super().open(path, mode, *args, **kwargs) if seen else _Empty()
+
+    class _Empty:
+        def read(self, *args: t.Any) -> bytes:
+            return b""
+
+        def close(self) -> None:
+            pass
+
+        closed = False
+        readable = staticmethod(lambda: True)
+        seekable = staticmethod(lambda: False)
+
+    store = pafs.PyFileSystem(pafs.FSSpecHandler(SlowWrites()))
+    lock = FolderLock(store, f"{tmp_path}/out", "store://out", settle_s=0, heartbeat_s=0.02)
+    lock.acquire()
+    try:
+        holding.set()
+        assert truncated.wait(30), "no heartbeat came"
+        assert lock_file.read_bytes() == b""
+        lock.check()  # read empty, then again once the heartbeat has written it
+        assert released.is_set()
+    finally:
+        holding.clear()
+        released.set()
+        lock.release()
+
+
 # -- what the manifest pins (defect 7) ---------------------------------------------------
 
 
