@@ -37,6 +37,9 @@ from rig_ray.generator.priority import current_priority
 from rig_ray.generator.seeds import derive_seed
 from rig_ray.message import Message
 
+if t.TYPE_CHECKING:
+    from rig_ray.cluster import group_gpus
+
 _REMOTE_ONLY = {"api_base", "timeout"}
 CPU_MEMORY_UTILIZATION = 0.3
 """Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset (float32
@@ -91,6 +94,8 @@ class VLLMGenerator(LocalGenerator):
     _owns_engine: bool = PrivateAttr(True)
     _strict_context: bool = PrivateAttr(False)
     _engine_processes: list[multiprocessing.process.BaseProcess] = PrivateAttr(default_factory=list)
+    _group_gpus: group_gpus.GroupGpus | None = PrivateAttr(None)
+    """Its placement group's free GPUs before its Ray workers took theirs (see `group_gpus`)."""
     _usage_context: vllm_sizing.UsageName = PrivateAttr(vllm_sizing.OFFLINE)
     """vLLM's usage context the engine starts in, which sizes its scheduler as vLLM's own entry
     points do: LLM_CLASS (as `vllm.LLM`), or OPENAI_API_SERVER in a Serve replica (as `vllm
@@ -159,8 +164,12 @@ class VLLMGenerator(LocalGenerator):
             require("vllm", purpose="the vllm provider")
             from vllm.platforms import current_platform
 
+            from rig_ray.cluster import group_gpus
+
             path = resolve_model(self.model)
             kwargs = self._engine_kwargs(path, current_platform.is_cpu())
+            ray_workers = kwargs.get("distributed_executor_backend") == "ray"
+            self._group_gpus = group_gpus.free_now() if ray_workers else None
             loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
             try:
                 engine = loop.run_sync(_start_engine(path, kwargs, self._usage_context))
@@ -185,6 +194,7 @@ class VLLMGenerator(LocalGenerator):
             if not self._owns_engine:
                 return self
             processes, self._engine_processes = self._engine_processes, []
+            held, self._group_gpus = self._group_gpus, None
             try:
                 loop.stop()  # cancels what still runs there: its requests are aborted
                 engine.shutdown()
@@ -194,6 +204,10 @@ class VLLMGenerator(LocalGenerator):
                 if _count_engines(-1) == 0:
                     _release_distributed_state()
                 _await_exit(processes)
+                if held is not None:  # and its Ray workers have given their GPUs back
+                    from rig_ray.cluster.group_gpus import await_free
+
+                    await_free(held)
         return self
 
     async def _running(self) -> tuple[t.Any, EngineLoop]:

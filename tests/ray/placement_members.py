@@ -137,3 +137,64 @@ def notes(log: Path) -> list[tuple[str, int]]:
         (kind, int(pid))
         for kind, pid in (line.split() for line in log.read_text().split("\n") if line)
     ]
+
+
+class HoldsGroupGpus(EchoGenerator):
+    """As vLLM's Ray executor: `load()` starts one worker actor per GPU bundle of its actor's
+    placement group, and `unload()` ends them with `ray.kill` without waiting, then waits as
+    the vLLM generator does (`group_gpus.await_free`). The group's free GPUs before load,
+    while loaded and once unload returns go to the file `log`, one JSON line per unload."""
+
+    log: str
+    tensor_parallel_size: int = Field(1, ge=1)
+    _workers: list[t.Any] = PrivateAttr(default_factory=list)
+    _seen: dict[str, t.Any] = PrivateAttr(default_factory=dict)
+    _before: t.Any = PrivateAttr(None)
+
+    def load(self) -> t.Self:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from rig_ray.cluster import group_gpus
+
+        if self._workers:
+            return self
+        before = group_gpus.free_now()
+        assert before is not None, "not in a placement group with GPUs"
+        group = ray.util.get_current_placement_group()
+        assert group is not None
+        worker = ray.remote(num_cpus=0, num_gpus=1)(_GpuWorker)
+        self._workers = [
+            worker.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, index)
+            ).remote()
+            for index, bundle in enumerate(group.bundle_specs)
+            if bundle.get("GPU")
+        ]
+        ray.get([w.ready.remote() for w in self._workers])
+        loaded = group_gpus.free_now()
+        self._seen = {"before": before.free, "loaded": loaded.free if loaded else None}
+        self._before = before
+        return self
+
+    def unload(self) -> t.Self:
+        import ray
+
+        from rig_ray.cluster import group_gpus
+
+        if not self._workers:
+            return self
+        for worker in self._workers:
+            ray.kill(worker)  # as vLLM's executor ends its workers: no wait
+        self._workers = []
+        waited = group_gpus.await_free(self._before)
+        after = group_gpus.free_now()
+        seen = {**self._seen, "waited": waited, "after": after.free if after else None}
+        with open(self.log, "a") as out:
+            out.write(json.dumps(seen) + "\n")
+        return self
+
+
+class _GpuWorker:
+    def ready(self) -> bool:
+        return True

@@ -13,7 +13,7 @@ import pytest
 import rig_ray as rr
 from rig_ray.cluster.placement import BatchGroups
 from tests.ray.conftest import own_ray_and_serve
-from tests.ray.placement_members import WhereAmI
+from tests.ray.placement_members import HoldsGroupGpus, WhereAmI
 
 CPU = 0.25
 GPUS = 4
@@ -100,6 +100,26 @@ def test_batch_actors_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     assert len(rows) == 4 and all(row["error"] is None for row in rows)
     for row in rows:
         check(json.loads(row["text"]), tp)
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+def test_an_unload_returns_once_the_engines_ray_workers_gave_their_gpus_back(
+    gpu_ray: t.Any, tmp_path: t.Any
+) -> None:
+    """vLLM's Ray executor ends its workers without waiting; the unload waits for their GPUs
+    (and so their memory) to be free in the actor's placement group, for the next engine."""
+    log = tmp_path / "unloads.jsonl"
+    remote = rr.remote(
+        HoldsGroupGpus(model="w", tensor_parallel_size=2, log=str(log)), num_cpus=CPU
+    )
+    try:
+        for _ in range(2):  # a second load after the unload finds the GPUs free again
+            remote.load()
+            remote.unload()
+    finally:
+        remote.teardown()
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert seen == [{"before": 2.0, "loaded": 0.0, "waited": True, "after": 2.0}] * 2
     assert wait_until(lambda: all_gpus_free(gpu_ray))
 
 

@@ -165,3 +165,22 @@ def test_an_engine_is_fitted_to_where_ray_put_it(monkeypatch) -> None:
     assert fit({}, on_cpu=True) == {}  # a CPU engine's share is its own (KV cache memory)
     shared = VLLMGenerator(model="m")._engine_kwargs("m", on_cpu=False)
     assert shared["gpu_memory_utilization"] == 0.45
+
+
+def test_an_unload_waits_for_the_groups_gpus_and_says_so_when_they_stay_held(caplog) -> None:
+    from rig_ray.cluster.group_gpus import GroupGpus, await_free
+
+    before = GroupGpus("GPU_group_abc", 2.0)
+    readings = iter([0.0, 0.0, 1.0, 2.0])
+    asked: list[str] = []
+
+    def available(resource: str) -> float:
+        asked.append(resource)
+        return next(readings)
+
+    assert await_free(before, poll_s=0, available=available)
+    assert asked == ["GPU_group_abc"] * 4  # until all its GPUs were free again
+    assert not caplog.records
+    assert not await_free(before, wait_s=0, poll_s=0, available=lambda _: 1.0)
+    assert "still hold 1 GPU(s) of their placement group" in caplog.text
+    assert await_free(GroupGpus("GPU_group_abc", 0.0), wait_s=0, available=lambda _: 0.0)
