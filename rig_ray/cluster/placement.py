@@ -1,8 +1,10 @@
 """The one placement rule for a generator's GPUs: `rr.remote()`, batch actors and Serve
 replicas all ask `place()` where an engine runs.
 
-An engine uses `tensor_parallel_size x pipeline_parallel_size x data_parallel_size` GPUs, read
-from the generator's fields and its `engine_args` (engine_args win, as they do in the engine).
+An engine uses `tensor_parallel_size x pipeline_parallel_size` GPUs, read from the
+generator's fields and its `engine_args` (engine_args win, as they do in the engine). An
+actor's engine is one copy of the model: `data_parallel_size` above 1 is refused in favour of
+replicas, each with GPUs of its own.
 
 - One GPU or none: the actor itself takes `num_gpus`. Left unset, an engine that runs on a
   GPU wherever it finds one (vLLM's, transformers' with no device) takes one where the
@@ -55,7 +57,8 @@ def parallel_sizes(generator: t.Any) -> dict[str, int]:
 
 
 def gpus_per_engine(generator: t.Any) -> int:
-    """GPUs one engine of this generator uses: tensor x pipeline x data parallel size."""
+    """GPUs this generator's engines use: tensor x pipeline (x data, which `place` refuses)
+    parallel size."""
     return math.prod(parallel_sizes(generator).values())
 
 
@@ -103,6 +106,16 @@ def place(
 ) -> Placement:
     """Where an actor owning `generator` runs; `num_gpus=None` leaves it to the engine."""
     need = gpus_per_engine(generator)
+    copies = parallel_sizes(generator)["data_parallel_size"]
+    if copies > 1:
+        raise PlacementError(
+            f"data_parallel_size={copies}: an engine in a Ray actor runs one copy of the model, "
+            "as vLLM's own data parallelism would start its copies on GPUs that the actor's "
+            f"placement group does not hold; ask for {copies} replicas instead (`replicas` in "
+            "a batch job, `num_replicas` / `--replicas` in Serve, or an LLMPool), each with "
+            "GPUs of its own",
+            need=need,
+        )
     if num_gpus is not None and num_gpus < 0:
         raise PlacementError(f"num_gpus must not be negative, got {num_gpus:g}", need=need)
     if need == 1:

@@ -184,3 +184,18 @@ def test_an_unload_waits_for_the_groups_gpus_and_says_so_when_they_stay_held(cap
     assert not await_free(before, wait_s=0, poll_s=0, available=lambda _: 1.0)
     assert "still hold 1 GPU(s) of their placement group" in caplog.text
     assert await_free(GroupGpus("GPU_group_abc", 0.0), wait_s=0, available=lambda _: 0.0)
+
+
+def test_data_parallel_engines_are_refused_in_favour_of_replicas_on_every_path() -> None:
+    from rig_ray.batch.placement import gpus_per_actor
+    from rig_ray.serve import build_app
+
+    copies = VLLMGenerator(model="m", engine_args={"data_parallel_size": 2})
+    message = r"data_parallel_size=2: .* ask for 2 replicas instead"
+    with pytest.raises(PlacementError, match=message):
+        place(copies)
+    with pytest.raises(PlacementError, match=message):
+        gpus_per_actor([copies], None)  # batch.run, before Ray starts
+    with pytest.raises(PlacementError, match=message):
+        build_app(ServedModel(generator=copies))
+    assert place(VLLMGenerator(model="m", engine_args={"data_parallel_size": 1})).bundles is None
