@@ -117,6 +117,10 @@ def test_tp2_through_remote(gpu_ray, tiny_llama_path: Path) -> None:
         [[reply]] = remote.generate(["Count to three:"])
         assert reply.usage.output_tokens >= 1
         assert remote.info()["placement_group"] is not None
+        remote.unload()  # returns once vLLM's Ray workers have given their GPUs back
+        assert free_gpu_bytes(0) >= before - (512 << 20)  # at once, with no wait here
+        [[reply]] = remote.generate(["Count to three:"])  # a reload on the same bundles
+        assert reply.usage.output_tokens >= 1
     finally:
         remote.teardown()
     assert wait_for_free(before) >= before - (512 << 20)
