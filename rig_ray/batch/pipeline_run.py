@@ -238,7 +238,9 @@ class _Job:
                 self.layout.stage(stage.name),
                 generators=engines.handles() if engines else stage.members,
                 replicas=stage.replicas,
-                num_gpus=0,
+                # the engines' actors hold the GPUs; a complete stage (no engines) loads none,
+                # and its members' own need is only checked, not reserved
+                num_gpus=0 if engines else None,
                 num_cpus=PROXY_CPUS,
                 progress=self.progress,
                 progress_every_s=self.every_s,

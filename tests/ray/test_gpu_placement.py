@@ -187,3 +187,25 @@ def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     finally:
         serve.delete(app)
     assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+def test_a_pipeline_resumed_after_a_complete_tensor_parallel_stage(
+    gpu_ray: t.Any, tmp_path: t.Any
+) -> None:
+    """Swap mode reruns a complete stage only to check its folder (no engine loads): an
+    engine over two GPUs there is no reason to refuse the run."""
+    from rig_ray.batch import Stage, run_pipeline
+
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps({"id": f"q{n}", "q": f"q{n}?"}) + "\n" for n in range(2)))
+    stages = [
+        Stage("where", generator=WhereAmI(model="w", tensor_parallel_size=2), template="$q"),
+        Stage("echo", generator=WhereAmI(model="e"), template="$text", num_cpus=CPU),
+    ]
+    out = str(tmp_path / "out")
+    first = run_pipeline(str(source), out, stages=stages, gpu_sharing="swap", progress=False)
+    assert [s.generations_written for s in first.stages] == [2, 2]
+    again = run_pipeline(str(source), out, stages=stages, gpu_sharing="swap", progress=False)
+    assert [s.generations_written for s in again.stages] == [0, 0]
+    assert [s.skipped for s in again.stages] == [2, 2]
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
