@@ -23,6 +23,10 @@ DEFAULT_APP = "rig_ray"
 """The app `rig-ray serve` runs (rig_ray.serve.APP_NAME)."""
 INGRESS = "OpenAIIngress"
 """The app's ingress deployment (rig_ray.serve.INGRESS_NAME)."""
+BACKPRESSURE_FIRST_WAIT_S = 0.2
+BACKPRESSURE_LONGEST_WAIT_S = 5.0
+"""How long a batch row waits before asking a full deployment again: doubling from the
+first wait up to the longest."""
 
 
 class ServeGenerator(Generator):
@@ -71,11 +75,32 @@ class ServeGenerator(Generator):
         """One request's result, or its error in place (a refused request's ServeRequestError
         keeps the endpoint's wording); raises `BatchStoppedError` once the batch is stopped."""
         self.load()
+        handle = self._handle
         try:
-            call = self._handle.batch_request.remote(self.batch, self.model, kind, prompt, params)
-            results = await call
+            results = await admitted(
+                lambda: handle.batch_request.remote(self.batch, self.model, kind, prompt, params)
+            )
         except Exception as error:
             return error
         if isinstance(results[0], BatchStoppedError):
             raise results[0]
         return results[0]
+
+
+async def admitted(send: t.Callable[[], t.Any]) -> t.Any:
+    """The result of the Serve handle call that `send` makes, made again after a growing wait
+    while the deployment is full (Serve's backpressure): a batch row has time, and online
+    requests go first. Cancelling the wait cancels the call."""
+    from ray.serve.exceptions import BackPressureError
+
+    wait = BACKPRESSURE_FIRST_WAIT_S
+    while True:
+        call = send()
+        try:
+            return await call
+        except BackPressureError:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, BACKPRESSURE_LONGEST_WAIT_S)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise

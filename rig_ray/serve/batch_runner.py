@@ -26,7 +26,7 @@ from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
 from rig_ray.errors import BatchInputError, BatchStoppedError, ServeRequestError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY
-from rig_ray.generator.serve_ import INGRESS
+from rig_ray.generator.serve_ import INGRESS, admitted
 from rig_ray.message import Message
 from rig_ray.redaction import redact
 from rig_ray.serve import batch_finish
@@ -360,24 +360,21 @@ async def _send(
     route: Route, request_id: str, kind: str, prompt: t.Any, params: GenerateParams
 ) -> list[t.Any]:
     """The row's results from its deployment; a full deployment (backpressure) is waited
-    for and asked again, as a batch has time and online requests go first."""
-    from ray.serve.exceptions import BackPressureError
-
-    wait = 0.2
-    while True:
-        if kind == "text":
-            call = route.handle.complete.remote(request_id, [prompt], params, 1, BATCH_PRIORITY)
-        else:
-            messages = [_message(m) for m in prompt]
-            call = route.handle.chat.remote(request_id, messages, params, 1, BATCH_PRIORITY)
-        try:
-            return list(await call)
-        except BackPressureError:
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 5.0)
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
+    for and asked again (`admitted`)."""
+    if kind == "text":
+        return list(
+            await admitted(
+                lambda: route.handle.complete.remote(
+                    request_id, [prompt], params, 1, BATCH_PRIORITY
+                )
+            )
+        )
+    messages = [_message(m) for m in prompt]
+    return list(
+        await admitted(
+            lambda: route.handle.chat.remote(request_id, messages, params, 1, BATCH_PRIORITY)
+        )
+    )
 
 
 def _message(item: t.Any) -> Message:
