@@ -15,6 +15,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from rig_ray.batch.pipeline_stage import Stage
+from rig_ray.cluster.placement import Placement, place, refuse_what_the_cluster_cannot_hold
 from rig_ray.cluster.remote_generator import RemoteGenerator
 from rig_ray.generator.base import GenerateParams, Generator, Messages
 from rig_ray.generator.registry import get_generator
@@ -100,6 +101,17 @@ class StageEngines:
     def actors(self) -> int:
         return len(self.stage.members) * self.stage.replicas
 
+    def placements(self) -> list[tuple[Placement, int]]:
+        """Where each generator's actors run, and how many of them there are."""
+        configs = [get_generator(m) if isinstance(m, str) else m for m in self.stage.members]
+        return [
+            (
+                place(config, num_gpus=self.stage.num_gpus, num_cpus=self.num_cpus),
+                self.stage.replicas,
+            )
+            for config in configs
+        ]
+
     def start(self) -> None:
         """Start the actors (unloaded)."""
         from rig_ray.cluster.actor import remote
@@ -178,3 +190,18 @@ def _await_exit(pids: list[int]) -> None:
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(pid)
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+
+
+def refuse_what_cannot_load_at_once(engines: t.Sequence[StageEngines]) -> None:
+    """A PlacementError, naming the stages, where these stages' engines cannot all hold
+    their GPUs at once on a cluster that cannot grow (it would wait forever)."""
+    names = ", ".join(repr(e.stage.name) for e in engines)
+    wanted = [p for e in engines for p in e.placements()]
+    if len(engines) == 1:
+        refuse_what_the_cluster_cannot_hold(wanted, f"the stage {names}")
+    else:
+        refuse_what_the_cluster_cannot_hold(
+            wanted,
+            f"the stages {names}, running at once,",
+            "; gpu_sharing='swap' runs the stages in turn",
+        )

@@ -24,7 +24,7 @@ import typing as t
 
 from rig_ray.batch.console import job_console
 from rig_ray.batch.pipeline_data import Layout, StageInput, derive, planned_input
-from rig_ray.batch.pipeline_engines import StageEngines
+from rig_ray.batch.pipeline_engines import StageEngines, refuse_what_cannot_load_at_once
 from rig_ray.batch.pipeline_inputs import Derivation
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
@@ -275,6 +275,7 @@ class _Job:
             engines = self.engines(index, stage.replicas * len(stage.members))
         try:
             if engines is not None:
+                refuse_what_cannot_load_at_once([engines])
                 engines.load()
                 summary.loaded = True
             summary.add(self.run_once(index, read, engines, feeds=False))

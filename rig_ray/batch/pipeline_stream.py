@@ -33,7 +33,7 @@ import typing as t
 
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.output import Merged, OutputFolder
-from rig_ray.batch.pipeline_engines import StageEngines
+from rig_ray.batch.pipeline_engines import StageEngines, refuse_what_cannot_load_at_once
 from rig_ray.batch.pipeline_summary import StageSummary
 from rig_ray.errors import BatchInputError
 
@@ -112,6 +112,7 @@ class Stream:
         """Load every stage's engines at once."""
         if not engines:
             return
+        refuse_what_cannot_load_at_once(list(engines.values()))
         for stage_engines in engines.values():  # one thread: configs are pickled one by one
             stage_engines.start()
         with concurrent.futures.ThreadPoolExecutor(len(engines)) as pool:

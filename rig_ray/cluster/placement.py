@@ -262,6 +262,34 @@ def refuse_what_no_node_holds(placement: Placement) -> None:
     )
 
 
+def refuse_what_the_cluster_cannot_hold(
+    wanted: t.Sequence[tuple[Placement, int]], what: str, hint: str = ""
+) -> None:
+    """On a cluster that cannot grow, a PlacementError where `wanted` (placements, and how
+    many actors of each start at once) needs more GPUs than the cluster has, or an engine
+    more than any one node has (`refuse_what_no_node_holds`): Ray would leave the last of
+    them waiting forever. `what` names them in the message ("the stage 'judge'"); `hint`
+    ends it."""
+    for placement, _ in wanted:
+        refuse_what_no_node_holds(placement)
+    need = sum(placement.total_gpus * count for placement, count in wanted)
+    if need <= 0:
+        return
+    from rig_ray.batch.placement import fixed_cluster
+
+    if not fixed_cluster():
+        return
+    import ray
+
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if need > have + 1e-9:
+        raise PlacementError(
+            f"{what} needs {need:g} GPU(s) at once for its engines, but this Ray has {have:g}; "
+            "ask for fewer replicas, or smaller engines, or join a cluster that has them" + hint,
+            need=math.ceil(need),
+        )
+
+
 def make_group(placement: Placement) -> t.Any:
     """A placement group for `placement`'s bundles (None when it has none)."""
     bundles = placement.group_bundles()

@@ -175,6 +175,14 @@ class ServedModel(BaseModel):
             return int(self.autoscaling_config.get("max_replicas", 1))
         return self.num_replicas or 1
 
+    def first_replicas(self) -> int:
+        """The replicas the model's deployment starts with: `num_replicas`, or its
+        autoscaling `initial_replicas` (else `min_replicas`, at least 1)."""
+        if self.autoscaling_config is not None:
+            config = self.autoscaling_config
+            return max(1, int(config.get("initial_replicas") or config.get("min_replicas") or 1))
+        return self.num_replicas or 1
+
     def placement_options(self) -> dict[str, t.Any]:
         """`ray_actor_options`, and the bundles of an engine over several GPUs, by the
         placement rule of `rig_ray.cluster.placement` (a num_gpus that disagrees with the

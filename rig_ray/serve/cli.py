@@ -18,8 +18,8 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.batch.console import forward_redacted
-from rig_ray.cluster.placement import cluster_gpus
-from rig_ray.errors import RigRayError, ServeConfigError
+from rig_ray.cluster.placement import cluster_gpus, refuse_what_the_cluster_cannot_hold
+from rig_ray.errors import PlacementError, RigRayError, ServeConfigError
 from rig_ray.redaction import scrub
 from rig_ray.serve import direct
 from rig_ray.serve.app import (
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except _Stop:
         print("rig-ray: stopping", flush=True)
-    except ServeConfigError as error:  # joined a Serve whose address needs a key
+    except (ServeConfigError, PlacementError) as error:  # a Serve whose address needs a key,
+        # or replicas whose GPUs this Ray cannot hold
         print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
         status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
@@ -184,6 +185,10 @@ def _start(
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
     if rebuild is not None and (args.address != "local" or cluster_gpus() > 0):
         app = rebuild()
+    refuse_what_the_cluster_cannot_hold(  # on a Ray of its own: rather than wait forever
+        [(model.placement(), model.first_replicas()) for model in served],
+        "the served models' first replicas",
+    )
     serve.run(app, name=APP_NAME, route_prefix="/")
     return host, port
 

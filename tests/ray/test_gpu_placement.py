@@ -209,3 +209,58 @@ def test_a_pipeline_resumed_after_a_complete_tensor_parallel_stage(
     assert [s.generations_written for s in again.stages] == [0, 0]
     assert [s.skipped for s in again.stages] == [2, 2]
     assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+def test_pipeline_stages_whose_engines_this_ray_cannot_hold_are_refused(
+    gpu_ray: t.Any, tmp_path: t.Any
+) -> None:
+    """On a Ray of the job's own, engines that need more GPUs at once than it has would
+    wait forever: swap refuses the stage, stream the stages together, naming them."""
+    from rig_ray.batch import Stage, run_pipeline
+    from rig_ray.errors import PlacementError
+
+    source = tmp_path / "q.jsonl"
+    source.write_text(json.dumps({"id": "q0", "q": "q?"}) + "\n")
+    wide = WhereAmI(model="w", tensor_parallel_size=2)
+    three = Stage("three", generator=wide, template="$q", replicas=3)  # 6 GPUs of 4
+    with pytest.raises(PlacementError, match=r"the stage 'three' needs 6 GPU\(s\) at once"):
+        run_pipeline(str(source), str(tmp_path / "a"), stages=[three], gpu_sharing="swap")
+    stages = [
+        Stage("one", generator=wide, template="$q"),
+        Stage("two", generator=wide, template="$text", replicas=2),
+    ]
+    with pytest.raises(PlacementError, match=r"'one', 'two', running at once.*in turn"):
+        run_pipeline(str(source), str(tmp_path / "b"), stages=stages, gpu_sharing="stream")
+    assert all_gpus_free(gpu_ray)  # nothing was started
+    summary = run_pipeline(  # in turn they fit
+        str(source), str(tmp_path / "b"), stages=stages, gpu_sharing="swap", progress=False
+    )
+    assert [s.generations_written for s in summary.stages] == [1, 1]
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+SERVE_ON_ITS_OWN_RAY = """
+import sys, ray
+from rig_ray.serve.cli import main
+ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)  # as `rig-ray serve` starts one
+sys.exit(main(["-g", "transformers!/models/none", "--replicas", "5", "--port", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow  # a Ray of its own, in a process of its own
+def test_serve_refuses_first_replicas_whose_gpus_its_own_ray_cannot_hold(tmp_path: t.Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.serve.support import free_port
+
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_ON_ITS_OWN_RAY, str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the served models' first replicas needs 5 GPU(s) at once" in done.stderr
+    assert "this Ray has 4" in done.stderr
