@@ -168,14 +168,35 @@ def _uses_the_clusters_gpus(generator: t.Any) -> bool:
 
 
 def cluster_gpus() -> float:
-    """GPUs of the running Ray cluster (0 where Ray is not running in this process)."""
+    """GPUs of the running Ray cluster; where Ray does not run in this process yet, those of
+    this machine, which a local Ray started here will count (an app built before
+    `serve.run` starts Ray must still reserve them)."""
     from rig_ray.generator.vllm_sizing import ray_running
 
     if not ray_running():
-        return 0.0
+        return float(machine_gpus())
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+"""One entry per GPU that NVIDIA's driver runs on this machine (Linux)."""
+
+
+def machine_gpus() -> int:
+    """NVIDIA GPUs of this machine, as its driver lists them (no torch, no NVML), limited to
+    `CUDA_VISIBLE_DEVICES` where that is set."""
+    import os
+
+    try:
+        found = len(os.listdir(NVIDIA_GPUS))
+    except OSError:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    return min(found, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
 
 
 VLLM_MEMORY_SHARE = 0.9

@@ -29,6 +29,12 @@ INGRESS_NAME = "OpenAIIngress"
 """The name of the ingress deployment."""
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Seconds a request may take before it is stopped with 504."""
+DEFAULT_SHUTDOWN_S = 120.0
+"""How long a stopping replica has to drain and unload, unless its model says otherwise."""
+AUTOSCALING_TARGET_SHARE = 0.75
+"""Autoscaling's `target_ongoing_requests`, unless given: this share of what a replica takes
+at once. Serve's own default (2) would add replicas while an engine that batches hundreds of
+requests at once stands nearly idle."""
 DEFAULT_MAX_ONGOING_REQUESTS = 64
 """Requests a replica takes at once, unless its engine runs more (see ServedModel)."""
 
@@ -77,7 +83,8 @@ class ServedModel(BaseModel):
     num_replicas: int | None = Field(None, ge=1)
     """Fixed number of replicas (unset: 1, or autoscaling when `autoscaling_config` is set)."""
     autoscaling_config: dict[str, t.Any] | None = None
-    """Serve autoscaling (min_replicas, max_replicas, target_ongoing_requests, ...)."""
+    """Serve autoscaling (min_replicas, max_replicas, target_ongoing_requests, ...); unset,
+    `target_ongoing_requests` is 0.75 of `max_ongoing_requests`."""
     ray_actor_options: dict[str, t.Any] = Field(default_factory=lambda: {"num_cpus": 1})
     """Resources of each replica: num_cpus, num_gpus, accelerator_type, resources, ..."""
     max_ongoing_requests: int | None = Field(None, ge=1)
@@ -109,6 +116,11 @@ class ServedModel(BaseModel):
     counts as hung and Serve replaces it; keep it above the longest generate call."""
     health_check_period_s: float = Field(10.0, gt=0)
     """Seconds between Serve's health checks of a replica."""
+    graceful_shutdown_timeout_s: float = Field(DEFAULT_SHUTDOWN_S, gt=0)
+    """Seconds a stopping replica has to finish its running requests and unload its engine
+    (its processes gone, their GPUs free) before Serve kills it. Serve's own default, 20 s,
+    can cut an engine's unload short, and the next replica on that GPU then finds its
+    memory still in use."""
 
     @field_validator("generator", mode="before")
     @classmethod
@@ -146,9 +158,13 @@ class ServedModel(BaseModel):
                 "batch_wait_timeout_s": self.batch_wait_timeout_s,
             },
             "health_check_period_s": self.health_check_period_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
         if self.autoscaling_config is not None:
-            options["autoscaling_config"] = dict(self.autoscaling_config)
+            scaling = dict(self.autoscaling_config)
+            target = max(1, round(AUTOSCALING_TARGET_SHARE * options["max_ongoing_requests"]))
+            scaling.setdefault("target_ongoing_requests", target)
+            options["autoscaling_config"] = scaling
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options

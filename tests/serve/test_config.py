@@ -85,6 +85,18 @@ def test_deployment_options() -> None:
         generator="vllm!m", autoscaling_config={"min_replicas": 0, "max_replicas": 4}
     ).deployment_options()
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 4
+    # a replica is scaled out at 3/4 of what it takes at once, not at Serve's default of 2
+    share = scaled["autoscaling_config"]["target_ongoing_requests"] / scaled["max_ongoing_requests"]
+    assert 0.74 < share < 0.76
+    asked = {"max_replicas": 2, "target_ongoing_requests": 5}
+    assert (
+        ServedModel(generator="vllm!m", autoscaling_config=asked).deployment_options()[
+            "autoscaling_config"
+        ]
+        == asked
+    )
+    # a stopping replica has time to drain and unload before Serve kills it
+    assert options["graceful_shutdown_timeout_s"] == 120.0
     assert ServedModel(generator="vllm!m").deployment_options()["num_replicas"] == 1
 
 

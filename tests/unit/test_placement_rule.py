@@ -199,3 +199,27 @@ def test_data_parallel_engines_are_refused_in_favour_of_replicas_on_every_path()
     with pytest.raises(PlacementError, match=message):
         build_app(ServedModel(generator=copies))
     assert place(VLLMGenerator(model="m", engine_args={"data_parallel_size": 1})).bundles is None
+
+
+def test_before_ray_runs_an_engine_counts_this_machines_gpus(monkeypatch, tmp_path) -> None:
+    """An app built before `serve.run` starts a local Ray reserves the GPU that Ray will
+    count: this machine's, as NVIDIA's driver lists them, within CUDA_VISIBLE_DEVICES."""
+    from rig_ray.cluster import placement
+    from rig_ray.generator import vllm_sizing
+
+    monkeypatch.setattr(vllm_sizing, "ray_running", lambda: False)
+    monkeypatch.setattr(placement, "NVIDIA_GPUS", str(tmp_path / "none"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert placement.cluster_gpus() == 0
+    assert place(VLLMGenerator(model="m")).num_gpus == 0  # a CPU machine: a CPU engine
+    gpus = tmp_path / "gpus"
+    for address in ("0000:17:00.0", "0000:65:00.0"):
+        (gpus / address).mkdir(parents=True)
+    monkeypatch.setattr(placement, "NVIDIA_GPUS", str(gpus))
+    assert placement.cluster_gpus() == 2
+    assert place(VLLMGenerator(model="m")).num_gpus == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert placement.machine_gpus() == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert placement.machine_gpus() == 0
+    assert place(VLLMGenerator(model="m")).num_gpus == 0
