@@ -9,6 +9,7 @@ engines' own processes under them) are gone, so the resources are free when it r
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import typing as t
 
@@ -16,12 +17,17 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.cluster.placement import Placement, place, refuse_what_the_cluster_cannot_hold
-from rig_ray.cluster.remote_generator import RemoteGenerator
+from rig_ray.cluster.remote_generator import TEARDOWN_UNLOAD_S, RemoteGenerator
 from rig_ray.generator.base import GenerateParams, Generator, Messages
 from rig_ray.generator.registry import get_generator
 
 PROCESS_EXIT_WAIT_S = 60.0
 """How long `unload` waits for an ended actor's processes to exit."""
+UNLOAD_WAIT_S = 180.0
+"""How long `unload` waits for the engines to unload before it ends their actors anyway
+(a call they still run, left behind by Ray Data actors that ended, or a hung engine)."""
+
+logger = logging.getLogger(__name__)
 
 
 class EngineTimes(BaseModel):
@@ -152,15 +158,26 @@ class StageEngines:
     def unload(self) -> None:
         """Unload every engine, end the actors and wait for their processes to exit."""
         import ray
+        from ray.exceptions import GetTimeoutError
 
         if not self._members:
             return
         self.times.unload_started = time.time()
         every = [remote for member in self._members for remote in member]
-        with contextlib.suppress(Exception):  # an actor that died has nothing loaded
-            ray.get([remote.actor.unload.remote() for remote in every])
-        for remote in every:
-            remote.teardown()
+        unloaded = False
+        try:
+            ray.get([remote.actor.unload.remote() for remote in every], timeout=UNLOAD_WAIT_S)
+            unloaded = True
+        except GetTimeoutError:
+            logger.warning(
+                "the stage %r's engines did not unload in %.0fs; their actors are ended",
+                self.stage.name,
+                UNLOAD_WAIT_S,
+            )
+        except Exception:  # an actor that died has nothing loaded
+            unloaded = True
+        for remote in every:  # unloads what is left first, unless that hung already
+            remote.teardown(unload_timeout_s=TEARDOWN_UNLOAD_S if unloaded else 0)
         _await_exit([*self.times.actor_pids, *self.times.engine_pids])
         self._members = []
         self.times.unload_finished = time.time()

@@ -198,3 +198,14 @@ class HoldsGroupGpus(EchoGenerator):
 class _GpuWorker:
     def ready(self) -> bool:
         return True
+
+
+class HangsOnUnload(NotesUnload):
+    """Notes its load; its unload never returns (a hung engine)."""
+
+    def unload(self) -> t.Self:
+        import threading
+
+        if self._up:
+            threading.Event().wait()
+        return self

@@ -106,3 +106,23 @@ def test_a_dead_engine_restarts_the_batch_actor_and_its_batch_is_retried(
     found = notes(log)
     assert ("unload", died) in found  # what was left of the dead engine was unloaded
     assert any(kind == "load" and pid != died for kind, pid in found)  # a restarted actor
+
+
+def test_a_pipeline_stage_whose_engine_hangs_on_unload_still_ends_its_actors(
+    ray_and_serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import psutil
+
+    from rig_ray.batch import Stage, pipeline_engines
+    from tests.ray.placement_members import HangsOnUnload
+
+    monkeypatch.setattr(pipeline_engines, "UNLOAD_WAIT_S", 1.0)
+    log = tmp_path / "log"
+    stage = Stage("stuck", generator=HangsOnUnload(model="h", log=str(log)), template="$q")
+    engines = pipeline_engines.StageEngines(stage, CPU)
+    engines.load()
+    [(kind, pid)] = notes(log)
+    assert kind == "load"
+    engines.unload()  # returns: the actor is ended though its engine never unloaded
+    assert "did not unload in 1s" in caplog.text
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
