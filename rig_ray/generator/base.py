@@ -276,6 +276,12 @@ class Generator(BaseModel, rounds.SyncGenerate):
         """Whether the engine is in memory; generators without one are always loaded."""
         return True
 
+    @property
+    def engine_died(self) -> bool:
+        """Whether the loaded engine has died (its processes gone): the next call starts it
+        again where the generator may, or fails."""
+        return False
+
     def load(self) -> t.Self:
         """Bring the engine into memory; idempotent. Returns self for chaining."""
         return self

@@ -128,6 +128,11 @@ class VLLMGenerator(LocalGenerator):
     def is_loaded(self) -> bool:
         return self._engine is not None
 
+    @property
+    def engine_died(self) -> bool:
+        engine = self._engine
+        return engine is not None and _errored(engine)
+
     def _engine_kwargs(self, path: str, on_cpu: bool) -> dict[str, t.Any]:
         kwargs: dict[str, t.Any] = {
             "gpu_memory_utilization": self.gpu_memory_utilization,

@@ -179,6 +179,8 @@ class GeneratorDeployment:
     async def check_health(self) -> None:
         if not self._generator.is_loaded:
             raise RuntimeError(f"the engine of model {self._name!r} is not loaded")
+        if self._generator.engine_died:  # Serve replaces the replica, with or without traffic
+            raise RuntimeError(f"the engine of model {self._name!r} died")
         if self._health is not None:
             self._health.check()
 

@@ -63,6 +63,7 @@ async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
     with pytest.raises(rr.EngineDeadError):
         await asyncio.wait_for(running, 120)
     await wait_until(lambda: engine.errored)
+    assert tiny.engine_died and tiny.is_loaded  # what a Serve replica's health check reads
     wrapped = rr.VLLMGenerator.from_obj(engine)
     with pytest.raises(rr.EngineDeadError, match="never replaces"):
         await wrapped.generate_texts(["x"], [GenerateParams(max_tokens=2)])
@@ -70,6 +71,7 @@ async def test_a_dead_engine_fails_its_calls_and_its_owner_starts_another(tiny):
     ticks = await ticks_during(reload)  # restarted off this loop: it kept running
     assert ticks >= 10
     assert tiny._engine is not engine and engine_children()
+    assert not tiny.engine_died
     [result] = await tiny.generate_texts(["again"], [GenerateParams(max_tokens=2)])
     assert isinstance(result, rr.GeneratedText)
 

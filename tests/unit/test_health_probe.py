@@ -86,3 +86,24 @@ def test_a_probe_left_unanswered_fails_the_check_once_its_time_is_up() -> None:
         probe.close()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_whose_engine_died_fails_its_health_check() -> None:
+    from pydantic import PrivateAttr
+
+    from rig_ray.serve.deployment import GeneratorDeployment
+    from tests.fakes import EchoGenerator
+
+    class DiedEngine(EchoGenerator):
+        _dead: bool = PrivateAttr(False)
+
+        @property
+        def engine_died(self) -> bool:
+            return self._dead
+
+    replica = GeneratorDeployment.func_or_class.__new__(GeneratorDeployment.func_or_class)
+    replica._generator, replica._name, replica._health = DiedEngine(model="d"), "d", None
+    asyncio.run(replica.check_health())
+    replica._generator._dead = True
+    with pytest.raises(RuntimeError, match="the engine of model 'd' died"):
+        asyncio.run(replica.check_health())
