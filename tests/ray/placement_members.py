@@ -209,3 +209,27 @@ class HangsOnUnload(NotesUnload):
         if self._up:
             threading.Event().wait()
         return self
+
+
+class NotesLoadSpan(EchoGenerator):
+    """Its load takes `load_s` (an engine filling its share of a GPU) and appends its start
+    and end times, as a JSON line, to the file `log`."""
+
+    log: str
+    load_s: float = 1.0
+    _up: bool = PrivateAttr(False)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._up
+
+    def load(self) -> t.Self:
+        import time
+
+        if not self._up:
+            started = time.time()
+            time.sleep(self.load_s)  # long by construction: another load would overlap it
+            self._up = True
+            with open(self.log, "a") as out:
+                out.write(json.dumps([started, time.time()]) + "\n")
+        return self

@@ -264,3 +264,31 @@ def test_serve_refuses_first_replicas_whose_gpus_its_own_ray_cannot_hold(tmp_pat
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the served models' first replicas needs 5 GPU(s) at once" in done.stderr
     assert "this Ray has 4" in done.stderr
+
+
+def test_engines_on_shares_of_a_gpu_load_one_at_a_time(gpu_ray: t.Any, tmp_path: t.Any) -> None:
+    """vLLM sizes its cache from the GPU's free memory as it loads: engines sharing a GPU
+    must not load side by side, in one stage or across stages."""
+    from rig_ray.batch import Stage
+    from rig_ray.batch.pipeline_engines import StageEngines
+    from tests.ray.placement_members import NotesLoadSpan
+
+    log = tmp_path / "loads.jsonl"
+    stages = [
+        Stage(name, generator=NotesLoadSpan(model=name, log=str(log)), template="$q", **options)
+        for name, options in (("a", {"replicas": 2}), ("b", {}))
+    ]
+    engines = [StageEngines(stage.model_copy(update={"num_gpus": 0.5}), CPU) for stage in stages]
+    try:
+        import concurrent.futures
+        import itertools
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # as stream mode loads stages
+            list(pool.map(lambda e: e.load(), engines))
+        spans = sorted(json.loads(line) for line in log.read_text().splitlines())
+        assert len(spans) == 3
+        assert all(one[1] <= two[0] for one, two in itertools.pairwise(spans))
+    finally:
+        for stage_engines in engines:
+            stage_engines.unload()
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
