@@ -119,11 +119,20 @@ def place(
     if num_gpus is not None and num_gpus < 0:
         raise PlacementError(f"num_gpus must not be negative, got {num_gpus:g}", need=need)
     if need == 1:
-        if num_gpus is not None and num_gpus > 1:
+        spreads = getattr(generator, "spreads_over_its_gpus", lambda: False)()
+        if num_gpus is not None and num_gpus > 1 and spreads:  # the actor holds them all
+            if num_gpus != int(num_gpus):
+                raise PlacementError(
+                    f"num_gpus={num_gpus:g}: more than one GPU is asked for in whole GPUs",
+                    need=need,
+                    num_gpus=num_gpus,
+                )
+        elif num_gpus is not None and num_gpus > 1:
             raise PlacementError(
                 f"num_gpus={num_gpus:g}, but the engine uses one GPU ({_sizes(generator)}): "
                 "the others would be reserved and never used; set tensor_parallel_size (or "
-                "pipeline_parallel_size) to spread the model over them, or leave num_gpus at 1",
+                "pipeline_parallel_size; for transformers, device_map='auto') to spread the "
+                "model over them, or leave num_gpus at 1",
                 need=need,
                 num_gpus=num_gpus,
             )

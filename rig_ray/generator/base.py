@@ -237,6 +237,11 @@ class Generator(BaseModel, rounds.SyncGenerate):
         one unless told otherwise (see `rig_ray.cluster.placement`)."""
         return False
 
+    def spreads_over_its_gpus(self) -> bool:
+        """Whether one engine spreads itself over every GPU its process is given
+        (transformers' `device_map`): its actor may then take several GPUs itself."""
+        return False
+
     def __eq__(self, other: object) -> bool:
         """Same class and settings; the api_key, never written into identifiers, is not compared.
 

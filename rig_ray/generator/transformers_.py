@@ -101,7 +101,12 @@ class TransformersGenerator(LocalGenerator):
         self._counter = None
 
     def takes_a_gpu_where_there_is_one(self) -> bool:
-        return self.device_map is None and (self.device is None or self.device.startswith("cuda"))
+        if self.device_map is not None:  # accelerate places it on whatever GPUs it sees
+            return self.device_map != "cpu"
+        return self.device is None or self.device.startswith("cuda")
+
+    def spreads_over_its_gpus(self) -> bool:
+        return self.device_map is not None and self.device_map != "cpu"
 
     def load(self) -> t.Self:
         with self._lock:

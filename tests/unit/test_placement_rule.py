@@ -131,7 +131,8 @@ def test_an_engine_that_finds_a_gpu_takes_one_where_the_cluster_has_gpus(monkeyp
     from rig_ray.generator.transformers_ import TransformersGenerator
 
     vllm = VLLMGenerator(model="m")
-    assert place(vllm).num_gpus == 0  # no Ray running here: a CPU engine
+    monkeypatch.setattr(placement, "cluster_gpus", lambda: 0.0)
+    assert place(vllm).num_gpus == 0  # no GPU in the cluster: a CPU engine
     monkeypatch.setattr(placement, "cluster_gpus", lambda: 8.0)
     assert place(vllm).num_gpus == 1  # vLLM would take GPU 0 anyway: it is reserved
     assert place(vllm, num_gpus=0).num_gpus == 0  # kept off the GPUs when asked
@@ -140,6 +141,15 @@ def test_an_engine_that_finds_a_gpu_takes_one_where_the_cluster_has_gpus(monkeyp
     assert place(TransformersGenerator(model="m", device="cuda:1")).num_gpus == 1
     assert place(TransformersGenerator(model="m", device="cpu")).num_gpus == 0
     assert place(EchoGenerator(model="e")).num_gpus == 0  # runs where it is put
+    spread = TransformersGenerator(model="m", device_map="auto")  # over the GPUs it sees
+    assert place(spread).num_gpus == 1  # never the node's every GPU, unreserved
+    assert place(spread, num_gpus=2).num_gpus == 2  # its actor holds both: no group
+    assert place(spread, num_gpus=2).bundles is None
+    with pytest.raises(PlacementError, match="in whole GPUs"):
+        place(spread, num_gpus=1.5)
+    with pytest.raises(PlacementError, match="device_map='auto'"):
+        place(TransformersGenerator(model="m"), num_gpus=2)
+    assert place(TransformersGenerator(model="m", device_map="cpu")).num_gpus == 0
     monkeypatch.setattr(placement, "cluster_gpus", lambda: 0.0)
     assert place(vllm).num_gpus == 0
 
