@@ -121,7 +121,19 @@ def start_job(spec: JobSpec) -> t.Any:
     import ray
 
     task = ray.remote(num_cpus=0, max_retries=0)(run_job)
-    return task.remote(spec)
+    return task.options(**job_placement(spec.job)).remote(spec)
+
+
+def job_placement(job: str) -> dict[str, t.Any]:
+    """Where the job task runs: a job folder on this node's own disk (no URI scheme) is
+    written there, so the task runs on this node; a shared store lets Ray choose."""
+    if "://" in job:
+        return {}
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
 
 
 def requested(job: str) -> dict[str, int]:

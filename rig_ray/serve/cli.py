@@ -185,6 +185,14 @@ def _start(
         _api_key(argparse.Namespace(**{**vars(args), "host": host}))
     if rebuild is not None and (args.address != "local" or cluster_gpus() > 0):
         app = rebuild()
+    if "://" not in (args.batch_storage or "") and len([n for n in ray.nodes() if n["Alive"]]) > 1:
+        print(
+            "rig-ray: the batch storage is a folder on each node's own disk; with replicas "
+            "on several nodes, /v1/files and /v1/batches are split between them: give "
+            "--batch-storage a URI that every node reaches (s3://..., gs://...)",
+            file=sys.stderr,
+            flush=True,
+        )
     refuse_what_the_cluster_cannot_hold(  # on a Ray of its own: rather than wait forever
         [(model.placement(), model.first_replicas()) for model in served],
         "the served models' first replicas",

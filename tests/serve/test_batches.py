@@ -331,3 +331,14 @@ async def test_an_expired_batch_keeps_the_lines_that_finished(
     output = parse((await client.files.content(batch.output_file_id)).content)
     ids = [x["custom_id"] for x in output]
     assert 2 <= len(ids) < LONG_LINES and batch.request_counts.completed == len(ids)
+
+
+def test_a_job_on_this_nodes_disk_runs_on_this_node(local_ray: t.Any) -> None:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rig_ray.serve.batch_job import job_placement
+
+    strategy = job_placement("/var/cache/rig_ray/batch-storage/jobs/b1")["scheduling_strategy"]
+    assert isinstance(strategy, NodeAffinitySchedulingStrategy) and not strategy.soft
+    assert strategy.node_id == local_ray.get_runtime_context().get_node_id()
+    assert job_placement("s3://bucket/batch-storage/jobs/b1") == {}  # any node reaches it
