@@ -195,15 +195,24 @@ class CompletionRequest(_Request):
 # -- responses -----------------------------------------------------------------------------
 
 
+# OpenAI's objects with every key OpenAI's own carry; those rig_ray has no value for are null.
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: None = None
+    completion_tokens_details: None = None
 
 
 class ChatMessageOut(BaseModel):
     role: t.Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None
+    annotations: None = None
+    audio: None = None
+    function_call: None = None
 
 
 class ChatChoice(BaseModel):
@@ -220,6 +229,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageOut | None
+    service_tier: None = None
+    system_fingerprint: None = None
 
 
 class CompletionChoice(BaseModel):
@@ -236,6 +247,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageOut | None
+    system_fingerprint: None = None
 
 
 class ModelCard(BaseModel):

@@ -18,6 +18,9 @@ from rig_ray.batch.openai_files import prepare, read_invalid
 from rig_ray.errors import BatchInputError
 from tests.fakes import EchoGenerator, FailingGenerator
 
+NO_MESSAGE_EXTRAS = dict.fromkeys(("refusal", "annotations", "audio", "function_call"))
+"""OpenAI's message keys that rig_ray has no value for: null, as OpenAI's own."""
+
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"num_cpus": 0.25, "progress": False}
 
@@ -160,12 +163,18 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "one"},
+            "message": {"role": "assistant", "content": "one", **NO_MESSAGE_EXTRAS},
             "finish_reason": "stop",
             "logprobs": None,
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    assert body["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "total_tokens": 2,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
     many = outputs[2]["response"]["body"]
     assert [choice["index"] for choice in many["choices"]] == [0, 1, 2]
     assert many["usage"]["prompt_tokens"] == 1 and many["usage"]["completion_tokens"] == 3

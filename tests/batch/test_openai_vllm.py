@@ -1,5 +1,6 @@
 """The same OpenAI batch file through vLLM's own batch runner and through `rig-ray batch` on
-vLLM, both float32: the output lines have vLLM's keys and types, and greedy text is equal.
+vLLM, both float32: the output lines have the same keys (but vLLM's own extensions) and
+types, nested keys included, and greedy text is equal.
 
 Two engine starts (one per runner): slow. Run it under `flock /tmp/vllm.lock`.
 """
@@ -44,13 +45,35 @@ def batch_lines() -> list[dict[str, t.Any]]:
     ]
 
 
+VLLM_ONLY = frozenset(
+    {
+        "prompt_logprobs",
+        "prompt_token_ids",
+        "prompt_text",
+        "kv_transfer_params",
+        "ec_transfer_params",
+        "metrics",
+        "stop_reason",
+        "token_ids",
+        "routed_experts",
+        "reasoning",
+    }
+)
+"""Keys of vLLM's own extensions to OpenAI's objects, which rig_ray's lines need not carry."""
+
+
 def shape_differences(ours: t.Any, theirs: t.Any, where: str = "") -> list[str]:
-    """Where our value has a key vLLM's lacks, or another type than vLLM's (None on either side
-    is a missing value, not a type)."""
+    """Where our value has a key vLLM's lacks, lacks one of OpenAI's keys that vLLM's has, or
+    has another type than vLLM's (None on either side is a missing value, not a type)."""
     if ours is None or theirs is None:
         return []
     if isinstance(ours, dict) and isinstance(theirs, dict):
         found = [f"{where}.{key}: not in vLLM's line" for key in ours if key not in theirs]
+        found += [
+            f"{where}.{key}: only in vLLM's line"
+            for key in theirs
+            if key not in ours and key not in VLLM_ONLY
+        ]
         for key in ours.keys() & theirs.keys():
             found += shape_differences(ours[key], theirs[key], f"{where}.{key}")
         return found

@@ -157,7 +157,13 @@ async def test_n_choices_are_items_of_one_batch(endpoint: Endpoint) -> None:
     assert [c["message"]["content"] for c in reply["choices"]] == ["again"] * 3
     assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
     # the fake counts words: the prompt once, each choice's reply
-    assert reply["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert reply["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 3,
+        "total_tokens": 4,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
     after = await batch_stats("echo")
     assert after["recent"][len(before["recent"]) :] == [3]
 

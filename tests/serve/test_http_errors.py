@@ -111,7 +111,13 @@ def test_streamed_chat_events() -> None:
     ]  # fmt: skip
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 4,
+        "total_tokens": 9,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
     assert {(c["id"], c["object"], c["model"]) for c in chunks} == {
         ("id-1", "chat.completion.chunk", "m")
     }
