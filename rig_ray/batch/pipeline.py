@@ -9,7 +9,7 @@ import warnings
 from rig_ray.batch import concurrency
 from rig_ray.batch.data_tasks import remote_args, split_rows
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
-from rig_ray.batch.placement import fit_cpus, gpus_per_actor
+from rig_ray.batch.placement import fit_cpus, gpus_in_all
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -130,7 +130,8 @@ def generate(
             f"generations_column {generations_column!r} is not a column of the input"
         )
     if num_cpus is None:
-        num_cpus, _ = fit_cpus(None, gpus_per_actor(members, num_gpus), replicas * len(members))
+        gpus = gpus_in_all(members, num_gpus, replicas)
+        num_cpus, _ = fit_cpus(None, gpus, replicas * len(members))
     placements = [place(member, num_gpus=num_gpus, num_cpus=num_cpus) for member in members]
     from ray.data import ActorPoolStrategy
 

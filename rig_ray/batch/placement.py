@@ -153,16 +153,27 @@ def fixed_cluster() -> bool:
 def gpus_per_actor(members: t.Sequence[Generator], num_gpus: float | None) -> float:
     """The most GPUs an actor of one of `members` takes (by `rig_ray.cluster.placement`); on
     a cluster that cannot grow, an engine whose GPUs no node holds is a PlacementError."""
+    return max(_member_gpus(members, num_gpus))
+
+
+def gpus_in_all(members: t.Sequence[Generator], num_gpus: float | None, replicas: int) -> float:
+    """The GPUs the job's actors take together: each generator's (engines of several sizes
+    add up as they are), times its replicas; refused as `gpus_per_actor` refuses."""
+    return replicas * sum(_member_gpus(members, num_gpus))
+
+
+def _member_gpus(members: t.Sequence[Generator], num_gpus: float | None) -> list[float]:
     from rig_ray.cluster.placement import place, refuse_what_no_node_holds
 
     placements = [place(member, num_gpus=num_gpus) for member in members]
     for placement in placements:
         refuse_what_no_node_holds(placement)
-    return max(placement.total_gpus for placement in placements)
+    return [placement.total_gpus for placement in placements]
 
 
 def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[float, str | None]:
-    """CPUs per actor, and a note for the progress line when the job must wait for resources.
+    """CPUs per actor, and a note for the progress line when the job must wait for resources;
+    `num_gpus` is what the `actors` take in all (`gpus_in_all`).
 
     One CPU (half of a one-CPU cluster) stays free for Ray Data's own tasks. On a fixed
     cluster, `num_cpus=None` shrinks to fit and an explicit request that cannot fit is a
@@ -178,11 +189,11 @@ def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[floa
     fixed = fixed_cluster()
     if num_cpus is None and fixed and actors * wanted + reserve > cpus:
         wanted = round(max(cpus - reserve, 0.0) / actors, 3)
-    short = actors * wanted + reserve > cpus + 1e-9 or actors * num_gpus > gpus + 1e-9
+    short = actors * wanted + reserve > cpus + 1e-9 or num_gpus > gpus + 1e-9
     if not short:
         return wanted, None
-    need = f"{actors} actor(s) needing {wanted:g} CPU" + (
-        f" and {num_gpus:g} GPU each" if num_gpus else " each"
+    need = f"{actors} actor(s) needing {wanted:g} CPU each" + (
+        f" and {num_gpus:g} GPU(s) in all" if num_gpus else ""
     )
     have = f"{cpus:g} CPUs and {gpus:g} GPUs, {reserve:g} CPU kept for Ray Data's tasks"
     if fixed:
@@ -203,6 +214,7 @@ __all__: t.Sequence[str] = [
     "JOIN_TIMEOUT_S",
     "fit_cpus",
     "fixed_cluster",
+    "gpus_in_all",
     "gpus_per_actor",
     "join",
     "size_engines_ahead",

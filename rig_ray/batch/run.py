@@ -18,6 +18,7 @@ from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with
 from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import (
     fit_cpus,
+    gpus_in_all,
     gpus_per_actor,
     join,
     quiet_ray_logs,
@@ -152,7 +153,7 @@ def run(
         seconds_per_part=seconds_per_part,
         retry_failed=retry_failed,
         num_cpus=num_cpus,
-        gpus_per_actor=0,
+        gpus_in_all=0,
         label=progress_label,
     )
     try:
@@ -185,7 +186,9 @@ def _run_source(
         quiet_ray_logs()
     size_engines_ahead(members, options.get("num_gpus"))
     join(address)
-    gpus = gpus_per_actor(members, options.get("num_gpus"))  # unset: by the cluster's GPUs
+    replicas = options.get("replicas", 1)  # a bad value is refused by `generate`, naming it
+    replicas = replicas if isinstance(replicas, int) and replicas > 0 else 1
+    gpus = gpus_in_all(members, options.get("num_gpus"), replicas)  # unset: by the cluster's
     size_engines_ahead(members, options.get("num_gpus"))  # those on GPUs, now that Ray runs
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
@@ -199,7 +202,7 @@ def _run_source(
                 dataset,
                 spec,
                 manifest,
-                settings._replace(gpus_per_actor=gpus),
+                settings._replace(gpus_in_all=gpus),
                 options,
             )
 
@@ -252,7 +255,7 @@ class _Settings(t.NamedTuple):
     seconds_per_part: float
     retry_failed: bool
     num_cpus: float | None
-    gpus_per_actor: float
+    gpus_in_all: float
     label: str = "rig-ray batch"
 
 
@@ -356,7 +359,7 @@ def _run(
     counts = _Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
         actors = manifest.num_generators * int(options.get("replicas", 1))
-        num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_per_actor, actors)
+        num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_in_all, actors)
         meter.note = waiting
         with BatchGroups.scope():  # the actors' GPU groups go when the job is done
             generations = generate(plan.dataset, num_cpus=num_cpus, **options)

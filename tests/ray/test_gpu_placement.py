@@ -292,3 +292,24 @@ def test_engines_on_shares_of_a_gpu_load_one_at_a_time(gpu_ray: t.Any, tmp_path:
         for stage_engines in engines:
             stage_engines.unload()
     assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+def test_a_batch_job_of_engines_of_several_sizes_counts_their_gpus_as_they_are(
+    gpu_ray: t.Any, tmp_path: t.Any
+) -> None:
+    """Engines of 2, 1 and 1 GPUs take 4 GPUs together: they fit this Ray's 4 (counting the
+    largest for every actor would have asked for 6, and refused the job)."""
+    from rig_ray.batch import run
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": str(n), "q": f"q{n}"}) + "\n" for n in range(6)))
+    members = [
+        WhereAmI(model="two", tensor_parallel_size=2),
+        WhereAmI(model="one"),
+        WhereAmI(model="also-one"),
+    ]
+    summary = run(
+        str(source), str(tmp_path / "out"), generators=members, template="$q", progress=False
+    )
+    assert summary.generations_written == 6 and summary.failed == 0
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
