@@ -24,7 +24,7 @@ from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN, row_generations
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.options import restore_payload
-from rig_ray.cluster.remote_generator import describe
+from rig_ray.cluster.remote_generator import RemoteGenerator, describe
 from rig_ray.errors import BatchStoppedError, EngineDeadError
 from rig_ray.generator import seeds
 from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
@@ -96,13 +96,16 @@ class GenerateStage:
         self._one_batch_at_a_time = isinstance(self._generator, LocalGenerator) and not (
             self._generator.batches_continuously
         )
+        if isinstance(self._generator, LocalGenerator):  # a dead engine: the actor restarts
+            self._generator.leave_a_dead_engine_to_its_owner()
 
     def __del__(self) -> None:
         """The engine goes with the actor: Ray Data drops the stage when it ends its actors
         (`__ray_shutdown__` of its worker), and an engine left behind would keep its
-        processes and memory."""
+        processes and memory. An engine in an actor of its own (`rr.remote()`) is its
+        owner's, and stays as it is."""
         generator = getattr(self, "_generator", None)
-        if generator is not None:
+        if generator is not None and not isinstance(generator, RemoteGenerator):
             with contextlib.suppress(Exception):
                 generator.unload()
 
@@ -160,9 +163,9 @@ class GenerateStage:
     ) -> tuple[t.Sequence[GeneratedMessage | BaseException], float]:
         if not conversations:
             return [], 0.0
-        if self._config.row_requests is not None:
+        if self._config.row_requests is not None:  # each row's clock is its own
             return await self._timed(
-                lambda: self._row_by_row(conversations, params), len(conversations)
+                lambda: self._row_by_row(conversations, params), len(conversations), timed=False
             )
         generate = self._structured.generate if self._structured else generate_messages
         return await self._timed(
@@ -173,17 +176,25 @@ class GenerateStage:
         self, conversations: list[list[Message]], params: list[GenerateParams]
     ) -> list[GeneratedMessage | BaseException]:
         """Each item as its own engine call, holding one of the actor's row slots while it
-        runs: the batches of this actor share the engine, and a slow row keeps only its slot."""
+        runs: the batches of this actor share the engine, and a slow row keeps only its slot.
+        `batch_timeout_s` counts from when a row has its slot, not while it waits for one."""
         slots = await self._row_slots()
         generate = self._structured.generate if self._structured else generate_messages
+        timeout = self._config.batch_timeout_s
 
         async def one(conversation: list[Message], item: GenerateParams) -> t.Any:
             async with slots:
+                clock = asyncio.timeout(timeout)
                 try:
-                    return (await generate(self._generator, [conversation], [item]))[0]
+                    async with clock:
+                        return (await generate(self._generator, [conversation], [item]))[0]
                 except BatchStoppedError:
                     raise
                 except Exception as error:  # the call failed: this item gets the error
+                    if isinstance(error, TimeoutError) and clock.expired():
+                        return TimeoutError(
+                            f"the row took longer than batch_timeout_s={timeout:g} on the engine"
+                        )
                     return error
 
         return list(await asyncio.gather(*map(one, conversations, params)))
@@ -204,10 +215,11 @@ class GenerateStage:
         return await self._timed(lambda: self._generator.generate_texts(texts, params), len(texts))
 
     async def _timed(
-        self, make: t.Callable[[], t.Awaitable[t.Sequence[_R]]], count: int
+        self, make: t.Callable[[], t.Awaitable[t.Sequence[_R]]], count: int, timed: bool = True
     ) -> tuple[t.Sequence[_R | BaseException], float]:
-        """Run the engine call `make()` under `batch_timeout_s`: on an engine that runs one
-        call at a time, the clock starts when the engine takes the call, not while it waits."""
+        """Run the engine call `make()` under `batch_timeout_s` (unless not `timed`: it times
+        its rows itself): on an engine that runs one call at a time, the clock starts when
+        the engine takes the call, not while it waits."""
         started = time.perf_counter()
         running = asyncio.Event()
         token = BATCH_STARTED.set(running.set)
@@ -215,7 +227,7 @@ class GenerateStage:
             call = asyncio.ensure_future(make())
         finally:
             BATCH_STARTED.reset(token)
-        timeout = self._config.batch_timeout_s
+        timeout = self._config.batch_timeout_s if timed else None
         results: t.Sequence[_R | BaseException]
         try:
             if timeout is not None and self._one_batch_at_a_time:

@@ -46,6 +46,14 @@ class LocalGenerator(Generator):
     _worker_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     """Guards making the engine thread only: `_lock` is held by the engine thread while a
     batch runs, and the event loop must never wait on it."""
+    _restart_in_place: bool = PrivateAttr(True)
+
+    def leave_a_dead_engine_to_its_owner(self) -> None:
+        """Never start a dead engine again in place: calls fail with `EngineDeadError`, and
+        whoever holds this generator starts it again (a batch actor exits, and Ray restarts
+        it). A restart in place would race that exit, and could leave an engine process
+        behind it."""
+        self._restart_in_place = False
 
     async def _in_engine_thread(self, fn: t.Callable[..., _R], *args: t.Any) -> _R:
         """Run `fn(*args)` on this generator's engine thread without blocking the loop.

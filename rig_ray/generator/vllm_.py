@@ -225,6 +225,8 @@ class VLLMGenerator(LocalGenerator):
             if engine is None:
                 raise GenerationError(_WRAPPED.format(model=self.model, what="was let go"))
             raise EngineDeadError(_WRAPPED.format(model=self.model, what="died"))
+        if engine is not None and not self._restart_in_place:
+            raise EngineDeadError(f"the vLLM engine of {self.model!r} died")
         await self._in_engine_thread(self._restart, engine)
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:

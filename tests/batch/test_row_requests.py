@@ -102,3 +102,39 @@ async def test_a_failing_call_fails_its_rows_only(monkeypatch, row_requests) -> 
         assert all(e and "engine said no" in e for e in errors)
     else:
         assert "engine said no" in errors[0] and errors[1] is None
+
+
+class Paced(Held):
+    """As Held; a prompt that says "steady" takes `steady_s` (on the engine, by construction)."""
+
+    steady_s: float = 0.0
+
+    async def generate_messages(self, messages, params) -> list[GeneratedMessage | BaseException]:
+        if any("steady" in conversation[-1].content for conversation in messages):
+            await asyncio.sleep(self.steady_s)
+        return await super().generate_messages(messages, params)
+
+
+async def test_a_rows_timeout_counts_from_its_slot_not_while_it_waits(monkeypatch) -> None:
+    """One slot, batch_timeout_s=T: a row holds it for 0.5 T, the next waits that long and
+    then takes 0.8 T. Each is within T on the engine, so neither times out, though the second
+    ends 1.3 T after its batch began; a row on the engine past T does."""
+    timeout = 4.0
+    generator = Paced(model="held", steady_s=0.8 * timeout)
+    monkeypatch.setattr(stage_module, "restore_payload", lambda payload: generator)
+    config = StageConfig(
+        prompts=PromptSpec(template="$topic").resolve(("id", "topic")),
+        input_columns=("id", "topic"),
+        row_requests=1,
+        batch_timeout_s=timeout,
+    )
+    stage = GenerateStage(b"", config)
+    first = asyncio.create_task(stage(batch("slow")))
+    second = asyncio.create_task(stage(batch("steady")))
+    await asyncio.sleep(0.5 * timeout)
+    generator._release.set()
+    done = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert [table.column("error").to_pylist() for table in done] == [[None], [None]]
+    generator._release.clear()
+    [error] = (await stage(batch("slow"))).column("error").to_pylist()  # never released
+    assert "the row took longer than batch_timeout_s=4 on the engine" in error
