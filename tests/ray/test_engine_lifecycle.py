@@ -126,3 +126,25 @@ def test_a_pipeline_stage_whose_engine_hangs_on_unload_still_ends_its_actors(
     engines.unload()  # returns: the actor is ended though its engine never unloaded
     assert "did not unload in 1s" in caplog.text
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_batch_stage_leaves_a_users_remote_engine_as_it_is(ray_and_serve, tmp_path: Path) -> None:
+    """An engine in an actor of its own (`rr.remote()`) is its owner's: a batch actor that
+    ends (or exits to be restarted) does not unload it."""
+    from rig_ray.batch.prompts import PromptSpec
+    from rig_ray.batch.stage import GenerateStage, StageConfig
+    from rig_ray.cluster.options import config_payload
+
+    log = tmp_path / "log"
+    remote = rr.remote(NotesUnload(model="n", log=str(log)), num_cpus=CPU)
+    try:
+        config = StageConfig(
+            prompts=PromptSpec(template="$q").resolve(("id", "q")), input_columns=("id", "q")
+        )
+        stage = GenerateStage(config_payload(remote), config)  # loads it, as a batch actor
+        stage.__del__()  # as Ray Data's end of the actor
+        assert [kind for kind, _ in notes(log)] == ["load"]
+        assert remote.generate([[rr.Message(role="user", content="still here?")]])
+    finally:
+        remote.teardown()
+    assert [kind for kind, _ in wait_for_notes(log, 2)] == ["load", "unload"]
