@@ -50,13 +50,17 @@ def plan(
     batch_size: int | None,
     max_concurrent_batches: int | None,
     placements: t.Sequence[Placement | None] | None = None,
+    num_generations: int = 1,
 ) -> list[Concurrency]:
     """Each member's concurrency, its engine sized where `placements` (one per member) run
     it. Left unset, an engine that batches continuously gets twice the batches that reach
     1.1 x its max_num_seqs (so a batch kept open by its slowest rows leaves the engine enough
     to refill from); an explicit setting that cannot hold max_num_seqs rows gets one warning
-    for the whole job."""
+    for the whole job. Every member's actors see every row but make only their share of its
+    `num_generations`: where that share is under one request a row, they take that many more
+    rows to keep their engine as full."""
     size = batch_size or DEFAULT_BATCH_SIZE
+    share = min(1.0, num_generations / max(len(members), 1))  # requests a row, per member
     plans: list[Concurrency] = []
     short: list[str] = []
     where = list(placements) if placements is not None else [None] * len(members)
@@ -68,7 +72,7 @@ def plan(
             continue
         target = vllm_sizing.in_flight(seqs)
         concurrent = max_concurrent_batches or max(
-            DEFAULT_MAX_CONCURRENT_BATCHES, 2 * math.ceil(target / size)
+            DEFAULT_MAX_CONCURRENT_BATCHES, 2 * math.ceil(target / (size * share))
         )
         if size * concurrent < seqs:
             short.append(f"{member.model} runs {seqs} sequences at once")

@@ -137,7 +137,7 @@ def generate(
 
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
-    plans = concurrency.plan(members, batch_size, max_concurrent_batches, placements)
+    plans = concurrency.plan(members, batch_size, max_concurrent_batches, placements, count)
     batches = split_rows(dataset, plans[0].batch_size, data_cpus)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):

@@ -81,6 +81,20 @@ def test_a_vllm_batch_actor_keeps_more_than_max_num_seqs_in_flight(caplog) -> No
 
 
 @pytest.mark.usefixtures("vllm_here")
+def test_a_pool_member_takes_more_rows_where_it_makes_under_one_request_a_row() -> None:
+    """Each of four generators makes a quarter of the rows' one generation: its actors take
+    four times the rows to keep its engine as full; with four generations a row, one each."""
+    four = [rr.VLLMGenerator(model=name) for name in "abcd"]
+    (alone,) = concurrency.plan(four[:1], None, None)
+    pooled = concurrency.plan(four, None, None, num_generations=1)
+    for member in pooled:  # a quarter of its rows' requests still reach twice its slots
+        assert member.row_requests == alone.row_requests  # the engine's own cap
+        rows = member.batch_size * member.max_concurrent_batches
+        assert rows / 4 >= 2 * member.row_requests > rows / 4 - 2 * member.batch_size
+    assert concurrency.plan(four, None, None, num_generations=4)[0] == alone
+
+
+@pytest.mark.usefixtures("vllm_here")
 def test_explicit_settings_that_cannot_fill_the_engine_warn_once(caplog) -> None:
     members = [rr.VLLMGenerator(model="a"), rr.VLLMGenerator(model="b")]
     with caplog.at_level(logging.WARNING, logger="rig_ray.batch"):
