@@ -76,6 +76,7 @@ _LABELS = {
     "id_column": "id column",
     "params_column": "params column",
     "structured": "structured output (parse_as / json_schema)",
+    "seeds": "seeds (per row, or per request as the endpoint)",
 }
 
 
@@ -102,6 +103,8 @@ class Manifest(BaseModel):
     """The column with each row's own number of generations, where rows ask for their own."""
     structured: dict[str, t.Any] | None = None
     """`parse_as` (as module:Class) and `json_schema`, when the job reads them out of replies."""
+    seeds: str = "row"
+    """How seeded samples are seeded (`generate`'s `seeds`)."""
 
     def differences(self, earlier: Manifest) -> list[str]:
         """The fields in which this run's settings differ from the `earlier` run's; a higher

@@ -89,4 +89,5 @@ def job_options(
         "text_column": openai_files.TEXT_COLUMN,
         "num_generations": prepared.num_generations,
         "generations_column": openai_files.N_COLUMN,
+        "seeds": "request",  # a line's seed gives what the endpoint gives for it
     }

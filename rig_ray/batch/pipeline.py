@@ -56,6 +56,7 @@ def generate(
     routes: t.Sequence[str] | None = None,
     generations_column: str | None = None,
     data_cpus: float | None = None,
+    seeds: t.Literal["row", "request"] = "row",
 ) -> ray.data.Dataset:
     """The generations for every row of `dataset`, as a lazy, streaming Ray dataset.
 
@@ -94,6 +95,12 @@ def generate(
     batch retried. Rows without an id get the hash of their conversation and own params
     (`run` also tells identical rows apart, and skips what an earlier run made).
 
+    A seeded sample (a `seed` in the params) is seeded, with `seeds="row"`, from (seed, row
+    id, generation index): a row gives the same text alone, in any batch, or resumed. With
+    `seeds="request"` (an OpenAI batch file's lines), as the endpoint seeds one request's
+    choices: the first takes the seed as given, so a line gives what the same request to the
+    endpoint gives.
+
     Structured outputs: with `parse_as` (a `rig_ray.Model` subclass) every reply is parsed
     and the rows that do not parse are asked again (`max_parse_retries` rounds, one engine
     batch each, as `ChatPipeline.until_parsed_as` does); with `json_schema` (a dict, or a
@@ -103,6 +110,8 @@ def generate(
     """
     members = generator_members(generator, generators)
     count = check_count(num_generations)
+    if seeds not in ("row", "request"):
+        raise InvalidGeneratorError(f"seeds must be 'row' or 'request', not {seeds!r}")
     if replicas < 1:
         raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
     if batch_size is not None and batch_size < 1:
@@ -162,6 +171,7 @@ def generate(
             structured=structured,
             generations_column=generations_column,
             row_requests=sizing.row_requests,
+            seeds=seeds,
         )
         with warnings.catch_warnings():
             # Ray Data takes actor restart limits only as (deprecated) extra remote args.

@@ -317,6 +317,7 @@ def _manifest(
         structured=None
         if structured is None
         else {"parse_as": structured.model_key, "json_schema": structured.json_schema},
+        seeds=options.get("seeds", "row"),
     )
 
 

@@ -62,6 +62,9 @@ class StageConfig(BaseModel):
     """What to read out of each reply into typed columns (parse_as / json_schema)."""
     generations_column: str | None = None
     """The column with each row's own number of generations (at most num_generations)."""
+    seeds: t.Literal["row", "request"] = "row"
+    """How a seeded sample is seeded: from (seed, row id, generation index), or as the
+    endpoint seeds one request's choices (see `rig_ray.generator.seeds`)."""
     row_requests: int | None = Field(None, ge=1)
     """Rows go to the engine one request at a time, at most this many per actor at once (1.1 x
     the loaded engine's capacity, where it reports one); None: one engine call per batch."""
@@ -131,7 +134,11 @@ class GenerateStage:
                 pending.append(_Pending(index, row_id, generation_index))
                 if index in failures:
                     continue
-                sample_params = seeds.for_sample(row_params, row_id, generation_index)
+                sample_params = (
+                    seeds.for_request_sample(row_params, generation_index)
+                    if config.seeds == "request"
+                    else seeds.for_sample(row_params, row_id, generation_index)
+                )
                 if text is not None:
                     texts.add(len(pending) - 1, text, sample_params)
                 else:

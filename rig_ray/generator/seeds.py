@@ -1,5 +1,7 @@
 """Seeds that do not depend on layout: a seeded sample is a function of (seed, row id,
-generation index) only, never of which other items shared its call or its engine request."""
+generation index) only, never of which other items shared its call or its engine request;
+or, for a request (an OpenAI batch line), of (seed, generation index), as the endpoint seeds
+the choices of one request."""
 
 from __future__ import annotations
 
@@ -27,3 +29,12 @@ def for_sample(params: GenerateParams, row_id: str, generation_index: int) -> Ge
     if params.seed is None:
         return params
     return params.model_copy(update={"seed": derive_seed(params.seed, row_id, generation_index)})
+
+
+def for_request_sample(params: GenerateParams, generation_index: int) -> GenerateParams:
+    """`params` for one sample of a request, as the endpoint seeds the `n` choices of one:
+    the first takes the seed as given, choice k (k >= 1) the seed of (seed, k). An OpenAI
+    batch line then gives what the same request to the endpoint gives."""
+    if params.seed is None or generation_index == 0:
+        return params
+    return params.model_copy(update={"seed": derive_seed(params.seed, generation_index)})

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.batch.openai_files import (
     MESSAGES_COLUMN,
+    N_COLUMN,
     PARAMS_COLUMN,
     REQUESTS_FILE,
     TEXT_COLUMN,
@@ -105,6 +106,8 @@ def run_job(spec: JobSpec) -> None:
                 params_column=PARAMS_COLUMN,
                 text_column=TEXT_COLUMN,
                 num_generations=spec.num_generations,
+                generations_column=N_COLUMN,  # each line makes its own n, not the batch's most
+                seeds="request",  # a line's seed gives what the endpoint gives for it
                 batch_size=spec.batch_size,
                 max_concurrent_batches=spec.max_concurrent_batches,
                 progress_label=f"batch {spec.batch_id}",

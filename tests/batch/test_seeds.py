@@ -1,5 +1,6 @@
 """A seeded generation depends on (seed, row id, generation index) only: the same row gives
-the same text alone, in a batch, beside a row with the same prompt, and in a resumed run."""
+the same text alone, in a batch, beside a row with the same prompt, and in a resumed run; an
+OpenAI batch line's, on (seed, generation index), as the endpoint's choices."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
 from rig_ray.generator.base import GenerateParams
-from rig_ray.generator.seeds import derive_seed, for_sample
+from rig_ray.generator.seeds import derive_seed, for_request_sample, for_sample
 from tests.fakes import Conversation, _FakeGenerator, _last_text
 
 
@@ -25,18 +26,21 @@ class SeedEcho(_FakeGenerator):
         return f"{_last_text(item)}@{params.seed}"
 
 
-def stage(seed: int | None = 5) -> GenerateStage:
+def stage(seed: int | None = 5, seeds: t.Literal["row", "request"] = "row") -> GenerateStage:
     config = StageConfig(
         prompts=PromptSpec(template="$topic"),
         num_generations=3,
         params=GenerateParams(temperature=1.0, seed=seed),
         input_columns=("topic",),
+        seeds=seeds,
     )
     return GenerateStage(config_payload(SeedEcho(model="seed-echo")), config)
 
 
-async def texts(rows: list[dict[str, t.Any]], seed: int | None = 5) -> dict[tuple, str]:
-    table = await stage(seed)(pa.Table.from_pylist(rows))
+async def texts(
+    rows: list[dict[str, t.Any]], seed: int | None = 5, seeds: t.Literal["row", "request"] = "row"
+) -> dict[tuple, str]:
+    table = await stage(seed, seeds)(pa.Table.from_pylist(rows))
     out = table.select(["id", "generation_index", "text"]).to_pylist()
     return {(r["id"], r["generation_index"]): r["text"] for r in out}
 
@@ -74,3 +78,17 @@ def test_derived_seeds_are_stable_and_in_range(seed: int) -> None:
     params = GenerateParams(seed=seed)
     assert for_sample(params, "r1", 2).seed == derive_seed(seed, "r1", 2)
     assert for_sample(GenerateParams(), "r1", 2).seed is None
+
+
+async def test_a_request_seeds_its_choices_as_the_endpoint_does() -> None:
+    """An OpenAI batch line (`seeds="request"`): its first choice takes the seed as given, choice
+    k the seed of (seed, k), whatever its row id: what the same request to the endpoint gives."""
+    made = await texts([row("line-1"), row("line-2", "rome")], seeds="request")
+    assert made["line-1", 0] == "paris@5" and made["line-2", 0] == "rome@5"
+    assert (
+        made["line-1", 2]
+        == f"paris@{derive_seed(5, 2)}"
+        == made["line-2", 2].replace("rome", "paris")
+    )
+    assert for_request_sample(GenerateParams(seed=5), 1).seed == derive_seed(5, 1)
+    assert for_request_sample(GenerateParams(), 1).seed is None

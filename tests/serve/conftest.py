@@ -84,7 +84,7 @@ def endpoint(
             limits={"max_stop": MAX_STOP},
         )
         serve.run(app, name=APP_NAME, route_prefix="/")
-        yield Endpoint(local_serve)
+        yield Endpoint(local_serve, batch_storage=storage)
     finally:
         registry._providers.clear()
         registry._providers.update(saved)

@@ -31,6 +31,8 @@ class Endpoint(t.NamedTuple):
 
     port: int
     prefix: str = ""
+    batch_storage: str | None = None
+    """The app's `--batch-storage` folder, where a test looks into it."""
 
     @property
     def url(self) -> str:

@@ -59,24 +59,26 @@ def finished(batch: t.Any) -> bool:
 
 async def test_a_batch_answers_as_the_endpoint_does(endpoint: Endpoint) -> None:
     client = endpoint.openai()
-    questions = ["What is the capital of France?", "Say hello.", "Count to three."]
+    questions = ["What is the capital of France?", "Say hello.", "Count to three.", "A story:"]
+    sampling = [{"temperature": 0}] * 3 + [{"temperature": 1.0, "seed": 1234}]  # seeded
     lines = [
-        line(f"q{i}", q, model=SMOL, temperature=0, max_tokens=12) for i, q in enumerate(questions)
+        line(f"q{i}", q, model=SMOL, max_tokens=12, **how)
+        for i, (q, how) in enumerate(zip(questions, sampling, strict=True))
     ]
     batch = await submit(client, jsonl(lines))
     assert batch.status == "validating" and batch.id.startswith("batch_")
     batch = await wait_for(client, batch.id, finished)
     assert batch.status == "completed", batch
-    assert batch.request_counts.total == 3 and batch.request_counts.completed == 3
+    assert batch.request_counts.total == 4 and batch.request_counts.completed == 4
     assert batch.completed_at and batch.in_progress_at and batch.error_file_id is None
     output = parse((await client.files.content(batch.output_file_id)).content)
-    assert [x["custom_id"] for x in output] == ["q0", "q1", "q2"]
-    for got, question in zip(output, questions, strict=True):
+    assert [x["custom_id"] for x in output] == ["q0", "q1", "q2", "q3"]
+    for got, question, how in zip(output, questions, sampling, strict=True):
         online = await client.chat.completions.create(
             model=SMOL,
             messages=[{"role": "user", "content": question}],
-            temperature=0,
             max_tokens=12,
+            **how,
         )
         body = got["response"]["body"]
         expected = online.model_dump(mode="json", exclude_none=True)
@@ -117,6 +119,12 @@ async def test_bad_lines_land_in_the_error_file(endpoint: Endpoint) -> None:
     output = parse((await client.files.content(batch.output_file_id)).content)
     assert [x["custom_id"] for x in output] == ["good", "good-2"]
     assert len(output[1]["response"]["body"]["choices"]) == 2
+    from rig_ray.batch import read_output
+
+    assert endpoint.batch_storage is not None
+    made = read_output(f"{endpoint.batch_storage}/batches/{batch.id}/job").to_pylist()
+    per_line = sorted((row["id"], row["generation_index"]) for row in made)
+    assert per_line == [("fails", 0), ("good", 0), ("good-2", 0), ("good-2", 1)]  # its own n
     errors = parse((await client.files.content(batch.error_file_id)).content)
     assert [x["custom_id"] for x in errors] == ["other-url", None, "refused", "fails", "stops"]
     assert errors[1]["error"]["line"] == 3
