@@ -37,6 +37,7 @@ class Stage(BaseModel):
     system: str | None = None
     messages_column: str | None = None
     params_column: str | None = None
+    text_column: str | None = None
     num_generations: int = Field(1, ge=1)
     params: GenerateParams | None = None
     replicas: int = Field(1, ge=1)
@@ -58,6 +59,8 @@ class Stage(BaseModel):
     """Rows per Parquet part at most; in stream mode also the size its small parts are
     merged into at the end."""
     seconds_per_part: float = Field(DEFAULT_SECONDS_PER_PART, gt=0)
+    data_cpus: float | None = Field(None, ge=0)
+    """CPUs of each of the stage's Ray Data tasks (None: Ray Data's one)."""
     on_error: OnError = "skip"
 
     def __init__(self, name: str | None = None, /, **data: t.Any) -> None:
@@ -96,6 +99,7 @@ class Stage(BaseModel):
             "system": self.system,
             "messages_column": self.messages_column,
             "params_column": self.params_column,
+            "text_column": self.text_column,
             "num_generations": self.num_generations,
             "params": self.params,
             "batch_size": self.batch_size,
@@ -108,4 +112,5 @@ class Stage(BaseModel):
             "retry_failed": self.retry_failed,
             "rows_per_part": self.rows_per_part,
             "seconds_per_part": self.seconds_per_part,
+            "data_cpus": self.data_cpus,
         }

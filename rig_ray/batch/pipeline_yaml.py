@@ -30,6 +30,7 @@ STAGE_KEYS = (
     "system",
     "messages_column",
     "params_column",
+    "text_column",
     "num_generations",
     "replicas",
     "num_gpus",
@@ -50,6 +51,7 @@ STAGE_KEYS = (
     "max_restarts",
     "rows_per_part",
     "seconds_per_part",
+    "data_cpus",
 )
 
 

@@ -81,3 +81,28 @@ def test_yaml_options_become_the_stage(tmp_path: Path) -> None:
     assert first.params.top_p == 0.5 and first.generator == "echo!x"
     assert second.json_schema == json.loads(schema.read_text()) and second.on_error == "keep"
     assert loaded.gpu_sharing == "auto"
+
+
+def test_a_stage_takes_every_option_a_batch_job_takes() -> None:
+    """`Stage` (and so a YAML stage) has a field for each of `batch.generate`'s options, but
+    those an OpenAI batch file sets for itself."""
+    import inspect
+
+    from rig_ray.batch import Stage, generate
+    from rig_ray.batch.pipeline_yaml import STAGE_KEYS
+
+    own = {"dataset", "route_column", "routes", "generations_column", "seeds"}
+    options = set(inspect.signature(generate).parameters) - own
+    assert options <= set(Stage.model_fields)
+    assert options <= set(STAGE_KEYS)
+
+
+def test_a_yaml_stage_takes_a_text_column_and_data_cpus(tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "input: q.jsonl\noutput: out\nstages:\n"
+        "  - {name: a, generator: echo!x, text-column: body, data-cpus: 0}\n"
+    )
+    (stage,) = load_pipeline(str(config)).stages
+    assert (stage.text_column, stage.data_cpus) == ("body", 0)
+    assert stage.run_options()["text_column"] == "body"

@@ -186,15 +186,11 @@ async def test_max_connections_caps_requests_in_flight(stub: OpenAIStub) -> None
 
 async def test_default_max_connections_runs_concurrently(stub: OpenAIStub) -> None:
     generator = _generator(stub)
-    started = time.monotonic()
     results = await generator.generate_messages(
         _chats(*[f"SLOW {i}" for i in range(6)]), _no_params(6)
     )
-    elapsed = time.monotonic() - started
     assert all(isinstance(r, GeneratedMessage) for r in results), results
-    assert stub.peak_in_flight >= 4
-    # Six 0.3 s requests one after another would take 1.8 s.
-    assert elapsed < 1.5
+    assert stub.peak_in_flight >= 4  # the requests ran side by side, not one after another
 
 
 async def test_min_delay_spaces_out_request_starts(stub: OpenAIStub) -> None:
