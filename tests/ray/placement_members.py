@@ -211,17 +211,11 @@ class HangsOnUnload(NotesUnload):
         return self
 
 
-class NotesLoadSpan(EchoGenerator):
-    """Its load takes `load_s` (an engine filling its share of a GPU) and appends its start
-    and end times, as a JSON line, to the file `log`."""
+class NotesLoadSpan(NotesUnload):
+    """As NotesUnload, but its load takes `load_s` (an engine filling its share of a GPU) and
+    appends its start and end times to the file `log`, as a JSON line."""
 
-    log: str
     load_s: float = 1.0
-    _up: bool = PrivateAttr(False)
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._up
 
     def load(self) -> t.Self:
         import time
