@@ -108,6 +108,7 @@ def test_a_dead_engine_restarts_the_batch_actor_and_its_batch_is_retried(
     assert any(kind == "load" and pid != died for kind, pid in found)  # a restarted actor
 
 
+@pytest.mark.slow  # an engine actor of its own, killed
 def test_a_pipeline_stage_whose_engine_hangs_on_unload_still_ends_its_actors(
     ray_and_serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:

@@ -189,6 +189,7 @@ def test_serve_replicas_place_the_engines_gpus(gpu_ray: t.Any, tp: int) -> None:
     assert wait_until(lambda: all_gpus_free(gpu_ray))
 
 
+@pytest.mark.slow  # pipeline runs of their own
 def test_a_pipeline_resumed_after_a_complete_tensor_parallel_stage(
     gpu_ray: t.Any, tmp_path: t.Any
 ) -> None:
@@ -211,6 +212,7 @@ def test_a_pipeline_resumed_after_a_complete_tensor_parallel_stage(
     assert wait_until(lambda: all_gpus_free(gpu_ray))
 
 
+@pytest.mark.slow  # pipeline runs of their own
 def test_pipeline_stages_whose_engines_this_ray_cannot_hold_are_refused(
     gpu_ray: t.Any, tmp_path: t.Any
 ) -> None:
@@ -266,6 +268,7 @@ def test_serve_refuses_first_replicas_whose_gpus_its_own_ray_cannot_hold(tmp_pat
     assert "this Ray has 4" in done.stderr
 
 
+@pytest.mark.slow  # engine actors of their own
 def test_engines_on_shares_of_a_gpu_load_one_at_a_time(gpu_ray: t.Any, tmp_path: t.Any) -> None:
     """vLLM sizes its cache from the GPU's free memory as it loads: engines sharing a GPU
     must not load side by side, in one stage or across stages."""

@@ -350,6 +350,8 @@ def test_a_batch_keeps_an_actors_continuous_engine_full(start) -> None:
 
     full = start(Continuous(model="c", text="C", seqs=300))
     per_call = start(FixedGenerator(model="f", text="F"))
-    [engine, other] = concurrency.plan([full, per_call], None, None)
+    [engine, other] = concurrency.plan([full, per_call], None, None, num_generations=2)
     assert engine == concurrency.Concurrency(64, 2 * math.ceil(330 / 64), None)
     assert other == concurrency.Concurrency(64, concurrency.DEFAULT_MAX_CONCURRENT_BATCHES, None)
+    [half, _] = concurrency.plan([full, per_call], None, None)  # half the rows' generations
+    assert half == concurrency.Concurrency(64, 2 * math.ceil(330 / 32), None)
