@@ -107,14 +107,16 @@ def test_a_deleted_replica_leaves_no_engine_core(ray_and_serve, tiny_llama_path:
         ray_actor_options={"num_cpus": CPU},
         health_probe=False,
     )
-    serve.run(build_app([served]), name="vllm-lifecycle", route_prefix=None)
-    engines = engine_cores()
     try:
-        handle = serve.get_app_handle("vllm-lifecycle")  # its routes, in either app
-        messages = [rr.Message(role="user", content="hi")]
-        [reply] = handle.chat.remote("tiny", "req-1", messages, rr.GenerateParams(), 1).result()
+        with Seen() as seen:  # in the whole process table, as for the batch actor
+            serve.run(build_app([served]), name="vllm-lifecycle", route_prefix=None)
+            handle = serve.get_app_handle("vllm-lifecycle")  # its routes, in either app
+            messages = [rr.Message(role="user", content="hi")]
+            call = handle.chat.remote("tiny", "req-1", messages, rr.GenerateParams(), 1)
+            [reply] = call.result()
         assert reply.usage.output_tokens >= 1
-        assert engines
+        engines = list(seen.processes.values())
+        assert engines, f"no new engine; engines before: {seen.before}"
     finally:
         serve.delete("vllm-lifecycle")
     assert not gone_within(engines)
