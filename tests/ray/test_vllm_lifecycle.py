@@ -29,11 +29,6 @@ def is_engine(process: psutil.Process) -> bool:
     return "EngineCore" in text or "VLLM" in process.name()
 
 
-def engine_cores() -> list[psutil.Process]:
-    """EngineCore processes under this test process (its Ray's workers are in there)."""
-    return [p for p in psutil.Process().children(recursive=True) if is_engine(p)]
-
-
 def alive(processes: list[psutil.Process]) -> list[int]:
     running = []
     for process in processes:
@@ -53,15 +48,6 @@ def gone_within(processes: list[psutil.Process], timeout_s: float = 60.0) -> lis
     return alive(processes)
 
 
-def test_teardown_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
-    remote = rr.remote(f"vllm!{tiny_llama_path},{ENGINE}", num_cpus=CPU)
-    remote.load()
-    engines = engine_cores()
-    assert engines, "the engine runs in a child process of the actor"
-    remote.teardown()  # unloads first: the engine's processes are ending as it returns
-    assert not gone_within(engines, timeout_s=10)
-
-
 class Seen(Polling):
     """Every engine process that appears on this machine while the `with` body runs, looked
     for every 0.1 s: an engine lives for seconds (its start alone), so none is missed, however
@@ -79,6 +65,16 @@ class Seen(Polling):
             pid = process.pid
             if pid not in self.before and pid not in self.processes and is_engine(process):
                 self.processes[pid] = process
+
+
+def test_teardown_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
+    remote = rr.remote(f"vllm!{tiny_llama_path},{ENGINE}", num_cpus=CPU)
+    with Seen() as seen:  # in the whole process table (see Seen)
+        remote.load()
+    engines = list(seen.processes.values())
+    assert engines, f"no new engine; engines before: {seen.before}"
+    remote.teardown()  # unloads first: the engine's processes are ending as it returns
+    assert not gone_within(engines, timeout_s=10)
 
 
 def test_a_batch_actor_leaves_no_engine_core(ray_and_serve, tiny_llama_path: Path) -> None:
