@@ -71,6 +71,21 @@ class Prepared(t.NamedTuple):
     invalid: int
 
 
+def prepared_options(num_generations: int) -> dict[str, t.Any]:
+    """The `batch.run` options that read a prepared batch file: its columns, each line's own
+    `n` (at most `num_generations`), and seeds as the endpoint seeds a request's choices (a
+    line's seed gives what the same request to the endpoint gives). `rig-ray batch` and
+    `/v1/batches` jobs both run with them."""
+    return {
+        "messages_column": MESSAGES_COLUMN,
+        "params_column": PARAMS_COLUMN,
+        "text_column": TEXT_COLUMN,
+        "num_generations": num_generations,
+        "generations_column": N_COLUMN,
+        "seeds": "request",
+    }
+
+
 def is_openai_batch(source: str) -> bool:
     """Whether `source`'s first file reads as an OpenAI batch file (rows with `custom_id` and
     `body`)."""

@@ -84,10 +84,5 @@ def job_options(
     return openai_files.requests_location(output), {
         **options,
         **routes,
-        "messages_column": openai_files.MESSAGES_COLUMN,
-        "params_column": openai_files.PARAMS_COLUMN,
-        "text_column": openai_files.TEXT_COLUMN,
-        "num_generations": prepared.num_generations,
-        "generations_column": openai_files.N_COLUMN,
-        "seeds": "request",  # a line's seed gives what the endpoint gives for it
+        **openai_files.prepared_options(prepared.num_generations),
     }

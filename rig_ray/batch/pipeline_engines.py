@@ -114,23 +114,25 @@ class StageEngines:
     def actors(self) -> int:
         return len(self.stage.members) * self.stage.replicas
 
+    def configs(self) -> list[Generator]:
+        """The stage's generators, identifiers read."""
+        return [get_generator(m) if isinstance(m, str) else m for m in self.stage.members]
+
     def placements(self) -> list[tuple[Placement, int]]:
         """Where each generator's actors run, and how many of them there are."""
-        configs = [get_generator(m) if isinstance(m, str) else m for m in self.stage.members]
         return [
             (
                 place(config, num_gpus=self.stage.num_gpus, num_cpus=self.num_cpus),
                 self.stage.replicas,
             )
-            for config in configs
+            for config in self.configs()
         ]
 
     def start(self) -> None:
         """Start the actors (unloaded)."""
         from rig_ray.cluster.actor import remote
 
-        for member in self.stage.members:
-            config = get_generator(member) if isinstance(member, str) else member
+        for config in self.configs():
             self._members.append(
                 [
                     remote(
@@ -228,10 +230,10 @@ def refuse_what_cannot_load_at_once(engines: t.Sequence[StageEngines]) -> None:
     names = ", ".join(repr(e.stage.name) for e in engines)
     wanted = [p for e in engines for p in e.placements()]
     if len(engines) == 1:
-        refuse_what_the_cluster_cannot_hold(wanted, f"the stage {names}")
+        what, hint = f"the stage {names}", ""
     else:
-        refuse_what_the_cluster_cannot_hold(
-            wanted,
+        what, hint = (
             f"the stages {names}, running at once,",
             "; gpu_sharing='swap' runs the stages in turn",
         )
+    refuse_what_the_cluster_cannot_hold(wanted, what, hint)

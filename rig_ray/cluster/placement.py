@@ -105,8 +105,9 @@ def place(
     accelerator_type: str | None = None,
 ) -> Placement:
     """Where an actor owning `generator` runs; `num_gpus=None` leaves it to the engine."""
-    need = gpus_per_engine(generator)
-    copies = parallel_sizes(generator)["data_parallel_size"]
+    sizes = parallel_sizes(generator)
+    need = math.prod(sizes.values())
+    copies = sizes["data_parallel_size"]
     if copies > 1:
         raise PlacementError(
             f"data_parallel_size={copies}: an engine in a Ray actor runs one copy of the model, "
@@ -119,23 +120,8 @@ def place(
     if num_gpus is not None and num_gpus < 0:
         raise PlacementError(f"num_gpus must not be negative, got {num_gpus:g}", need=need)
     if need == 1:
-        spreads = getattr(generator, "spreads_over_its_gpus", lambda: False)()
-        if num_gpus is not None and num_gpus > 1 and spreads:  # the actor holds them all
-            if num_gpus != int(num_gpus):
-                raise PlacementError(
-                    f"num_gpus={num_gpus:g}: more than one GPU is asked for in whole GPUs",
-                    need=need,
-                    num_gpus=num_gpus,
-                )
-        elif num_gpus is not None and num_gpus > 1:
-            raise PlacementError(
-                f"num_gpus={num_gpus:g}, but the engine uses one GPU ({_sizes(generator)}): "
-                "the others would be reserved and never used; set tensor_parallel_size (or "
-                "pipeline_parallel_size; for transformers, device_map='auto') to spread the "
-                "model over them, or leave num_gpus at 1",
-                need=need,
-                num_gpus=num_gpus,
-            )
+        if num_gpus is not None and num_gpus > 1:
+            _refuse_several_for_one(generator, num_gpus)
         if num_gpus is None:
             num_gpus = 1.0 if _uses_the_clusters_gpus(generator) else 0.0
         return Placement(
@@ -164,6 +150,27 @@ def place(
         accelerator_type=accelerator_type,
         bundles=tuple(bundles),
     )
+
+
+def _refuse_several_for_one(generator: t.Any, num_gpus: float) -> None:
+    """A PlacementError for `num_gpus` > 1 on an engine of one GPU, unless the engine spreads
+    itself over the GPUs it is given (transformers' `device_map`), in whole GPUs: its actor
+    then holds them all."""
+    if not getattr(generator, "spreads_over_its_gpus", lambda: False)():
+        raise PlacementError(
+            f"num_gpus={num_gpus:g}, but the engine uses one GPU ({_sizes(generator)}): "
+            "the others would be reserved and never used; set tensor_parallel_size (or "
+            "pipeline_parallel_size; for transformers, device_map='auto') to spread the "
+            "model over them, or leave num_gpus at 1",
+            need=1,
+            num_gpus=num_gpus,
+        )
+    if num_gpus != int(num_gpus):
+        raise PlacementError(
+            f"num_gpus={num_gpus:g}: more than one GPU is asked for in whole GPUs",
+            need=1,
+            num_gpus=num_gpus,
+        )
 
 
 def _uses_the_clusters_gpus(generator: t.Any) -> bool:

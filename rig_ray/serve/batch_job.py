@@ -17,12 +17,9 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.batch.openai_files import (
-    MESSAGES_COLUMN,
-    N_COLUMN,
-    PARAMS_COLUMN,
     REQUESTS_FILE,
-    TEXT_COLUMN,
     meta_path,
+    prepared_options,
     requests_location,
 )
 from rig_ray.errors import BatchInputError
@@ -102,15 +99,10 @@ def run_job(spec: JobSpec) -> None:
                 seconds_per_part=SECONDS_PER_PART,
                 num_cpus=ACTOR_CPUS,
                 data_cpus=DATA_CPUS,
-                messages_column=MESSAGES_COLUMN,
-                params_column=PARAMS_COLUMN,
-                text_column=TEXT_COLUMN,
-                num_generations=spec.num_generations,
-                generations_column=N_COLUMN,  # each line makes its own n, not the batch's most
-                seeds="request",  # a line's seed gives what the endpoint gives for it
                 batch_size=spec.batch_size,
                 max_concurrent_batches=spec.max_concurrent_batches,
                 progress_label=f"batch {spec.batch_id}",
+                **prepared_options(spec.num_generations),
             )
             return
         except BatchInputError as error:  # a stopped run of this batch still lets go

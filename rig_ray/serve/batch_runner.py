@@ -17,6 +17,7 @@ wrote is in its folder, and the job makes only what is missing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import typing as t
@@ -362,19 +363,10 @@ async def _send(
     """The row's results from its deployment; a full deployment (backpressure) is waited
     for and asked again (`admitted`)."""
     if kind == "text":
-        return list(
-            await admitted(
-                lambda: route.handle.complete.remote(
-                    request_id, [prompt], params, 1, BATCH_PRIORITY
-                )
-            )
-        )
-    messages = [_message(m) for m in prompt]
-    return list(
-        await admitted(
-            lambda: route.handle.chat.remote(request_id, messages, params, 1, BATCH_PRIORITY)
-        )
-    )
+        send = functools.partial(route.handle.complete.remote, request_id, [prompt])
+    else:
+        send = functools.partial(route.handle.chat.remote, request_id, list(map(_message, prompt)))
+    return list(await admitted(functools.partial(send, params, 1, BATCH_PRIORITY)))
 
 
 def _message(item: t.Any) -> Message:
