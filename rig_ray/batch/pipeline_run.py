@@ -226,7 +226,12 @@ class _Job:
         )
 
     def run_once(
-        self, index: int, read: StageInput, engines: StageEngines | None, feeds: bool
+        self,
+        index: int,
+        read: StageInput,
+        engines: StageEngines | None,
+        feeds: bool,
+        stop: threading.Event | None = None,
     ) -> BatchSummary:
         stage = self.stages[index]
         options = self.options(index, read)
@@ -245,6 +250,7 @@ class _Job:
                 progress=self.progress,
                 progress_every_s=self.every_s,
                 progress_label=f"rig-ray pipeline [{stage.name}]",
+                stop=stop,
                 **options,
             )
 

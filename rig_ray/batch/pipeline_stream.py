@@ -11,6 +11,10 @@ Parts that arrive during a round wait for the next one. So a round costs what it
 cost, not what the whole input costs. Its engines stay loaded across rounds (only Ray
 Data's thin forwarding actors start again), and are unloaded as soon as the stage is done.
 
+A stage that fails stops the others: each ends after the batch of generations it is
+writing (`batch.run`'s `stop`), keeping what it wrote, and the pipeline raises that stage's
+error; a stage waiting for parts leaves its loop.
+
 So a row reaches the next stage part by part, not row by row through one Ray Data dataset:
 its wait is the rest of its batch in the stage before (then it is on disk at once), the
 round of the next stage that is running when it arrives, and that round's start (reading
@@ -162,7 +166,7 @@ class Stream:
             if fresh is None:  # no new rows (a part with none for this stage)
                 return
             read = read._replace(source=fresh)
-        self.summaries[index].add(self.job.run_once(index, read, engines, feeds))
+        self.summaries[index].add(self.job.run_once(index, read, engines, feeds, self.stop))
 
 
 def merge_parts(location: str, rows_per_part: int) -> Merged | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import typing as t
 
 import pyarrow as pa
@@ -96,6 +97,7 @@ def run(
     verbose: bool = False,
     progress_label: str = "rig-ray batch",
     output_format: t.Literal["parquet", "openai"] = "parquet",
+    stop: threading.Event | None = None,
     **options: t.Any,
 ) -> BatchSummary:
     """Generate for every row of `source` and write Parquet parts into the folder `output`.
@@ -126,6 +128,9 @@ def run(
     part of its model path), as `rig-ray serve --name` has; with several generators, each
     line runs on the one its `body.model` names, and a line naming none is an error line
     (`model_not_found`). With one, any model name is accepted and recorded.
+
+    Once `stop` is set (from another thread), the run ends after the batch of generations
+    it is writing: what it wrote stays, its summary counts it, and a rerun resumes past it.
     """
     input_files(source)  # a bad path fails here, before Ray starts
     _check_num_generations(options.get("num_generations", 1))
@@ -155,6 +160,7 @@ def run(
         num_cpus=num_cpus,
         gpus_in_all=0,
         label=progress_label,
+        stop=stop,
     )
     try:
         return _run_source(source, output, members, settings, address, verbose, options)
@@ -257,6 +263,7 @@ class _Settings(t.NamedTuple):
     num_cpus: float | None
     gpus_in_all: float
     label: str = "rig-ray batch"
+    stop: threading.Event | None = None
 
 
 def _check_num_generations(value: t.Any) -> None:
@@ -364,7 +371,7 @@ def _run(
         meter.note = waiting
         with BatchGroups.scope():  # the actors' GPU groups go when the job is done
             generations = generate(plan.dataset, num_cpus=num_cpus, **options)
-            _write(generations, writer, meter, counts, folder.location)
+            _write(generations, writer, meter, counts, folder.location, settings.stop)
         if retried:
             folder.compact()  # the retried generations' old failed rows go
     return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
@@ -398,6 +405,7 @@ def _write(
     meter: Progress,
     counts: _Counts,
     location: str,
+    stop: threading.Event | None = None,
 ) -> None:
     try:
         with meter.ticking():
@@ -408,6 +416,8 @@ def _write(
                 counts.input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
                 writer.add(table)
                 meter.add(table.num_rows, table.num_rows - nulls, tokens)
+                if stop is not None and stop.is_set():  # leaving ends the dataset's actors
+                    break
     except RigRayError:
         raise
     except Exception as error:

@@ -7,10 +7,12 @@ import typing as t
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 from rig_ray import PipelineError
 from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
+from rig_ray.batch.lock import FolderLock
 from tests.batch.pipeline_members import (
     SCORE_SCHEMA,
     Answerer,
@@ -209,6 +211,34 @@ def test_stream_rounds_take_the_new_rows_as_the_stage_before_makes_them(tmp_path
     assert subfolders and all(p.name.isdigit() for p in subfolders)  # a subfolder per update
     made = [f for p in subfolders for f in p.glob("*.parquet")]
     assert len(made) == len(list((out / "answer").glob("part-*.parquet")))  # one per part
+
+
+def test_a_failed_later_stage_stops_the_stage_before_keeping_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """Stream mode: the judge's first round fails (another run holds its folder) while the
+    answer stage has most of its rows still to make (0.3 s a row, one at a time, 200 rows:
+    a minute by construction). The answer stage ends after the batch it is writing instead
+    of running to its end, its rows written so far stay, and the pipeline raises the judge's
+    error."""
+    source = questions(tmp_path / "q.jsonl", count=200)
+    out = tmp_path / "out"
+    slow = Stage(
+        "answer",
+        generator=Answerer(model="a", seconds=0.3),
+        template="Answer: $question",
+        batch_size=1,
+        max_concurrent_batches=1,
+        seconds_per_part=0.1,
+    )
+    judge = Stage("judge", generator=Judge(model="j"), template="Q: $question A: $text")
+    held = FolderLock(pafs.LocalFileSystem(), str(out / "judge"), str(out / "judge"))
+    with held, pytest.raises(PipelineError, match=r"stage 'judge'.*another run"):
+        run_pipeline(
+            str(source), str(out), stages=[slow, judge], gpu_sharing="stream", progress=False
+        )
+    answered = read_output(str(out / "answer")).num_rows
+    assert 0 < answered < 200  # stopped early; what it made stays
 
 
 def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> None:
