@@ -93,12 +93,20 @@ class Replicas(RemoteGenerator):
     def unload(self) -> t.Self:
         return self  # `StageEngines.unload` unloads the engines, once the stage is done
 
+    def _turn(self) -> RemoteGenerator:
+        member = self._members[self._next % len(self._members)]
+        self._next += 1
+        return member
+
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[t.Any]:
-        member = self._members[self._next % len(self._members)]
-        self._next += 1
-        return await member.generate_messages(messages, params)
+        return await self._turn().generate_messages(messages, params)
+
+    async def generate_texts(
+        self, texts: t.Sequence[str], params: t.Sequence[GenerateParams]
+    ) -> t.Sequence[t.Any]:
+        return await self._turn().generate_texts(texts, params)
 
 
 class StageEngines:

@@ -68,6 +68,13 @@ class FailingAnswerer(Answerer):
         return text
 
 
+class PidAnswerer(EchoGenerator):
+    """Replies with the id of the process it runs in: which engine actor made each row."""
+
+    def _reply(self, item: t.Any, params: t.Any) -> str:
+        return str(os.getpid())
+
+
 def questions(path: t.Any, count: int = 3) -> t.Any:
     """JSONL questions q0.. ; q1 makes the judge reply non-JSON (BAD), q2 fails answers."""
     marks = {1: " BAD", 2: " FAIL"}

@@ -3,6 +3,7 @@ skipped parents, prefixes, resume per stage, refusal of changed stages, both mod
 
 from __future__ import annotations
 
+import json
 import typing as t
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.batch.pipeline_members import (
     Answerer,
     FailingAnswerer,
     Judge,
+    PidAnswerer,
     loads,
     questions,
 )
@@ -239,6 +241,28 @@ def test_a_failed_later_stage_stops_the_stage_before_keeping_what_it_wrote(
         )
     answered = read_output(str(out / "answer")).num_rows
     assert 0 < answered < 200  # stopped early; what it made stays
+
+
+def test_a_stage_with_replicas_spreads_its_rows_over_them(tmp_path: Path) -> None:
+    """Chat rows and text rows (those with a `text_column` value) alike go to every one of
+    the stage's engine actors, not only the first."""
+    source = tmp_path / "q.jsonl"
+    rows = [{"id": f"q{n}", "question": "q", "raw": "r" if n % 2 else None} for n in range(16)]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    stage = Stage(
+        "answer",
+        generator=PidAnswerer(model="p"),
+        template="$question",
+        text_column="raw",
+        replicas=2,
+        batch_size=1,
+    )
+    run_pipeline(str(source), str(tmp_path / "out"), stages=[stage], progress=False)
+    made = read_output(str(tmp_path / "out" / "answer")).to_pylist()
+    assert len(made) == 16
+    for texts in (0, 1):  # which engine process made each chat row, and each text row
+        pids = {row["text"] for row in made if int(row["id"][1:]) % 2 == texts}
+        assert len(pids) == 2, (texts, pids)
 
 
 def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> None:
