@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 import typing as t
 
@@ -29,12 +28,6 @@ UNLOAD_WAIT_S = 180.0
 (a call they still run, left behind by Ray Data actors that ended, or a hung engine)."""
 
 logger = logging.getLogger(__name__)
-
-_ONE_ON_A_SHARED_GPU = threading.Lock()
-"""Held while an engine on a share of a GPU loads, in every stage: vLLM sizes its KV cache
-from the drop in the GPU's free memory while it loads, so an engine loading beside another
-on the same GPU would count the other's memory as its own (and start short of cache, or
-not at all)."""
 
 
 class EngineTimes(BaseModel):
@@ -154,20 +147,15 @@ class StageEngines:
             )
 
     def load(self) -> None:
-        """Load every engine, all at once (one at a time on shares of a GPU); returns when
-        all are loaded."""
+        """Load every engine, all at once (engines on shares of one GPU take turns, see
+        `rig_ray.cluster.gpu_turns`); returns when all are loaded."""
         import ray
 
         if not self._members:
             self.start()
         self.times.load_started = time.time()
         every = [remote for member in self._members for remote in member]
-        if 0 < (self.stage.num_gpus or 0) < 1:  # engines sharing a GPU load one at a time
-            for remote in every:
-                with _ONE_ON_A_SHARED_GPU:
-                    ray.get(remote.actor.load.remote())
-        else:
-            ray.get([remote.actor.load.remote() for remote in every])
+        ray.get([remote.actor.load.remote() for remote in every])
         self.times.load_finished = time.time()
         infos = ray.get([remote.actor.info.remote() for remote in every])
         here = ray.get_runtime_context().get_node_id()  # pids are looked at on this machine

@@ -23,6 +23,7 @@ from rig_ray.batch.plan import member_indices
 from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN, row_generations
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
+from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import RemoteGenerator, describe
 from rig_ray.errors import BatchStoppedError, EngineDeadError
@@ -93,7 +94,7 @@ class GenerateStage:
         self._structured = structured_step(config.structured, self._passthrough.values())
         self._slots: asyncio.Semaphore | None = None
         try:
-            self._generator.load()
+            load_in_turn(self._generator)
         except Exception as error:  # the driver shows this error: it must not quote a key
             raise scrubbed_error(error, self._generator) from None
         self._one_batch_at_a_time = isinstance(self._generator, LocalGenerator) and not (

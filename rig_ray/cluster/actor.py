@@ -14,6 +14,7 @@ import os
 import typing as t
 import warnings
 
+from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.cluster.options import config_payload, restore_payload
 from rig_ray.cluster.placement import in_group, make_group, place, refuse_what_no_node_holds
 from rig_ray.cluster.remote_generator import RemoteGenerator
@@ -62,7 +63,7 @@ class GeneratorActor:
         """Load the engine (idempotent); True once loaded."""
         with portable_errors():
             async with self._gate.exclusive():
-                await self._blocking(self._generator.load)
+                await self._blocking(functools.partial(load_in_turn, self._generator))
         return self._generator.is_loaded
 
     async def unload(self) -> bool:

@@ -237,6 +237,12 @@ class Generator(BaseModel, rounds.SyncGenerate):
         one unless told otherwise (see `rig_ray.cluster.placement`)."""
         return False
 
+    def measures_free_gpu_memory(self) -> bool:
+        """Whether its engine sizes itself from the drop in the GPU's free memory while it
+        loads (vLLM's KV cache): engines on shares of one GPU must then load in turn (see
+        `rig_ray.cluster.gpu_turns`)."""
+        return False
+
     def spreads_over_its_gpus(self) -> bool:
         """Whether one engine spreads itself over every GPU its process is given
         (transformers' `device_map`): its actor may then take several GPUs itself."""

@@ -158,6 +158,9 @@ class VLLMGenerator(LocalGenerator):
     def takes_a_gpu_where_there_is_one(self) -> bool:
         return True
 
+    def measures_free_gpu_memory(self) -> bool:
+        return "kv_cache_memory_bytes" not in self.engine_args  # a set cache is not measured
+
     def load(self) -> t.Self:
         """Start the engine (blocking this thread: call it off any event loop, or let the
         first call load it, which it does on the engine thread)."""

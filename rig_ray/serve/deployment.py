@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import typing as t
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.errors import ContextLengthError, ServeRequestError
 from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
 from rig_ray.generator.local import LocalGenerator
@@ -150,7 +152,7 @@ class GeneratorDeployment:
                 timeout_s=options.health_probe_timeout_s,
             )
         try:
-            await self._blocking(self._generator.load)
+            await self._blocking(functools.partial(load_in_turn, self._generator))
         except Exception as error:  # Serve shows this error: it must not quote a key
             raise scrubbed_error(error, generator) from None
 

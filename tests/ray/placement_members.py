@@ -213,9 +213,15 @@ class HangsOnUnload(NotesUnload):
 
 class NotesLoadSpan(NotesUnload):
     """As NotesUnload, but its load takes `load_s` (an engine filling its share of a GPU) and
-    appends its start and end times to the file `log`, as a JSON line."""
+    appends its start and end times and its GPU ids to the file `log`, as a JSON line. Its
+    generation calls wait until `loads` loads are in the log (so a job cannot end, and end
+    its actors, before they have all loaded)."""
 
     load_s: float = 1.0
+    loads: int = 0
+
+    def measures_free_gpu_memory(self) -> bool:
+        return True  # as vLLM's engine: engines on shares of one GPU must load in turn
 
     def load(self) -> t.Self:
         import time
@@ -224,6 +230,27 @@ class NotesLoadSpan(NotesUnload):
             started = time.time()
             time.sleep(self.load_s)  # long by construction: another load would overlap it
             self._up = True
+            import ray
+
+            gpus = sorted(str(gpu) for gpu in ray.get_gpu_ids())
             with open(self.log, "a") as out:
-                out.write(json.dumps([started, time.time()]) + "\n")
+                out.write(json.dumps([started, time.time(), gpus]) + "\n")
         return self
+
+    async def generate_messages(self, messages: t.Any, params: t.Any) -> t.Any:
+        import asyncio
+
+        for _ in range(600):  # a minute at most
+            if len(load_spans(self.log)) >= self.loads:
+                break
+            await asyncio.sleep(0.1)
+        return await super().generate_messages(messages, params)
+
+
+def load_spans(log: str) -> list[list[t.Any]]:
+    """The spans `NotesLoadSpan` noted in `log`, in order of their start."""
+    try:
+        lines = Path(log).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return sorted(json.loads(line) for line in lines if line.startswith("["))

@@ -5,6 +5,8 @@ GPU bundle, as vLLM's Ray executor starts)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import json
 import typing as t
 
@@ -13,7 +15,7 @@ import pytest
 import rig_ray as rr
 from rig_ray.cluster.placement import BatchGroups
 from tests.ray.conftest import own_ray_and_serve
-from tests.ray.placement_members import HoldsGroupGpus, WhereAmI
+from tests.ray.placement_members import HoldsGroupGpus, NotesLoadSpan, WhereAmI, load_spans
 
 CPU = 0.25
 GPUS = 4
@@ -269,32 +271,85 @@ def test_serve_refuses_first_replicas_whose_gpus_its_own_ray_cannot_hold(tmp_pat
 
 
 @pytest.mark.slow  # engine actors of their own
-def test_engines_on_shares_of_a_gpu_load_one_at_a_time(gpu_ray: t.Any, tmp_path: t.Any) -> None:
+@pytest.mark.parametrize("path", ["pipeline", "batch", "serve"])
+def test_engines_on_shares_of_a_gpu_load_one_at_a_time(
+    gpu_ray: t.Any, tmp_path: t.Any, path: str
+) -> None:
     """vLLM sizes its cache from the GPU's free memory as it loads: engines sharing a GPU
-    must not load side by side, in one stage or across stages."""
+    must not load side by side, whichever path starts them (the actors of two pipeline
+    stages, loaded at once as stream mode does; a batch job's actors; a model's Serve
+    replicas). Each load takes 1 s and notes its span and GPU: no two spans on one GPU
+    overlap, and some GPU had two."""
+    log = str(tmp_path / "loads.jsonl")
+    loads = {"pipeline": _pipeline_loads, "batch": _batch_loads, "serve": _serve_loads}[path]
+    expected = loads(gpu_ray, log)
+    spans = load_spans(log)
+    assert len(spans) == expected
+    by_gpu: dict[str, list[list[t.Any]]] = {}
+    for span in spans:
+        [gpu] = span[2]
+        by_gpu.setdefault(gpu, []).append(span)
+    assert max(map(len, by_gpu.values())) >= 2, spans  # a GPU shared by two engines
+    for shared in by_gpu.values():
+        assert all(one[1] <= two[0] for one, two in itertools.pairwise(shared)), spans
+    assert wait_until(lambda: all_gpus_free(gpu_ray))
+
+
+def _pipeline_loads(ray: t.Any, log: str) -> int:
     from rig_ray.batch import Stage
     from rig_ray.batch.pipeline_engines import StageEngines
-    from tests.ray.placement_members import NotesLoadSpan
 
-    log = tmp_path / "loads.jsonl"
     stages = [
-        Stage(name, generator=NotesLoadSpan(model=name, log=str(log)), template="$q", **options)
+        Stage(
+            name,
+            generator=NotesLoadSpan(model="shared", log=log),
+            template="$q",
+            num_gpus=0.5,
+            **options,
+        )
         for name, options in (("a", {"replicas": 2}), ("b", {}))
     ]
-    engines = [StageEngines(stage.model_copy(update={"num_gpus": 0.5}), CPU) for stage in stages]
+    engines = [StageEngines(stage, CPU) for stage in stages]
     try:
-        import concurrent.futures
-        import itertools
-
         with concurrent.futures.ThreadPoolExecutor(2) as pool:  # as stream mode loads stages
             list(pool.map(lambda e: e.load(), engines))
-        spans = sorted(json.loads(line) for line in log.read_text().splitlines())
-        assert len(spans) == 3
-        assert all(one[1] <= two[0] for one, two in itertools.pairwise(spans))
     finally:
         for stage_engines in engines:
             stage_engines.unload()
-    assert wait_until(lambda: all_gpus_free(gpu_ray))
+    return 3
+
+
+def _batch_loads(ray: t.Any, log: str) -> int:
+    from rig_ray.batch import generate
+
+    dataset = ray.data.from_items([{"id": str(n), "prompt": f"p{n}"} for n in range(4)])
+    with BatchGroups.scope():
+        rows = generate(
+            dataset,
+            generator=NotesLoadSpan(model="shared", log=log, loads=2),  # ends once both loaded
+            num_cpus=CPU,
+            num_gpus=0.5,
+            replicas=2,
+            batch_size=1,
+        ).take_all()
+    assert len(rows) == 4
+    return 2
+
+
+def _serve_loads(ray: t.Any, log: str) -> int:
+    from ray import serve
+
+    from rig_ray.serve import ServedModel, build_app
+
+    served = ServedModel(
+        generator=NotesLoadSpan(model="shared", log=log),
+        ray_actor_options={"num_cpus": CPU, "num_gpus": 0.5},
+        num_replicas=2,
+        health_probe=False,
+    )
+    serve.run(build_app([served]), name="shared-gpu", route_prefix=None)
+    serve.delete("shared-gpu")
+    return 2
 
 
 def test_a_batch_job_of_engines_of_several_sizes_counts_their_gpus_as_they_are(
