@@ -1,6 +1,6 @@
 """The placement rule and engine lifecycle on real GPUs: a tensor-parallel engine (TP=2)
 through `remote()`, a batch job and Serve (skipped below 2 GPUs), its GPU memory back once its
-actor ends, and the engine sized as `vllm.LLM` sizes one. Skipped without CUDA."""
+actor ends, the engine sized as `vllm.LLM` sizes one, and two engines on halves of one GPU. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -139,6 +139,29 @@ def test_tp2_through_a_batch_job(gpu_ray, tiny_llama_path: Path, tmp_path: Path)
     assert (summary.generations_written, summary.failed) == (8, 0)
     groups = gpu_ray.util.placement_group_table().values()
     assert all(group["state"] == "REMOVED" for group in groups)  # GPUs given back
+
+
+def test_two_engines_on_halves_of_one_gpu_both_start(
+    gpu_ray, tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """Two batch actors on halves of GPU 0, each engine at vLLM's memory default for a half
+    (0.45): they load in turn, each measuring only its own memory, and both generate."""
+    pytest.importorskip("vllm")
+    from rig_ray.batch import run
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"prompt": "Count to {n}"}}\n' for n in range(16)))
+    generator = f"vllm!{tiny_llama_path},max_model_len=256,enforce_eager=True,max_tokens=4"
+    summary = run(
+        str(source),
+        str(tmp_path / "out"),
+        generator=generator,
+        num_gpus=0.5,
+        replicas=2,
+        batch_size=2,
+        progress=False,
+    )
+    assert (summary.generations_written, summary.failed) == (16, 0)
 
 
 @two_gpus
