@@ -1,6 +1,7 @@
 """The placement rule and engine lifecycle on real GPUs: a tensor-parallel engine (TP=2)
 through `remote()`, a batch job and Serve (skipped below 2 GPUs), its GPU memory back once its
-actor ends, the engine sized as `vllm.LLM` sizes one, and two engines on halves of one GPU. Skipped without CUDA."""
+actor ends, the engine sized as `vllm.LLM` sizes one, and two engines on halves of one GPU.
+Skipped without CUDA."""
 
 from __future__ import annotations
 
