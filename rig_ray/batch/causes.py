@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 import typing as t
 
 from rig_ray.errors import RigRayError
@@ -17,7 +18,7 @@ def cause_line(error: BaseException) -> str:
     `__cause__`); else one that a Ray Data task's traceback quotes (Ray Data wraps what a
     task raised in a `UserCodeException` that keeps only its text); else the last cause."""
     root, seen = error, set()
-    while id(root) not in seen and not isinstance(root, RigRayError):
+    while id(root) not in seen and (not isinstance(root, RigRayError) or _task_error(root)):
         seen.add(id(root))
         cause = getattr(root, "cause", None)
         cause = cause if isinstance(cause, BaseException) else root.__cause__
@@ -30,6 +31,13 @@ def cause_line(error: BaseException) -> str:
         name, text = quoted.group(1), quoted.group(2)
     first = (text.strip().splitlines() or [""])[0]
     return redact(f"{name}: {' '.join(first.split())[:500]}")
+
+
+def _task_error(error: BaseException) -> bool:
+    """Whether `error` is Ray's wrapper of what a task raised (which Ray makes a subclass of
+    the task's error too, a `RayTaskError(BatchInputError)`; its text is Ray's header)."""
+    exceptions = sys.modules.get("ray.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.RayTaskError)
 
 
 _QUOTED = re.compile(r"^rig_ray\.errors\.(\w+): (.+)$", re.MULTILINE)

@@ -182,3 +182,39 @@ def test_json_lines_split_on_newlines_only() -> None:
     )
     rows = json_rows(data.encode(), "id")
     assert [(row["id"], row["text"]) for row in rows] == [(str(n), s) for n, s in enumerate(texts)]
+
+
+def test_json_lines_become_tables_a_block_at_a_time_with_one_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file is turned into Arrow `ROWS_PER_BLOCK` rows at a time (here 2): the tables come
+    out with every row's keys and each column widened to hold every value, and an error in a
+    later block names the row's place in the whole file."""
+    import pyarrow as pa
+
+    from rig_ray.batch import source
+
+    monkeypatch.setattr(source, "ROWS_PER_BLOCK", 2)
+    lines = [{"id": 1, "n": 1}, {"id": 2, "n": 2}, {"id": 3, "n": 2.5, "late": "x"}, {"id": 4}]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    tables = list(source._JsonRows("id")(pa.table({"bytes": [data]})))
+    assert [table.num_rows for table in tables] == [2, 2]
+    assert all(table.schema == tables[0].schema for table in tables)
+    assert pa.concat_tables(tables).to_pylist() == [
+        {"id": "1", "n": 1.0, "late": None},
+        {"id": "2", "n": 2.0, "late": None},
+        {"id": "3", "n": 2.5, "late": "x"},
+        {"id": "4", "n": None, "late": None},
+    ]
+    lone = data + b'\n{"id": 5, "text": "a\\ud800b"}'  # valid JSON; row 5, in the third block
+    with pytest.raises(BatchInputError, match="JSON row 5: column 'text'"):
+        list(source._JsonRows("id")(pa.table({"bytes": [lone]})))
+
+
+def test_an_empty_json_lines_file_is_one_empty_table() -> None:
+    import pyarrow as pa
+
+    from rig_ray.batch import source
+
+    tables = list(source._JsonRows("id")(pa.table({"bytes": [b"\n\n"]})))
+    assert [table.num_rows for table in tables] == [0]
