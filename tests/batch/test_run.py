@@ -322,3 +322,18 @@ def test_a_stopped_batch_ends_the_job_and_fails_no_row(tmp_path: Path) -> None:
     written = output_rows(out) if any(out.glob("part-*.parquet")) else []
     assert all(row["error"] is None for row in written)
     assert {row["id"] for row in written} <= {f"r{n}" for n in range(4)}
+
+
+def test_a_set_stop_event_ends_the_run_after_the_batch_it_writes(tmp_path: Path) -> None:
+    """`stop=` set before the run starts: it writes its first batch (one row) and returns;
+    the next run makes the rest."""
+    import threading
+
+    source, out = rows(tmp_path / "in.jsonl", 20), str(tmp_path / "out")
+    stop = threading.Event()
+    stop.set()
+    options = {"generator": EchoGenerator(model="e"), "template": "$topic", "batch_size": 1, **FAST}
+    stopped = run(str(source), out, stop=stop, max_concurrent_batches=1, **options)
+    assert stopped.generations_written == 1
+    rest = run(str(source), out, **options)
+    assert (rest.skipped, rest.generations_written) == (1, 19)
