@@ -55,18 +55,25 @@ class _Ids:
         self._repeats: dict[str, int] = {}
         self.chunks: list[pa.Array] = []
 
-    def assign(self, rows: list[dict[str, t.Any]]) -> pa.Array:
-        ids: list[str] = []
-        for row in rows:
-            value = row.get(self._spec.id_column)
-            if value is not None and value != "":  # an empty CSV cell is no id
-                ids.append(str(value))
-                continue
+    def assign(self, table: pa.Table) -> pa.Array:
+        """The ids of a block's rows, in order. Only the id column is read, and only the
+        rows without an id become Python objects (to hash what they hold)."""
+        column = self._spec.id_column
+        given = table.column(column) if column in table.column_names else None
+        if given is not None and pa.types.is_string(given.type):
+            whole = given.combine_chunks()
+            if whole.null_count == 0 and not pc.any(pc.equal(whole, "")).as_py():
+                self.chunks.append(whole)  # every row has its id, as text already
+                return whole
+        values = given.to_pylist() if given is not None else [None] * table.num_rows
+        missing = [n for n, value in enumerate(values) if value is None or value == ""]
+        contents = table.take(pa.array(missing, type=pa.int64())).to_pylist() if missing else []
+        for number, row in zip(missing, contents, strict=True):  # an empty CSV cell is no id
             base = content_id(self._spec.content_key(row))
             seen = self._repeats.get(base, 0)
             self._repeats[base] = seen + 1
-            ids.append(f"{base}#{seen}" if seen else base)
-        array = pa.array(ids, type=pa.string())
+            values[number] = f"{base}#{seen}" if seen else base
+        array = pa.array([str(value) for value in values], type=pa.string())
         self.chunks.append(array)
         return array
 
@@ -109,14 +116,17 @@ def plan_rows(
     rows_in = pending = wanted = 0
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         table = t.cast(pa.Table, batch)
-        id_array = ids.assign(table.to_pylist())
+        id_array = ids.assign(table)
         counts = (
             [row_generations(v, num_generations) for v in table[generations_column].to_pylist()]
             if generations_column is not None
             else [num_generations] * table.num_rows
         )
+        every = list(range(num_generations))  # one list for the rows with nothing done
         todo = [
-            [g for g in range(count) if not finished.get(row_id, 0) >> g & 1]
+            [g for g in range(count) if not done >> g & 1]
+            if (done := finished.get(row_id, 0)) or count != num_generations
+            else every
             for row_id, count in zip(id_array.to_pylist(), counts, strict=True)
         ]
         rows_in += table.num_rows
