@@ -184,15 +184,17 @@ class _JsonRows:
         import pyarrow as pa
 
         tables: list[pa.Table] = []
+        made = 0  # rows turned into tables so far
         for data in batch.column("bytes").to_pylist():
             rows: list[dict[str, t.Any]] = []
             for row in iter_json_rows(data, self._id_column):
                 rows.append(row)
                 if len(rows) == ROWS_PER_BLOCK:
-                    tables.append(_table(rows, first=sum(t.num_rows for t in tables)))
-                    rows = []
+                    tables.append(_table(rows, first=made))
+                    made, rows = made + len(rows), []
             if rows or not tables:
-                tables.append(_table(rows, first=sum(t.num_rows for t in tables)))
+                tables.append(_table(rows, first=made))
+                made += len(rows)
         whole = pa.concat_tables(tables, promote_options="permissive")
         if not whole.num_rows:  # an empty file is one empty table, as one with rows is some
             yield whole
