@@ -52,7 +52,10 @@ def shared_gpus() -> list[str]:
     ray = sys.modules.get("ray")  # a process that never imported Ray holds no share
     if ray is None or not ray.is_initialized():
         return []
-    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    try:
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    except AssertionError:  # Ray's answer for a driver, which holds no resources
+        return []
     if not 0 < share < 1:
         return []
     return sorted(str(gpu) for gpu in ray.get_gpu_ids())

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 import uuid
+
+import pytest
 
 from rig_ray.cluster import gpu_turns
 from rig_ray.cluster.gpu_turns import load_in_turn, shared_gpus
@@ -35,10 +39,19 @@ def test_one_process_at_a_time_holds_a_gpus_turn() -> None:
     second.join(30)
 
 
-def test_a_process_without_a_share_of_a_gpu_loads_at_once() -> None:
+def test_a_process_without_a_share_of_a_gpu_loads_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert shared_gpus() == []  # this test process holds no GPU share
-    generator = EchoGenerator(model="e")
-    load_in_turn(generator)  # nothing to wait for
+    load_in_turn(EchoGenerator(model="e"))  # nothing to wait for
+
+    class Driver:  # a driver on a running Ray: Ray refuses to say what it was assigned
+        def get_assigned_resources(self) -> dict[str, float]:
+            raise AssertionError("This method is only available when the process is a worker")
+
+    ray = types.SimpleNamespace(is_initialized=lambda: True, get_runtime_context=Driver)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    assert shared_gpus() == []
 
 
 def test_vllm_engines_wait_for_their_turn_unless_their_cache_is_sized() -> None:
