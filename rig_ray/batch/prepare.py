@@ -114,6 +114,7 @@ def plan_rows(
     ids = _Ids(spec)
     blocks: list[Block] = []
     rows_in = pending = wanted = 0
+    every = list(range(num_generations))  # one list for all the rows with nothing done
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         table = t.cast(pa.Table, batch)
         id_array = ids.assign(table)
@@ -122,11 +123,8 @@ def plan_rows(
             if generations_column is not None
             else [num_generations] * table.num_rows
         )
-        every = list(range(num_generations))  # one list for the rows with nothing done
         todo = [
-            [g for g in range(count) if not done >> g & 1]
-            if (done := finished.get(row_id, 0)) or count != num_generations
-            else every
+            _left(finished.get(row_id, 0), count, every)
             for row_id, count in zip(id_array.to_pylist(), counts, strict=True)
         ]
         rows_in += table.num_rows
@@ -141,3 +139,11 @@ def plan_rows(
     if not blocks:
         return Plan(None, rows_in, 0, wanted)
     return Plan(from_blocks(blocks), rows_in, pending, wanted)
+
+
+def _left(done: int, count: int, every: list[int]) -> list[int]:
+    """The generation indices below `count` that the bitmask `done` lacks; `every` (all the
+    indices, one list shared by the rows) where none is done and the row asks for them all."""
+    if not done and count == len(every):
+        return every
+    return [g for g in range(count) if not done >> g & 1]

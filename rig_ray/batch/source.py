@@ -184,23 +184,18 @@ class _JsonRows:
         import pyarrow as pa
 
         tables: list[pa.Table] = []
-        made = 0  # rows turned into tables so far
+        rows: list[dict[str, t.Any]] = []
         for data in batch.column("bytes").to_pylist():
-            rows: list[dict[str, t.Any]] = []
             for row in iter_json_rows(data, self._id_column):
                 rows.append(row)
                 if len(rows) == ROWS_PER_BLOCK:
-                    tables.append(_table(rows, first=made))
-                    made, rows = made + len(rows), []
-            if rows or not tables:
-                tables.append(_table(rows, first=made))
-                made += len(rows)
+                    tables.append(_table(rows, first=ROWS_PER_BLOCK * len(tables)))
+                    rows = []
+        if rows or not tables:  # an empty file is one empty table
+            tables.append(_table(rows, first=ROWS_PER_BLOCK * len(tables)))
         whole = pa.concat_tables(tables, promote_options="permissive")
-        if not whole.num_rows:  # an empty file is one empty table, as one with rows is some
-            yield whole
-        for part in whole.to_batches():
-            if part.num_rows:
-                yield pa.Table.from_batches([part])
+        parts = [part for part in whole.to_batches() if part.num_rows]
+        yield from (pa.Table.from_batches([part]) for part in parts) if parts else [whole]
 
 
 def _table(rows: list[dict[str, t.Any]], first: int) -> t.Any:
@@ -262,7 +257,7 @@ def iter_json_rows(data: bytes, id_column: str) -> t.Iterator[dict[str, t.Any]]:
     if data[at : at + 1] == b"[":
         text = _utf8(data[start:], 1)
         values = _decoded(decoder, text, "the JSON array")
-        for number, value in enumerate(values if isinstance(values, list) else [values]):
+        for number, value in enumerate(values):  # text opening with "[" is an array
             yield _row(value, number, id_column)
         return
     number = row = 0

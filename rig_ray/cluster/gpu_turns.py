@@ -37,14 +37,13 @@ def load_in_turn(generator: Generator) -> None:
 
 
 @contextlib.contextmanager
-def shared_gpu_turn() -> t.Iterator[list[str]]:
-    """Hold the turn of every GPU that this process (a Ray actor or task) has a share of;
-    yields their ids (none outside Ray, or with whole GPUs or none)."""
-    gpus = shared_gpus()
+def shared_gpu_turn() -> t.Iterator[None]:
+    """Hold the turn of every GPU that this process (a Ray actor or task) has a share of
+    (none outside Ray, or with whole GPUs or none)."""
     with contextlib.ExitStack() as held:
-        for gpu in gpus:  # in order: two processes sharing two GPUs cannot wait on each other
+        for gpu in shared_gpus():  # sorted: two sharing two GPUs cannot wait on each other
             held.enter_context(_turn(gpu))
-        yield gpus
+        yield
 
 
 def shared_gpus() -> list[str]:
