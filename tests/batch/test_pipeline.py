@@ -243,7 +243,7 @@ def test_a_failed_later_stage_stops_the_stage_before_keeping_what_it_wrote(
     assert 0 < answered < 200  # stopped early; what it made stays
 
 
-@pytest.mark.parametrize("kind", ["chat", "text"])
+@pytest.mark.parametrize("kind", [pytest.param("chat", marks=pytest.mark.slow), "text"])
 def test_a_stage_with_replicas_spreads_its_rows_over_them(tmp_path: Path, kind: str) -> None:
     """Chat rows and text rows (those with a `text_column` value) alike go to every one of
     the stage's engine actors, not only the first. One kind a run: the stage's calls go round
@@ -267,6 +267,7 @@ def test_a_stage_with_replicas_spreads_its_rows_over_them(tmp_path: Path, kind: 
     assert len({row["text"] for row in made}) == 2  # the process ids of the engines that made them
 
 
+@pytest.mark.slow
 def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> None:
     """Every answer fails: the judge has nothing to take, and the result has no rows (found
     by the stateful search in test_pipeline_stateful.py)."""
@@ -284,6 +285,7 @@ def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> No
     assert {"parent_id", "question", "answer_text"} <= set(final.column_names)  # as carried
 
 
+@pytest.mark.slow
 def test_a_refused_stage_leaves_every_input_as_it_was(tmp_path: Path) -> None:
     """The answer stage has a part the judge's input has not taken yet, and the judge's
     template changed: the run is refused before that input is brought up to date, so no

@@ -97,10 +97,10 @@ def check_result(out: Path) -> pa.Table:
     return final
 
 
+@pytest.mark.slow
 def test_swap_two_stages_on_transformers(tmp_path: Path) -> None:
-    """The default run's pipeline on real engines (the vLLM ones below are `slow`): two
-    generations per question on transformers SmolLM2, then a second transformers stage over
-    each; stage one's actors are gone before stage two loads."""
+    """A pipeline on transformers alone: two generations per question on SmolLM2, then a
+    second transformers stage over each; stage one's actors are gone before stage two loads."""
     source = write_questions(tmp_path / "q.jsonl")
     stages = [
         Stage(

@@ -27,6 +27,7 @@ FEW_SHOT = [
 ]
 
 
+@pytest.mark.slow
 def test_parse_as_job_on_transformers(tmp_path: Path) -> None:
     questions = {"grass": "What color is grass?", "ice": "What is frozen water called?"}
     source = tmp_path / "questions.jsonl"

@@ -57,6 +57,7 @@ def finished(batch: t.Any) -> bool:
     return batch.status in ("completed", "cancelled", "failed")
 
 
+@pytest.mark.slow
 async def test_a_batch_answers_as_the_endpoint_does(endpoint: Endpoint) -> None:
     client = endpoint.openai()
     questions = ["What is the capital of France?", "Say hello.", "Count to three.", "A story:"]

@@ -57,6 +57,7 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
     assert models is not None and [m["id"] for m in models.json()["data"]] == ["busy"]
 
 
+@pytest.mark.slow
 def test_serving_is_said_once_loaded_and_sigterm_stops_within_30_s_telling_requests_why(
     tmp_path: Path,
 ) -> None:
