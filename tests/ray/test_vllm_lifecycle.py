@@ -53,8 +53,8 @@ def noted_engine(tiny_llama_path: Path, notes: Path) -> NotedVLLM:
 
 def engines_noted(notes: Path) -> list[tuple[int, float]]:
     """The engine processes noted, each as (pid, start time)."""
-    lines = notes.read_text().split() if notes.exists() else []
-    return [(int(pid), float(start)) for pid, start in zip(lines[::2], lines[1::2], strict=True)]
+    lines = notes.read_text().splitlines() if notes.exists() else []
+    return [(int(pid), float(start)) for pid, start in (line.split() for line in lines)]
 
 
 def alive(noted: list[tuple[int, float]]) -> list[int]:
