@@ -6,6 +6,7 @@ identical rows are numbered among themselves only, `#1`, `#2`, ..., so rows inse
 appended elsewhere never change an id), a duplicated id is refused, and each row keeps only
 the generation indices not finished yet.
 Rows with nothing left are dropped here, so the generate stage holds no record of what is done.
+The kept rows leave with one schema, whatever file or block they came from (see `_Schema`).
 """
 
 from __future__ import annotations
@@ -112,11 +113,13 @@ def plan_rows(
 
     dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
     ids = _Ids(spec)
+    schema = _Schema()
     blocks: list[Block] = []
     rows_in = pending = wanted = 0
     every = list(range(num_generations))  # one list for all the rows with nothing done
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         table = t.cast(pa.Table, batch)
+        schema.add(table.schema, rows_in)
         id_array = ids.assign(table)
         counts = (
             [row_generations(v, num_generations) for v in table[generations_column].to_pylist()]
@@ -138,7 +141,72 @@ def plan_rows(
     ids.check_unique()
     if not blocks:
         return Plan(None, rows_in, 0, wanted)
-    return Plan(from_blocks(blocks), rows_in, pending, wanted)
+    return Plan(from_blocks(schema.conform(blocks)), rows_in, pending, wanted)
+
+
+class _Schema:
+    """One schema for every row of the input. Files (and a JSON file's chunks) get their
+    column types each from their own rows, so one may hold a column that another lacks, or
+    ints where another holds floats. Output parts written with such differences cannot be
+    read as one table by pyarrow, pandas or DuckDB, so every kept block is made to hold
+    every column, each widened to take every block's values, as `PartWriter` widens the
+    tables of one part. Columns whose types cannot be joined (numbers and text) are a
+    `BatchInputError` before any model loads."""
+
+    def __init__(self) -> None:
+        self.whole: pa.Schema | None = None
+        self.varies = False
+
+    def add(self, schema: pa.Schema, first_row: int) -> None:
+        """Join the schema of a block whose first row is the input's `first_row` (from 0)."""
+        if self.whole is None:
+            self.whole = schema
+            return
+        if schema.equals(self.whole):
+            return
+        try:
+            self.whole = pa.unify_schemas([self.whole, schema], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            raise BatchInputError(_clash(self.whole, schema, first_row)) from None
+        self.varies = True
+
+    def conform(self, blocks: list[Block]) -> list[Block]:
+        """`blocks` (the kept rows, with this module's two columns), each with the one
+        schema of the whole input, the rows without work left included."""
+        if not self.varies or self.whole is None:
+            return blocks
+        import ray
+
+        schemas = [self.whole, *(block.metadata.schema for block in blocks)]
+        whole = pa.unify_schemas(schemas, promote_options="permissive")
+        empty = whole.empty_table()
+        return [
+            block
+            if block.metadata.schema.equals(whole)
+            else put_block(
+                pa.concat_tables([empty, ray.get(block.ref)], promote_options="permissive")
+            )
+            for block in blocks
+        ]
+
+
+def _clash(before: pa.Schema, schema: pa.Schema, first_row: int) -> str:
+    """Which column of `schema` cannot take the type it had in the rows `before` it."""
+    for field in schema:
+        if field.name not in before.names:
+            continue
+        earlier = before.field(field.name)
+        try:
+            pa.unify_schemas(
+                [pa.schema([earlier]), pa.schema([field])], promote_options="permissive"
+            )
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return (
+                f"column {field.name!r} holds {field.type} from input row {first_row + 1} on, "
+                f"but {earlier.type} in the rows before it; give the column one type in "
+                "every file (ints and floats mix, numbers and text do not)"
+            )
+    return f"the input's columns change type at row {first_row + 1}; give each one type"
 
 
 def _left(done: int, count: int, every: list[int]) -> list[int]:
