@@ -12,7 +12,7 @@ import typing as t
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig_ray.batch.source import json_rows
+from rig_ray.batch.json_input import json_rows
 from rig_ray.errors import BatchInputError
 from tests.serve.test_fuzz import texts, values
 

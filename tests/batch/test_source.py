@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing as t
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -174,7 +175,7 @@ def test_a_glob_that_matches_an_unknown_ending_is_a_batch_input_error(tmp_path: 
 def test_json_lines_split_on_newlines_only() -> None:
     """Inside a JSON string, U+2028, U+2029 and U+0085 may stand unescaped: they end no line
     of a JSON Lines file (str.splitlines would cut the line there). \\r\\n endings work."""
-    from rig_ray.batch.source import json_rows
+    from rig_ray.batch.json_input import json_rows
 
     texts = ["one\u2028two", "three\u2029four", "five\u0085six"]
     data = "\r\n".join(
@@ -184,20 +185,32 @@ def test_json_lines_split_on_newlines_only() -> None:
     assert [(row["id"], row["text"]) for row in rows] == [(str(n), s) for n, s in enumerate(texts)]
 
 
+def _read(data: bytes, tmp_path: Path, size: int = 1 << 30) -> list[t.Any]:
+    """The tables the read tasks of a JSON Lines file of `data` make, in order, in ranges of
+    `size` bytes."""
+    from rig_ray.batch.json_input import json_parts, read_part
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    filesystem = pafs.LocalFileSystem()
+    parts = json_parts(filesystem, [str(path)], size=size)
+    return [table for part in parts for table in read_part(filesystem, part, "id")]
+
+
 def test_json_lines_become_tables_a_block_at_a_time_with_one_schema(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A file is turned into Arrow `ROWS_PER_BLOCK` rows at a time (here 2): the tables come
     out with every row's keys and each column widened to hold every value, and an error in a
     later block names the row's place in the whole file."""
     import pyarrow as pa
 
-    from rig_ray.batch import source
+    from rig_ray.batch import json_input
 
-    monkeypatch.setattr(source, "ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 2)
     lines = [{"id": 1, "n": 1}, {"id": 2, "n": 2}, {"id": 3, "n": 2.5, "late": "x"}, {"id": 4}]
     data = "\n".join(json.dumps(line) for line in lines).encode()
-    tables = list(source._JsonRows("id")(pa.table({"bytes": [data]})))
+    tables = _read(data, tmp_path)
     assert [table.num_rows for table in tables] == [2, 2]
     assert all(table.schema == tables[0].schema for table in tables)
     assert pa.concat_tables(tables).to_pylist() == [
@@ -208,13 +221,11 @@ def test_json_lines_become_tables_a_block_at_a_time_with_one_schema(
     ]
     lone = data + b'\n{"id": 5, "text": "a\\ud800b"}'  # valid JSON; row 5, in the third block
     with pytest.raises(BatchInputError, match="JSON row 5: column 'text'"):
-        list(source._JsonRows("id")(pa.table({"bytes": [lone]})))
+        _read(lone, tmp_path)
+    with pytest.raises(BatchInputError, match="JSON row 5: column 'text'"):
+        _read(lone, tmp_path, size=20)  # in ranges of 20 bytes: the error names the same row
 
 
-def test_an_empty_json_lines_file_is_one_empty_table() -> None:
-    import pyarrow as pa
-
-    from rig_ray.batch import source
-
-    tables = list(source._JsonRows("id")(pa.table({"bytes": [b"\n\n"]})))
+def test_an_empty_json_lines_file_is_one_empty_table(tmp_path: Path) -> None:
+    tables = _read(b"\n\n", tmp_path)
     assert [table.num_rows for table in tables] == [0]
