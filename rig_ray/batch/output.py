@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rig_ray.batch.done_ids import Scan
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
 
@@ -56,15 +57,7 @@ class OutputFolder:
     def scan(self) -> Scan:
         """What the folder holds: every (id, generation_index) with a row, which of them
         failed, and which have more than one row (a retry that stopped before cleaning up)."""
-        scan = Scan()
-        for part in self.parts():
-            table = self._read(part, ["id", "generation_index", "error"])
-            ok = pc.is_null(table.column("error")).to_pylist()
-            ids = table.column("id").to_pylist()
-            indices = table.column("generation_index").to_pylist()
-            for row_id, index, good in zip(ids, indices, ok, strict=True):
-                scan.add(row_id, index, good)
-        return scan
+        return Scan(self._read(part, ["id", "generation_index", "error"]) for part in self.parts())
 
     def compact(self, scan: Scan | None = None) -> int:
         """Leave one row per (id, generation_index): the first that succeeded, else the
@@ -253,48 +246,6 @@ class PartWriter:
         _write_whole(filesystem, table, final)
         self.written.append(final)
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
-
-
-class Scan:
-    """Which generations an output folder holds: `done` (id -> bitmask of generation indices
-    with a row that succeeded), `failed` (with only failed rows), and `repeated` keys."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, int] = {}
-        self.failed: dict[str, int] = {}
-        self.repeated: set[tuple[str, int]] = set()
-
-    def add(self, row_id: str, index: int | None, ok: bool) -> None:
-        if index is None or index < 0:  # no generation a run makes: left alone
-            return
-        bit = 1 << index
-        if (self.done.get(row_id, 0) | self.failed.get(row_id, 0)) & bit:
-            self.repeated.add((row_id, index))
-        if ok:
-            self.done[row_id] = self.done.get(row_id, 0) | bit
-            if self.failed.get(row_id, 0) & bit:
-                self.failed[row_id] &= ~bit
-        elif not self.done.get(row_id, 0) & bit:
-            self.failed[row_id] = self.failed.get(row_id, 0) | bit
-
-    def is_done(self, row_id: str, index: int) -> bool:
-        return bool(self.done.get(row_id, 0) >> index & 1)
-
-    def failed_count(self) -> int:
-        return sum(mask.bit_count() for mask in self.failed.values())
-
-    def generations(self) -> int:
-        return sum(mask.bit_count() for mask in self.done.values()) + self.failed_count()
-
-    def finished(self, *, retry_failed: bool) -> dict[str, int]:
-        """id -> generation indices not to make again: the succeeded ones, and the failed
-        ones too unless they are retried."""
-        if retry_failed or not self.failed:
-            return self.done
-        merged = dict(self.done)
-        for row_id, mask in self.failed.items():
-            merged[row_id] = merged.get(row_id, 0) | mask
-        return merged
 
 
 def _keys(table: pa.Table) -> t.Iterator[tuple[str, int]]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rig_ray.batch.data_tasks import Block, from_blocks, put_block
+from rig_ray.batch.done_ids import Masks
 from rig_ray.batch.prompts import PromptSpec, content_id
 from rig_ray.errors import BatchInputError
 
@@ -101,7 +102,7 @@ def plan_rows(
     spec: PromptSpec,
     *,
     num_generations: int,
-    finished: t.Mapping[str, int],
+    finished: Masks | t.Mapping[str, int],
     generations_column: str | None = None,
 ) -> Plan:
     """Read `dataset` once, in order, and keep the rows with generations still to make.
@@ -112,6 +113,7 @@ def plan_rows(
     """
 
     dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
+    done = finished if isinstance(finished, Masks) else Masks.of_mapping(finished)
     ids = _Ids(spec)
     schema = _Schema()
     blocks: list[Block] = []
@@ -127,8 +129,8 @@ def plan_rows(
             else [num_generations] * table.num_rows
         )
         todo = [
-            _left(finished.get(row_id, 0), count, every)
-            for row_id, count in zip(id_array.to_pylist(), counts, strict=True)
+            _left(mask, count, every)
+            for mask, count in zip(done.masks(id_array), counts, strict=True)
         ]
         rows_in += table.num_rows
         wanted += sum(counts)
@@ -180,14 +182,20 @@ class _Schema:
         schemas = [self.whole, *(block.metadata.schema for block in blocks)]
         whole = pa.unify_schemas(schemas, promote_options="permissive")
         empty = whole.empty_table()
-        return [
-            block
-            if block.metadata.schema.equals(whole)
-            else put_block(
-                pa.concat_tables([empty, ray.get(block.ref)], promote_options="permissive")
-            )
-            for block in blocks
-        ]
+        try:
+            return [
+                block
+                if block.metadata.schema.equals(whole)
+                else put_block(
+                    pa.concat_tables([empty, ray.get(block.ref)], promote_options="permissive")
+                )
+                for block in blocks
+            ]
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # an int that no float holds
+            raise BatchInputError(
+                f"the input's rows cannot share one schema ({error}); give each column one "
+                "type in every file"
+            ) from None
 
 
 def _clash(before: pa.Schema, schema: pa.Schema, first_row: int) -> str:

@@ -147,9 +147,11 @@ def progress(job: str, wanted: t.Mapping[str, int]) -> tuple[int, int]:
 
     scan = OutputFolder(job).scan()
     completed = failed = 0
-    for row_id, n in wanted.items():
-        mask = (1 << n) - 1
-        done, bad = scan.done.get(row_id, 0) & mask, scan.failed.get(row_id, 0) & mask
+    ids = list(wanted)
+    masks = zip(ids, scan.done.masks(ids), scan.failed.masks(ids), strict=True)
+    for row_id, done_mask, failed_mask in masks:
+        mask = (1 << wanted[row_id]) - 1
+        done, bad = done_mask & mask, failed_mask & mask
         if done | bad == mask:
             if bad:
                 failed += 1

@@ -45,7 +45,7 @@ block_kinds = st.lists(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(kinds=block_kinds)
 def test_kept_rows_share_one_schema_and_keep_their_values(
@@ -157,3 +157,19 @@ def test_a_second_file_with_text_where_the_first_has_numbers_writes_nothing(
             progress=False,
         )
     assert not list(out.glob("*.parquet"))
+
+
+def test_an_int_too_large_for_the_floats_of_other_files_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    _jsonl(source / "a.jsonl", [{"id": "a", "topic": "x", "score": 0.5}])
+    _jsonl(source / "b.jsonl", [{"id": "b", "topic": "x", "score": 2**53 + 1}])
+    with pytest.raises(BatchInputError, match=r"cannot share one schema .*9007199254740993"):
+        run(
+            str(source),
+            str(tmp_path / "out"),
+            generator=EchoGenerator(model="e"),
+            template="$topic",
+            num_cpus=0.25,
+            progress=False,
+        )
