@@ -115,11 +115,9 @@ def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iter
     to hold every row's value), made `ROWS_PER_BLOCK` rows at a time."""
     import pyarrow as pa
 
-    if part.end is None:
+    if part.end is None:  # a whole file, decompressed as it is read
         with filesystem.open_input_stream(part.path, compression="detect") as stream:
-            data = stream.read()
-        tables = list(_tables(iter_json_rows(data, id_column), lambda: 0))
-        del data
+            tables = list(_tables(_file_rows(stream.read, id_column), lambda: 0))
     else:
         with filesystem.open_input_file(part.path) as handle:
             first = _first_line(handle, part.start)
@@ -212,22 +210,45 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
 def iter_json_rows(data: bytes, id_column: str) -> t.Iterator[dict[str, t.Any]]:
     """`json_rows`, one row at a time: a JSON Lines file is read line by line, so only the
     row being made is held as Python objects (a JSON array is read whole)."""
-    start = len(_BOM) if data.startswith(_BOM) else 0
-    first = _LEADING_SPACE.match(data, start)
-    at = first.end() if first is not None else start
-    if data[at : at + 1] == b"[":
-        decoder = _decoder()
+    return _file_rows(_reader(data), id_column)
+
+
+def _file_rows(read: t.Callable[[int], bytes], id_column: str) -> t.Iterator[dict[str, t.Any]]:
+    """The rows of a whole file that `read` gives a chunk at a time: line by line, or, where
+    the file holds one JSON array, the array read whole."""
+    head = b""
+    while True:  # up to the first byte that is not a byte order mark or white space
+        chunk = read(_CHUNK)
+        head += chunk
+        start = len(_BOM) if head.startswith(_BOM) else 0
+        opening = _LEADING_SPACE.match(head, start)
+        at = opening.end() if opening is not None else start
+        if not chunk or (len(head) > at and len(head) >= len(_BOM)):
+            break
+    if head[at : at + 1] == b"[":
+        data = head + b"".join(iter(lambda: read(_CHUNK), b""))
         text = _utf8(data[start:], 1)
-        values = _decoded(decoder, text, "the JSON array")
+        values = _decoded(_decoder(), text, "the JSON array")
         for number, value in enumerate(values):  # text opening with "[" is an array
             yield _row(value, number, id_column)
         return
-    yield from json_lines(_lines(_reader(data, start), start, None), id_column, lambda: (0, 0))
+    rest = _chained(head[start:], read)
+    yield from json_lines(_lines(rest, 0, None), id_column, lambda: (0, 0))
 
 
-def _reader(data: bytes, start: int) -> t.Callable[[int], bytes]:
+def _chained(head: bytes, read: t.Callable[[int], bytes]) -> t.Callable[[int], bytes]:
+    """A `read` that gives `head` first, then what `read` gives."""
+    pending = [head] if head else []
+
+    def chained(size: int) -> bytes:
+        return pending.pop() if pending else read(size)
+
+    return chained
+
+
+def _reader(data: bytes) -> t.Callable[[int], bytes]:
     view = memoryview(data)
-    at = start
+    at = 0
 
     def read(size: int) -> bytes:
         nonlocal at

@@ -5,6 +5,7 @@ line (or row) in the whole file. Then a job on a local Ray, read in ranges and w
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 import typing as t
@@ -68,10 +69,12 @@ def _set(value: t.Any) -> t.Any:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(file=files, size=st.integers(1, 400))
+@given(file=files, size=st.integers(1, 400), chunk=st.sampled_from([1, 2, 5, 64, 1 << 20]))
 def test_ranges_read_what_the_whole_file_holds(
-    file: tuple[list[bytes], tuple[int, bytes] | None, bytes, bool, bool], size: int
+    file: tuple[list[bytes], tuple[int, bytes] | None, bytes, bool, bool], size: int, chunk: int
 ) -> None:
+    """Also gzipped (read whole, decompressed as it streams), and read `chunk` bytes at a
+    time, so that lines and the byte order mark fall across reads."""
     lines, bad, ending, bom, last_newline = file
     lines = list(lines)
     if bad is not None:
@@ -84,9 +87,16 @@ def test_ranges_read_what_the_whole_file_holds(
         whole = Part(path, 0, None, len(data))
         parts = json_parts(FILESYSTEM, [path], size=size)
         assert sum(part.size or 0 for part in parts) == len(data)
+        zipped = str(Path(folder) / "in.jsonl.gz")
+        Path(zipped).write_bytes(gzip.compress(data))
         expected = _outcome(lambda: list(read_part(FILESYSTEM, whole, "id")))
-        got = _outcome(lambda: [t for p in parts for t in read_part(FILESYSTEM, p, "id")])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(json_input, "_CHUNK", chunk)
+            got = _outcome(lambda: [t for p in parts for t in read_part(FILESYSTEM, p, "id")])
+            (gz_part,) = json_parts(FILESYSTEM, [zipped], size=size)
+            from_gzip = _outcome(lambda: list(read_part(FILESYSTEM, gz_part, "id")))
     assert got == expected
+    assert from_gzip == expected
     if bad is not None:
         assert expected[0] == "refused"
 
