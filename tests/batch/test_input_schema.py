@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig_ray.batch import run
+from rig_ray.batch import BatchSummary, run
 from rig_ray.batch.data_tasks import from_blocks, put_block
 from rig_ray.batch.prepare import INTERNAL_COLUMNS, plan_rows
 from rig_ray.batch.prompts import PromptSpec
@@ -106,6 +106,13 @@ def test_a_column_of_numbers_and_text_is_refused_by_name_and_row(clash_at: int) 
     assert f"from input row {max(clash_at, 1) + 1} on" in message
 
 
+def echo_run(source: Path, out: Path, **options: t.Any) -> BatchSummary:
+    """A batch job of `source` into `out` on the echo generator (a quarter CPU, no progress
+    lines)."""
+    generator = EchoGenerator(model="e")
+    return run(str(source), str(out), generator=generator, num_cpus=0.25, progress=False, **options)
+
+
 def _jsonl(path: Path, rows: list[dict[str, t.Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -119,16 +126,7 @@ def test_files_that_type_a_column_differently_give_parts_of_one_schema(tmp_path:
         [{"id": f"b{n}", "topic": "y", "score": n + 0.5, "extra": "e"} for n in range(12)],
     )
     out = tmp_path / "out"
-    summary = run(
-        str(source),
-        str(out),
-        generator=EchoGenerator(model="e"),
-        template="$topic",
-        num_cpus=0.25,
-        progress=False,
-        rows_per_part=4,
-        batch_size=4,
-    )
+    summary = echo_run(source, out, template="$topic", rows_per_part=4, batch_size=4)
     assert summary.generations_written == 24 and len(summary.parts) >= 2
     schemas = {pq.read_schema(part).remove_metadata().to_string() for part in summary.parts}
     assert len(schemas) == 1
@@ -148,14 +146,7 @@ def test_a_second_file_with_text_where_the_first_has_numbers_writes_nothing(
     _jsonl(source / "b.jsonl", [{"id": f"b{n}", "topic": "x", "score": "high"} for n in range(3)])
     out = tmp_path / "out"
     with pytest.raises(BatchInputError, match=r"column 'score' holds string from input row 4 on"):
-        run(
-            str(source),
-            str(out),
-            generator=EchoGenerator(model="e"),
-            template="$topic",
-            num_cpus=0.25,
-            progress=False,
-        )
+        echo_run(source, out, template="$topic")
     assert not list(out.glob("*.parquet"))
 
 
@@ -165,11 +156,4 @@ def test_an_int_too_large_for_the_floats_of_other_files_is_refused(tmp_path: Pat
     _jsonl(source / "a.jsonl", [{"id": "a", "topic": "x", "score": 0.5}])
     _jsonl(source / "b.jsonl", [{"id": "b", "topic": "x", "score": 2**53 + 1}])
     with pytest.raises(BatchInputError, match=r"cannot share one schema .*9007199254740993"):
-        run(
-            str(source),
-            str(tmp_path / "out"),
-            generator=EchoGenerator(model="e"),
-            template="$topic",
-            num_cpus=0.25,
-            progress=False,
-        )
+        echo_run(source, tmp_path / "out", template="$topic")

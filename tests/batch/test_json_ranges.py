@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig_ray.batch import json_input, read_output, run
+from rig_ray.batch import json_input, read_output
 from rig_ray.batch.json_input import Part, json_parts, read_part
 from rig_ray.errors import BatchInputError
+from tests.batch.test_input_schema import echo_run
 from tests.batch.test_json_rows_fuzz import _valid, ids
-from tests.fakes import EchoGenerator
 from tests.serve.test_fuzz import texts
 
 FILESYSTEM = pafs.LocalFileSystem()
@@ -102,14 +102,7 @@ def test_ranges_read_what_the_whole_file_holds(
 
 
 def _job(source: Path, out: Path) -> dict[str, str]:
-    summary = run(
-        str(source),
-        str(out),
-        generator=EchoGenerator(model="e"),
-        template="$prompt",
-        num_cpus=0.25,
-        progress=False,
-    )
+    summary = echo_run(source, out, template="$prompt")
     assert summary.generations_written == summary.rows_in
     table = read_output(str(out))
     return dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
