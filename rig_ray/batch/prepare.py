@@ -147,13 +147,14 @@ def plan_rows(
 
 
 class _Schema:
-    """One schema for every row of the input. Files (and a JSON file's chunks) get their
-    column types each from their own rows, so one may hold a column that another lacks, or
-    ints where another holds floats. Output parts written with such differences cannot be
-    read as one table by pyarrow, pandas or DuckDB, so every kept block is made to hold
-    every column, each widened to take every block's values, as `PartWriter` widens the
-    tables of one part. Columns whose types cannot be joined (numbers and text) are a
-    `BatchInputError` before any model loads."""
+    """One schema for every row of the input. Files (and a JSON file's byte ranges) get
+    their column types each from their own rows, so one may hold a column that another
+    lacks, or ints where another holds floats. pyarrow's folder reader (and pandas, through
+    it) reads every part with the first part's schema, so parts written with such
+    differences fail there or lose a column. Every kept block is made to hold every column,
+    each widened to take every block's values, as `PartWriter` widens the tables of one
+    part. Columns whose types cannot be joined (numbers and text) are a `BatchInputError`
+    before any model loads."""
 
     def __init__(self) -> None:
         self.whole: pa.Schema | None = None
