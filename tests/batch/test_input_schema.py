@@ -45,7 +45,7 @@ block_kinds = st.lists(
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(kinds=block_kinds)
 def test_kept_rows_share_one_schema_and_keep_their_values(
