@@ -76,9 +76,8 @@ class Masks:
         if not len(self._hashes) and not self._exact:
             return found.tolist()  # a fresh folder: nothing to look up
         column = ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
-        texts: list[str] = column.to_pylist()
-        if len(self._hashes) and len(texts):
-            asked = np.fromiter(map(_hash, texts), dtype=np.int64, count=len(texts))
+        if len(self._hashes) and len(column):
+            asked = _hashes(column)
             order = np.argsort(asked)  # searched in order, the search runs 3x faster
             at = np.empty(len(asked), dtype=np.int64)
             at[order] = np.searchsorted(self._hashes, asked[order])
@@ -91,7 +90,7 @@ class Masks:
                 found[hit] = self._masks[at[hit]]
         out: list[int] = found.tolist()
         if self._exact:
-            for number, row_id in enumerate(texts):
+            for number, row_id in enumerate(column.to_pylist()):
                 out[number] |= self._exact.get(row_id, 0)
         return out
 
@@ -139,7 +138,7 @@ class Scan:
             oks.append(np.asarray(pc.is_null(table.column("error").filter(valid)).to_numpy()))
         row_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
         index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-        good = np.concatenate(oks).astype(bool) if oks else np.zeros(0, bool)
+        good = np.concatenate(oks) if oks else np.zeros(0, bool)
         del ids, indices, oks
         hashes = _hashes(row_ids)
         order = np.lexsort((index, hashes))

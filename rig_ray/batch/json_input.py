@@ -12,6 +12,7 @@ first counts the lines before its range only when it has an error to name.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 import typing as t
@@ -69,10 +70,16 @@ def _read_whole(filesystem: pafs.FileSystem, path: str) -> bool:
         return True
     with filesystem.open_input_file(path) as handle:
         head = handle.read(64 << 10)
-    at = len(_BOM) if head.startswith(_BOM) else 0
-    spaces = _LEADING_SPACE.match(head, at)
-    first = head[spaces.end() if spaces else at :][:1]
-    return first in (b"[", b"")
+    _, at = _opening(head)
+    return head[at : at + 1] in (b"[", b"")
+
+
+def _opening(head: bytes) -> tuple[int, int]:
+    """Where the text of a file that begins with `head` starts (past a byte order mark),
+    and where its first byte that is not white space is (`len(head)` when none is)."""
+    start = len(_BOM) if head.startswith(_BOM) else 0
+    spaces = _LEADING_SPACE.match(head, start)
+    return start, spaces.end() if spaces is not None else start
 
 
 def read_json(
@@ -210,7 +217,7 @@ def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
 def iter_json_rows(data: bytes, id_column: str) -> t.Iterator[dict[str, t.Any]]:
     """`json_rows`, one row at a time: a JSON Lines file is read line by line, so only the
     row being made is held as Python objects (a JSON array is read whole)."""
-    return _file_rows(_reader(data), id_column)
+    return _file_rows(io.BytesIO(data).read, id_column)
 
 
 def _file_rows(read: t.Callable[[int], bytes], id_column: str) -> t.Iterator[dict[str, t.Any]]:
@@ -220,9 +227,7 @@ def _file_rows(read: t.Callable[[int], bytes], id_column: str) -> t.Iterator[dic
     while True:  # up to the first byte that is not a byte order mark or white space
         chunk = read(_CHUNK)
         head += chunk
-        start = len(_BOM) if head.startswith(_BOM) else 0
-        opening = _LEADING_SPACE.match(head, start)
-        at = opening.end() if opening is not None else start
+        start, at = _opening(head)
         if not chunk or (len(head) > at and len(head) >= len(_BOM)):
             break
     if head[at : at + 1] == b"[":
@@ -244,19 +249,6 @@ def _chained(head: bytes, read: t.Callable[[int], bytes]) -> t.Callable[[int], b
         return pending.pop() if pending else read(size)
 
     return chained
-
-
-def _reader(data: bytes) -> t.Callable[[int], bytes]:
-    view = memoryview(data)
-    at = 0
-
-    def read(size: int) -> bytes:
-        nonlocal at
-        chunk = bytes(view[at : at + size])
-        at += len(chunk)
-        return chunk
-
-    return read
 
 
 def json_lines(

@@ -180,8 +180,10 @@ class _Schema:
             return blocks
         import ray
 
-        schemas = [self.whole, *(block.metadata.schema for block in blocks)]
-        whole = pa.unify_schemas(schemas, promote_options="permissive")
+        # the input's joined schema, and the two columns every kept block has
+        whole = pa.unify_schemas(
+            [self.whole, blocks[0].metadata.schema], promote_options="permissive"
+        )
         empty = whole.empty_table()
         try:
             return [
