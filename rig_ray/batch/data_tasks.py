@@ -1,4 +1,5 @@
-"""The CPUs that Ray Data's own tasks of a batch job ask for.
+"""Ray Data's own tasks of a batch job: the CPUs they ask for, and how the driver reads
+their blocks and stops them (`iter_tables`).
 
 A job's Ray Data tasks only read the input files and cut the rows into batches; its engines
 run in actors of their own, and the rows it keeps go to Ray's object store described by the
@@ -44,6 +45,43 @@ def split_rows(dataset: ray.data.Dataset, rows: int, data_cpus: float | None) ->
     return Dataset._from_parent(dataset, LogicalPlan(operator, dataset.context))
 
 
+def iter_tables(dataset: ray.data.Dataset) -> t.Iterator[pa.Table]:
+    """Each block of `dataset` as a table, as its run makes them. A consumer that stops
+    early (an error, a `break`) has the run shut down without force.
+
+    Ray Data's own `iter_batches` (and `columns()`) shut a run stopped early down by force,
+    killing the tasks still running; a killed task whose reply lands at that moment fails a
+    check in Ray's driver (2.60: `Tried to complete task that was not pending`), and the
+    driver process ends on the spot. Tasks asked to stop without force end on their own.
+    """
+    import ray
+    from ray.data.block import BlockAccessor
+
+    bundles, _, executor = dataset._execute_to_iterator()
+    try:
+        for bundle in bundles:
+            for entry, part in zip(bundle.blocks, bundle.slices, strict=True):
+                table = BlockAccessor.for_block(ray.get(entry.ref)).to_arrow()
+                if part is not None:
+                    table = table.slice(part.start_offset, part.end_offset - part.start_offset)
+                yield table
+    finally:
+        if executor is not None:
+            executor.shutdown(force=False)
+
+
+def dataset_columns(dataset: ray.data.Dataset) -> tuple[str, ...]:
+    """The columns of `dataset`'s first rows: those Ray knows without running it, else those
+    of its first row (`Dataset.columns()` would stop the run by force; see `iter_tables`)."""
+    known = dataset.schema(fetch_if_missing=False)
+    if known is not None:
+        return tuple(known.names)
+    for table in iter_tables(dataset.limit(1)):
+        if table.num_columns:
+            return tuple(table.column_names)
+    return ()
+
+
 class Block(t.NamedTuple):
     """A table put in Ray's object store, with Ray Data's description of it."""
 
@@ -76,4 +114,12 @@ def from_blocks(blocks: t.Sequence[Block]) -> ray.data.Dataset:
     return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
 
 
-__all__: t.Sequence[str] = ["Block", "from_blocks", "put_block", "remote_args", "split_rows"]
+__all__: t.Sequence[str] = [
+    "Block",
+    "dataset_columns",
+    "from_blocks",
+    "iter_tables",
+    "put_block",
+    "remote_args",
+    "split_rows",
+]

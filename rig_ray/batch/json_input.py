@@ -140,6 +140,18 @@ def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iter
     yield from (pa.Table.from_batches([batch]) for batch in batches) if batches else [whole]
 
 
+def first_keys(filesystem: pafs.FileSystem, path: str, id_column: str) -> tuple[str, ...]:
+    """The keys of a JSON file's first rows (its first `ROWS_PER_BLOCK`, in the order they
+    first appear), read by this process; () for a file of no rows or only `{}` ones."""
+    with filesystem.open_input_stream(path, compression="detect") as stream:
+        keys: dict[str, None] = {}
+        for number, row in enumerate(_file_rows(stream.read, id_column)):
+            if number == ROWS_PER_BLOCK:
+                break
+            keys.update(dict.fromkeys(row))
+    return tuple(keys)
+
+
 class _CountedBefore:
     """The lines and rows of a file before the offset `first`, counted once, when asked."""
 

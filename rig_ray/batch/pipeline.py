@@ -7,7 +7,7 @@ import typing as t
 import warnings
 
 from rig_ray.batch import concurrency
-from rig_ray.batch.data_tasks import remote_args, split_rows
+from rig_ray.batch.data_tasks import dataset_columns, remote_args, split_rows
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.placement import fit_cpus, gpus_in_all
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
@@ -124,7 +124,7 @@ def generate(
         raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
     structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
     params = with_json_schema(members, params, structured)
-    columns = tuple(c for c in dataset.columns() or () if c not in INTERNAL_COLUMNS)
+    columns = tuple(c for c in dataset_columns(dataset) if c not in INTERNAL_COLUMNS)
     spec = PromptSpec(
         template=template,
         system=system,

@@ -30,7 +30,7 @@ from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
 from rig_ray.batch.placement import join, quiet_ray_logs
 from rig_ray.batch.run import BatchSummary, check_settings, pending, run
-from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.batch.source import input_columns, input_files, read_prompts
 from rig_ray.errors import BatchInputError, PipelineError
 from rig_ray.redaction import redact, redact_logs
 
@@ -97,7 +97,7 @@ def _checked(stages: t.Sequence[Stage], gpu_sharing: str) -> list[Stage]:
 
 def _input_columns(source: str) -> list[str]:
     try:
-        return list(read_prompts(source).columns() or ())
+        return list(input_columns(read_prompts(source), source))
     except Exception as error:
         raise BatchInputError(f"cannot read {source!r}: {error}", source=source) from error
 

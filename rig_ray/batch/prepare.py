@@ -16,7 +16,7 @@ import typing as t
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rig_ray.batch.data_tasks import Block, from_blocks, put_block
+from rig_ray.batch.data_tasks import Block, from_blocks, iter_tables, put_block
 from rig_ray.batch.done_ids import Masks
 from rig_ray.batch.prompts import PromptSpec, content_id
 from rig_ray.errors import BatchInputError
@@ -119,8 +119,7 @@ def plan_rows(
     blocks: list[Block] = []
     rows_in = pending = wanted = 0
     every = list(range(num_generations))  # one list for all the rows with nothing done
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        table = t.cast(pa.Table, batch)
+    for table in iter_tables(dataset):
         schema.add(table.schema, rows_in)
         id_array = ids.assign(table)
         counts = (

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import typing as t
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch import openai_files, openai_job
 from rig_ray.batch.causes import cause_line, errors_told_once
 from rig_ray.batch.console import job_console
+from rig_ray.batch.data_tasks import iter_tables
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -28,7 +28,7 @@ from rig_ray.batch.placement import (
 from rig_ray.batch.prepare import plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
-from rig_ray.batch.source import input_files, read_prompts
+from rig_ray.batch.source import input_columns, input_files, read_prompts
 from rig_ray.cluster.placement import BatchGroups
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
@@ -199,7 +199,7 @@ def _run_source(
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
         dataset = _read(source, options)
-        spec = _spec(_columns(dataset, source), options)
+        spec = _spec(_columns(dataset, source, options), options)
         manifest = _manifest(members, spec, structured, options)
         with FolderLock(folder.filesystem, folder.path, output) as lock:
             return _run(
@@ -223,7 +223,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     folder = OutputFolder(output)
     join(options.get("address"))
     dataset = _read(source, options)
-    spec, manifest = _checked_settings(folder, _columns(dataset, source), options)
+    spec, manifest = _checked_settings(folder, _columns(dataset, source, options), options)
     plan = plan_rows(
         dataset,
         spec,
@@ -280,10 +280,10 @@ def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
     )
 
 
-def _columns(dataset: ray.data.Dataset, source: str) -> tuple[str, ...]:
+def _columns(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> tuple[str, ...]:
     try:
         with errors_told_once():
-            return tuple(dataset.columns() or ())
+            return input_columns(dataset, source, id_column=options.get("id_column", "id"))
     except Exception as error:  # the input itself could not be read
         raise BatchInputError(
             f"cannot read {source!r}: {cause_line(error)}", source=source
@@ -409,8 +409,7 @@ def _write(
 ) -> None:
     try:
         with meter.ticking():
-            for batch in generations.iter_batches(batch_size=None, batch_format="pyarrow"):
-                table = t.cast(pa.Table, batch)
+            for table in iter_tables(generations):
                 nulls = pc.count(table.column("error"), mode="only_null").as_py()
                 tokens = pc.sum(table.column("output_tokens")).as_py() or 0
                 counts.input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0

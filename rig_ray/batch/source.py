@@ -7,7 +7,7 @@ import re
 import typing as t
 
 from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
-from rig_ray.batch.json_input import read_json
+from rig_ray.batch.json_input import first_keys, read_json
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
 
@@ -142,6 +142,35 @@ def read_prompts(
     # Lines are parsed here (not by pyarrow, which reads every number as a number) so that
     # the id keeps the text it was written as. A file holding one JSON array works too.
     return read_json(filesystem, files, id_column, args)
+
+
+def input_columns(
+    dataset: ray.data.Dataset, source: str, *, id_column: str = "id"
+) -> tuple[str, ...]:
+    """The columns of the first rows of `source`, which `read_prompts` read as `dataset`:
+    the schema Ray already knows (Parquet), else the header of the first CSV file or the keys
+    of the first JSON rows, read by this process (the first file that has any).
+
+    No Ray task runs: `Dataset.columns()` would run the read until its first block, then
+    force-kill the read tasks still running, and a killed task whose reply lands at that
+    moment can fail a check in Ray's driver (2.60) that ends the process
+    (`Tried to complete task that was not pending`).
+    """
+    import pyarrow.csv as pacsv
+
+    known = dataset.schema(fetch_if_missing=False)
+    if known is not None:
+        return tuple(known.names)
+    filesystem, files = input_files(source)
+    for path in files:
+        if format_of(path) == "csv":
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                names = tuple(pacsv.open_csv(stream).schema.names)
+        else:
+            names = first_keys(filesystem, path, id_column)
+        if names:
+            return names
+    return ()
 
 
 def _parquet_here(filesystem: pafs.FileSystem, files: list[str]) -> ray.data.Dataset:

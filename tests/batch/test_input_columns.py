@@ -1,0 +1,130 @@
+"""The columns a job checks its template against are read without stopping a Ray run early.
+
+`Dataset.columns()` runs a read until its first block, then shuts the run down by force,
+killing the read tasks still running; a killed task whose reply lands at that moment fails a
+check in Ray's driver (2.60: `Tried to complete task that was not pending`), and the
+process ends at once. A job must never do that to its driver, so no run of one shuts down
+by force, and the columns come from the files (or from what Ray already knows).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import typing as t
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rig_ray.batch.data_tasks import dataset_columns, from_blocks, put_block
+from rig_ray.batch.json_input import ROWS_PER_BLOCK
+from rig_ray.batch.run import pending
+from rig_ray.batch.source import input_columns, read_prompts
+from rig_ray.errors import BatchInputError
+from tests.batch.test_input_schema import echo_run
+from tests.fakes import EchoGenerator
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+@pytest.fixture
+def shutdowns(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The `force` of every shutdown of a Ray Data run in this process, for one test."""
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    seen: list[bool] = []
+    shutdown = StreamingExecutor.shutdown
+
+    def spy(self: t.Any, force: bool, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        seen.append(force)
+        return shutdown(self, force, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingExecutor, "shutdown", spy)
+    return seen
+
+
+def _jsonl(path: Path, rows: list[dict[str, t.Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _columns(source: Path) -> tuple[str, ...]:
+    return input_columns(read_prompts(str(source)), str(source))
+
+
+def test_json_columns_are_the_keys_of_the_first_rows_of_the_first_file_that_has_any(
+    tmp_path: Path, shutdowns: list[bool]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("\n\n")  # no rows
+    _jsonl(folder / "b.jsonl", [{}, {"id": "1", "topic": "x"}, {"topic": "y", "extra": 2}])
+    _jsonl(folder / "c.jsonl", [{"other": 1}])
+    assert _columns(folder) == ("id", "topic", "extra")
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"b": 1}, {"a": 2}]))
+    assert _columns(array) == ("b", "a")
+    packed = tmp_path / "in.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'\xef\xbb\xbf{"q": 1}\r\n'))
+    assert _columns(packed) == ("q",)
+    late = [{"n": n} for n in range(ROWS_PER_BLOCK)] + [{"n": 0, "late": 1}]
+    assert _columns(_jsonl(tmp_path / "late.jsonl", late)) == ("n",)  # the first block's
+    assert shutdowns == []  # no Ray Data run at all
+
+
+def test_csv_and_parquet_columns(tmp_path: Path, shutdowns: list[bool]) -> None:
+    table = tmp_path / "in.csv"
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "topic"], ["007", "sea"]])
+    assert _columns(table) == ("id", "topic")
+    packed = tmp_path / "in.csv.gz"
+    packed.write_bytes(gzip.compress(table.read_bytes()))
+    assert _columns(packed) == ("id", "topic")
+    folder = tmp_path / "year=2026"  # a hive folder: Ray adds its key as a column
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["1"], "topic": ["x"]}), folder / "part.parquet")
+    assert _columns(folder) == ("id", "topic", "year")
+    assert shutdowns == []
+
+
+def test_a_bad_first_line_is_refused_by_the_job_naming_the_input_and_line(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "1"}\n{"id": \n')
+    with pytest.raises(BatchInputError, match=r"cannot read .*in\.jsonl.*line 2 is not JSON"):
+        pending(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"))
+
+
+def test_a_datasets_columns_come_from_ray_or_from_its_first_row_read_to_the_end(
+    shutdowns: list[bool],
+) -> None:
+    import ray.data
+
+    known = from_blocks([put_block(pa.table({"a": [1], "b": ["x"]}))])
+    assert dataset_columns(known) == ("a", "b") and shutdowns == []
+    ran = ray.data.range(40, override_num_blocks=8).map_batches(lambda batch: batch)
+    assert dataset_columns(ran) == ("id",)
+    assert shutdowns and not any(shutdowns)
+
+
+def test_jobs_over_json_and_csv_files_never_shut_a_run_down_by_force(
+    tmp_path: Path, shutdowns: list[bool]
+) -> None:
+    folder = tmp_path / "json"
+    folder.mkdir()
+    for name in "abcd":
+        _jsonl(folder / f"{name}.jsonl", [{"id": f"{name}{n}", "topic": "x"} for n in range(30)])
+    table = tmp_path / "in.csv"
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "topic"], *[[f"c{n}", "y"] for n in range(30)]])
+    for source, rows in ((folder, 120), (table, 30)):
+        out = tmp_path / f"out-{source.name}"
+        echo = EchoGenerator(model="e")
+        assert pending(str(source), str(out), generator=echo, template="$topic") == rows
+        summary = echo_run(source, out, template="$topic", batch_size=8)
+        assert summary.generations_written == rows
+    assert shutdowns and not any(shutdowns)
