@@ -18,7 +18,7 @@ def cause_line(error: BaseException) -> str:
     `__cause__`); else one that a Ray Data task's traceback quotes (Ray Data wraps what a
     task raised in a `UserCodeException` that keeps only its text); else the last cause."""
     root, seen = error, set()
-    while id(root) not in seen and (not isinstance(root, RigRayError) or _task_error(root)):
+    while id(root) not in seen and (not isinstance(root, RigRayError) or is_task_error(root)):
         seen.add(id(root))
         cause = getattr(root, "cause", None)
         cause = cause if isinstance(cause, BaseException) else root.__cause__
@@ -33,7 +33,7 @@ def cause_line(error: BaseException) -> str:
     return redact(f"{name}: {' '.join(first.split())[:500]}")
 
 
-def _task_error(error: BaseException) -> bool:
+def is_task_error(error: BaseException) -> bool:
     """Whether `error` is Ray's wrapper of what a task raised (which Ray makes a subclass of
     the task's error too, a `RayTaskError(BatchInputError)`; its text is Ray's header)."""
     exceptions = sys.modules.get("ray.exceptions")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import re
 import typing as t
@@ -145,9 +146,7 @@ def first_keys(filesystem: pafs.FileSystem, path: str, id_column: str) -> tuple[
     first appear), read by this process; () for a file of no rows or only `{}` ones."""
     with filesystem.open_input_stream(path, compression="detect") as stream:
         keys: dict[str, None] = {}
-        for number, row in enumerate(_file_rows(stream.read, id_column)):
-            if number == ROWS_PER_BLOCK:
-                break
+        for row in itertools.islice(_file_rows(stream.read, id_column), ROWS_PER_BLOCK):
             keys.update(dict.fromkeys(row))
     return tuple(keys)
 

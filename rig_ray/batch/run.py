@@ -9,9 +9,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from rig_ray.batch import openai_files, openai_job
-from rig_ray.batch.causes import cause_line, errors_told_once
+from rig_ray.batch.causes import cause_line, errors_told_once, is_task_error
 from rig_ray.batch.console import job_console
 from rig_ray.batch.data_tasks import iter_tables
+from rig_ray.batch.done_ids import Scan
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
 from rig_ray.batch.output import OutputFolder, PartWriter
@@ -25,7 +26,7 @@ from rig_ray.batch.placement import (
     quiet_ray_logs,
     size_engines_ahead,
 )
-from rig_ray.batch.prepare import plan_rows
+from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_columns, input_files, read_prompts
@@ -224,13 +225,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     join(options.get("address"))
     dataset = _read(source, options)
     spec, manifest = _checked_settings(folder, _columns(dataset, source, options), options)
-    plan = plan_rows(
-        dataset,
-        spec,
-        num_generations=manifest.num_generations,
-        finished=folder.scan().finished(retry_failed=retry_failed),
-        generations_column=manifest.generations_column,
-    )
+    plan = _first_pass(dataset, spec, manifest, folder.scan(), retry_failed, folder.location)
     return plan.pending
 
 
@@ -342,20 +337,7 @@ def _run(
     if scan.repeated:  # a retry that stopped before cleaning up left two rows for some keys
         folder.compact(scan)
         scan = folder.scan()
-    try:
-        plan = plan_rows(
-            dataset,
-            spec,
-            num_generations=manifest.num_generations,
-            finished=scan.finished(retry_failed=settings.retry_failed),
-            generations_column=manifest.generations_column,
-        )
-    except RigRayError:
-        raise
-    except Exception as error:  # the input itself could not be read
-        raise BatchInputError(
-            f"cannot read the input: {cause_line(error)}", source=folder.location
-        ) from error
+    plan = _first_pass(dataset, spec, manifest, scan, settings.retry_failed, folder.location)
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.wanted - plan.pending
     meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
@@ -397,6 +379,33 @@ class _Counts:
     def __init__(self, earlier_failed: int) -> None:
         self.earlier_failed = earlier_failed
         self.input_tokens = 0
+
+
+def _first_pass(
+    dataset: ray.data.Dataset,
+    spec: PromptSpec,
+    manifest: Manifest,
+    scan: Scan,
+    retry_failed: bool,
+    location: str,
+) -> Plan:
+    """`plan_rows` over the input; an error from a read task (a bad row anywhere in the
+    input) becomes one `BatchInputError` line, with none of Ray Data's own log lines."""
+    try:
+        with errors_told_once():
+            return plan_rows(
+                dataset,
+                spec,
+                num_generations=manifest.num_generations,
+                finished=scan.finished(retry_failed=retry_failed),
+                generations_column=manifest.generations_column,
+            )
+    except Exception as error:
+        if isinstance(error, RigRayError) and not is_task_error(error):
+            raise
+        raise BatchInputError(
+            f"cannot read the input: {cause_line(error)}", source=location
+        ) from error
 
 
 def _write(

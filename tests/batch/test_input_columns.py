@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import typing as t
 from pathlib import Path
 
@@ -128,3 +129,28 @@ def test_jobs_over_json_and_csv_files_never_shut_a_run_down_by_force(
         summary = echo_run(source, out, template="$topic", batch_size=8)
         assert summary.generations_written == rows
     assert shutdowns and not any(shutdowns)
+
+
+def test_a_bad_row_past_the_first_rows_is_told_in_one_line(tmp_path: Path) -> None:
+    """Rows past those the driver reads for the columns are read by Ray Data's tasks; the
+    first pass turns a task's error into the job's one line, with no log of Ray Data's."""
+    rows = [{"id": str(n), "topic": "x"} for n in range(ROWS_PER_BLOCK)]
+    source = _jsonl(tmp_path / "in.jsonl", rows)
+    with source.open("a") as out:
+        out.write('{"id": "bad", "topic": \n')
+    told: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = told.append  # type: ignore[method-assign]
+    ray_data = logging.getLogger("ray.data")
+    ray_data.addHandler(handler)
+    said = f"^cannot read the input: BatchInputError: line {ROWS_PER_BLOCK + 1} is not JSON"
+    try:
+        with pytest.raises(BatchInputError, match=said) as refused:
+            echo_run(source, tmp_path / "out", template="$topic")
+        assert "\n" not in str(refused.value)
+        echo = EchoGenerator(model="e")
+        with pytest.raises(BatchInputError, match=said):
+            pending(str(source), str(tmp_path / "out"), generator=echo, template="$topic")
+    finally:
+        ray_data.removeHandler(handler)
+    assert not [record.getMessage()[:200] for record in told]
