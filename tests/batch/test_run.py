@@ -59,7 +59,11 @@ def test_one_row_per_generation_with_the_documented_columns(tmp_path: Path) -> N
     assert first["latency_s"] >= 0 and first["input_text"] == "input text"
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet", "glob", "folder"])
+_SLOW_KINDS = [pytest.param(kind, marks=pytest.mark.slow) for kind in ("glob", "folder")]
+"""Globs and folders are listed by tests/batch/test_source.py; a job reads them in `slow`."""
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", *_SLOW_KINDS])
 def test_reads_csv_parquet_globs_and_folders(tmp_path: Path, kind: str) -> None:
     records = [{"id": f"c{n}", "prompt": f"question {n}"} for n in range(4)]
     folder = tmp_path / "in"

@@ -87,7 +87,9 @@ def test_a_deleted_serve_replica_unloads(ray_and_serve, tmp_path: Path) -> None:
     assert [kind for kind, _ in found] == ["load", "unload"]
 
 
-@pytest.mark.parametrize("raises", [False, True], ids=["in-place", "raised"])
+@pytest.mark.parametrize(
+    "raises", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-place", "raised"]
+)
 def test_a_dead_engine_restarts_the_batch_actor_and_its_batch_is_retried(
     ray_and_serve, tmp_path: Path, raises: bool
 ) -> None:

@@ -214,6 +214,7 @@ async def test_a_replica_whose_engine_stopped_answering_is_replaced(guarded: End
 # -- overload --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_200_clients_of_every_kind_get_no_server_errors(endpoint: Endpoint) -> None:
     oversized = huge_body(9 * MIB)
     requests: list[tuple[str, dict[str, t.Any] | bytes]] = []
