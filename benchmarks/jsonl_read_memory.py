@@ -10,7 +10,8 @@ here without Ray) in a fresh process of its own, twice:
 - whole: the file as one part, as a job reads a compressed file or one JSON array (and, before
   byte ranges, every file);
 - ranges: the file's byte ranges of `RANGE_BYTES` one after another in one process, as the
-  job's read tasks take them (side by side, on as many CPUs as they get).
+  job's read tasks take them (side by side, on as many CPUs as they get);
+- gzip: the file gzipped, read whole by one task as a job reads any compressed file.
 
 Each process reports its peak RSS above what it held before the read (`ru_maxrss`), against
 the file's size, and its wall time. For ranges the peak is that of the largest task.
@@ -19,8 +20,10 @@ the file's size, and its wall time. For ranges the peak is that of the largest t
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import platform
+import shutil
 import resource
 import subprocess
 import sys
@@ -48,7 +51,12 @@ def child(path: str, mode: str) -> None:
 
     filesystem = pafs.LocalFileSystem()
     size = Path(path).stat().st_size
-    parts = [Part(path, 0, None, size)] if mode == "whole" else json_parts(filesystem, [path])
+    if mode == "gzip":
+        packed = path + ".gz"
+        with open(path, "rb") as plain, gzip.open(packed, "wb", compresslevel=1) as out:
+            shutil.copyfileobj(plain, out)
+        path, size = packed, Path(packed).stat().st_size
+    parts = [Part(path, 0, None, size)] if mode != "ranges" else json_parts(filesystem, [path])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     read = 0
@@ -83,20 +91,23 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(
         "| rows | file MiB | parts | whole: peak MiB | / file | wall s "
-        "| ranges: largest task's peak MiB | / file | wall s, one after another |"
+        "| ranges: largest task's peak MiB | / file | wall s, one after another "
+        "| gzip: peak MiB | / file | wall s |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rows in (int(n) for n in args.rows.split(",")):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "in.jsonl"
             write(path, rows)
             mib = path.stat().st_size / 2**20
             whole, ranges = measure(path, "whole"), measure(path, "ranges")
-        assert whole["rows"] == ranges["rows"] == rows, (whole, ranges)
+            packed = measure(path, "gzip")
+        assert whole["rows"] == ranges["rows"] == packed["rows"] == rows, (whole, ranges, packed)
         print(
             f"| {rows:,} | {mib:.1f} | {ranges['parts']:.0f} | {whole['peak']:,.0f} "
             f"| {whole['peak'] / mib:.1f}x | {whole['seconds']:.1f} | {ranges['peak']:,.0f} "
-            f"| {ranges['peak'] / mib:.1f}x | {ranges['seconds']:.1f} |"
+            f"| {ranges['peak'] / mib:.1f}x | {ranges['seconds']:.1f} | {packed['peak']:,.0f} "
+            f"| {packed['peak'] / mib:.1f}x | {packed['seconds']:.1f} |"
         )
 
 

@@ -3,7 +3,8 @@
 A JSON Lines file larger than `RANGE_BYTES` is read by several tasks, each taking the lines
 that start in its byte range, so no task holds more than a range's rows and a large file is
 parsed on as many CPUs as the cluster gives. A line belongs to the range its first byte is
-in. Compressed files and files holding one JSON array are read whole, by one task.
+in. Compressed files and files holding one JSON array are read whole, by one task, which
+hands their rows over as it reads them once they are too many to hold (see `read_part`).
 
 Errors name the line (or the JSON row) in the whole file. A task that is not the file's
 first counts the lines before its range only when it has an error to name.
@@ -29,6 +30,9 @@ ROWS_PER_BLOCK = 10_000
 """JSON rows turned into Arrow at a time: only that many are ever held as Python objects."""
 RANGE_BYTES = 32 << 20
 """The bytes of a file each read task takes (files this size or smaller: one task)."""
+HOLD_BYTES = 2 * RANGE_BYTES
+"""The Arrow bytes of a file read whole that its task holds to give them one schema; a file
+whose tables outgrow it is read twice (see `read_part`)."""
 _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
@@ -120,25 +124,80 @@ def read_json(
 
 def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iterator[pa.Table]:
     """The rows of one part as tables of one schema (every row's keys, each column widened
-    to hold every row's value), made `ROWS_PER_BLOCK` rows at a time."""
-    import pyarrow as pa
+    to hold every row's value), made `ROWS_PER_BLOCK` rows at a time.
 
-    if part.end is None:  # a whole file, decompressed as it is read
-        with filesystem.open_input_stream(part.path, compression="detect") as stream:
-            tables = list(_tables(_file_rows(stream.read, id_column), lambda: 0))
-    else:
-        with filesystem.open_input_file(part.path) as handle:
-            first = _first_line(handle, part.start)
-            if first is None or first >= part.end:
-                return  # no line starts in this range
-            before = _CountedBefore(filesystem, part.path, first)
-            rows = json_lines(_file_lines(handle, first, part.end), id_column, before)
-            tables = list(_tables(rows, lambda: before()[1]))
-    # (one table alone is kept as it is: Arrow's concatenation drops the rows of a table of
-    # no columns, which rows of `{}` make)
-    whole = pa.concat_tables(tables, promote_options="permissive") if tables[1:] else tables[0]
-    batches = [batch for batch in whole.to_batches() if batch.num_rows]
-    yield from (pa.Table.from_batches([batch]) for batch in batches) if batches else [whole]
+    A byte range's tables are held until its end, then handed over. So are a whole file's
+    while they fit in `HOLD_BYTES`; past that, they are let go as they are made and the
+    file is read (and decompressed) a second time, its tables handed over as they come in
+    the schema the first reading found."""
+    if part.end is None:
+        yield from _whole_file(filesystem, part.path, id_column)
+        return
+    with filesystem.open_input_file(part.path) as handle:
+        first = _first_line(handle, part.start)
+        if first is None or first >= part.end:
+            return  # no line starts in this range
+        before = _CountedBefore(filesystem, part.path, first)
+        rows = json_lines(_file_lines(handle, first, part.end), id_column, before)
+        schema = _OneSchema(lambda: before()[1])
+        held = [schema.add(table) for table in _tables(rows, lambda: before()[1])]
+    yield from schema.conform(held)
+
+
+def _whole_file(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Iterator[pa.Table]:
+    """`read_part` of a file read whole, decompressed as it is read."""
+
+    def tables() -> t.Iterator[pa.Table]:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            yield from _tables(_file_rows(stream.read, id_column), lambda: 0)
+
+    schema = _OneSchema(lambda: 0)
+    held: list[pa.Table] | None = []
+    size = 0
+    for table in tables():
+        schema.add(table)
+        if held is not None:
+            held.append(table)
+            size += table.nbytes
+            if size > HOLD_BYTES:
+                held = None  # let go: the file is read again below
+    if held is not None:
+        yield from schema.conform(held)
+        return
+    for table in tables():
+        yield from schema.conform([table])
+
+
+class _OneSchema:
+    """The schema of a part's tables so far, each column widened to take all their values;
+    `before()` gives the JSON rows of the file before the part, for an error's row number."""
+
+    def __init__(self, before: t.Callable[[], int]) -> None:
+        self.schema: pa.Schema | None = None
+        self.rows = 0
+        self._before = before
+
+    def add(self, table: pa.Table) -> pa.Table:
+        """Join `table`'s schema (the part's next rows), and give `table` back."""
+        from rig_ray.batch.widen import widened
+
+        where = functools.partial(self._row, self.rows)
+        self.schema = (
+            table.schema if self.schema is None else widened(self.schema, table.schema, where)
+        )
+        self.rows += table.num_rows
+        return table
+
+    def _row(self, rows: int) -> str:
+        """The JSON row that follows the part's first `rows` rows, in the whole file."""
+        return f"JSON row {self._before() + rows + 1}"
+
+    def conform(self, tables: t.Iterable[pa.Table]) -> t.Iterator[pa.Table]:
+        """`tables` in the part's one schema."""
+        from rig_ray.batch.widen import conformed
+
+        for table in tables:
+            yield table if self.schema is None else conformed(table, self.schema)
 
 
 def first_keys(filesystem: pafs.FileSystem, path: str, id_column: str) -> tuple[str, ...]:

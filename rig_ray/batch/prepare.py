@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from rig_ray.batch.data_tasks import Block, from_blocks, iter_tables, put_block
 from rig_ray.batch.done_ids import Masks
 from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray.batch.widen import conformed, widened
 from rig_ray.errors import BatchInputError
 
 if t.TYPE_CHECKING:
@@ -164,13 +165,8 @@ class _Schema:
         if self.whole is None:
             self.whole = schema
             return
-        if schema.equals(self.whole):
-            return
-        try:
-            self.whole = pa.unify_schemas([self.whole, schema], promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            raise BatchInputError(_clash(self.whole, schema, first_row)) from None
-        self.varies = True
+        self.varies = self.varies or not schema.equals(self.whole)
+        self.whole = widened(self.whole, schema, lambda: f"input row {first_row + 1}")
 
     def conform(self, blocks: list[Block]) -> list[Block]:
         """`blocks` (the kept rows, with this module's two columns), each with the one
@@ -183,40 +179,12 @@ class _Schema:
         whole = pa.unify_schemas(
             [self.whole, blocks[0].metadata.schema], promote_options="permissive"
         )
-        empty = whole.empty_table()
-        try:
-            return [
-                block
-                if block.metadata.schema.equals(whole)
-                else put_block(
-                    pa.concat_tables([empty, ray.get(block.ref)], promote_options="permissive")
-                )
-                for block in blocks
-            ]
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # an int that no float holds
-            raise BatchInputError(
-                f"the input's rows cannot share one schema ({error}); give each column one "
-                "type in every file"
-            ) from None
-
-
-def _clash(before: pa.Schema, schema: pa.Schema, first_row: int) -> str:
-    """Which column of `schema` cannot take the type it had in the rows `before` it."""
-    for field in schema:
-        if field.name not in before.names:
-            continue
-        earlier = before.field(field.name)
-        try:
-            pa.unify_schemas(
-                [pa.schema([earlier]), pa.schema([field])], promote_options="permissive"
-            )
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            return (
-                f"column {field.name!r} holds {field.type} from input row {first_row + 1} on, "
-                f"but {earlier.type} in the rows before it; give the column one type in "
-                "every file (ints and floats mix, numbers and text do not)"
-            )
-    return f"the input's columns change type at row {first_row + 1}; give each one type"
+        return [
+            block
+            if block.metadata.schema.equals(whole)
+            else put_block(conformed(ray.get(block.ref), whole))
+            for block in blocks
+        ]
 
 
 def _left(done: int, count: int, every: list[int]) -> list[int]:

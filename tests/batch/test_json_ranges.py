@@ -58,6 +58,11 @@ def _outcome(read: t.Callable[[], list[pa.Table]]) -> tuple[str, t.Any]:
     return "rows", [_set(row) for table in tables for row in table.to_pylist()]
 
 
+def _one_schema(tables: list[pa.Table]) -> list[pa.Table]:
+    assert all(table.schema.equals(tables[0].schema) for table in tables)
+    return tables
+
+
 def _set(value: t.Any) -> t.Any:
     """`value` without its null fields, nested ones too: a column (or struct field) that one
     range lacks is null there once the plan joins the ranges' schemas."""
@@ -95,8 +100,13 @@ def test_ranges_read_what_the_whole_file_holds(
             got = _outcome(lambda: [t for p in parts for t in read_part(FILESYSTEM, p, "id")])
             (gz_part,) = json_parts(FILESYSTEM, [zipped], size=size)
             from_gzip = _outcome(lambda: list(read_part(FILESYSTEM, gz_part, "id")))
+            # read twice and handed over block by block, two rows a block
+            patch.setattr(json_input, "HOLD_BYTES", 0)
+            patch.setattr(json_input, "ROWS_PER_BLOCK", 2)
+            streamed = _outcome(lambda: _one_schema(list(read_part(FILESYSTEM, gz_part, "id"))))
     assert got == expected
     assert from_gzip == expected
+    assert streamed == expected
     if bad is not None:
         assert expected[0] == "refused"
 
