@@ -23,8 +23,8 @@ import argparse
 import gzip
 import json
 import platform
-import shutil
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
