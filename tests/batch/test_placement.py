@@ -1,4 +1,5 @@
-"""Which Ray a batch job joins: a cluster that listens but never answers is a one-line error."""
+"""Which Ray a batch job joins: a cluster that listens but never answers is a one-line error,
+and a Ray of its own runs its workers (and so the engines) at the job's niceness."""
 
 from __future__ import annotations
 
@@ -69,3 +70,43 @@ def test_a_cluster_that_never_answers_is_a_batch_input_error_after_the_timeout()
     # the test's own clock stops later still (after the join has shut Ray down again).
     assert 4 <= said <= float(seconds) + 0.5
     assert 2.5 <= float(seconds) < 60
+
+
+_NICENESS = """
+import os, ray
+from rig_ray.batch.placement import join
+
+assert join(None)  # a Ray of its own
+
+@ray.remote(num_cpus=0)
+def niceness():
+    return os.nice(0)
+
+print("niceness", os.nice(0), ray.get(niceness.remote()), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "increment"),
+    [({}, 0), pytest.param({"RAY_worker_niceness": "7"}, 7, marks=pytest.mark.slow)],
+    ids=["default", "set-in-the-environment"],
+)
+def test_a_ray_of_its_own_runs_its_workers_at_the_jobs_niceness(
+    env: dict[str, str], increment: int
+) -> None:
+    """Ray's own default would start them 15 steps nicer than the job (in a process of its
+    own: this one's Ray runs already)."""
+    hidden = ("RAY_ADDRESS", "RAY_worker_niceness")
+    environment = {k: v for k, v in os.environ.items() if k not in hidden} | env
+    done = subprocess.run(
+        [sys.executable, "-c", _NICENESS],
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    said = [line.split() for line in done.stdout.splitlines() if line.startswith("niceness")]
+    assert done.returncode == 0 and said, done.stdout + done.stderr
+    job, worker = int(said[-1][1]), int(said[-1][2])
+    assert worker == min(job + increment, 19)

@@ -35,11 +35,19 @@ def get(port: int, path: str) -> httpx.Response | None:
         return None
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # ended meanwhile
+        return []
+
+
 def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path) -> None:
     """While the model loads (its replica is in its constructor: the one deployment holds the
     routes too, so Serve's proxy holds requests until the replica is up) health is not 200
     and nothing is said; once the gate lets the load end, the serving line, a Ray of the
-    process's own, health 200 and the model behind the key."""
+    process's own (its replicas at the process's niceness), health 200 and the model behind
+    the key."""
     wait_for(lambda: Path(f"{gate}.loading").exists(), process, log)
     health = get(port, "/health")  # held (a timeout) or refused while the model loads
     assert health is None or health.status_code != 200
@@ -49,6 +57,9 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
     assert f"rig-ray: serving busy at http://127.0.0.1:{port}/v1" in log.read_text()
     started = psutil.Process(process.pid).children(recursive=True)
     assert any("raylet" in child.name() for child in started)  # a Ray of its own
+    # whose replicas (and so their engines) run at the command's niceness, not Ray's 15
+    replicas = [child for child in started if "ServeReplica" in " ".join(_cmdline(child))]
+    assert replicas and {r.nice() for r in replicas} == {psutil.Process(process.pid).nice()}
     health = get(port, "/health")
     assert health is not None and health.status_code == 200
     url = f"http://127.0.0.1:{port}/v1/models"

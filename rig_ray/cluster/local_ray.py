@@ -1,0 +1,30 @@
+"""The Ray that a rig_ray command starts for itself on this machine.
+
+Ray starts its workers at niceness 15: the actors that hold the engines, and so the engines'
+own processes, would give the CPU to anything else on the machine before running, while
+`vllm serve` and `vllm run-batch` run theirs at the niceness they were started with. On a Ray
+of its own, a rig_ray command starts its workers at its own niceness (an increment of 0), so
+its engines get the CPU that those commands' engines would. A `RAY_worker_niceness` in the
+environment still decides. A Ray that was already running keeps its own setting.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+WORKER_NICENESS = 0
+"""Added to the command's niceness for Ray's workers (Ray's own default: 15)."""
+_ENV = "RAY_worker_niceness"
+
+
+def start_local_ray(**init_args: t.Any) -> None:
+    """`ray.init(address="local", **init_args)`, with Ray's workers at this command's niceness
+    unless the environment sets `RAY_worker_niceness`."""
+    import ray
+
+    config = {} if _ENV in os.environ else {"worker_niceness": WORKER_NICENESS}
+    ray.init(address="local", _system_config=config or None, **init_args)
+
+
+__all__: t.Sequence[str] = ["WORKER_NICENESS", "start_local_ray"]
