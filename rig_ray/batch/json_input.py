@@ -26,6 +26,8 @@ if t.TYPE_CHECKING:
     import pyarrow.fs as pafs
     import ray.data
 
+    from rig_ray.batch.widen import OneSchema
+
 ROWS_PER_BLOCK = 10_000
 """JSON rows turned into Arrow at a time: only that many are ever held as Python objects."""
 RANGE_BYTES = 32 << 20
@@ -133,71 +135,57 @@ def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iter
     if part.end is None:
         yield from _whole_file(filesystem, part.path, id_column)
         return
+    from rig_ray.batch.widen import OneSchema
+
     with filesystem.open_input_file(part.path) as handle:
         first = _first_line(handle, part.start)
         if first is None or first >= part.end:
             return  # no line starts in this range
         before = _CountedBefore(filesystem, part.path, first)
+
+        def rows_before() -> int:
+            return before()[1]
+
         rows = json_lines(_file_lines(handle, first, part.end), id_column, before)
-        schema = _OneSchema(lambda: before()[1])
-        held = [schema.add(table) for table in _tables(rows, lambda: before()[1])]
-    yield from schema.conform(held)
+        schema = OneSchema()
+        held = list(_joined(_tables(rows, rows_before), schema, rows_before))
+    yield from map(schema.conform, held)
 
 
 def _whole_file(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Iterator[pa.Table]:
     """`read_part` of a file read whole, decompressed as it is read."""
+    from rig_ray.batch.widen import OneSchema
 
     def tables() -> t.Iterator[pa.Table]:
         with filesystem.open_input_stream(path, compression="detect") as stream:
             yield from _tables(_file_rows(stream.read, id_column), lambda: 0)
 
-    schema = _OneSchema(lambda: 0)
+    schema = OneSchema()
     held: list[pa.Table] | None = []
     size = 0
-    for table in tables():
-        schema.add(table)
+    for table in _joined(tables(), schema, lambda: 0):
         if held is not None:
             held.append(table)
             size += table.nbytes
             if size > HOLD_BYTES:
                 held = None  # let go: the file is read again below
-    if held is not None:
-        yield from schema.conform(held)
-        return
-    for table in tables():
-        yield from schema.conform([table])
+    yield from map(schema.conform, tables() if held is None else held)
 
 
-class _OneSchema:
-    """The schema of a part's tables so far, each column widened to take all their values;
-    `before()` gives the JSON rows of the file before the part, for an error's row number."""
+def _joined(
+    tables: t.Iterable[pa.Table], schema: OneSchema, before: t.Callable[[], int]
+) -> t.Iterator[pa.Table]:
+    """`tables`, each joined into `schema` as it passes; `before()` gives the JSON rows of
+    the file before them, for an error's row number."""
+    rows = 0
+    for table in tables:
+        schema.add(table.schema, functools.partial(_json_row, before, rows))
+        rows += table.num_rows
+        yield table
 
-    def __init__(self, before: t.Callable[[], int]) -> None:
-        self.schema: pa.Schema | None = None
-        self.rows = 0
-        self._before = before
 
-    def add(self, table: pa.Table) -> pa.Table:
-        """Join `table`'s schema (the part's next rows), and give `table` back."""
-        from rig_ray.batch.widen import widened
-
-        where = functools.partial(self._row, self.rows)
-        self.schema = (
-            table.schema if self.schema is None else widened(self.schema, table.schema, where)
-        )
-        self.rows += table.num_rows
-        return table
-
-    def _row(self, rows: int) -> str:
-        """The JSON row that follows the part's first `rows` rows, in the whole file."""
-        return f"JSON row {self._before() + rows + 1}"
-
-    def conform(self, tables: t.Iterable[pa.Table]) -> t.Iterator[pa.Table]:
-        """`tables` in the part's one schema."""
-        from rig_ray.batch.widen import conformed
-
-        for table in tables:
-            yield table if self.schema is None else conformed(table, self.schema)
+def _json_row(before: t.Callable[[], int], rows: int) -> str:
+    return f"JSON row {before() + rows + 1}"
 
 
 def first_keys(filesystem: pafs.FileSystem, path: str, id_column: str) -> tuple[str, ...]:

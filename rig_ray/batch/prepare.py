@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from rig_ray.batch.data_tasks import Block, from_blocks, iter_tables, put_block
 from rig_ray.batch.done_ids import Masks
 from rig_ray.batch.prompts import PromptSpec, content_id
-from rig_ray.batch.widen import conformed, widened
+from rig_ray.batch.widen import OneSchema, conformed
 from rig_ray.errors import BatchInputError
 
 if t.TYPE_CHECKING:
@@ -121,7 +121,7 @@ def plan_rows(
     rows_in = pending = wanted = 0
     every = list(range(num_generations))  # one list for all the rows with nothing done
     for table in iter_tables(dataset):
-        schema.add(table.schema, rows_in)
+        schema.add_block(table.schema, rows_in)
         id_array = ids.assign(table)
         counts = (
             [row_generations(v, num_generations) for v in table[generations_column].to_pylist()]
@@ -143,10 +143,10 @@ def plan_rows(
     ids.check_unique()
     if not blocks:
         return Plan(None, rows_in, 0, wanted)
-    return Plan(from_blocks(schema.conform(blocks)), rows_in, pending, wanted)
+    return Plan(from_blocks(schema.conform_blocks(blocks)), rows_in, pending, wanted)
 
 
-class _Schema:
+class _Schema(OneSchema):
     """One schema for every row of the input. Files (and a JSON file's byte ranges) get
     their column types each from their own rows, so one may hold a column that another
     lacks, or ints where another holds floats. pyarrow's folder reader (and pandas, through
@@ -156,28 +156,20 @@ class _Schema:
     part. Columns whose types cannot be joined (numbers and text) are a `BatchInputError`
     before any model loads."""
 
-    def __init__(self) -> None:
-        self.whole: pa.Schema | None = None
-        self.varies = False
-
-    def add(self, schema: pa.Schema, first_row: int) -> None:
+    def add_block(self, schema: pa.Schema, first_row: int) -> None:
         """Join the schema of a block whose first row is the input's `first_row` (from 0)."""
-        if self.whole is None:
-            self.whole = schema
-            return
-        self.varies = self.varies or not schema.equals(self.whole)
-        self.whole = widened(self.whole, schema, lambda: f"input row {first_row + 1}")
+        self.add(schema, lambda: f"input row {first_row + 1}")
 
-    def conform(self, blocks: list[Block]) -> list[Block]:
+    def conform_blocks(self, blocks: list[Block]) -> list[Block]:
         """`blocks` (the kept rows, with this module's two columns), each with the one
         schema of the whole input, the rows without work left included."""
-        if not self.varies or self.whole is None:
+        if not self.varies or self.schema is None:
             return blocks
         import ray
 
         # the input's joined schema, and the two columns every kept block has
         whole = pa.unify_schemas(
-            [self.whole, blocks[0].metadata.schema], promote_options="permissive"
+            [self.schema, blocks[0].metadata.schema], promote_options="permissive"
         )
         return [
             block

@@ -48,6 +48,27 @@ def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
         ) from None
 
 
+class OneSchema:
+    """The schema of the tables seen so far (`schema`, None before the first), each column
+    widened to take all their values; `varies`: whether any two of them differed."""
+
+    def __init__(self) -> None:
+        self.schema: pa.Schema | None = None
+        self.varies = False
+
+    def add(self, schema: pa.Schema, where: Where) -> None:
+        """Join the schema of the next table, whose first row `where()` names."""
+        if self.schema is None:
+            self.schema = schema
+            return
+        self.varies = self.varies or not schema.equals(self.schema)
+        self.schema = widened(self.schema, schema, where)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """`table` (one of those added) in the one schema."""
+        return table if self.schema is None else conformed(table, self.schema)
+
+
 def _clash(before: pa.Schema, schema: pa.Schema, where: str) -> str:
     """Which column of `schema` cannot take the type it had in the rows `before` it."""
     for field in schema:
@@ -67,4 +88,4 @@ def _clash(before: pa.Schema, schema: pa.Schema, where: str) -> str:
     return f"the input's columns change type at {where}; give each one type"
 
 
-__all__: t.Sequence[str] = ["Where", "conformed", "widened"]
+__all__: t.Sequence[str] = ["OneSchema", "Where", "conformed", "widened"]

@@ -23,8 +23,8 @@ def start_local_ray(**init_args: t.Any) -> None:
     unless the environment sets `RAY_worker_niceness`."""
     import ray
 
-    config = {} if _ENV in os.environ else {"worker_niceness": WORKER_NICENESS}
-    ray.init(address="local", _system_config=config or None, **init_args)
+    config = None if _ENV in os.environ else {"worker_niceness": WORKER_NICENESS}
+    ray.init(address="local", _system_config=config, **init_args)
 
 
 __all__: t.Sequence[str] = ["WORKER_NICENESS", "start_local_ray"]
