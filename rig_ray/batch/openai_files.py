@@ -88,7 +88,8 @@ def prepared_options(num_generations: int) -> dict[str, t.Any]:
 
 def is_openai_batch(source: str) -> bool:
     """Whether `source`'s first file reads as an OpenAI batch file (rows with `custom_id` and
-    `body`)."""
+    `body`). In JSON Lines, any such line in the first MiB makes it one: lines before it that
+    are not (not JSON, or an object without them) are the file's error lines."""
     filesystem, files = input_files(source)
     kind = format_of(files[0])
     if kind == "parquet":
@@ -102,12 +103,14 @@ def is_openai_batch(source: str) -> bool:
     with filesystem.open_input_stream(files[0]) as stream:
         head = stream.read(1 << 20).decode("utf-8", errors="replace")
     for text in head.split("\n"):
-        if text.strip():
-            try:
-                first = json.loads(text)
-            except ValueError:
-                return False
-            return isinstance(first, dict) and "custom_id" in first and "body" in first
+        if '"custom_id"' not in text:
+            continue
+        try:
+            row = json.loads(text)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict) and "custom_id" in row and "body" in row:
+            return True
     return False
 
 

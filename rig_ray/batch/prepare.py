@@ -121,6 +121,8 @@ def plan_rows(
     rows_in = pending = wanted = 0
     every = list(range(num_generations))  # one list for all the rows with nothing done
     for table in iter_tables(dataset):
+        if not table.num_rows:  # an empty file's block: no rows, and maybe no columns
+            continue
         schema.add_block(table.schema, rows_in)
         id_array = ids.assign(table)
         counts = (

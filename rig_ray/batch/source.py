@@ -148,8 +148,9 @@ def input_columns(
     dataset: ray.data.Dataset, source: str, *, id_column: str = "id"
 ) -> tuple[str, ...]:
     """The columns of the first rows of `source`, which `read_prompts` read as `dataset`:
-    the schema Ray already knows (Parquet), else the header of the first CSV file or the keys
-    of the first JSON rows, read by this process (the first file that has any).
+    the schema Ray already knows (Parquet, mostly), else the footer of the first Parquet file
+    (one without row groups), the header of the first CSV file or the keys of the first JSON
+    rows, read by this process (the first file that has any).
 
     No Ray task runs: `Dataset.columns()` would run the read until its first block, then
     force-kill the read tasks still running, and a killed task whose reply lands at that
@@ -157,13 +158,18 @@ def input_columns(
     (`Tried to complete task that was not pending`).
     """
     import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
     known = dataset.schema(fetch_if_missing=False)
     if known is not None:
         return tuple(known.names)
     filesystem, files = input_files(source)
     for path in files:
-        if format_of(path) == "csv":
+        kind = format_of(path)
+        if kind == "parquet":  # Ray read it in its tasks (not here): its footer says
+            with filesystem.open_input_file(path) as handle:
+                names = tuple(pq.read_schema(handle).names)
+        elif kind == "csv":
             with filesystem.open_input_stream(path, compression="detect") as stream:
                 names = tuple(pacsv.open_csv(stream).schema.names)
         else:

@@ -23,13 +23,13 @@ import time
 import typing as t
 import uuid
 
+from rig_ray.batch.causes import cause_line
 from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
 from rig_ray.errors import BatchInputError, BatchStoppedError, ServeRequestError
 from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY
 from rig_ray.generator.serve_ import INGRESS, admitted
 from rig_ray.message import Message
-from rig_ray.redaction import redact
 from rig_ray.serve import batch_finish
 from rig_ray.serve.batch_job import job_spec, models_of, progress, requested, start_job
 from rig_ray.serve.batch_lease import DEFAULT_LEASE_S, BatchLeases
@@ -163,7 +163,7 @@ class BatchRunner:
         except Exception as error:  # the batch fails; the app goes on
             logger.exception("batch %s failed", batch_id)
             batch = await asyncio.to_thread(self.store.get, batch_id)
-            failure = BatchError(code="batch_failed", message=redact(str(error))[:1000])
+            failure = BatchError(code="batch_failed", message=cause_line(error))
             failed = batch.moved("failed", errors=BatchErrors(data=[failure]))
             await asyncio.to_thread(self.store.save, failed)
         finally:
@@ -188,6 +188,9 @@ class BatchRunner:
             )
         except BatchInputError as error:
             return await self._fail(batch, [BatchError(code="invalid_file", message=str(error))])
+        if not prepared.valid + prepared.invalid:
+            empty = BatchError(code="empty_file", message="The batch input file is empty.")
+            return await self._fail(batch, [empty])
         model, refused = self._model(await asyncio.to_thread(models_of, job))
         if refused:
             return await self._fail(batch, refused)

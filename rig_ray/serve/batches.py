@@ -38,6 +38,8 @@ RUNNING: tuple[Status, ...] = ("validating", "in_progress", "finalizing", "cance
 """Statuses whose batch a (re)started app takes up."""
 COMPLETION_WINDOWS = {"24h": 24 * 3600.0}
 """The completion windows a batch may ask for, in seconds."""
+METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+"""OpenAI's limits on a batch's metadata."""
 _BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 
 
@@ -191,8 +193,17 @@ def check_create(files: FileStore, request: CreateBatch) -> None:
         raise bad_request(f"endpoint: one of {', '.join(URLS)}", param="endpoint")
     if request.completion_window not in COMPLETION_WINDOWS:
         raise bad_request("completion_window: only '24h' is supported", param="completion_window")
-    if request.metadata is not None and len(request.metadata) > 16:
-        raise bad_request("metadata: at most 16 keys", param="metadata")
+    if request.metadata is not None:
+        if len(request.metadata) > METADATA_KEYS:
+            raise bad_request(f"metadata: at most {METADATA_KEYS} keys", param="metadata")
+        if any(len(k) > METADATA_KEY_CHARS for k in request.metadata):
+            raise bad_request(
+                f"metadata: keys of at most {METADATA_KEY_CHARS} characters", param="metadata"
+            )
+        if any(len(v) > METADATA_VALUE_CHARS for v in request.metadata.values()):
+            raise bad_request(
+                f"metadata: values of at most {METADATA_VALUE_CHARS} characters", param="metadata"
+            )
     if files.get(request.input_file_id).purpose != "batch":
         raise bad_request("input_file_id: not a file of purpose 'batch'", param="input_file_id")
 

@@ -141,6 +141,23 @@ async def _upload_chunks(upload: t.Any) -> list[bytes]:
     return chunks
 
 
+async def _form(request: Request) -> t.Any:
+    """The upload's multipart form: a body that is not one (no boundary, cut short, more
+    than one file or a handful of fields) is a 400 that says so."""
+    from starlette.exceptions import HTTPException
+
+    from rig_ray.serve.http_errors import bad_request
+
+    try:
+        return await request.form(max_files=1, max_fields=8)
+    except HTTPException as refused:
+        raise bad_request(
+            f"file: the body is not a multipart form with one file and a purpose "
+            f"({refused.detail})",
+            param="file",
+        ) from None
+
+
 def _check_requests(chunks: list[bytes]) -> None:
     lines = sum(chunk.count(b"\n") for chunk in chunks)
     if chunks and not chunks[-1].endswith(b"\n"):
@@ -169,7 +186,7 @@ def add_file_routes(app: FastAPI, store: FileStore) -> None:
     @app.post("/v1/files")
     async def create_file(request: Request) -> Response:
         async def work() -> dict[str, t.Any]:
-            form = await request.form(max_files=1, max_fields=8)
+            form = await _form(request)
             upload, purpose = form.get("file"), form.get("purpose")
             if purpose != "batch":
                 raise http_errors.bad_request("purpose: only 'batch' is taken", param="purpose")

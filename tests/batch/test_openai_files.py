@@ -190,6 +190,37 @@ def test_output_and_error_files_in_input_order(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "o.jsonl") == outputs
 
 
+def as_openai(source: Path, out: Path) -> t.Any:
+    return run(
+        str(source), str(out), generator=EchoGenerator(model="e"), output_format="openai", **FAST
+    )
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_batch_file_whose_first_lines_cannot_run_or_none_can(tmp_path: Path) -> None:
+    """Lines that cannot run before the first request (not UTF-8, not an object, an object
+    without custom_id) do not make the file another format; a file none of whose lines can
+    run ends with an error file only (its prepared requests hold no row)."""
+    first_bad = tmp_path / "first_bad.jsonl"
+    first_bad.write_bytes(
+        b"\xff\xfe not text\n[1, 2]\n{}\n" + json.dumps(chat_line("a", "x")).encode()
+    )
+    out = tmp_path / "out"
+    summary = as_openai(first_bad, out)
+    assert summary.generations_written == 1
+    assert [x["custom_id"] for x in read_jsonl(out / "output.jsonl")] == ["a"]
+    errors = read_jsonl(out / "errors.jsonl")
+    assert [(x["error"]["line"], x["error"]["code"]) for x in errors] == [
+        (1, "invalid_json_line"), (2, "invalid_json_line"), (3, "invalid_request")
+    ]  # fmt: skip
+    none_run = write_lines(tmp_path / "none.jsonl", ["{", {**chat_line("u", "x"), "url": "/v1/x"}])
+    nothing = tmp_path / "nothing"
+    summary = as_openai(none_run, nothing)
+    assert (summary.rows_in, summary.generations_written) == (0, 0)
+    assert (nothing / "output.jsonl").read_text() == ""
+    assert [x["custom_id"] for x in read_jsonl(nothing / "errors.jsonl")] == [None, "u"]
+
+
 @pytest.mark.usefixtures("local_ray")
 def test_a_plain_input_is_refused_for_openai_output(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", [{"prompt": "x"}])

@@ -59,3 +59,11 @@ class Endpoint(t.NamedTuple):
 
 def chat_body(content: str = "hi", model: str = "echo", **fields: t.Any) -> dict[str, t.Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def openai_error(reply: httpx.Response) -> dict[str, t.Any]:
+    """The error of a refused request, checked to have OpenAI's shape."""
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, reply.text
+    assert error["message"] and error["type"], reply.text
+    return t.cast(dict[str, t.Any], error)

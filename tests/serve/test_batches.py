@@ -134,6 +134,59 @@ async def test_bad_lines_land_in_the_error_file(endpoint: Endpoint) -> None:
     assert errors[4]["error"]["param"] == "stop"
 
 
+async def test_a_file_with_no_line_that_runs_and_an_empty_file(endpoint: Endpoint) -> None:
+    """A file none of whose lines can run (its first line not even UTF-8) completes with an
+    error file and no output file, as OpenAI's does; an empty one fails as `empty_file`. No
+    error a client sees carries a traceback."""
+    client = endpoint.openai()
+    unrunnable = b"\xff\xfe not text\n[1, 2]\n{}\n" + jsonl([{**line("u", "x"), "url": "/v1/x"}])
+    batch = await wait_for(client, (await submit(client, unrunnable)).id, finished)
+    assert batch.status == "completed", batch.errors
+    assert batch.output_file_id is None and batch.error_file_id is not None
+    assert (batch.request_counts.total, batch.request_counts.failed) == (4, 4)
+    errors = parse((await client.files.content(batch.error_file_id)).content)
+    assert [(x["custom_id"], x["error"]["line"]) for x in errors] == [
+        (None, 1), (None, 2), (None, 3), ("u", 4)
+    ]  # fmt: skip
+    empty = await wait_for(client, (await submit(client, b"")).id, finished)
+    assert empty.status == "failed" and empty.errors is not None
+    assert [e.code for e in empty.errors.data] == ["empty_file"]
+    told = [*(batch.errors.data if batch.errors else []), *empty.errors.data]
+    assert not [e for e in told if "Traceback" in e.message or "ray::" in e.message], told
+
+
+async def test_uploads_that_are_not_one_file_and_metadata_past_openai_limits(
+    endpoint: Endpoint,
+) -> None:
+    with endpoint.client() as http:
+        for headers, body in [
+            ({"Content-Type": "multipart/form-data; boundary=x"}, b"not a form"),
+            ({"Content-Type": "multipart/form-data"}, b"no boundary"),
+        ]:
+            refused = http.post("/v1/files", content=body, headers=headers)
+            assert refused.status_code == 400 and "multipart" in refused.text, refused.text
+        two = [("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))]
+        refused = http.post("/v1/files", files=two, data={"purpose": "batch"})
+        assert refused.status_code == 400 and "one file" in refused.text, refused.text
+        uploaded = http.post(
+            "/v1/files", files={"file": ("a.jsonl", jsonl([line("a", "x")]))},
+            data={"purpose": "batch"},
+        ).json()  # fmt: skip
+        ask = {
+            "input_file_id": uploaded["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        }
+        for metadata, named in [
+            ({"k" * 65: "v"}, "64 characters"),
+            ({"k": "v" * 513}, "512 characters"),
+            ({str(i): "v" for i in range(17)}, "16 keys"),
+        ]:
+            refused = http.post("/v1/batches", json={**ask, "metadata": metadata})
+            assert refused.status_code == 400 and named in refused.text, refused.text
+        assert http.delete(f"/v1/files/{uploaded['id']}").status_code == 200
+
+
 @pytest.mark.usefixtures("every_cpu_held")
 async def test_a_batch_runs_while_replicas_and_others_hold_every_cpu(endpoint: Endpoint) -> None:
     # Its reads and its cut into batches ask no CPU (`serve.batch_job.DATA_CPUS`).
