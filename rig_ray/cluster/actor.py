@@ -15,6 +15,7 @@ import typing as t
 import warnings
 
 from rig_ray.cluster.gpu_turns import load_in_turn
+from rig_ray.cluster.local_ray import init_as_ray_does
 from rig_ray.cluster.options import config_payload, restore_payload
 from rig_ray.cluster.placement import in_group, make_group, place, refuse_what_no_node_holds
 from rig_ray.cluster.remote_generator import RemoteGenerator
@@ -210,7 +211,7 @@ def remote(
     )
     where()  # a refused num_gpus fails before Ray starts
     if not ray.is_initialized():
-        ray.init()
+        init_as_ray_does()
     placement = where()
     refuse_what_no_node_holds(placement)
     options: dict[str, t.Any] = {

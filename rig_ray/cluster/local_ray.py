@@ -5,7 +5,8 @@ own processes, would give the CPU to anything else on the machine before running
 `vllm serve` and `vllm run-batch` run theirs at the niceness they were started with. On a Ray
 of its own, a rig_ray command starts its workers at its own niceness (an increment of 0), so
 its engines get the CPU that those commands' engines would. A `RAY_worker_niceness` in the
-environment still decides. A Ray that was already running keeps its own setting.
+environment still decides. A Ray that was already running keeps its own setting. The same
+holds where `rr.remote()` starts a Ray, as `ray.init()` would (`init_as_ray_does`).
 """
 
 from __future__ import annotations
@@ -27,4 +28,21 @@ def start_local_ray(**init_args: t.Any) -> None:
     ray.init(address="local", _system_config=config, **init_args)
 
 
-__all__: t.Sequence[str] = ["WORKER_NICENESS", "start_local_ray"]
+def init_as_ray_does() -> None:
+    """What `ray.init()` does with no arguments (join the cluster of `RAY_ADDRESS`, or the one
+    `ray start` left running on this machine, else start one), the Ray it starts having its
+    workers at this command's niceness, as `start_local_ray`'s."""
+    import ray
+
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray: its own way
+        ray.init()
+        return
+    if canonicalize_bootstrap_address(None) is None:  # none to join: ray.init would start one
+        start_local_ray()
+    else:
+        ray.init()
+
+
+__all__: t.Sequence[str] = ["WORKER_NICENESS", "init_as_ray_does", "start_local_ray"]

@@ -115,3 +115,10 @@ class Continuous(FixedGenerator):
 
     async def capacity(self) -> int | None:
         return self.seqs
+
+
+def niceness(item: t.Any, params: rr.GenerateParams) -> str:
+    """A `CallbackGenerator` callback: the niceness of the process that runs it."""
+    import os
+
+    return str(os.nice(0))

@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import pickle
+import subprocess
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from tests.ray.members import (
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 CPU = 0.5  # four actors fit in ray.init(num_cpus=2)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -355,3 +357,32 @@ def test_a_batch_keeps_an_actors_continuous_engine_full(start) -> None:
     assert other == concurrency.Concurrency(64, concurrency.DEFAULT_MAX_CONCURRENT_BATCHES, None)
     [half, _] = concurrency.plan([full, per_call], None, None)  # half the rows' generations
     assert half == concurrency.Concurrency(64, 2 * math.ceil(330 / 32), None)
+
+
+_REMOTE_NICENESS = """
+import os
+import rig_ray as rr
+from tests.fakes import CallbackGenerator
+from tests.ray.members import niceness
+
+remote = rr.remote(CallbackGenerator(model="nice", callback=niceness), num_cpus=0)
+print("niceness", os.nice(0), remote.generate(["x"])[0][0].text, flush=True)
+"""
+
+
+def test_a_ray_that_remote_starts_runs_its_actor_at_the_callers_niceness() -> None:
+    """As `ray.init()` would, but not 15 steps nicer than the caller, Ray's default (in a
+    process of its own, with no Ray to join: this one's runs already)."""
+    hidden = ("RAY_ADDRESS", "RAY_worker_niceness")
+    environment = {k: v for k, v in os.environ.items() if k not in hidden}
+    done = subprocess.run(
+        [sys.executable, "-c", _REMOTE_NICENESS],
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    said = [line.split() for line in done.stdout.splitlines() if line.startswith("niceness")]
+    assert done.returncode == 0 and said, done.stdout + done.stderr
+    assert int(said[-1][2]) == int(said[-1][1])
