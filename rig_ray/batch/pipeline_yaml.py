@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rig_ray.batch.parsed import import_model, read_schema
 from rig_ray.batch.pipeline_stage import Stage
-from rig_ray.errors import PipelineError
+from rig_ray.errors import PipelineError, RigRayError
 from rig_ray.generator.base import GenerateParams
 
 TOP_KEYS = ("input", "output", "stages", "gpu_sharing")
@@ -129,6 +129,15 @@ def _stage(raw: t.Any, index: int, where: str) -> Stage:
         options["generators"] = tuple(str(item) for item in generator)
     elif generator is not None:
         options["generator"] = str(generator)
+    try:
+        return _made(options, place)
+    except PipelineError:
+        raise
+    except RigRayError as error:  # a parse-as or json-schema that cannot be read, ...
+        raise PipelineError(f"{place}: {error}") from None
+
+
+def _made(options: dict[str, t.Any], place: str) -> Stage:
     if isinstance(options.get("parse_as"), str):
         options["parse_as"] = import_model(options["parse_as"])
     if isinstance(options.get("json_schema"), str):
@@ -136,7 +145,13 @@ def _stage(raw: t.Any, index: int, where: str) -> Stage:
     sampling = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
     try:
         if sampling or "params" in options:
-            params = dict(options.pop("params", None) or {})
+            params = options.pop("params", None) or {}
+            if not isinstance(params, dict):
+                raise PipelineError(
+                    f"{place}: params: expected a mapping of generate params, "
+                    f"not {type(params).__name__}",
+                    key="params",
+                )
             options["params"] = GenerateParams.model_validate({**params, **sampling})
         return Stage(**options)
     except ValidationError as error:

@@ -39,7 +39,7 @@ def init_as_ray_does() -> None:
     except ImportError:  # another Ray: its own way
         ray.init()
         return
-    if canonicalize_bootstrap_address(None) is None:  # none to join: ray.init would start one
+    if canonicalize_bootstrap_address(None) is None:  # type: ignore[arg-type]  # none to join
         start_local_ray()
     else:
         ray.init()
