@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.niceness import niceness_in_a_fresh_process
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -96,17 +98,5 @@ def test_a_ray_of_its_own_runs_its_workers_at_the_jobs_niceness(
 ) -> None:
     """Ray's own default would start them 15 steps nicer than the job (in a process of its
     own: this one's Ray runs already)."""
-    hidden = ("RAY_ADDRESS", "RAY_worker_niceness")
-    environment = {k: v for k, v in os.environ.items() if k not in hidden} | env
-    done = subprocess.run(
-        [sys.executable, "-c", _NICENESS],
-        env=environment,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    said = [line.split() for line in done.stdout.splitlines() if line.startswith("niceness")]
-    assert done.returncode == 0 and said, done.stdout + done.stderr
-    job, worker = int(said[-1][1]), int(said[-1][2])
+    job, worker = niceness_in_a_fresh_process(_NICENESS, env)
     assert worker == min(job + increment, 19)

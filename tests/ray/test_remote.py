@@ -7,7 +7,6 @@ import asyncio
 import math
 import os
 import pickle
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from pydantic import PrivateAttr
 import rig_ray as rr
 from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
+from tests.niceness import niceness_in_a_fresh_process
 from tests.ray.members import (
     Boom,
     Continuous,
@@ -35,7 +35,6 @@ from tests.ray.members import (
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 CPU = 0.5  # four actors fit in ray.init(num_cpus=2)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -373,16 +372,5 @@ print("niceness", os.nice(0), remote.generate(["x"])[0][0].text, flush=True)
 def test_a_ray_that_remote_starts_runs_its_actor_at_the_callers_niceness() -> None:
     """As `ray.init()` would, but not 15 steps nicer than the caller, Ray's default (in a
     process of its own, with no Ray to join: this one's runs already)."""
-    hidden = ("RAY_ADDRESS", "RAY_worker_niceness")
-    environment = {k: v for k, v in os.environ.items() if k not in hidden}
-    done = subprocess.run(
-        [sys.executable, "-c", _REMOTE_NICENESS],
-        env=environment,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    said = [line.split() for line in done.stdout.splitlines() if line.startswith("niceness")]
-    assert done.returncode == 0 and said, done.stdout + done.stderr
-    assert int(said[-1][2]) == int(said[-1][1])
+    caller, actor = niceness_in_a_fresh_process(_REMOTE_NICENESS)
+    assert actor == caller
