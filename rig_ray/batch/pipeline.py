@@ -9,7 +9,7 @@ import warnings
 from rig_ray.batch import concurrency
 from rig_ray.batch.data_tasks import dataset_columns, remote_args, split_rows
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
-from rig_ray.batch.placement import fit_cpus, gpus_in_all
+from rig_ray.batch.placement import data_task_cpus, fit_cpus, gpus_in_all
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
@@ -86,8 +86,9 @@ def generate(
     With `routes` (one name per generator) and `route_column`, each row instead goes whole to
     the generator whose name is its `route_column` value (a row naming none is left out): an
     OpenAI batch file's `body.model` choosing a served model. Ray Data's own tasks here (the
-    cut into batches, the routing) ask `data_cpus` each: None, Ray Data's one CPU; 0 for a
-    job beside engines that hold every CPU (see `rig_ray.batch.data_tasks`).
+    cut into batches, the routing) ask `data_cpus` each: None, Ray Data's one CPU (half a CPU
+    on a cluster of one); 0 for a job beside engines that hold every CPU (see
+    `rig_ray.batch.data_tasks`).
 
     The result has one row per generation: the columns of `rig_ray.batch.OUTPUT_SCHEMA`, then
     the input's columns. A row the generator fails on gets an `error` and no `text`; it never
@@ -147,6 +148,7 @@ def generate(
     # One block per engine call: results then stream out batch by batch, rather than once a
     # whole input file (one block, however large) has been generated.
     plans = concurrency.plan(members, batch_size, max_concurrent_batches, placements, count)
+    data_cpus = data_task_cpus(data_cpus)
     batches = split_rows(dataset, plans[0].batch_size, data_cpus)
     outputs = []
     for index, (member, sizing) in enumerate(zip(members, plans, strict=True)):

@@ -185,7 +185,7 @@ def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[floa
 
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    reserve = min(1.0, cpus / 2)
+    reserve = _data_reserve(cpus)
     wanted = DEFAULT_NUM_CPUS if num_cpus is None else num_cpus
     fixed = fixed_cluster()
     if num_cpus is None and fixed and actors * wanted + reserve > cpus:
@@ -205,6 +205,23 @@ def fit_cpus(num_cpus: float | None, num_gpus: float, actors: int) -> tuple[floa
     return wanted, f"waiting for {need} (the cluster has {have} now)"
 
 
+def data_task_cpus(data_cpus: float | None) -> float | None:
+    """The CPUs each of the job's Ray Data tasks asks: `data_cpus` where given; else Ray
+    Data's own one, or, on a cluster of under two CPUs, what `fit_cpus` keeps free for them
+    (a task asking a whole CPU there would wait beside the actors forever)."""
+    import ray
+
+    if data_cpus is not None:
+        return data_cpus
+    reserve = _data_reserve(float(ray.cluster_resources().get("CPU", 0)))
+    return None if reserve >= 1.0 else reserve
+
+
+def _data_reserve(cpus: float) -> float:
+    """The CPUs kept free of actors for Ray Data's tasks: one, or half of a smaller cluster."""
+    return min(1.0, cpus / 2)
+
+
 def quiet_ray_logs() -> None:
     """Keep Ray's notices for newcomers out of a batch job's console; errors still show."""
     for name in ("ray._private.authentication", "ray.data._internal.execution"):
@@ -213,6 +230,7 @@ def quiet_ray_logs() -> None:
 
 __all__: t.Sequence[str] = [
     "JOIN_TIMEOUT_S",
+    "data_task_cpus",
     "fit_cpus",
     "fixed_cluster",
     "gpus_in_all",

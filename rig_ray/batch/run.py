@@ -19,6 +19,7 @@ from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import (
+    data_task_cpus,
     fit_cpus,
     gpus_in_all,
     gpus_per_actor,
@@ -112,8 +113,9 @@ def run(
 
     The folder's manifest refuses a rerun with other settings, and a lock keeps a second run
     out while this one runs. `num_cpus` per actor, left None, fits the cluster; Ray Data's
-    own tasks (reading, cutting into batches) ask `data_cpus` each (None: one; 0 beside
-    engines that hold every CPU, see `rig_ray.batch.data_tasks`). Runs on the
+    own tasks (reading, cutting into batches) ask `data_cpus` each (None: one, or half a
+    CPU on a cluster of one; 0 beside engines that hold every CPU, see
+    `rig_ray.batch.data_tasks`). Runs on the
     Ray already initialised, else joins `address` (or `RAY_ADDRESS`), else starts a local Ray.
     Progress lines start with `progress_label`.
 
@@ -197,6 +199,7 @@ def _run_source(
     replicas = replicas if isinstance(replicas, int) and replicas > 0 else 1
     gpus = gpus_in_all(members, options.get("num_gpus"), replicas)  # unset: by the cluster's
     size_engines_ahead(members, options.get("num_gpus"))  # those on GPUs, now that Ray runs
+    options["data_cpus"] = data_task_cpus(options.get("data_cpus"))
     progress = settings.progress_every_s >= 0
     with job_console(members, progress=progress, verbose=verbose):
         dataset = _read(source, options)
@@ -223,6 +226,7 @@ def pending(source: str, output: str, *, retry_failed: bool = False, **options: 
     input_files(source)
     folder = OutputFolder(output)
     join(options.get("address"))
+    options["data_cpus"] = data_task_cpus(options.get("data_cpus"))
     dataset = _read(source, options)
     spec, manifest = _checked_settings(folder, _columns(dataset, source, options), options)
     plan = _first_pass(dataset, spec, manifest, folder.scan(), retry_failed, folder.location)

@@ -1,4 +1,5 @@
 """A batch job beside engines that hold every CPU: with `data_cpus=0` it still runs to the end.
+And one on a Ray of a single CPU runs to the end with no setting at all.
 
 A `/v1/batches` job runs on the cluster of the Serve replicas it sends its rows to; they may
 hold every CPU. Ray Data's tasks ask one CPU each by default and would wait forever.
@@ -7,6 +8,10 @@ hold every CPU. Ray Data's tasks ask one CPU each by default and would wait fore
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import typing as t
 from pathlib import Path
@@ -21,6 +26,7 @@ from tests.fakes import EchoGenerator
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
+REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0
 """Far longer than these few rows take: a job still running then waits for a CPU."""
 
@@ -85,3 +91,44 @@ def test_a_job_with_data_cpus_0_runs_while_every_cpu_is_held(tmp_path: Path) -> 
         for row in batch.read_output(str(tmp_path / "out-routed")).to_pylist()
     }
     assert all(models[f"r{i}"] == ("a" if i % 2 else "b") for i in range(12)), models
+
+
+_ONE_CPU = """
+import json, sys
+import ray
+from rig_ray import batch
+from tests.fakes import EchoGenerator
+
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+folder = sys.argv[1]
+for kind, num_cpus in (("jsonl", None), ("csv", 0.2), ("parquet", None)):
+    summary = batch.run(
+        f"{folder}/in.{kind}", f"{folder}/out-{kind}", generator=EchoGenerator(model="echo"),
+        template="$prompt", num_cpus=num_cpus, progress=False,
+    )
+    print("done", kind, summary.generations_written, flush=True)
+"""
+
+
+def test_a_job_on_a_ray_of_one_cpu_runs_to_the_end(tmp_path: Path) -> None:
+    """Half the CPU stays free of the actors, and Ray Data's tasks ask that half, not the
+    whole CPU they ask by default (with which they waited forever). In a process of its own:
+    this one's Ray has two CPUs."""
+    _inputs(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _ONE_CPU, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its Ray's processes too, to end them all if it waits
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        raise AssertionError(f"still waiting after {WAIT_S:.0f} s; it said: {stdout}") from None
+    said = [line.split() for line in stdout.splitlines() if line.startswith("done")]
+    assert process.returncode == 0, stdout + stderr[-3000:]
+    assert said == [["done", kind, "12"] for kind in ("jsonl", "csv", "parquet")]
