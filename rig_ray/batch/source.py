@@ -122,8 +122,8 @@ def read_prompts(
     The `id_column` is read as text, never through a number: CSV `007` stays `007`, a JSON
     `1.0` stays `1.0` and a 23-digit id keeps every digit. The other columns' types are
     inferred. The read tasks ask `data_cpus` each (see `rig_ray.batch.data_tasks`); with
-    0, Parquet files are read by this process instead (Ray Data's Parquet reader samples the
-    files in tasks of one CPU, whatever the read asks).
+    under one, Parquet files are read by this process instead (Ray Data's Parquet reader
+    samples the files in tasks of one CPU, whatever the read asks).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -132,7 +132,7 @@ def read_prompts(
     filesystem, files = input_files(source)
     kind = format_of(files[0])
     args = remote_args(data_cpus)
-    if kind == "parquet" and data_cpus == 0:
+    if kind == "parquet" and data_cpus is not None and data_cpus < 1:
         return _parquet_here(filesystem, files)
     if kind == "parquet":
         return ray.data.read_parquet(files, filesystem=filesystem, **args)

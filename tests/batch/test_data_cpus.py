@@ -107,13 +107,24 @@ for kind, num_cpus in (("jsonl", None), ("csv", 0.2), ("parquet", None)):
         template="$prompt", num_cpus=num_cpus, progress=False,
     )
     print("done", kind, summary.generations_written, flush=True)
+for mode in ("swap", "stream"):  # a stage's engines hold their CPU while it reads its input
+    stages = [
+        batch.Stage("answer", generator=EchoGenerator(model="a"), template="$prompt"),
+        batch.Stage("judge", generator=EchoGenerator(model="j"), template="J: $text"),
+    ]
+    ran = batch.run_pipeline(
+        f"{folder}/in.parquet", f"{folder}/pipeline-{mode}", stages=stages, gpu_sharing=mode,
+        progress=False,
+    )
+    print("done", mode, ran.stages[-1].generations_written, flush=True)
 """
 
 
 def test_a_job_on_a_ray_of_one_cpu_runs_to_the_end(tmp_path: Path) -> None:
     """Half the CPU stays free of the actors, and Ray Data's tasks ask that half, not the
-    whole CPU they ask by default (with which they waited forever). In a process of its own:
-    this one's Ray has two CPUs."""
+    whole CPU they ask by default (with which they waited forever); Parquet is read by the
+    driver, as Ray Data's Parquet reader takes a whole CPU for its own tasks. Plain jobs and
+    a two-stage pipeline in both modes. In a process of its own: this one's Ray has two."""
     _inputs(tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-c", _ONE_CPU, str(tmp_path)],
@@ -131,4 +142,5 @@ def test_a_job_on_a_ray_of_one_cpu_runs_to_the_end(tmp_path: Path) -> None:
         raise AssertionError(f"still waiting after {WAIT_S:.0f} s; it said: {stdout}") from None
     said = [line.split() for line in stdout.splitlines() if line.startswith("done")]
     assert process.returncode == 0, stdout + stderr[-3000:]
-    assert said == [["done", kind, "12"] for kind in ("jsonl", "csv", "parquet")]
+    kinds = ("jsonl", "csv", "parquet", "swap", "stream")
+    assert said == [["done", kind, "12"] for kind in kinds]
