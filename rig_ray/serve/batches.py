@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from rig_ray.batch.openai_files import URLS
 from rig_ray.errors import ServeRequestError
-from rig_ray.serve.files import FileStore, not_found
+from rig_ray.serve.files import FileStore, not_found, write_whole
 
 if t.TYPE_CHECKING:
     from rig_ray.serve.batch_runner import BatchRunner
@@ -154,12 +154,8 @@ class BatchStore:
 
     def save(self, batch: BatchObject) -> None:
         """Write whole: to a temporary name, then renamed over the old object."""
-        folder = self.folder(batch.id)
-        temporary = f"{folder}/.tmp-{secrets.token_hex(6)}.json"
         stored = {"batch": batch.model_dump(mode="json"), "created_ns": batch._created_ns}
-        with self.filesystem.open_output_stream(temporary) as stream:
-            stream.write(json.dumps(stored).encode())
-        self.filesystem.move(temporary, f"{folder}/batch.json")
+        write_whole(self.filesystem, f"{self.folder(batch.id)}/batch.json", json.dumps(stored))
 
     def get(self, batch_id: str) -> BatchObject:
         try:

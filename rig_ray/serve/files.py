@@ -44,6 +44,16 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+def write_whole(filesystem: pafs.FileSystem, path: str, text: str) -> None:
+    """Write `text` to a temporary name beside `path`, then rename it over `path`: a reader
+    (a list while a batch records its output file) sees the old file or the new, never half."""
+    folder = path.rsplit("/", 1)[0]
+    temporary = f"{folder}/.tmp-{secrets.token_hex(6)}.json"
+    with filesystem.open_output_stream(temporary) as stream:
+        stream.write(text.encode())
+    filesystem.move(temporary, path)
+
+
 def not_found(kind: str, item_id: str) -> ServeRequestError:
     shown = item_id if len(item_id) <= 64 else item_id[:64] + "..."
     return ServeRequestError(f"No such {kind}: {shown!r}", status_code=404, code="not_found")
@@ -88,8 +98,7 @@ class FileStore:
         info = FileObject(
             id=file_id, bytes=size, created_at=int(time.time()), filename=name, purpose=purpose
         )
-        with self.filesystem.open_output_stream(f"{self.folder(file_id)}/meta.json") as stream:
-            stream.write(info.model_dump_json().encode())
+        write_whole(self.filesystem, f"{self.folder(file_id)}/meta.json", info.model_dump_json())
         return info
 
     def get(self, file_id: str) -> FileObject:
