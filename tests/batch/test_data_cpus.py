@@ -8,10 +8,6 @@ hold every CPU. Ray Data's tasks ask one CPU each by default and would wait fore
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import typing as t
 from pathlib import Path
@@ -23,10 +19,10 @@ import pytest
 
 from rig_ray import batch
 from tests.fakes import EchoGenerator
+from tests.fresh_process import run_script, said
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0
 """Far longer than these few rows take: a job still running then waits for a CPU."""
 
@@ -126,21 +122,6 @@ def test_a_job_on_a_ray_of_one_cpu_runs_to_the_end(tmp_path: Path) -> None:
     driver, as Ray Data's Parquet reader takes a whole CPU for its own tasks. Plain jobs and
     a two-stage pipeline in both modes. In a process of its own: this one's Ray has two."""
     _inputs(tmp_path)
-    process = subprocess.Popen(
-        [sys.executable, "-c", _ONE_CPU, str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its Ray's processes too, to end them all if it waits
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, _ = process.communicate()
-        raise AssertionError(f"still waiting after {WAIT_S:.0f} s; it said: {stdout}") from None
-    said = [line.split() for line in stdout.splitlines() if line.startswith("done")]
-    assert process.returncode == 0, stdout + stderr[-3000:]
+    stdout = run_script(_ONE_CPU, str(tmp_path), timeout=WAIT_S)
     kinds = ("jsonl", "csv", "parquet", "swap", "stream")
-    assert said == [["done", kind, "12"] for kind in kinds]
+    assert said(stdout, "done") == [["done", kind, "12"] for kind in kinds]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.niceness import niceness_in_a_fresh_process
+from tests.fresh_process import niceness_in_a_fresh_process
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 import rig_ray as rr
 from rig_ray.generator.local import LocalGenerator
 from tests.fakes import EchoGenerator, FixedGenerator
-from tests.niceness import niceness_in_a_fresh_process
+from tests.fresh_process import niceness_in_a_fresh_process
 from tests.ray.members import (
     Boom,
     Continuous,

@@ -99,6 +99,15 @@ class FilesAndBatches(RuleBasedStateMachine):
             openai_error(reply)
         return reply
 
+    def within_budget(self, file_id: str) -> str:
+        """`file_id` while the search may still make batches that run, else an invented one
+        (refused): the same draws either way, as replays need."""
+        return file_id if len(self.every_batch) < BATCHES_THAT_RUN else f"file-{'0' * 32}"
+
+    def record(self, batch_id: str) -> None:
+        self.made.append(batch_id)
+        self.every_batch.append(batch_id)
+
     def known(self) -> list[str]:
         return [*self.live, *self.deleted]
 
@@ -188,11 +197,8 @@ class FilesAndBatches(RuleBasedStateMachine):
         extra: dict[str, str],
     ) -> None:
         ids = st.sampled_from(sorted(self.live)) | invented_ids if self.live else invented_ids
-        input_file_id = data.draw(ids)
-        if len(self.every_batch) >= BATCHES_THAT_RUN:  # refused: same draws
-            input_file_id = f"file-{'0' * 32}"
         body: dict[str, t.Any] = {
-            "input_file_id": input_file_id,
+            "input_file_id": self.within_budget(data.draw(ids)),
             "endpoint": endpoint,
             "completion_window": window,
             **extra,
@@ -204,8 +210,7 @@ class FilesAndBatches(RuleBasedStateMachine):
             made = reply.json()
             assert body["input_file_id"] in self.live and not extra, body
             assert _ID.match(made["id"]) and made["status"] == "validating"
-            self.made.append(made["id"])
-            self.every_batch.append(made["id"])
+            self.record(made["id"])
 
     @precondition(lambda self: bool(self.live))
     @rule(
@@ -216,10 +221,9 @@ class FilesAndBatches(RuleBasedStateMachine):
     def run_batch(
         self, data: st.DataObject, endpoint: str, metadata: dict[str, str] | None
     ) -> None:
-        input_file_id = data.draw(st.sampled_from(sorted(self.live)))
-        may_run = len(self.every_batch) < BATCHES_THAT_RUN  # else refused: same draws
+        may_run = len(self.every_batch) < BATCHES_THAT_RUN
         body = {
-            "input_file_id": input_file_id if may_run else f"file-{'0' * 32}",
+            "input_file_id": self.within_budget(data.draw(st.sampled_from(sorted(self.live)))),
             "endpoint": endpoint,
             "completion_window": "24h",
             "metadata": metadata,
@@ -227,8 +231,7 @@ class FilesAndBatches(RuleBasedStateMachine):
         reply = self.reply("POST", "/v1/batches", json=body)
         assert reply.status_code == (200 if may_run else 404), reply.text
         if may_run:
-            self.made.append(reply.json()["id"])
-            self.every_batch.append(reply.json()["id"])
+            self.record(reply.json()["id"])
 
     @rule(
         after=st.none() | st.sampled_from(["batch_x"]) | texts,
