@@ -99,7 +99,7 @@ class PromptSpec(BaseModel):
         if self.text_column is None:
             return None
         value = row.get(self.text_column)
-        return None if value is None else str(value)
+        return None if value is None else str(_text(value, self.text_column))
 
     def conversation(self, row: t.Mapping[str, t.Any]) -> list[Message]:
         """The row's conversation; `BatchInputError` when a value it needs is null."""
@@ -109,7 +109,7 @@ class PromptSpec(BaseModel):
                 value = row.get(name)
                 if value is None:
                     raise BatchInputError(f"column {name!r} is null in this row", column=name)
-                values[name] = value
+                values[name] = _text(value, name)
             user = Message(role="user", content=string.Template(self.template).substitute(values))
             messages = [user]
         else:
@@ -162,6 +162,8 @@ class PromptSpec(BaseModel):
         by numbering each among its identical twins only: `#1`, `#2`, ...)
         """
         value = row.get(self.id_column)
+        if isinstance(value, bytes):  # a binary column (Parquet's, or CSV's with bad UTF-8)
+            value = value.decode("utf-8", errors="backslashreplace")
         if value is not None and value != "":  # an empty CSV cell is no id
             return str(value)
         return content_id(self.content_key(row))
@@ -205,6 +207,31 @@ def content_id(value: t.Any) -> str:
     on any machine."""
     canonical = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _text(value: t.Any, column: str) -> t.Any:
+    """A row's value as a template writes it: a list or a struct (a parsed column of an
+    earlier pipeline stage, a nested JSON or Parquet value) as its JSON; a value of a binary
+    column as the text it holds (a CSV column with a cell that is not UTF-8 is read as
+    bytes, its other cells too), `BatchInputError` for a cell that is not UTF-8."""
+    if isinstance(value, t.Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BatchInputError(
+            f"column {column!r} is not UTF-8 text in this row (byte {error.start}: "
+            f"{value[error.start : error.start + 1]!r})",
+            column=column,
+        ) from error
+
+
+def _json_default(value: t.Any) -> t.Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)  # dates, decimals: as Python writes them
 
 
 def _without_nulls(item: t.Any) -> t.Any:

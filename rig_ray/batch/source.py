@@ -162,7 +162,7 @@ def input_columns(
 
     known = dataset.schema(fetch_if_missing=False)
     if known is not None:
-        return tuple(known.names)
+        return _named_once(tuple(known.names), source)
     filesystem, files = input_files(source)
     for path in files:
         kind = format_of(path)
@@ -175,8 +175,23 @@ def input_columns(
         else:
             names = first_keys(filesystem, path, id_column)
         if names:
-            return names
+            return _named_once(names, redact(path))
     return ()
+
+
+def _named_once(names: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """`names`, when no column has the name of another (a CSV header can repeat one, and a
+    template could not tell which it means); else `BatchInputError` naming it."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BatchInputError(
+                f"{names.count(name)} columns are named {name!r}; give each a name of its own",
+                source=where,
+                column=name,
+            )
+        seen.add(name)
+    return names
 
 
 def _parquet_here(filesystem: pafs.FileSystem, files: list[str]) -> ray.data.Dataset:

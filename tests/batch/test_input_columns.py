@@ -154,3 +154,11 @@ def test_a_bad_row_past_the_first_rows_is_told_in_one_line(tmp_path: Path) -> No
     finally:
         ray_data.removeHandler(handler)
     assert not [record.getMessage()[:200] for record in told]
+
+
+def test_a_header_that_names_a_column_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,prompt,prompt\na,hello,again\n")
+    with pytest.raises(BatchInputError, match=r"in\.csv.*2 columns are named 'prompt'") as caught:
+        pending(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"))
+    assert "KeyError" not in str(caught.value)

@@ -99,9 +99,33 @@ def test_template_writes_non_string_values_as_text() -> None:
     assert message.content == "2 + 0.5"
 
 
+def test_template_writes_lists_and_structs_as_json() -> None:
+    # A parsed column of an earlier pipeline stage, or a nested JSON or Parquet value.
+    row = {"tags": ["a", "\u00e9"], "score": {"value": 7, "why": None}}
+    (message,) = PromptSpec(template="$tags / $score").conversation(row)
+    assert message.content == '["a", "\u00e9"] / {"value": 7, "why": null}'
+
+
 def test_template_accepts_an_empty_string_value() -> None:
     (message,) = PromptSpec(template="[$prompt]").conversation({"prompt": ""})
     assert message.content == "[]"
+
+
+def test_bytes_are_written_as_the_utf8_text_they_hold() -> None:
+    # A CSV column with one cell that is not UTF-8 is read as binary, every cell of it.
+    spec = PromptSpec(template="[$prompt]", text_column="raw")
+    (message,) = spec.conversation({"prompt": "caf\u00e9".encode()})
+    assert message.content == "[caf\u00e9]"
+    assert spec.text_prompt({"raw": b"plain"}) == "plain"
+
+
+@pytest.mark.parametrize("column", ["prompt", "raw"])
+def test_bytes_that_are_not_utf8_name_the_column(column: str) -> None:
+    spec = PromptSpec(template="$prompt", text_column="raw")
+    row = {"prompt": "ok", "raw": "ok", column: b"hel\xfflo"}
+    with pytest.raises(BatchInputError, match=f"column '{column}' is not UTF-8 text") as caught:
+        spec.text_prompt(row) if column == "raw" else spec.conversation(row)
+    assert caught.value.column == column
 
 
 @pytest.mark.parametrize("row", [{"prompt": "p", "topic": None}, {"prompt": "p"}])
@@ -220,7 +244,10 @@ def test_a_number_in_the_messages_column_is_a_batch_input_error() -> None:
 # -- ids ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "expected"), [("abc", "abc"), (7, "7"), (0, "0")])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("abc", "abc"), (7, "7"), (0, "0"), (b"id-1", "id-1"), (b"a\xff", "a\\xff")],
+)
 def test_row_id_is_the_id_column_value_as_text(value: t.Any, expected: str) -> None:
     assert PromptSpec().row_id({"id": value, "prompt": "p"}) == expected
 

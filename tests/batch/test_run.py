@@ -90,6 +90,18 @@ def test_reads_csv_parquet_globs_and_folders(tmp_path: Path, kind: str) -> None:
     assert texts == {f"c{n}": f"question {n}" for n in range(expected)}
 
 
+def test_a_csv_cell_that_is_not_utf8_fails_its_row_only(tmp_path: Path) -> None:
+    # pyarrow reads the whole column as binary: the other cells are still the text they hold.
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"id,prompt\na,hel\xfflo\nb,caf\xc3\xa9\n")
+    out = tmp_path / "out"
+    summary = run(str(source), str(out), generator=EchoGenerator(model="e"), **FAST)
+    got = {r["id"]: r for r in output_rows(out)}
+    assert summary.failed == 1 and got["b"]["text"] == "caf\u00e9"
+    assert got["a"]["text"] is None
+    assert "column 'prompt' is not UTF-8 text" in got["a"]["error"]
+
+
 def test_rows_without_an_id_get_the_same_content_id_every_run(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"p{n}"}) + "\n" for n in range(3)))
