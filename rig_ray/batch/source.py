@@ -6,6 +6,7 @@ import fnmatch
 import re
 import typing as t
 
+from rig_ray.batch.csv_input import read_csv
 from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
 from rig_ray.batch.json_input import first_keys, read_json
 from rig_ray.errors import BatchInputError
@@ -121,12 +122,11 @@ def read_prompts(
 
     The `id_column` is read as text, never through a number: CSV `007` stays `007`, a JSON
     `1.0` stays `1.0` and a 23-digit id keeps every digit. The other columns' types are
-    inferred. The read tasks ask `data_cpus` each (see `rig_ray.batch.data_tasks`); with
-    under one, Parquet files are read by this process instead (Ray Data's Parquet reader
-    samples the files in tasks of one CPU, whatever the read asks).
+    inferred (a CSV file's over all its rows, see `rig_ray.batch.csv_input`). The read
+    tasks ask `data_cpus` each (see `rig_ray.batch.data_tasks`); with under one, Parquet
+    files are read by this process instead (Ray Data's Parquet reader samples the files in
+    tasks of one CPU, whatever the read asks).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
     import ray.data
 
     filesystem, files = input_files(source)
@@ -136,9 +136,8 @@ def read_prompts(
         return _parquet_here(filesystem, files)
     if kind == "parquet":
         return ray.data.read_parquet(files, filesystem=filesystem, **args)
-    if kind == "csv":
-        as_text = pacsv.ConvertOptions(column_types={id_column: pa.string()})
-        return ray.data.read_csv(files, filesystem=filesystem, convert_options=as_text, **args)
+    if kind == "csv":  # each file whole, its types inferred over all its rows
+        return read_csv(filesystem, files, id_column, args)
     # Lines are parsed here (not by pyarrow, which reads every number as a number) so that
     # the id keeps the text it was written as. A file holding one JSON array works too.
     return read_json(filesystem, files, id_column, args)

@@ -1,0 +1,125 @@
+"""Reading CSV input (`rig_ray.batch.csv_input`): types inferred over a whole file, and a
+search over random files (no Ray), then a job over a file past Ray Data's first block."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import typing as t
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rig_ray.batch.csv_input import csv_tables
+from rig_ray.batch.json_input import ROWS_PER_BLOCK
+from rig_ray.batch.prompts import PromptSpec
+from rig_ray.errors import BatchInputError
+
+EXAMPLES = int(os.environ.get("RIG_RAY_FUZZ_EXAMPLES", 200))
+LOCAL = pafs.LocalFileSystem()
+PAST_FIRST_BLOCK = 120_000
+"""Rows of about 12 bytes: past the 1 MiB from which Ray Data's reader took the types."""
+
+
+def _read(path: Path) -> pa.Table:
+    tables = list(csv_tables(LOCAL, str(path), "id"))
+    return pa.concat_tables(tables)
+
+
+def _numbered(tail: bytes, path: Path) -> Path:
+    rows = b"".join(b"r%d,p,%d\n" % (n, n) for n in range(PAST_FIRST_BLOCK))
+    path.write_bytes(b"id,prompt,n\n" + rows + tail)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tail", "kind", "last"),
+    [(b"z,p,2.5\n", pa.float64(), 2.5), (b"z,p,many\n", pa.string(), "many")],
+)
+def test_a_column_takes_the_type_of_all_its_rows_not_of_its_first_block(
+    tmp_path: Path, tail: bytes, kind: pa.DataType, last: t.Any
+) -> None:
+    table = _read(_numbered(tail, tmp_path / "in.csv"))
+    assert table.num_rows == PAST_FIRST_BLOCK + 1
+    assert table.schema.field("n").type == kind and table.schema.field("id").type == pa.string()
+    assert table["n"][-1].as_py() == last and table["id"][-1].as_py() == "z"
+
+
+def test_a_file_comes_in_blocks_of_rows_and_a_gzip_file_reads_the_same(tmp_path: Path) -> None:
+    path = _numbered(b"", tmp_path / "in.csv")
+    blocks = list(csv_tables(LOCAL, str(path), "id"))
+    assert [b.num_rows for b in blocks[:-1]] == [ROWS_PER_BLOCK] * (len(blocks) - 1)
+    packed = tmp_path / "in.csv.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    assert _read(packed).equals(pa.concat_tables(blocks))
+
+
+def test_a_row_that_is_not_csv_names_the_file(tmp_path: Path) -> None:
+    path = _numbered(b"z,p,1,extra\n", tmp_path / "in.csv")
+    with pytest.raises(BatchInputError, match=r"CSV file '.*in\.csv'.*Expected 3 columns, got 4"):
+        _read(path)
+
+
+# -- a search over random files ----------------------------------------------------------------
+
+_BREAK = "\ue000"
+"""Where a cell gets a byte that is not UTF-8 (a character no cell holds)."""
+cells = st.text(st.characters(exclude_categories=["Cs"], exclude_characters=_BREAK), max_size=12)
+ids = st.one_of(cells, st.integers(-(10**20), 10**20).map(str), st.sampled_from(["007", "1.0"]))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(ids, cells, st.booleans()), min_size=1, max_size=8, unique_by=lambda r: r[0]
+    ),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+)
+def test_each_row_keeps_its_id_and_its_text_as_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[str, str, bool]],
+    crlf: bool,
+    bom: bool,
+) -> None:
+    """Any text (commas, quotes, line breaks, any code point) in a cell, written by Python's
+    `csv` module, reads back as written; a cell that is not UTF-8 fails its own row only."""
+    text = io.StringIO()
+    # With "\n" lines the `csv` module leaves a cell's lone "\r" unquoted: every cell quoted.
+    quoting = csv.QUOTE_MINIMAL if crlf else csv.QUOTE_ALL
+    writer = csv.writer(text, lineterminator="\r\n" if crlf else "\n", quoting=quoting)
+    writer.writerow(["id", "prompt"])
+    for row_id, cell, broken in rows:  # `p:` keeps the column text, never a number
+        writer.writerow([row_id, f"p{_BREAK if broken else ':'}{cell}"])
+    raw = (("\ufeff" if bom else "") + text.getvalue()).encode()
+    raw = raw.replace(_BREAK.encode(), b":\xff")  # a byte that is never UTF-8
+    path = tmp_path_factory.mktemp("csv") / "in.csv"
+    path.write_bytes(raw)
+
+    table = _read(path)
+    assert table.num_rows == len(rows)
+    spec = PromptSpec(template="$prompt")
+    for (row_id, cell, broken), read in zip(rows, table.to_pylist(), strict=True):
+        assert spec.row_id(read) == (row_id or spec.row_id({"prompt": read["prompt"]}))
+        if broken:
+            with pytest.raises(BatchInputError, match="'prompt' is not UTF-8 text"):
+                spec.conversation(read)
+        else:
+            (message,) = spec.conversation(read)
+            assert message.content == f"p:{cell}"
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_job_reads_a_column_whose_type_changes_past_the_first_block(tmp_path: Path) -> None:
+    from rig_ray.batch.run import pending
+    from tests.fakes import EchoGenerator
+
+    source = _numbered(b"z,p,many\n", tmp_path / "in.csv")
+    left = pending(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"))
+    assert left == PAST_FIRST_BLOCK + 1
