@@ -14,7 +14,7 @@ from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
-from rig_ray.cluster.placement import BatchGroups, Placement, place
+from rig_ray.cluster.placement import BatchGroups, Placement, check_resource, place
 from rig_ray.errors import InvalidGeneratorError
 from rig_ray.generator.base import GenerateParams, Generator
 from rig_ray.generator.registry import get_generator
@@ -123,6 +123,8 @@ def generate(
         )
     if batch_timeout_s is not None and batch_timeout_s <= 0:
         raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
+    check_resource("num_cpus", num_cpus)
+    check_resource("data_cpus", data_cpus)
     structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
     params = with_json_schema(members, params, structured)
     columns = tuple(c for c in dataset_columns(dataset) if c not in INTERNAL_COLUMNS)

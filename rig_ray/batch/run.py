@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import typing as t
 
@@ -31,7 +32,7 @@ from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.source import input_columns, input_files, read_prompts
-from rig_ray.cluster.placement import BatchGroups
+from rig_ray.cluster.placement import BatchGroups, check_resource
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
 from rig_ray.generator.base import GenerateParams, Generator
@@ -137,6 +138,9 @@ def run(
     """
     input_files(source)  # a bad path fails here, before Ray starts
     _check_num_generations(options.get("num_generations", 1))
+    _check_parts(rows_per_part, seconds_per_part)
+    check_resource("num_cpus", num_cpus)
+    check_resource("data_cpus", options.get("data_cpus"))
     members = generator_members(options.get("generator"), options.get("generators"))
     if output_format not in ("parquet", "openai"):
         raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")
@@ -263,6 +267,18 @@ class _Settings(t.NamedTuple):
     gpus_in_all: float
     label: str = "rig-ray batch"
     stop: threading.Event | None = None
+
+
+def _check_parts(rows_per_part: t.Any, seconds_per_part: t.Any) -> None:
+    if isinstance(rows_per_part, bool) or not isinstance(rows_per_part, int) or rows_per_part < 1:
+        raise BatchInputError(
+            f"rows_per_part must be a whole number of at least 1, not {rows_per_part!r}"
+        )
+    number = isinstance(seconds_per_part, int | float) and not isinstance(seconds_per_part, bool)
+    if not number or math.isnan(seconds_per_part) or seconds_per_part < 0:
+        raise BatchInputError(  # 0: a part for each batch of generations that comes back
+            f"seconds_per_part must be a number of seconds of at least 0, not {seconds_per_part!r}"
+        )
 
 
 def _check_num_generations(value: t.Any) -> None:

@@ -40,6 +40,17 @@ PLACE_OPTIONS = ("num_gpus", "num_cpus", "resources", "accelerator_type")
 Bundle = dict[str, float]
 
 
+def check_resource(name: str, value: t.Any) -> None:
+    """Refuse a count of CPUs or GPUs (`num_cpus`, `num_gpus`, a batch job's `data_cpus`)
+    that is not a finite number of at least 0, with a `PlacementError` naming it: Ray
+    refuses one only once an actor or a deployment starts, with a traceback of its own."""
+    if value is None:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise PlacementError(f"{name} must be a number of at least 0, not {value!r}")
+
+
 def parallel_sizes(generator: t.Any) -> dict[str, int]:
     """The generator's parallel sizes (1 when it has none): its fields, then `engine_args`."""
     engine_args = getattr(generator, "engine_args", None) or {}
@@ -117,8 +128,8 @@ def place(
             "GPUs of its own",
             need=need,
         )
-    if num_gpus is not None and num_gpus < 0:
-        raise PlacementError(f"num_gpus must not be negative, got {num_gpus:g}", need=need)
+    check_resource("num_cpus", num_cpus)
+    check_resource("num_gpus", num_gpus)
     if need == 1:
         if num_gpus is not None and num_gpus > 1:
             _refuse_several_for_one(generator, num_gpus)
@@ -412,6 +423,7 @@ __all__: t.Sequence[str] = [
     "STRATEGY",
     "BatchGroups",
     "Placement",
+    "check_resource",
     "gpus_per_engine",
     "in_group",
     "make_group",

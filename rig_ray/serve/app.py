@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rig_ray.cluster.placement import check_resource
 from rig_ray.errors import InvalidGeneratorError, ServeConfigError
 from rig_ray.generator.base import Generator
 from rig_ray.generator.local import LocalGenerator
@@ -131,6 +132,13 @@ class ServedModel(BaseModel):
     @classmethod
     def _not_remote(cls, value: Generator) -> Generator:
         return _to_generator(value)
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _counts_of_resources(cls, value: dict[str, t.Any]) -> dict[str, t.Any]:
+        for key in ("num_cpus", "num_gpus"):
+            check_resource(key, value.get(key))
+        return value
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> t.Self:

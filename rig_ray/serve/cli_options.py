@@ -78,7 +78,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=8000, metavar="P", help="HTTP port (default: %(default)s)"
+        "--port", type=_port, default=8000, metavar="P", help="HTTP port (default: %(default)s)"
     )
     parser.add_argument(
         "--replicas",
@@ -206,6 +206,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Ray cluster to run on: 'local' starts a Ray of its own, 'auto' joins the running "
         "one (default: $RAY_ADDRESS, else local)",
     )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, not {text!r}")
+    return port
 
 
 __all__: t.Sequence[str] = ["LIMITS", "add_parser"]

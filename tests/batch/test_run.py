@@ -280,6 +280,42 @@ def test_bad_input_is_refused_before_any_generation(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("num_cpus", -1),
+        ("num_cpus", float("nan")),
+        ("data_cpus", -0.5),
+        ("data_cpus", "1"),
+        ("rows_per_part", 0),
+        ("rows_per_part", 2.5),
+        ("seconds_per_part", -1),
+        ("seconds_per_part", float("nan")),
+    ],
+)
+def test_sizes_that_mean_nothing_are_refused_naming_them(
+    tmp_path: Path, option: str, value: t.Any
+) -> None:
+    # A negative num_cpus was Ray's bare `SystemException`, once a model had begun to load.
+    out = tmp_path / "out"
+    options = {**FAST, option: value}
+    with pytest.raises(RigRayError, match=f"^{option} must be a "):
+        run(
+            str(rows(tmp_path / "in.jsonl", 2)),
+            str(out),
+            generator=EchoGenerator(model="e"),
+            **options,
+        )
+    assert not out.exists()
+    if option.endswith("cpus"):
+        with pytest.raises(RigRayError, match=f"^{option} must be a "):
+            generate(
+                _ray().data.from_items([{"prompt": "p"}]),
+                generator=EchoGenerator(model="e"),
+                **{option: value},
+            )
+
+
 def _ray() -> t.Any:
     import ray
 

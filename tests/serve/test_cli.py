@@ -178,6 +178,25 @@ def test_a_port_in_use_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "eighty"])
+def test_a_port_that_is_no_port_is_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["-g", REMOTE, "--port", port])
+    assert exit_.value.code == 2
+    assert "a port is a whole number from 1 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpus", ["-1", "nan", "inf"])
+def test_cpus_that_are_no_count_are_refused_before_ray_starts(
+    capsys: pytest.CaptureFixture[str], cpus: str
+) -> None:
+    # Ray refused them only as the app deployed, with a traceback of its own.
+    assert cli.run(parse(["-g", REMOTE, "--num-cpus", cpus, "--address", "local"])) == 2
+    assert "num_cpus must be a number of at least 0" in capsys.readouterr().err
+
+
 SIGINT_AS_A_CONSOLE_HAS_IT = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.argv[1], sys.argv[1:])"

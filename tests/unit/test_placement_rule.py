@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import typing as t
+
 import pytest
 
 from rig_ray import VLLMGenerator
@@ -67,7 +69,7 @@ def test_a_sharded_engine_gets_one_gpu_bundle_per_shard_packed_on_one_node(tp: i
         (VLLMGenerator(model="m", tensor_parallel_size=2), 0, "runs on 2 GPUs"),
         (VLLMGenerator(model="m", engine_args={"pipeline_parallel_size": 2}), 4, "runs on 2"),
         (VLLMGenerator(model="m"), 2, "uses one GPU"),
-        (VLLMGenerator(model="m"), -1, "must not be negative"),
+        (VLLMGenerator(model="m"), -1, "must be a number of at least 0"),
     ],
 )
 def test_a_num_gpus_that_disagrees_with_the_engine_is_an_error(
@@ -76,6 +78,18 @@ def test_a_num_gpus_that_disagrees_with_the_engine_is_an_error(
     with pytest.raises(PlacementError, match=words) as caught:
         place(generator, num_gpus=num_gpus)
     assert caught.value.num_gpus in (num_gpus, None)
+
+
+@pytest.mark.parametrize("count", [-1, float("nan"), float("inf"), "2", True])
+@pytest.mark.parametrize("name", ["num_cpus", "num_gpus"])
+def test_a_count_of_cpus_or_gpus_that_is_no_count_is_refused_in_every_path(
+    name: str, count: t.Any
+) -> None:
+    # One rule for `remote()`, batch actors and Serve replicas, before Ray is asked.
+    with pytest.raises(PlacementError, match=f"{name} must be a number of at least 0"):
+        place(VLLMGenerator(model="m"), **{name: count})
+    with pytest.raises(ValueError, match=f"{name} must be a number of at least 0"):
+        ServedModel(generator=VLLMGenerator(model="m"), ray_actor_options={name: count})
 
 
 def test_serve_replicas_follow_the_rule() -> None:
