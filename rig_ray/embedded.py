@@ -76,8 +76,20 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
 
 
 def resolve_model(model: str) -> str:
-    """The path to load for `model`: an embedded model's folder, else `model` unchanged."""
-    return str(embedded_model_path(model)) if model in EMBEDDED_MODELS else model
+    """The path to load for `model`: an embedded model's folder; a path (absolute, or from
+    `.`, `..` or `~`), which must exist; else `model` unchanged (a hub id, or a folder
+    relative to here).
+
+    A path that does not exist is a `ModelNotAvailableError` saying so, where the engines
+    would read it as a hub id and complain of its characters."""
+    if model in EMBEDDED_MODELS:
+        return str(embedded_model_path(model))
+    if model.startswith(("/", "./", "../", "~")):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelNotAvailableError(f"no model folder at {model!r}", model=model)
+        return str(path)
+    return model
 
 
 @contextlib.contextmanager

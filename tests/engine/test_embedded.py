@@ -40,6 +40,23 @@ def test_unknown_embedded_name() -> None:
         embedded.find_gguf("tiny-9000")
 
 
+@pytest.mark.parametrize("model", ["/no/such/folder", "./nope", "../nope", "~/no-such-model"])
+@pytest.mark.parametrize("provider", ["transformers", "vllm"])
+def test_a_model_path_that_does_not_exist_says_so(provider: str, model: str) -> None:
+    # The engines read such a path as a hub id and complained of its characters.
+    with pytest.raises(rr.ModelNotAvailableError, match=f"no model folder at '{model}'"):
+        rr.get_generator(f"{provider}!{model}").load()
+
+
+def test_a_model_path_from_home_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    assert embedded.resolve_model("~/models/m") == str(tmp_path / "models" / "m")
+    assert embedded.resolve_model("org/name") == "org/name"  # a hub id, as it is
+
+
 # A conversion that hangs right before moving its finished folder into place, then is killed:
 # the worst moment, when every file is written but the folder is not yet the model.
 _KILLED_CONVERSION = """
