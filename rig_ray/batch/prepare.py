@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from rig_ray.batch.data_tasks import Block, from_blocks, iter_tables, put_block
 from rig_ray.batch.done_ids import Masks
-from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray.batch.prompts import PromptSpec, content_id, id_text
 from rig_ray.batch.widen import OneSchema, conformed
 from rig_ray.errors import BatchInputError
 
@@ -76,7 +76,7 @@ class _Ids:
             seen = self._repeats.get(base, 0)
             self._repeats[base] = seen + 1
             values[number] = f"{base}#{seen}" if seen else base
-        array = pa.array([str(value) for value in values], type=pa.string())
+        array = pa.array([id_text(value) for value in values], type=pa.string())
         self.chunks.append(array)
         return array
 

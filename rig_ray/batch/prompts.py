@@ -162,10 +162,8 @@ class PromptSpec(BaseModel):
         by numbering each among its identical twins only: `#1`, `#2`, ...)
         """
         value = row.get(self.id_column)
-        if isinstance(value, bytes):  # a binary column (Parquet's, or CSV's with bad UTF-8)
-            value = value.decode("utf-8", errors="backslashreplace")
         if value is not None and value != "":  # an empty CSV cell is no id
-            return str(value)
+            return id_text(value)
         return content_id(self.content_key(row))
 
     def content_key(self, row: t.Mapping[str, t.Any]) -> t.Any:
@@ -200,6 +198,14 @@ class PromptSpec(BaseModel):
                 else [t.cast(str, self.messages_column)]
             )
             return {"unrendered": {c: row[c] for c in used if row.get(c) is not None}}
+
+
+def id_text(value: t.Any) -> str:
+    """An id column's value as the id's text: as Python writes it, bytes (a binary column)
+    as the UTF-8 they hold (a byte that is not UTF-8 as `\\xff`)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
 
 
 def content_id(value: t.Any) -> str:

@@ -23,7 +23,8 @@ def expected_ids(blocks: list[list[dict[str, t.Any]]]) -> list[str]:
     for row in (row for block in blocks for row in block):
         value = row.get("id")
         if value is not None and value != "":
-            ids.append(str(value))
+            text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+            ids.append(str(text))
             continue
         base = content_id(SPEC.content_key(row))
         seen = repeats.get(base, 0)
@@ -43,7 +44,7 @@ prompts = st.sampled_from(["hello", "world"])
         min_size=1,
         max_size=4,
     ),
-    kind=st.sampled_from(["text", "number", "absent"]),
+    kind=st.sampled_from(["text", "number", "binary", "absent"]),
 )
 def test_ids_follow_the_rule_whatever_the_blocks_hold(
     blocks: list[list[dict[str, t.Any]]], kind: str
@@ -53,14 +54,32 @@ def test_ids_follow_the_rule_whatever_the_blocks_hold(
             [{**row, "id": None if row["id"] in (None, "") else len(row["id"])} for row in block]
             for block in blocks
         ]
+    elif kind == "binary":  # a binary column: its bytes as the UTF-8 they hold
+        blocks = [
+            [
+                {
+                    **row,
+                    "id": None
+                    if row["id"] is None
+                    else (row["id"] + "\udcff").encode("utf-8", "surrogateescape"),
+                }
+                for row in block
+            ]
+            for block in blocks
+        ]
     elif kind == "absent":  # no id column at all
         blocks = [[{"prompt": row["prompt"]} for row in block] for block in blocks]
     ids = _Ids(SPEC)
     got: list[str] = []
     for block in blocks:
-        schema = pa.schema(
-            [("id", pa.string() if kind == "text" else pa.int64())] if kind != "absent" else []
-        ).append(pa.field("prompt", pa.string()))
+        types = {"text": pa.string(), "number": pa.int64(), "binary": pa.binary()}
+        schema = pa.schema([("id", types[kind])] if kind != "absent" else []).append(
+            pa.field("prompt", pa.string())
+        )
         table = pa.Table.from_pylist(block, schema=schema)
         got.extend(ids.assign(table).to_pylist())
     assert got == expected_ids(blocks)
+    rows = [row for block in blocks for row in block]
+    for row, found in zip(rows, got, strict=True):  # the planner and `row_id`: one rule
+        if row.get("id") not in (None, "", b""):
+            assert SPEC.row_id(row) == found
