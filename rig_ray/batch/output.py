@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rig_ray.batch.causes import cause_line
 from rig_ray.batch.done_ids import Scan
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
@@ -41,7 +42,9 @@ class OutputFolder:
             )
 
     def parts(self) -> list[str]:
-        """The complete Parquet parts in the folder, sorted."""
+        """The complete Parquet parts in the folder (`part-*.parquet`), sorted. Other files
+        (notes, a Parquet file of another tool) are not the job's: resume, merge and
+        `read_output` leave them be."""
         info = self.filesystem.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
             return []
@@ -50,8 +53,8 @@ class OutputFolder:
             i.path
             for i in infos
             if i.type == pafs.FileType.File
+            and i.base_name.startswith(PART_PREFIX)
             and i.base_name.endswith(".parquet")
-            and not i.base_name.startswith((".", "_"))
         )
 
     def scan(self) -> Scan:
@@ -139,7 +142,8 @@ class OutputFolder:
             return int(pq.read_metadata(part, filesystem=self.filesystem).num_rows)
         except (pa.ArrowInvalid, OSError) as error:
             raise BatchInputError(
-                f"output part {part!r} cannot be read ({error}); move it away to resume",
+                f"output part {part!r} cannot be read ({cause_line(error)}); move it away "
+                "to resume",
                 source=self.location,
             ) from error
 
@@ -151,7 +155,8 @@ class OutputFolder:
             return pq.read_table(part, columns=columns, filesystem=self.filesystem)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
             raise BatchInputError(
-                f"output part {part!r} cannot be read ({error}); move it away to resume",
+                f"output part {part!r} cannot be read ({cause_line(error)}); move it away "
+                "to resume",
                 source=self.location,
             ) from error
 

@@ -9,6 +9,7 @@ import typing as t
 from rig_ray.batch.csv_input import read_csv
 from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
 from rig_ray.batch.json_input import first_keys, read_json
+from rig_ray.batch.manifest import MANIFEST_NAME
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
 
@@ -77,7 +78,7 @@ def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
         infos = _listing(filesystem, base or "/", source)
         files = [
             info.path
-            for info in infos
+            for info in _not_outputs(infos, base or "/")
             if info.path.count("/") == depth
             and fnmatch.fnmatch(info.path, path)
             and not _hidden(info.path, base)
@@ -87,9 +88,10 @@ def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
         if info.type == pafs.FileType.NotFound:
             raise BatchInputError(f"input {source!r} does not exist", source=source)
         if info.type == pafs.FileType.Directory:
+            infos = _listing(filesystem, path, source)
             files = [
                 f.path
-                for f in _listing(filesystem, path, source)
+                for f in _not_outputs(infos, path)
                 if format_of(f.path) and not _hidden(f.path, path)
             ]
         else:
@@ -218,6 +220,19 @@ def _listing(filesystem: pafs.FileSystem, folder: str, source: str) -> list[pafs
     except (FileNotFoundError, OSError) as error:
         raise BatchInputError(f"cannot list {source!r}: {error}", source=source) from error
     return [info for info in infos if info.type == pafs.FileType.File]
+
+
+def _not_outputs(infos: list[pafs.FileInfo], base: str) -> list[pafs.FileInfo]:
+    """`infos` less the files of the batch jobs' output folders below `base` (a folder with
+    a manifest): an output folder put inside its own input folder (`rig-ray batch data/
+    data/out`) is not read as input by the next run."""
+    outputs = tuple(
+        info.path[: -len(MANIFEST_NAME)]
+        for info in infos
+        if info.base_name == MANIFEST_NAME
+        and info.path.rstrip("/") != f"{base.rstrip('/')}/{MANIFEST_NAME}"
+    )
+    return [info for info in infos if not info.path.startswith(outputs)] if outputs else infos
 
 
 def _hidden(path: str, base: str) -> bool:

@@ -196,12 +196,21 @@ def test_scan_reads_every_part(tmp_path: Path) -> None:
     assert done(tmp_path) == set(pairs)
 
 
-def test_scan_ignores_hidden_and_non_parquet_files(tmp_path: Path) -> None:
+def test_scan_and_read_output_take_only_parts(tmp_path: Path) -> None:
     pq.write_table(generations([("a", 0)]), tmp_path / "part-1.parquet")
     pq.write_table(generations([("b", 0)]), tmp_path / "_part-2.parquet")
     (tmp_path / ".tmp-part-3.parquet").write_bytes(b"garbage")
     (tmp_path / "notes.txt").write_text("garbage")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "from-another-tool.parquet")
     assert done(tmp_path) == {("a", 0)}
+    assert read_output(str(tmp_path)).column("id").to_pylist() == ["a"]
+
+
+def test_a_part_that_cannot_be_read_is_told_in_one_line(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "part-1.parquet")
+    with pytest.raises(BatchInputError, match=r"part-1\.parquet") as caught:
+        OutputFolder(str(tmp_path)).scan()
+    assert len(str(caught.value).splitlines()) == 1  # not pyarrow's schema, line by line
 
 
 def test_a_corrupt_part_is_a_batch_input_error_naming_it(tmp_path: Path) -> None:

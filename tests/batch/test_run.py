@@ -102,6 +102,20 @@ def test_a_csv_cell_that_is_not_utf8_fails_its_row_only(tmp_path: Path) -> None:
     assert "column 'prompt' is not UTF-8 text" in got["a"]["error"]
 
 
+def test_an_output_folder_inside_its_input_folder_is_not_read_as_input(tmp_path: Path) -> None:
+    source, out = tmp_path / "data", tmp_path / "data" / "out"
+    source.mkdir()
+    rows(source / "in.jsonl", 3)
+    first = run(
+        str(source), str(out), generator=EchoGenerator(model="e"), template="$topic", **FAST
+    )
+    again = run(
+        str(source), str(out), generator=EchoGenerator(model="e"), template="$topic", **FAST
+    )
+    assert (first.rows_in, first.generations_written) == (3, 3)
+    assert (again.rows_in, again.generations_written, again.skipped) == (3, 0, 3)
+
+
 def test_rows_without_an_id_get_the_same_content_id_every_run(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"p{n}"}) + "\n" for n in range(3)))

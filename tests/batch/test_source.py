@@ -81,6 +81,17 @@ def test_a_folder_skips_files_inside_hidden_folders(tmp_path: Path) -> None:
     assert _files(str(tmp_path)) == expected
 
 
+def test_a_folder_skips_the_output_folders_of_batch_jobs_inside_it(tmp_path: Path) -> None:
+    # `rig-ray batch data/ data/out`: the second run must not read its own parts as input.
+    expected = _touch(tmp_path, "a.parquet", "sub/b.parquet")
+    _touch(tmp_path, "out/_rig_ray_manifest.json", "out/part-1.parquet")
+    _touch(tmp_path, "sub/run/_rig_ray_manifest.json", "sub/run/part-2.parquet", "sub/run/o.jsonl")
+    assert _files(str(tmp_path)) == sorted(expected)
+    assert _files(f"{tmp_path}/*/*.parquet") == [expected[1]]
+    # An output folder named as the input itself is read: chaining jobs by hand.
+    assert _files(str(tmp_path / "out")) == [str(tmp_path / "out" / "part-1.parquet")]
+
+
 def test_a_file_named_explicitly_is_read_even_with_a_leading_underscore(tmp_path: Path) -> None:
     (path,) = _touch(tmp_path, "_train.jsonl")
     assert _files(path) == [path]
