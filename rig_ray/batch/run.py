@@ -31,7 +31,7 @@ from rig_ray.batch.placement import (
 from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec
-from rig_ray.batch.source import input_columns, input_files, read_prompts
+from rig_ray.batch.source import input_columns, input_files, open_filesystem, read_prompts
 from rig_ray.cluster.placement import BatchGroups, check_resource
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
@@ -137,6 +137,7 @@ def run(
     it is writing: what it wrote stays, its summary counts it, and a rerun resumes past it.
     """
     input_files(source)  # a bad path fails here, before Ray starts
+    _check_apart(source, output)
     _check_num_generations(options.get("num_generations", 1))
     _check_parts(rows_per_part, seconds_per_part)
     check_resource("num_cpus", num_cpus)
@@ -267,6 +268,18 @@ class _Settings(t.NamedTuple):
     gpus_in_all: float
     label: str = "rig-ray batch"
     stop: threading.Event | None = None
+
+
+def _check_apart(source: str, output: str) -> None:
+    """Refuse an output folder that is the input folder: its parts would be read as input by
+    the next run (one inside the input folder is skipped, see `source.input_files`)."""
+    (inputs, input_path), (outputs, output_path) = map(open_filesystem, (source, output))
+    if type(inputs) is type(outputs) and input_path.rstrip("/") == output_path.rstrip("/"):
+        raise BatchInputError(
+            f"the output folder {output!r} is the input folder; give the output a folder of "
+            "its own (one inside the input folder will do)",
+            source=source,
+        )
 
 
 def _check_parts(rows_per_part: t.Any, seconds_per_part: t.Any) -> None:

@@ -114,6 +114,8 @@ def test_an_output_folder_inside_its_input_folder_is_not_read_as_input(tmp_path:
     )
     assert (first.rows_in, first.generations_written) == (3, 3)
     assert (again.rows_in, again.generations_written, again.skipped) == (3, 0, 3)
+    with pytest.raises(BatchInputError, match="is the input folder"):
+        run(str(source), f"{source}/", generator=EchoGenerator(model="e"), **FAST)
 
 
 def test_rows_without_an_id_get_the_same_content_id_every_run(tmp_path: Path) -> None:
