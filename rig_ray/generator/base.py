@@ -49,7 +49,7 @@ class GenerateParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     """Sampling temperature; 0 means greedy."""
     max_tokens: int | None = Field(None, ge=1)
     """Most tokens to generate."""
@@ -65,10 +65,10 @@ class GenerateParams(BaseModel):
     """Penalty growing with how often a token appeared."""
     api_base: str | None = None
     """Base URL of a remote API."""
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Seconds a remote request may take."""
-    seed: int | None = None
-    """Random seed, for repeatable sampling."""
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    """Random seed, for repeatable sampling (64 bits, as the engines take it)."""
     json_schema: dict[str, t.Any] | None = None
     """Constrain the reply to JSON matching this schema (a dict, or a pydantic model class,
     turned into its schema); vLLM and LiteLLM honour it, other generators refuse it."""
@@ -79,6 +79,13 @@ class GenerateParams(BaseModel):
     @classmethod
     def _one_stop_string(cls, value: t.Any) -> t.Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop_string(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not text for text in value):
+            raise ValueError("a stop string must not be empty")  # it would match at once
+        return value
 
     @field_validator("json_schema", mode="before")
     @classmethod

@@ -59,6 +59,9 @@ class _Request(BaseModel):
     def _check_request(self) -> t.Self:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if any(not text for text in stops):
+            raise ValueError("stop: a stop string must not be empty")
         if self.logit_bias:
             raise ValueError("logit_bias: not supported by this endpoint")
         if self.logprobs not in (None, False, 0):

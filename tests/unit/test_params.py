@@ -79,10 +79,27 @@ def test_params_are_frozen() -> None:
 
 @pytest.mark.parametrize(
     ("stop", "expected"),
-    [("x", ["x"]), ("", [""]), (["a", "b"], ["a", "b"]), ([], []), (None, None)],
+    [("x", ["x"]), (["a", "b"], ["a", "b"]), ([], []), (None, None)],
 )
 def test_stop_accepts_one_str(stop: t.Any, expected: list[str] | None) -> None:
     assert GenerateParams(stop=stop).stop == expected
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"stop": ""},  # would match at once: vLLM refuses it, transformers stopped after a token
+        {"stop": ["a", ""]},
+        {"seed": 2**63},  # past the 64 bits the engines take (torch: "Overflow ...")
+        {"seed": -(2**63) - 1},
+        {"temperature": float("inf")},
+        {"temperature": float("nan")},
+        {"timeout": float("inf")},
+    ],
+)
+def test_settings_no_engine_can_run_are_refused(settings: dict[str, t.Any]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(settings))):
+        GenerateParams(**settings)
 
 
 def test_merge_later_wins_and_unset_never_overrides() -> None:
