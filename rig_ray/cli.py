@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rig_ray.batch import cli as batch_cli
 from rig_ray.batch import pipeline_cli
 from rig_ray.embedded import DEFAULT_MODEL, embedded_model_path
-from rig_ray.errors import RigRayError
+from rig_ray.errors import RigRayError, validation_line
 from rig_ray.generator import (
     GeneratedMessage,
     GeneratedText,
@@ -134,11 +134,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: Exception) -> str:
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return redact(f"{where}: {first['msg']}")
-    return redact(" ".join(str(error).split())) or type(error).__name__
+    return validation_line(error)
 
 
 if __name__ == "__main__":

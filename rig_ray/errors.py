@@ -281,3 +281,17 @@ class BatchStoppedError(RigRayError):
     def __init__(self, batch_id: str):
         self.batch_id = batch_id
         super().__init__(f"batch {batch_id} was stopped")
+
+
+def validation_line(error: Exception) -> str:
+    """A pydantic `ValidationError` in one line, `field: what is wrong` of its first error
+    (other errors: their text on one line), redacted."""
+    from pydantic import ValidationError
+
+    from rig_ray.redaction import redact
+
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return redact(f"{where}: {first['msg']}" if where else first["msg"])
+    return redact(" ".join(str(error).split())) or type(error).__name__

@@ -11,7 +11,7 @@ from rig_ray.batch.data_tasks import dataset_columns, remote_args, split_rows
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.placement import data_task_cpus, fit_cpus, gpus_in_all
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
-from rig_ray.batch.prompts import PromptSpec
+from rig_ray.batch.prompts import PromptSpec, job_params
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
 from rig_ray.cluster.placement import BatchGroups, Placement, check_resource, place
@@ -63,8 +63,9 @@ def generate(
     Each row becomes a conversation: the user message `template` with `$column` fields filled
     from the row, or the OpenAI-shaped messages in `messages_column`, after an optional
     `system` message. (With neither, a `messages` column is used if there is one, else
-    `$prompt`.) `params` apply to every row, with each row's own params from `params_column`
-    (objects such as `{"max_tokens": 64}`) laid over them. A row with a value in `text_column`
+    `$prompt`.) `params` (`GenerateParams`, or a dict of its fields) apply to every row,
+    with each row's own params from `params_column` (objects such as `{"max_tokens": 64}`)
+    laid over them. A row with a value in `text_column`
     gets a text completion of it instead (no chat template). Each generator runs in a pool of
     `replicas` Ray actors that load it once, take `num_gpus` / `num_cpus` each (`num_cpus`
     left unset: one, or less on a local Ray too small for every actor, one CPU kept for Ray
@@ -113,22 +114,20 @@ def generate(
     count = check_count(num_generations)
     if seeds not in ("row", "request"):
         raise InvalidGeneratorError(f"seeds must be 'row' or 'request', not {seeds!r}")
-    if replicas < 1:
-        raise InvalidGeneratorError(f"replicas must be at least 1, got {replicas}")
-    if batch_size is not None and batch_size < 1:
-        raise InvalidGeneratorError(f"batch_size must be at least 1, got {batch_size}")
-    if max_concurrent_batches is not None and max_concurrent_batches < 1:
+    _whole("replicas", replicas)
+    _whole("batch_size", batch_size)
+    _whole("max_concurrent_batches", max_concurrent_batches)
+    number = isinstance(batch_timeout_s, int | float) and not isinstance(batch_timeout_s, bool)
+    if batch_timeout_s is not None and (not number or not batch_timeout_s > 0):  # NaN too
         raise InvalidGeneratorError(
-            f"max_concurrent_batches must be at least 1, got {max_concurrent_batches}"
+            f"batch_timeout_s must be a number of seconds above 0, not {batch_timeout_s!r}"
         )
-    if batch_timeout_s is not None and batch_timeout_s <= 0:
-        raise InvalidGeneratorError(f"batch_timeout_s must be positive, got {batch_timeout_s}")
     check_resource("num_cpus", num_cpus)
     check_resource("data_cpus", data_cpus)
     structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
-    params = with_json_schema(members, params, structured)
+    params = with_json_schema(members, job_params(params), structured)
     columns = tuple(c for c in dataset_columns(dataset) if c not in INTERNAL_COLUMNS)
-    spec = PromptSpec(
+    spec = PromptSpec.build(
         template=template,
         system=system,
         messages_column=messages_column,
@@ -223,6 +222,12 @@ def _rows_for(batch: t.Any, column: str, name: str) -> t.Any:
     import pyarrow.compute as pc
 
     return batch.filter(pc.equal(batch[column], name))
+
+
+def _whole(name: str, value: t.Any) -> None:
+    """Refuse a count (unset: None) that is not a whole number of at least 1, naming it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidGeneratorError(f"{name} must be a whole number of at least 1, not {value!r}")
 
 
 def _actor_args(placement: Placement) -> dict[str, t.Any]:

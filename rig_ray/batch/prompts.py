@@ -9,7 +9,7 @@ import typing as t
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from rig_ray.errors import BatchInputError, InvalidMessageError
+from rig_ray.errors import BatchInputError, InvalidMessageError, validation_line
 from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message, template_fields
 
@@ -47,6 +47,14 @@ class PromptSpec(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @classmethod
+    def build(cls, **settings: t.Any) -> PromptSpec:
+        """A spec of these settings; `BatchInputError` naming the one that is not valid."""
+        try:
+            return cls(**settings)
+        except ValidationError as error:
+            raise BatchInputError(validation_line(error)) from None
 
     def resolve(self, columns: t.Sequence[str]) -> PromptSpec:
         """This spec checked against the input's `columns`, with defaults picked.
@@ -198,6 +206,21 @@ class PromptSpec(BaseModel):
                 else [t.cast(str, self.messages_column)]
             )
             return {"unrendered": {c: row[c] for c in used if row.get(c) is not None}}
+
+
+def job_params(value: t.Any) -> GenerateParams | None:
+    """A job's `params`: `GenerateParams`, or a mapping of its fields, as one;
+    `BatchInputError` naming what is wrong."""
+    if value is None or isinstance(value, GenerateParams):
+        return value
+    if not isinstance(value, t.Mapping):
+        raise BatchInputError(
+            f"params must be GenerateParams or a dict of its fields, not a {type(value).__name__}"
+        )
+    try:
+        return GenerateParams.model_validate(dict(value))
+    except ValidationError as error:
+        raise BatchInputError(f"params: {validation_line(error)}") from None
 
 
 def id_text(value: t.Any) -> str:

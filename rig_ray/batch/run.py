@@ -30,7 +30,7 @@ from rig_ray.batch.placement import (
 )
 from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
-from rig_ray.batch.prompts import PromptSpec
+from rig_ray.batch.prompts import PromptSpec, job_params
 from rig_ray.batch.source import input_columns, input_files, open_filesystem, read_prompts
 from rig_ray.cluster.placement import BatchGroups, check_resource
 from rig_ray.cluster.remote_generator import describe
@@ -138,6 +138,8 @@ def run(
     """
     input_files(source)  # a bad path fails here, before Ray starts
     _check_apart(source, output)
+    options["params"] = job_params(options.get("params"))
+    _unresolved_spec(options)
     _check_num_generations(options.get("num_generations", 1))
     _check_parts(rows_per_part, seconds_per_part)
     check_resource("num_cpus", num_cpus)
@@ -318,14 +320,19 @@ def _columns(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
 
 
 def _spec(columns: tuple[str, ...], options: dict[str, t.Any]) -> PromptSpec:
-    return PromptSpec(
+    return _unresolved_spec(options).resolve(columns)
+
+
+def _unresolved_spec(options: dict[str, t.Any]) -> PromptSpec:
+    """The prompt settings of `options` (refused, naming the one at fault, before Ray runs)."""
+    return PromptSpec.build(
         template=options.get("template"),
         system=options.get("system"),
         messages_column=options.get("messages_column"),
         id_column=options.get("id_column", "id"),
         params_column=options.get("params_column"),
         text_column=options.get("text_column"),
-    ).resolve(columns)
+    )
 
 
 def _manifest(
