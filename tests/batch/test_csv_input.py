@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rig_ray.batch import csv_input
 from rig_ray.batch.csv_input import csv_tables
 from rig_ray.batch.json_input import ROWS_PER_BLOCK
 from rig_ray.batch.prompts import PromptSpec
@@ -28,7 +29,7 @@ PAST_FIRST_BLOCK = 120_000
 
 
 def _read(path: Path) -> pa.Table:
-    tables = list(csv_tables(LOCAL, str(path), "id"))
+    tables = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size))
     return pa.concat_tables(tables)
 
 
@@ -53,11 +54,27 @@ def test_a_column_takes_the_type_of_all_its_rows_not_of_its_first_block(
 
 def test_a_file_comes_in_blocks_of_rows_and_a_gzip_file_reads_the_same(tmp_path: Path) -> None:
     path = _numbered(b"", tmp_path / "in.csv")
-    blocks = list(csv_tables(LOCAL, str(path), "id"))
+    blocks = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size))
     assert [b.num_rows for b in blocks[:-1]] == [ROWS_PER_BLOCK] * (len(blocks) - 1)
     packed = tmp_path / "in.csv.gz"
     packed.write_bytes(gzip.compress(path.read_bytes()))
     assert _read(packed).equals(pa.concat_tables(blocks))
+
+
+def test_a_file_past_the_whole_read_is_streamed_and_a_later_type_change_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streamed, a file keeps the types of its first block (here 1 MiB, as a test's files are
+    # small); a cell past it that does not fit is refused naming the column and the value.
+    monkeypatch.setattr(csv_input, "STREAM_BLOCK_BYTES", 1 << 20)
+    path = _numbered(b"", tmp_path / "in.csv")
+    streamed = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
+    assert sum(t.num_rows for t in streamed) == PAST_FIRST_BLOCK
+    assert max(t.num_rows for t in streamed) <= ROWS_PER_BLOCK
+    changing = _numbered(b"z,p,many\n", tmp_path / "late.csv")
+    with pytest.raises(BatchInputError, match=r"late\.csv.*column 'n'.*'many'.*streamed") as caught:
+        list(csv_tables(LOCAL, str(changing), "id", changing.stat().st_size, whole_bytes=0))
+    assert caught.value.column == "n"
 
 
 def test_a_row_that_is_not_csv_names_the_file(tmp_path: Path) -> None:
