@@ -76,9 +76,9 @@ def input_files(source: str) -> tuple[pafs.FileSystem, list[str]]:
         base = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
         depth = path.count("/")  # `*` stays within one folder level, as in a shell
         infos = _listing(filesystem, base or "/", source)
-        files = [
+        files = [  # a glob is read as it matches, output folders' parts too
             info.path
-            for info in _not_outputs(infos, base or "/")
+            for info in infos
             if info.path.count("/") == depth
             and fnmatch.fnmatch(info.path, path)
             and not _hidden(info.path, base)
@@ -225,7 +225,8 @@ def _listing(filesystem: pafs.FileSystem, folder: str, source: str) -> list[pafs
 def _not_outputs(infos: list[pafs.FileInfo], base: str) -> list[pafs.FileInfo]:
     """`infos` less the files of the batch jobs' output folders below `base` (a folder with
     a manifest): an output folder put inside its own input folder (`rig-ray batch data/
-    data/out`) is not read as input by the next run."""
+    data/out`) is not read as input by the next run. (A glob that names such parts, as in
+    `runs/*/part-*.parquet`, reads them.)"""
     outputs = tuple(
         info.path[: -len(MANIFEST_NAME)]
         for info in infos

@@ -87,9 +87,11 @@ def test_a_folder_skips_the_output_folders_of_batch_jobs_inside_it(tmp_path: Pat
     _touch(tmp_path, "out/_rig_ray_manifest.json", "out/part-1.parquet")
     _touch(tmp_path, "sub/run/_rig_ray_manifest.json", "sub/run/part-2.parquet", "sub/run/o.jsonl")
     assert _files(str(tmp_path)) == sorted(expected)
-    assert _files(f"{tmp_path}/*/*.parquet") == [expected[1]]
-    # An output folder named as the input itself is read: chaining jobs by hand.
-    assert _files(str(tmp_path / "out")) == [str(tmp_path / "out" / "part-1.parquet")]
+    # Named as the input itself, or by a glob, an output folder's parts are read: chaining
+    # jobs by hand.
+    parts = [str(tmp_path / "out" / "part-1.parquet")]
+    assert _files(str(tmp_path / "out")) == parts
+    assert _files(f"{tmp_path}/*/part-*.parquet") == parts
 
 
 def test_a_file_named_explicitly_is_read_even_with_a_leading_underscore(tmp_path: Path) -> None:
