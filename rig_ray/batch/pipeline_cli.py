@@ -33,7 +33,7 @@ def add_parser(commands: t.Any) -> None:
         "--show",
         nargs="?",
         const=3,
-        type=int,
+        type=_rows_to_show,
         metavar="N",
         help="print N rows (3) of the final table at the end",
     )
@@ -113,3 +113,13 @@ def show(output: str, count: int = 3) -> None:
 def _short(value: t.Any, limit: int = 120) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _rows_to_show(text: str) -> int:
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"a number of rows of at least 0, not {text!r}")
+    return rows

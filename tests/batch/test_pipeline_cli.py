@@ -106,3 +106,13 @@ def test_a_yaml_stage_takes_a_text_column_and_data_cpus(tmp_path: Path) -> None:
     (stage,) = load_pipeline(str(config)).stages
     assert (stage.text_column, stage.data_cpus) == ("body", 0)
     assert stage.run_options()["text_column"] == "body"
+
+
+@pytest.mark.parametrize("rows", ["-3", "many"])
+def test_a_show_that_is_no_number_of_rows_is_refused(
+    rows: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", "pipeline.yaml", "--show", rows])
+    assert exit_.value.code == 2
+    assert "a number of rows of at least 0" in capsys.readouterr().err
