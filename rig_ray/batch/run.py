@@ -341,7 +341,7 @@ def _manifest(
     structured: StructuredSpec | None,
     options: dict[str, t.Any],
 ) -> Manifest:
-    params = options.get("params") or GenerateParams()
+    params = job_params(options.get("params")) or GenerateParams()  # a dict too (`pending`)
     return Manifest(
         generators=[pinned_identifier(redact(describe(member))) for member in members],
         num_generators=len(members),

@@ -15,6 +15,7 @@ import pytest
 from rig_ray import GenerateParams
 from rig_ray.batch import OUTPUT_COLUMNS, generate, run
 from rig_ray.batch.plan import member_indices
+from rig_ray.batch.run import pending
 from rig_ray.errors import (
     BatchInputError,
     InvalidGeneratorError,
@@ -330,6 +331,17 @@ def test_sizes_that_mean_nothing_are_refused_naming_them(
                 generator=EchoGenerator(model="e"),
                 **{option: value},
             )
+
+
+def test_params_may_be_a_dict_of_their_fields(tmp_path: Path) -> None:
+    source, out = rows(tmp_path / "in.jsonl", 2), tmp_path / "out"
+    generator = CallbackGenerator(model="cb", callback=lambda item, params: f"{params.max_tokens}")
+    job = {"generator": generator, "template": "$topic"}
+    assert pending(str(source), str(out), params={"max_tokens": 5}, **job) == 2
+    run(str(source), str(out), params={"max_tokens": 5}, **job, **FAST)
+    assert {r["text"] for r in output_rows(out)} == {"5"}
+    with pytest.raises(BatchInputError, match="params: max_tokens"):
+        run(str(source), str(out), params={"max_tokens": 0}, **job, **FAST)
 
 
 def _ray() -> t.Any:
