@@ -114,14 +114,7 @@ def generate(
     count = check_count(num_generations)
     if seeds not in ("row", "request"):
         raise InvalidGeneratorError(f"seeds must be 'row' or 'request', not {seeds!r}")
-    _whole("replicas", replicas)
-    _whole("batch_size", batch_size)
-    _whole("max_concurrent_batches", max_concurrent_batches)
-    number = isinstance(batch_timeout_s, int | float) and not isinstance(batch_timeout_s, bool)
-    if batch_timeout_s is not None and (not number or not batch_timeout_s > 0):  # NaN too
-        raise InvalidGeneratorError(
-            f"batch_timeout_s must be a number of seconds above 0, not {batch_timeout_s!r}"
-        )
+    check_sizes(replicas, batch_size, max_concurrent_batches, batch_timeout_s)
     check_resource("num_cpus", num_cpus)
     check_resource("data_cpus", data_cpus)
     structured = StructuredSpec.build(parse_as, json_schema, max_parse_retries)
@@ -222,6 +215,21 @@ def _rows_for(batch: t.Any, column: str, name: str) -> t.Any:
     import pyarrow.compute as pc
 
     return batch.filter(pc.equal(batch[column], name))
+
+
+def check_sizes(
+    replicas: t.Any, batch_size: t.Any, max_concurrent_batches: t.Any, batch_timeout_s: t.Any
+) -> None:
+    """Refuse, naming it, a count (unset: None) that is not a whole number of at least 1, or
+    a batch timeout that is not a number of seconds above 0 (`generate`'s and `run`'s)."""
+    _whole("replicas", replicas)
+    _whole("batch_size", batch_size)
+    _whole("max_concurrent_batches", max_concurrent_batches)
+    number = isinstance(batch_timeout_s, int | float) and not isinstance(batch_timeout_s, bool)
+    if batch_timeout_s is not None and (not number or not batch_timeout_s > 0):  # NaN too
+        raise InvalidGeneratorError(
+            f"batch_timeout_s must be a number of seconds above 0, not {batch_timeout_s!r}"
+        )
 
 
 def _whole(name: str, value: t.Any) -> None:

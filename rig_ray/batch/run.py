@@ -18,7 +18,7 @@ from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
 from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
-from rig_ray.batch.pipeline import generate, generator_members
+from rig_ray.batch.pipeline import check_sizes, generate, generator_members
 from rig_ray.batch.placement import (
     data_task_cpus,
     fit_cpus,
@@ -144,6 +144,12 @@ def run(
     _check_parts(rows_per_part, seconds_per_part)
     check_resource("num_cpus", num_cpus)
     check_resource("data_cpus", options.get("data_cpus"))
+    check_sizes(
+        options.get("replicas", 1),
+        options.get("batch_size"),
+        options.get("max_concurrent_batches"),
+        options.get("batch_timeout_s"),
+    )
     members = generator_members(options.get("generator"), options.get("generators"))
     if output_format not in ("parquet", "openai"):
         raise BatchInputError(f"output_format must be 'parquet' or 'openai', not {output_format!r}")

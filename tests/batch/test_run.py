@@ -308,6 +308,8 @@ def test_bad_input_is_refused_before_any_generation(tmp_path: Path) -> None:
         ("rows_per_part", 2.5),
         ("seconds_per_part", -1),
         ("seconds_per_part", float("nan")),
+        ("replicas", float("nan")),  # found by the options search: int(nan) in the job
+        ("batch_size", 1.5),
     ],
 )
 def test_sizes_that_mean_nothing_are_refused_naming_them(
