@@ -129,12 +129,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             print(f"{name}\t{cls.__module__}.{cls.__qualname__}")
         return 0
     except (RigRayError, ValidationError, NotImplementedError) as error:
-        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
         return 2
-
-
-def _one_line(error: Exception) -> str:
-    return validation_line(error)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import functools
 import re
 import typing as t
 
+from rig_ray.batch.data_tasks import FileRead, read_files
 from rig_ray.batch.json_input import ROWS_PER_BLOCK
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
@@ -34,34 +35,11 @@ def read_csv(
 ) -> ray.data.Dataset:
     """A lazy dataset of the rows of the CSV `files`, a read task per file; `args`: the
     tasks' remote args."""
-    import ray.data
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    sizes = {info.path: info.size for info in filesystem.get_file_info(files)}
-
-    class CsvSource(Datasource):  # type: ignore[misc]
-        def get_name(self) -> str:
-            return "ReadCSV"
-
-        def estimate_inmemory_data_size(self) -> int | None:
-            return sum(size or 0 for size in sizes.values()) or None
-
-        def get_read_tasks(self, parallelism: int, *args: t.Any, **kwargs: t.Any) -> list[t.Any]:
-            return [
-                ReadTask(
-                    functools.partial(csv_tables, filesystem, path, id_column, sizes.get(path)),
-                    BlockMetadata(
-                        num_rows=None,
-                        size_bytes=sizes.get(path),
-                        input_files=(path,),
-                        exec_stats=None,
-                    ),
-                )
-                for path in files
-            ]
-
-    return ray.data.read_datasource(CsvSource(), **args)
+    reads = []
+    for info in filesystem.get_file_info(files):
+        read = functools.partial(csv_tables, filesystem, info.path, id_column, info.size)
+        reads.append(FileRead(read, info.path, info.size))
+    return read_files("ReadCSV", reads, args)
 
 
 WHOLE_BYTES = 64 << 20

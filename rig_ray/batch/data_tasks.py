@@ -23,6 +23,46 @@ def remote_args(data_cpus: float | None) -> dict[str, t.Any]:
     return {} if data_cpus is None else {"num_cpus": data_cpus}
 
 
+class FileRead(t.NamedTuple):
+    """One read task of a dataset read from files: what it runs, and the file it reads."""
+
+    read: t.Callable[[], t.Iterator[pa.Table]]
+    path: str
+    size: int | None
+    """The bytes it reads (None: not known)."""
+
+
+def read_files(name: str, reads: t.Sequence[FileRead], args: dict[str, t.Any]) -> ray.data.Dataset:
+    """A lazy dataset of one Ray Data read task per `reads`, in order, named `name` in Ray
+    Data's stats; `args`: the tasks' remote args (`remote_args`)."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class FileSource(Datasource):  # type: ignore[misc]
+        def get_name(self) -> str:
+            return name
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return sum(read.size or 0 for read in reads) or None
+
+        def get_read_tasks(self, parallelism: int, *args: t.Any, **kwargs: t.Any) -> list[t.Any]:
+            return [
+                ReadTask(
+                    read.read,
+                    BlockMetadata(
+                        num_rows=None,
+                        size_bytes=read.size,
+                        input_files=(read.path,),
+                        exec_stats=None,
+                    ),
+                )
+                for read in reads
+            ]
+
+    return ray.data.read_datasource(FileSource(), **args)
+
+
 def split_rows(dataset: ray.data.Dataset, rows: int, data_cpus: float | None) -> ray.data.Dataset:
     """`dataset` in blocks of `rows` rows, streamed (`Dataset.repartition` with
     `target_num_rows_per_block`), its tasks asking `data_cpus`.

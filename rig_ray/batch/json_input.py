@@ -19,6 +19,7 @@ import json
 import re
 import typing as t
 
+from rig_ray.batch.data_tasks import FileRead, read_files
 from rig_ray.errors import BatchInputError
 
 if t.TYPE_CHECKING:
@@ -94,34 +95,11 @@ def read_json(
 ) -> ray.data.Dataset:
     """A lazy dataset of the rows of the JSON `files`, a read task per part (`json_parts`);
     `args`: the tasks' remote args."""
-    import ray.data
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    parts = json_parts(filesystem, files)
-
-    class JsonLinesSource(Datasource):  # type: ignore[misc]
-        def get_name(self) -> str:
-            return "ReadJSONLines"
-
-        def estimate_inmemory_data_size(self) -> int | None:
-            return sum(part.size or 0 for part in parts) or None
-
-        def get_read_tasks(self, parallelism: int, *args: t.Any, **kwargs: t.Any) -> list[t.Any]:
-            return [
-                ReadTask(
-                    functools.partial(read_part, filesystem, part, id_column),
-                    BlockMetadata(
-                        num_rows=None,
-                        size_bytes=part.size,
-                        input_files=(part.path,),
-                        exec_stats=None,
-                    ),
-                )
-                for part in parts
-            ]
-
-    return ray.data.read_datasource(JsonLinesSource(), **args)
+    reads = [
+        FileRead(functools.partial(read_part, filesystem, part, id_column), part.path, part.size)
+        for part in json_parts(filesystem, files)
+    ]
+    return read_files("ReadJSONLines", reads, args)
 
 
 def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iterator[pa.Table]:

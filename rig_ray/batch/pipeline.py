@@ -8,6 +8,7 @@ import warnings
 
 from rig_ray.batch import concurrency
 from rig_ray.batch.data_tasks import dataset_columns, remote_args, split_rows
+from rig_ray.batch.job_checks import check_sizes
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.placement import data_task_cpus, fit_cpus, gpus_in_all
 from rig_ray.batch.prepare import INTERNAL_COLUMNS
@@ -215,27 +216,6 @@ def _rows_for(batch: t.Any, column: str, name: str) -> t.Any:
     import pyarrow.compute as pc
 
     return batch.filter(pc.equal(batch[column], name))
-
-
-def check_sizes(
-    replicas: t.Any, batch_size: t.Any, max_concurrent_batches: t.Any, batch_timeout_s: t.Any
-) -> None:
-    """Refuse, naming it, a count (unset: None) that is not a whole number of at least 1, or
-    a batch timeout that is not a number of seconds above 0 (`generate`'s and `run`'s)."""
-    _whole("replicas", replicas)
-    _whole("batch_size", batch_size)
-    _whole("max_concurrent_batches", max_concurrent_batches)
-    number = isinstance(batch_timeout_s, int | float) and not isinstance(batch_timeout_s, bool)
-    if batch_timeout_s is not None and (not number or not batch_timeout_s > 0):  # NaN too
-        raise InvalidGeneratorError(
-            f"batch_timeout_s must be a number of seconds above 0, not {batch_timeout_s!r}"
-        )
-
-
-def _whole(name: str, value: t.Any) -> None:
-    """Refuse a count (unset: None) that is not a whole number of at least 1, naming it."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidGeneratorError(f"{name} must be a whole number of at least 1, not {value!r}")
 
 
 def _actor_args(placement: Placement) -> dict[str, t.Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import typing as t
 
@@ -14,11 +13,12 @@ from rig_ray.batch.causes import cause_line, errors_told_once, is_task_error
 from rig_ray.batch.console import job_console
 from rig_ray.batch.data_tasks import iter_tables
 from rig_ray.batch.done_ids import Scan
+from rig_ray.batch.job_checks import check_apart, check_seconds, check_sizes, check_whole
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
 from rig_ray.batch.output import OutputFolder, PartWriter
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
-from rig_ray.batch.pipeline import check_sizes, generate, generator_members
+from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import (
     data_task_cpus,
     fit_cpus,
@@ -31,7 +31,7 @@ from rig_ray.batch.placement import (
 from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec, job_params
-from rig_ray.batch.source import input_columns, input_files, open_filesystem, read_prompts
+from rig_ray.batch.source import input_columns, input_files, read_prompts
 from rig_ray.cluster.placement import BatchGroups, check_resource
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.errors import BatchInputError, GenerationError, RigRayError
@@ -137,11 +137,12 @@ def run(
     it is writing: what it wrote stays, its summary counts it, and a rerun resumes past it.
     """
     input_files(source)  # a bad path fails here, before Ray starts
-    _check_apart(source, output)
+    check_apart(source, output)
     options["params"] = job_params(options.get("params"))
     _unresolved_spec(options)
-    _check_num_generations(options.get("num_generations", 1))
-    _check_parts(rows_per_part, seconds_per_part)
+    check_whole("num_generations", options.get("num_generations", 1), BatchInputError)
+    check_whole("rows_per_part", rows_per_part, BatchInputError)
+    check_seconds("seconds_per_part", seconds_per_part, zero=True, error=BatchInputError)
     check_resource("num_cpus", num_cpus)
     check_resource("data_cpus", options.get("data_cpus"))
     check_sizes(
@@ -276,37 +277,6 @@ class _Settings(t.NamedTuple):
     gpus_in_all: float
     label: str = "rig-ray batch"
     stop: threading.Event | None = None
-
-
-def _check_apart(source: str, output: str) -> None:
-    """Refuse an output folder that is the input folder: its parts would be read as input by
-    the next run (one inside the input folder is skipped, see `source.input_files`)."""
-    (inputs, input_path), (outputs, output_path) = map(open_filesystem, (source, output))
-    if type(inputs) is type(outputs) and input_path.rstrip("/") == output_path.rstrip("/"):
-        raise BatchInputError(
-            f"the output folder {output!r} is the input folder; give the output a folder of "
-            "its own (one inside the input folder will do)",
-            source=source,
-        )
-
-
-def _check_parts(rows_per_part: t.Any, seconds_per_part: t.Any) -> None:
-    if isinstance(rows_per_part, bool) or not isinstance(rows_per_part, int) or rows_per_part < 1:
-        raise BatchInputError(
-            f"rows_per_part must be a whole number of at least 1, not {rows_per_part!r}"
-        )
-    number = isinstance(seconds_per_part, int | float) and not isinstance(seconds_per_part, bool)
-    if not number or math.isnan(seconds_per_part) or seconds_per_part < 0:
-        raise BatchInputError(  # 0: a part for each batch of generations that comes back
-            f"seconds_per_part must be a number of seconds of at least 0, not {seconds_per_part!r}"
-        )
-
-
-def _check_num_generations(value: t.Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BatchInputError(
-            f"num_generations must be a whole number of at least 1, not {value!r}"
-        )
 
 
 def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rig_ray.batch.console import forward_redacted
 from rig_ray.cluster.local_ray import start_local_ray
 from rig_ray.cluster.placement import cluster_gpus, refuse_what_the_cluster_cannot_hold
-from rig_ray.errors import PlacementError, RigRayError, ServeConfigError
+from rig_ray.errors import PlacementError, RigRayError, ServeConfigError, validation_line
 from rig_ray.redaction import scrub
 from rig_ray.serve import direct
 from rig_ray.serve.app import (
@@ -45,8 +45,6 @@ class _Stop(BaseException):
 def run(args: argparse.Namespace) -> int:
     """Run `rig-ray serve` until SIGTERM / SIGINT: 0 after a clean stop, 2 for bad input, 1
     when the app fails to start."""
-    from rig_ray.cli import _one_line
-
     try:  # everything that can be checked before Ray starts
         served = served_models(args.generators, name=args.names, **_options(args))
         limits = RequestLimits(**{field: getattr(args, field) for field, _ in LIMITS.values()})
@@ -71,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.address == "local":
             _check_port(args.host, args.port)
     except (RigRayError, ValidationError, OSError) as error:
-        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
         return 2
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     owns_cluster = args.address == "local"
@@ -90,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
         print("rig-ray: stopping", flush=True)
     except (ServeConfigError, PlacementError) as error:  # a Serve whose address needs a key,
         # or replicas whose GPUs this Ray cannot hold
-        print(f"rig-ray: error: {_one_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
         status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
         why = _deploy_failure(served) or scrub(
-            _one_line(error), *[model.generator for model in served]
+            validation_line(error), *[model.generator for model in served]
         )
         print(f"rig-ray: error: {why}", file=sys.stderr)
         status = 1
