@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from rig_ray.batch.data_tasks import Block, from_blocks, iter_tables, put_block
 from rig_ray.batch.done_ids import Masks
-from rig_ray.batch.prompts import PromptSpec, content_id, id_text
+from rig_ray.batch.prompts import PromptSpec, content_id, id_text, table_rows
 from rig_ray.batch.widen import OneSchema, conformed
 from rig_ray.errors import BatchInputError
 
@@ -70,7 +70,7 @@ class _Ids:
                 return whole
         values = given.to_pylist() if given is not None else [None] * table.num_rows
         missing = [n for n, value in enumerate(values) if value is None or value == ""]
-        contents = table.take(pa.array(missing, type=pa.int64())).to_pylist() if missing else []
+        contents = table_rows(table.take(pa.array(missing, type=pa.int64()))) if missing else []
         for number, row in zip(missing, contents, strict=True):  # an empty CSV cell is no id
             base = content_id(self._spec.content_key(row))
             seen = self._repeats.get(base, 0)

@@ -13,6 +13,9 @@ from rig_ray.errors import BatchInputError, InvalidMessageError, validation_line
 from rig_ray.generator.base import GenerateParams
 from rig_ray.message import Message, template_fields
 
+if t.TYPE_CHECKING:
+    import pyarrow as pa
+
 DEFAULT_PROMPT_COLUMN = "prompt"
 """The column used as the user message when neither a template nor a messages column is given."""
 DEFAULT_MESSAGES_COLUMN = "messages"
@@ -223,11 +226,20 @@ def job_params(value: t.Any) -> GenerateParams | None:
         raise BatchInputError(f"params: {validation_line(error)}") from None
 
 
+def table_rows(table: pa.Table) -> list[dict[str, t.Any]]:
+    """A table's rows as a template, an id and the params see them: a map column's value
+    as a dict (Arrow gives a list of key-value pairs)."""
+    return table.to_pylist(maps_as_pydicts="lossy")
+
+
 def id_text(value: t.Any) -> str:
     """An id column's value as the id's text: as Python writes it, bytes (a binary column)
-    as the UTF-8 they hold (a byte that is not UTF-8 as `\\xff`)."""
+    as the UTF-8 they hold (a byte that is not UTF-8 as `\\xff`), a list or a struct as
+    its JSON."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, t.Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
     return str(value)
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rig_ray.batch.parsed import StructuredSpec, generate_messages, structured_step
 from rig_ray.batch.plan import member_indices
 from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN, row_generations
-from rig_ray.batch.prompts import PromptSpec
+from rig_ray.batch.prompts import PromptSpec, table_rows
 from rig_ray.batch.schema import OUTPUT_SCHEMA, passthrough_names
 from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.cluster.options import restore_payload
@@ -115,7 +115,7 @@ class GenerateStage:
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         config = self._config
-        rows = batch.to_pylist()
+        rows = table_rows(batch)
         pending: list[_Pending] = []
         chats = _Items[list[Message]]()
         texts = _Items[str]()

@@ -3,6 +3,7 @@ ids, of text or number ids, against the rule written out row by row."""
 
 from __future__ import annotations
 
+import json
 import typing as t
 
 import pyarrow as pa
@@ -23,8 +24,11 @@ def expected_ids(blocks: list[list[dict[str, t.Any]]]) -> list[str]:
     for row in (row for block in blocks for row in block):
         value = row.get("id")
         if value is not None and value != "":
-            text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-            ids.append(str(text))
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "backslashreplace")
+            elif isinstance(value, dict):  # a struct column: its JSON
+                value = json.dumps(value, ensure_ascii=False)
+            ids.append(str(value))
             continue
         base = content_id(SPEC.content_key(row))
         seen = repeats.get(base, 0)
@@ -44,7 +48,7 @@ prompts = st.sampled_from(["hello", "world"])
         min_size=1,
         max_size=4,
     ),
-    kind=st.sampled_from(["text", "number", "binary", "absent"]),
+    kind=st.sampled_from(["text", "number", "binary", "struct", "absent"]),
 )
 def test_ids_follow_the_rule_whatever_the_blocks_hold(
     blocks: list[list[dict[str, t.Any]]], kind: str
@@ -67,12 +71,25 @@ def test_ids_follow_the_rule_whatever_the_blocks_hold(
             ]
             for block in blocks
         ]
+    elif kind == "struct":  # a struct column: its JSON
+        blocks = [
+            [
+                {**row, "id": None if row["id"] is None else {"key": row["id"], "n": 1}}
+                for row in block
+            ]
+            for block in blocks
+        ]
     elif kind == "absent":  # no id column at all
         blocks = [[{"prompt": row["prompt"]} for row in block] for block in blocks]
     ids = _Ids(SPEC)
     got: list[str] = []
     for block in blocks:
-        types = {"text": pa.string(), "number": pa.int64(), "binary": pa.binary()}
+        types = {
+            "text": pa.string(),
+            "number": pa.int64(),
+            "binary": pa.binary(),
+            "struct": pa.struct([("key", pa.string()), ("n", pa.int64())]),
+        }
         schema = pa.schema([("id", types[kind])] if kind != "absent" else []).append(
             pa.field("prompt", pa.string())
         )

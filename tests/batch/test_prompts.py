@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typing as t
 
+import pyarrow as pa
 import pydantic
 import pytest
 
-from rig_ray.batch.prompts import PromptSpec, content_id
+from rig_ray import GenerateParams
+from rig_ray.batch.prompts import PromptSpec, content_id, table_rows
 from rig_ray.errors import BatchInputError, RigRayError
 
 # -- resolve -----------------------------------------------------------------------------------
@@ -104,6 +106,20 @@ def test_template_writes_lists_and_structs_as_json() -> None:
     row = {"tags": ["a", "\u00e9"], "score": {"value": 7, "why": None}}
     (message,) = PromptSpec(template="$tags / $score").conversation(row)
     assert message.content == '["a", "\u00e9"] / {"value": 7, "why": null}'
+
+
+def test_a_map_column_reaches_templates_and_params_as_an_object() -> None:
+    # Arrow gives a map value as a list of key-value pairs; a row sees it as a dict.
+    table = pa.table(
+        {
+            "meta": pa.array([[("lang", "fr")]], type=pa.map_(pa.string(), pa.string())),
+            "params": pa.array([[("max_tokens", 5)]], type=pa.map_(pa.string(), pa.int64())),
+        }
+    )
+    (row,) = table_rows(table)
+    spec = PromptSpec(template="$meta", params_column="params")
+    assert spec.conversation(row)[0].content == '{"lang": "fr"}'
+    assert spec.row_params(row, GenerateParams()).max_tokens == 5
 
 
 def test_template_accepts_an_empty_string_value() -> None:
@@ -246,7 +262,15 @@ def test_a_number_in_the_messages_column_is_a_batch_input_error() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("abc", "abc"), (7, "7"), (0, "0"), (b"id-1", "id-1"), (b"a\xff", "a\\xff")],
+    [
+        ("abc", "abc"),
+        (7, "7"),
+        (0, "0"),
+        (b"id-1", "id-1"),
+        (b"a\xff", "a\\xff"),
+        ({"k": "\u00e9", "n": None}, '{"k": "\u00e9", "n": null}'),
+        (["a", 1], '["a", 1]'),
+    ],
 )
 def test_row_id_is_the_id_column_value_as_text(value: t.Any, expected: str) -> None:
     assert PromptSpec().row_id({"id": value, "prompt": "p"}) == expected
