@@ -52,12 +52,13 @@ def main() -> None:
     import rig_ray as rr
     from rig_ray.embedded import resolve_model
     from rig_ray.generator import vllm_sizing
+    from rig_ray.generator.vllm_engine_args import engine_kwargs
 
     generator = rr.VLLMGenerator(
         model=args.model, enforce_eager=True, max_model_len=args.max_model_len
     )
     path = resolve_model(generator.model)
-    kwargs = generator._engine_kwargs(path, current_platform.is_cpu())
+    kwargs = engine_kwargs(generator, path, current_platform.is_cpu())
     columns: dict[str, dict[str, t.Any]] = {}
     if not args.no_engine:
         generator.load()

@@ -13,7 +13,8 @@ from rig_ray.errors import (
     ParseError,
     ParseRetriesExhaustedError,
 )
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import identifier_of
 from rig_ray.message import Message, MessageLike, fill_templates
 from rig_ray.model import Model

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import typing as t
 
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import identifier_of
 from rig_ray.message import fill_templates
 from rig_ray.pipeline import Pipeline

@@ -11,7 +11,8 @@ import inspect
 import typing as t
 
 from rig_ray.errors import GenerationError, InvalidMessageError
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 
 FailMode = t.Literal["raise", "skip", "include"]
 """What a run does with an item whose generation failed with a caught error: raise it, leave

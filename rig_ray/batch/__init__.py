@@ -15,7 +15,8 @@ from rig_ray.batch.pipeline_run import run_pipeline
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import PipelineSummary, StageSummary
 from rig_ray.batch.prompts import PromptSpec, content_id
-from rig_ray.batch.run import BatchSummary, run
+from rig_ray.batch.run import run
+from rig_ray.batch.run_writing import BatchSummary
 from rig_ray.batch.schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 
 __all__ = [

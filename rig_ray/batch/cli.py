@@ -12,7 +12,7 @@ from rig_ray.batch.concurrency import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CONCURRENT
 from rig_ray.batch.parsed import add_structured_arguments, structured_options
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
 from rig_ray.errors import GenerationError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.redaction import redact
 
 EXAMPLE = (

@@ -20,7 +20,7 @@ import re
 import typing as t
 
 from rig_ray.batch.data_tasks import FileRead, read_files
-from rig_ray.batch.json_input import ROWS_PER_BLOCK
+from rig_ray.batch.json_values import ROWS_PER_BLOCK
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
 

@@ -15,12 +15,19 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import json
 import re
 import typing as t
 
 from rig_ray.batch.data_tasks import FileRead, read_files
-from rig_ray.errors import BatchInputError
+from rig_ray.batch.json_values import (
+    ROWS_PER_BLOCK,
+    as_row,
+    as_tables,
+    decoded,
+    json_decoder,
+    json_lines,
+    utf8_text,
+)
 
 if t.TYPE_CHECKING:
     import pyarrow as pa
@@ -29,8 +36,6 @@ if t.TYPE_CHECKING:
 
     from rig_ray.batch.widen import OneSchema
 
-ROWS_PER_BLOCK = 10_000
-"""JSON rows turned into Arrow at a time: only that many are ever held as Python objects."""
 RANGE_BYTES = 32 << 20
 """The bytes of a file each read task takes (files this size or smaller: one task)."""
 HOLD_BYTES = 2 * RANGE_BYTES
@@ -39,9 +44,6 @@ whose tables outgrow it is read twice (see `read_part`)."""
 _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
-
-Before = t.Callable[[], tuple[int, int]]
-"""The lines and the JSON rows of the file before a range, counted when an error asks."""
 
 
 class Part(t.NamedTuple):
@@ -126,7 +128,7 @@ def read_part(filesystem: pafs.FileSystem, part: Part, id_column: str) -> t.Iter
 
         rows = json_lines(_file_lines(handle, first, part.end), id_column, before)
         schema = OneSchema()
-        held = list(_joined(_tables(rows, rows_before), schema, rows_before))
+        held = list(_joined(as_tables(rows, rows_before), schema, rows_before))
     yield from map(schema.conform, held)
 
 
@@ -136,7 +138,7 @@ def _whole_file(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Ite
 
     def tables() -> t.Iterator[pa.Table]:
         with filesystem.open_input_stream(path, compression="detect") as stream:
-            yield from _tables(_file_rows(stream.read, id_column), lambda: 0)
+            yield from as_tables(_file_rows(stream.read, id_column), lambda: 0)
 
     schema = OneSchema()
     held: list[pa.Table] | None = []
@@ -241,10 +243,6 @@ def _lines(read: t.Callable[[int], bytes], at: int, end: int | None) -> t.Iterat
             return
 
 
-class _Number(str):
-    """A JSON number as written; turned into an int or float everywhere but in the id."""
-
-
 def json_rows(data: bytes, id_column: str) -> list[dict[str, t.Any]]:
     """The objects of a JSON Lines file (or of one JSON array), with `id_column` as text."""
     return list(iter_json_rows(data, id_column))
@@ -268,10 +266,10 @@ def _file_rows(read: t.Callable[[int], bytes], id_column: str) -> t.Iterator[dic
             break
     if head[at : at + 1] == b"[":
         data = head + b"".join(iter(lambda: read(_CHUNK), b""))
-        text = _utf8(data[start:], 1)
-        values = _decoded(_decoder(), text, "the JSON array")
+        text = utf8_text(data[start:], 1)
+        values = decoded(json_decoder(), text, "the JSON array")
         for number, value in enumerate(values):  # text opening with "[" is an array
-            yield _row(value, number, id_column)
+            yield as_row(value, number, id_column)
         return
     rest = _chained(head[start:], read)
     yield from json_lines(_lines(rest, 0, None), id_column, lambda: (0, 0))
@@ -285,168 +283,3 @@ def _chained(head: bytes, read: t.Callable[[int], bytes]) -> t.Callable[[int], b
         return pending.pop() if pending else read(size)
 
     return chained
-
-
-def json_lines(
-    lines: t.Iterable[bytes], id_column: str, before: Before
-) -> t.Iterator[dict[str, t.Any]]:
-    """The rows of JSON `lines` (blank ones skipped); errors name the line or row in the
-    whole file, `before` giving the lines and rows that come before these."""
-    decoder = _decoder()
-    row = 0
-    for number, line in enumerate(lines, start=1):
-        text = _utf8(line, number, before)
-        if not text.strip():
-            continue
-        value = _decoded(decoder, text, functools.partial(_line, before, number))
-        yield _row(value, row, id_column, before)
-        row += 1
-
-
-def _line(before: Before, number: int) -> str:
-    return f"line {before()[0] + number}"
-
-
-def _decoder() -> json.JSONDecoder:
-    return json.JSONDecoder(parse_int=_Number, parse_float=_Number)
-
-
-def _decoded(decoder: json.JSONDecoder, text: str, where: str | t.Callable[[], str]) -> t.Any:
-    """`text` decoded, or a `BatchInputError` that names `where` it is."""
-    try:
-        return decoder.decode(text)
-    except RecursionError:
-        raise BatchInputError(f"{_said(where)} is nested too deeply to read") from None
-    except ValueError as error:
-        raise BatchInputError(f"{_said(where)} is not JSON ({error})") from None
-
-
-def _said(where: str | t.Callable[[], str]) -> str:
-    return where if isinstance(where, str) else where()
-
-
-def _utf8(data: bytes, line: int, before: Before | None = None) -> str:
-    """`data`, the text of a file from `line` on, decoded; a `BatchInputError` naming the
-    line where it is not UTF-8."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        earlier = before()[0] if before is not None else 0
-        at = earlier + line + data[: error.start].count(b"\n")
-        raise BatchInputError(f"line {at} is not UTF-8 text ({error.reason})") from None
-
-
-def _row(
-    value: t.Any, number: int, id_column: str, before: Before | None = None
-) -> dict[str, t.Any]:
-    """A decoded JSON value as the row it must be (the `number`th, from 0), its numbers
-    turned into ints and floats but the id, which keeps the text it was written as."""
-    if not isinstance(value, dict):
-        earlier = before()[1] if before is not None else 0
-        raise BatchInputError(
-            f"JSON row {earlier + number + 1} is a {type(value).__name__}, not an object"
-        )
-    row = {key: _numbers(item) for key, item in value.items()}
-    raw = value.get(id_column)
-    if isinstance(raw, _Number):
-        row[id_column] = str.__str__(raw)
-    elif isinstance(raw, bool):
-        row[id_column] = json.dumps(raw)
-    return row
-
-
-def _numbers(value: t.Any) -> t.Any:
-    if isinstance(value, _Number):
-        written = str.__str__(value)
-        return float(written) if any(c in written for c in ".eE") else int(written)
-    if isinstance(value, dict):
-        return {key: _numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_numbers(item) for item in value]
-    return value
-
-
-def _tables(
-    rows: t.Iterable[dict[str, t.Any]], before: t.Callable[[], int]
-) -> t.Iterator[pa.Table]:
-    """`rows` as tables of `ROWS_PER_BLOCK` rows (one empty table where there are none);
-    `before`: the rows of the file before these, for an error's row number."""
-    made = 0
-    chunk: list[dict[str, t.Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == ROWS_PER_BLOCK:
-            yield _table(chunk, functools.partial(_plus, before, made))
-            made, chunk = made + len(chunk), []
-    if chunk or not made:
-        yield _table(chunk, functools.partial(_plus, before, made))
-
-
-def _plus(before: t.Callable[[], int], made: int) -> int:
-    return before() + made
-
-
-def _table(rows: list[dict[str, t.Any]], first: t.Callable[[], int]) -> pa.Table:
-    """`rows` as a table of every key of theirs; `first`: how many rows came before."""
-    import pyarrow as pa
-
-    names = dict.fromkeys(name for row in rows for name in row)  # every row's keys
-    if not names:  # rows of `{}`: a table of no columns that still holds them
-        return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"])
-    try:
-        return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names})
-    except UnicodeEncodeError:
-        raise BatchInputError(_lone_surrogate(rows, first())) from None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        raise BatchInputError(_unstorable(rows, names, first())) from None
-
-
-def _unstorable(rows: list[dict[str, t.Any]], names: t.Iterable[str], first: int) -> str:
-    """Which row and column hold the first value that Arrow cannot store with the values
-    before it (text where numbers came before, a list that mixes types, a number too
-    large): found by halving, as a longer run of a column fails wherever a shorter one does."""
-    import pyarrow as pa
-
-    for name in names:
-        values = [row.get(name) for row in rows]
-        low, high = 0, len(values)  # values[:low] convert; values[:high] may not
-        if _converts(values):
-            continue
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if _converts(values[:middle]) else (low, middle)
-        try:
-            pa.array(values[:high])
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
-            return (
-                f"JSON row {first + high}: column {name!r} holds a value that cannot be "
-                f"stored with the rows before it ({type(error).__name__}: {error}); give "
-                "each column one type Arrow holds (ints and floats mix, numbers and text "
-                "do not, and ints take 64 bits)"
-            )
-    return "the JSON rows hold values that cannot be stored as one table"
-
-
-def _converts(values: list[t.Any]) -> bool:
-    import pyarrow as pa
-
-    try:
-        pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return False
-    return True
-
-
-def _lone_surrogate(rows: list[dict[str, t.Any]], first: int = 0) -> str:
-    """Which row and column hold a string that is not valid Unicode (a lone UTF-16
-    surrogate, from a `\\ud800` escape: valid JSON, but no Arrow string can hold it)."""
-    for number, row in enumerate(rows, start=first + 1):
-        for key, value in row.items():
-            try:
-                json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                return (
-                    f"JSON row {number}: column {key!r} holds a lone UTF-16 surrogate (an "
-                    "unpaired \\ud800-\\udfff escape), which is not valid Unicode"
-                )
-    return "a JSON row holds a string that is not valid Unicode"

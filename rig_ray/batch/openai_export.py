@@ -16,14 +16,8 @@ import json
 import secrets
 import typing as t
 
-from rig_ray.batch.openai_files import (
-    COMPLETIONS_URL,
-    REQUESTS_FILE,
-    InvalidLine,
-    job_info,
-    meta_path,
-    read_invalid,
-)
+from rig_ray.batch.openai_files import REQUESTS_FILE, job_info, meta_path, read_invalid
+from rig_ray.batch.openai_lines import COMPLETIONS_URL, InvalidLine
 from rig_ray.batch.source import open_filesystem
 from rig_ray.errors import BatchInputError
 

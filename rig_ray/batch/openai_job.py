@@ -25,7 +25,7 @@ ROUTE_COLUMN = "request_model"
 def served_names(members: t.Sequence[Generator], names: t.Sequence[str] | None) -> list[str]:
     """Each generator's served name: `names` (one per generator, in order), else the last part
     of its model path. Two generators under one name are refused."""
-    from rig_ray.serve.app import short_name
+    from rig_ray.serve.served_model import short_name
 
     if names is None:
         chosen = [short_name(member) for member in members]
@@ -57,7 +57,7 @@ def job_options(
     """Prepare the batch file `source` in `output`: the prepared file to read instead, and the
     job's options with its columns, generations and routes. Options that choose prompts, ids
     or a number of generations are refused: the file says them."""
-    from rig_ray.serve.app import takes_vllm_fields
+    from rig_ray.serve.served_model import takes_vllm_fields
 
     for name in ("template", "messages_column", "params_column", "text_column"):
         if options.get(name) is not None:

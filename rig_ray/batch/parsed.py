@@ -30,7 +30,8 @@ from rig_ray.batch.columns import (
 from rig_ray.batch.schema import OUTPUT_COLUMNS
 from rig_ray.chat import Chat
 from rig_ray.errors import BatchInputError, ParseError, ParseRetriesExhaustedError
-from rig_ray.generator.base import GeneratedMessage, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.structured import honours_json_schema, refuse_json_schema, schema_dict
 from rig_ray.message import Message
 from rig_ray.model import Model, class_key, model_class

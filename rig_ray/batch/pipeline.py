@@ -15,9 +15,11 @@ from rig_ray.batch.prepare import INTERNAL_COLUMNS
 from rig_ray.batch.prompts import PromptSpec, job_params
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
-from rig_ray.cluster.placement import BatchGroups, Placement, check_resource, place
+from rig_ray.cluster.placement import Placement, check_resource, place
+from rig_ray.cluster.placement_groups import BatchGroups
 from rig_ray.errors import InvalidGeneratorError
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import get_generator
 from rig_ray.generator.rounds import check_count
 from rig_ray.model import Model

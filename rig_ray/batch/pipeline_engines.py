@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.cluster.placement import Placement, place, refuse_what_the_cluster_cannot_hold
 from rig_ray.cluster.remote_generator import TEARDOWN_UNLOAD_S, RemoteGenerator
-from rig_ray.generator.base import GenerateParams, Generator, Messages
+from rig_ray.generator.base import Generator, Messages
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import get_generator
 
 PROCESS_EXIT_WAIT_S = 60.0

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES
 from rig_ray.batch.pipeline import DEFAULT_MAX_RESTARTS
 from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.model import Model
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")

@@ -7,7 +7,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.batch.pipeline_engines import EngineTimes
-from rig_ray.batch.run import BatchSummary
+from rig_ray.batch.run_writing import BatchSummary
 from rig_ray.redaction import redact
 
 GpuSharing = t.Literal["auto", "stream", "swap"]

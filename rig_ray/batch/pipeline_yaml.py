@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rig_ray.batch.parsed import import_model, read_schema
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.errors import PipelineError, RigRayError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 
 TOP_KEYS = ("input", "output", "stages", "gpu_sharing")
 STAGE_KEYS = (

@@ -10,7 +10,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rig_ray.errors import BatchInputError, InvalidMessageError, validation_line
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message, template_fields
 
 if t.TYPE_CHECKING:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import threading
 import typing as t
 
-import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
-
 from rig_ray.batch import openai_files, openai_job
 from rig_ray.batch.causes import cause_line, errors_told_once, is_task_error
 from rig_ray.batch.console import job_console
-from rig_ray.batch.data_tasks import iter_tables
 from rig_ray.batch.done_ids import Scan
 from rig_ray.batch.job_checks import check_apart, check_seconds, check_sizes, check_whole
 from rig_ray.batch.lock import FolderLock
 from rig_ray.batch.manifest import Manifest, check_manifest, pinned_identifier, pinned_params
-from rig_ray.batch.output import OutputFolder, PartWriter
+from rig_ray.batch.output import OutputFolder
 from rig_ray.batch.parsed import DEFAULT_MAX_PARSE_RETRIES, StructuredSpec, with_json_schema
 from rig_ray.batch.pipeline import generate, generator_members
 from rig_ray.batch.placement import (
@@ -31,11 +27,20 @@ from rig_ray.batch.placement import (
 from rig_ray.batch.prepare import Plan, plan_rows
 from rig_ray.batch.progress import Progress
 from rig_ray.batch.prompts import PromptSpec, job_params
+from rig_ray.batch.run_writing import (
+    BatchSummary,
+    BeforePart,
+    Counts,
+    batch_summary,
+    write_generations,
+)
 from rig_ray.batch.source import input_columns, input_files, read_prompts
-from rig_ray.cluster.placement import BatchGroups, check_resource
+from rig_ray.cluster.placement import check_resource
+from rig_ray.cluster.placement_groups import BatchGroups
 from rig_ray.cluster.remote_generator import describe
-from rig_ray.errors import BatchInputError, GenerationError, RigRayError
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.errors import BatchInputError, RigRayError
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.redaction import redact
 
 if t.TYPE_CHECKING:
@@ -43,47 +48,6 @@ if t.TYPE_CHECKING:
 
 DEFAULT_ROWS_PER_PART = 10_000
 DEFAULT_SECONDS_PER_PART = 30.0
-
-
-class BatchSummary(BaseModel):
-    """What a batch run did."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    output: str
-    """The output folder."""
-    rows_in: int
-    """Input rows read."""
-    generations_written: int
-    """Rows (one per generation) this run wrote, failed ones included."""
-    skipped: int
-    """Generations of these rows already in the output from earlier runs, not made again."""
-    failed: int
-    """Generations this run wrote with an error."""
-    failed_in_output: int = 0
-    """Failed generations in the whole output folder after this run (`retry_failed` makes
-    them again)."""
-    input_tokens: int
-    output_tokens: int
-    wall_s: float
-    parts: list[str]
-    """The Parquet files this run wrote."""
-
-    def line(self) -> str:
-        """The summary in one line, as the CLI prints it."""
-        rate = self.output_tokens / max(self.wall_s, 1e-9)
-        line = (
-            f"{self.rows_in:,} rows in, {self.generations_written:,} generations written "
-            f"({self.failed:,} failed), {self.skipped:,} skipped as already done; "
-            f"{self.output_tokens:,} tokens out in {self.wall_s:.1f}s ({rate:.1f} tok/s) "
-            f"-> {redact(self.output)}"
-        )
-        if self.failed_in_output:
-            line += (
-                f"; {self.failed_in_output:,} failed rows in the output: run again with "
-                "--retry-failed (retry_failed=True) to make them again"
-            )
-        return line
 
 
 def run(
@@ -359,41 +323,19 @@ def _run(
     writer = folder.writer(
         rows_per_part=settings.rows_per_part,
         seconds_per_part=settings.seconds_per_part,
-        before_part=_BeforePart(folder, lock, manifest),
+        before_part=BeforePart(folder, lock, manifest),
     )
-    counts = _Counts(earlier_failed=scan.failed_count() - retried)
+    counts = Counts(earlier_failed=scan.failed_count() - retried)
     if plan.dataset is not None:  # else all is done already: no model is loaded at all
         actors = manifest.num_generators * int(options.get("replicas", 1))
         num_cpus, waiting = fit_cpus(settings.num_cpus, settings.gpus_in_all, actors)
         meter.note = waiting
         with BatchGroups.scope():  # the actors' GPU groups go when the job is done
             generations = generate(plan.dataset, num_cpus=num_cpus, **options)
-            _write(generations, writer, meter, counts, folder.location, settings.stop)
+            write_generations(generations, writer, meter, counts, folder.location, settings.stop)
         if retried:
             folder.compact()  # the retried generations' old failed rows go
-    return _summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
-
-
-class _BeforePart:
-    """Before each part: the lock must still be this run's; before the first, the manifest is
-    written (checked again: it is the record of what the folder's rows are)."""
-
-    def __init__(self, folder: OutputFolder, lock: FolderLock, manifest: Manifest) -> None:
-        self._folder, self._lock, self._manifest = folder, lock, manifest
-        self._written = False
-
-    def __call__(self) -> None:
-        self._lock.check()
-        if not self._written:
-            folder = self._folder
-            check_manifest(folder.filesystem, folder.path, folder.location, self._manifest)
-            self._written = True
-
-
-class _Counts:
-    def __init__(self, earlier_failed: int) -> None:
-        self.earlier_failed = earlier_failed
-        self.input_tokens = 0
+    return batch_summary(folder.location, plan.rows_in, skipped, meter, counts, writer.written)
 
 
 def _first_pass(
@@ -421,55 +363,3 @@ def _first_pass(
         raise BatchInputError(
             f"cannot read the input: {cause_line(error)}", source=location
         ) from error
-
-
-def _write(
-    generations: ray.data.Dataset,
-    writer: PartWriter,
-    meter: Progress,
-    counts: _Counts,
-    location: str,
-    stop: threading.Event | None = None,
-) -> None:
-    try:
-        with meter.ticking():
-            for table in iter_tables(generations):
-                nulls = pc.count(table.column("error"), mode="only_null").as_py()
-                tokens = pc.sum(table.column("output_tokens")).as_py() or 0
-                counts.input_tokens += pc.sum(table.column("input_tokens")).as_py() or 0
-                writer.add(table)
-                meter.add(table.num_rows, table.num_rows - nulls, tokens)
-                if stop is not None and stop.is_set():  # leaving ends the dataset's actors
-                    break
-    except RigRayError:
-        raise
-    except Exception as error:
-        raise GenerationError(
-            f"the batch job stopped: {cause_line(error)} "
-            f"({meter.rows:,} generations were written to {location}; run again to resume)"
-        ) from error
-    finally:
-        writer.flush()
-    meter.finish()
-
-
-def _summary(
-    output: str,
-    rows_in: int,
-    skipped: int,
-    meter: Progress,
-    counts: _Counts,
-    parts: list[str],
-) -> BatchSummary:
-    return BatchSummary(
-        output=output,
-        rows_in=rows_in,
-        generations_written=meter.rows,
-        skipped=skipped,
-        failed=meter.failed,
-        failed_in_output=counts.earlier_failed + meter.failed,
-        input_tokens=counts.input_tokens,
-        output_tokens=meter.output_tokens,
-        wall_s=meter.elapsed_s,
-        parts=list(parts),
-    )

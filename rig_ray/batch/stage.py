@@ -28,8 +28,9 @@ from rig_ray.cluster.options import restore_payload
 from rig_ray.cluster.remote_generator import RemoteGenerator, describe
 from rig_ray.errors import BatchStoppedError, EngineDeadError
 from rig_ray.generator import seeds
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
 from rig_ray.generator.local import BATCH_STARTED, LocalGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.vllm_sizing import in_flight
 from rig_ray.message import Message
 from rig_ray.redaction import error_text, redact, scrubbed_error

@@ -17,7 +17,8 @@ import warnings
 from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.cluster.local_ray import init_as_ray_does
 from rig_ray.cluster.options import config_payload, restore_payload
-from rig_ray.cluster.placement import in_group, make_group, place, refuse_what_no_node_holds
+from rig_ray.cluster.placement import place, refuse_what_no_node_holds
+from rig_ray.cluster.placement_groups import in_group, make_group
 from rig_ray.cluster.remote_generator import RemoteGenerator
 from rig_ray.cluster.runtime import Gate, portable, portable_errors, rss_bytes, trim_memory
 from rig_ray.errors import InvalidGeneratorError
@@ -25,11 +26,11 @@ from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Generator,
     Messages,
 )
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import get_generator
 from rig_ray.message import Message
 

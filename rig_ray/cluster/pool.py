@@ -9,7 +9,8 @@ import typing as t
 from rig_ray.cluster.remote_generator import describe
 from rig_ray.cluster.split import generations_per_member
 from rig_ray.errors import InvalidPoolError, PoolMemberError
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.rounds import ProgressCallback, Prompt, SyncGenerate, prepare, run_sync
 
 _CANCEL_GRACE_S = 5.0

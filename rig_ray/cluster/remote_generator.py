@@ -13,10 +13,10 @@ from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Generator,
     Messages,
 )
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import identifier_of
 from rig_ray.message import Message
 

@@ -5,12 +5,12 @@ from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Generator,
     StopReason,
     Usage,
 )
 from rig_ray.generator.litellm_ import LiteLLMGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import (
     DEFAULT_PROVIDER,
     get_generator,

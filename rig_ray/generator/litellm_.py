@@ -17,12 +17,12 @@ from rig_ray.generator.base import (
     GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Generator,
     Messages,
     Usage,
     to_stop_reason,
 )
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 

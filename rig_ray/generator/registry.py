@@ -10,9 +10,10 @@ import typing as t
 from pydantic import TypeAdapter, ValidationError
 
 from rig_ray.errors import InvalidGeneratorError, RigRayError, UnknownProviderError
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
 from rig_ray.generator.identifier import decode_value, format_identifier, split_identifier
 from rig_ray.generator.litellm_ import LiteLLMGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.serve_ import ServeGenerator
 from rig_ray.generator.transformers_ import TransformersGenerator
 from rig_ray.generator.vllm_ import VLLMGenerator

@@ -14,7 +14,8 @@ from rig_ray.errors import GenerationError, InvalidMessageError, RigRayError
 from rig_ray.message import Message, MessageLike
 
 if t.TYPE_CHECKING:
-    from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+    from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
+    from rig_ray.generator.params import GenerateParams
 
 Prompt = str | t.Sequence[MessageLike]
 """One input of `generate`: a str to complete, or a conversation (Messages or OpenAI dicts)."""
@@ -62,7 +63,7 @@ async def agenerate(
     progress_callback: ProgressCallback | None = None,
 ) -> list[list[Generated]]:
     """Generate `num_generations` results per input in one batched call; see the module doc."""
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
 
     count = check_count(num_generations)
     kind, items = prepare(inputs)

@@ -9,7 +9,7 @@ import hashlib
 import typing as t
 
 if t.TYPE_CHECKING:
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
 
 SEED_RANGE = 2**31 - 1
 """Derived seeds stay below this, so every engine (torch, numpy, vLLM) takes them."""

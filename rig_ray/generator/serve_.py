@@ -16,7 +16,8 @@ import typing as t
 from pydantic import Field, PrivateAttr
 
 from rig_ray.errors import BatchStoppedError
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedMessage, GeneratedText, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 DEFAULT_APP = "rig_ray"

@@ -22,13 +22,13 @@ from rig_ray.generator.base import (
     DEFAULT_MAX_TOKENS,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Messages,
     StopReason,
     Usage,
 )
 from rig_ray.generator.cpu import auto_cpu_dtype
 from rig_ray.generator.local import LocalGenerator, cancelled
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 logger = logging.getLogger(__name__)

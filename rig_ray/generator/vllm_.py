@@ -6,9 +6,7 @@ streams) all share the engine's continuous batching; nothing is held across a ge
 
 from __future__ import annotations
 
-import collections
 import gc
-import json
 import multiprocessing.process
 import sys
 import threading
@@ -20,30 +18,30 @@ from pydantic import Field, PrivateAttr
 from rig_ray._deps import require
 from rig_ray.embedded import resolve_model
 from rig_ray.errors import EngineDeadError, GenerationError, ModelNotAvailableError
-from rig_ray.generator import structured, vllm_sizing
 from rig_ray.generator import vllm_requests as requests
+from rig_ray.generator import vllm_sizing
 from rig_ray.generator.base import (
-    DEFAULT_MAX_TOKENS,
     GeneratedChunk,
     GeneratedMessage,
     GeneratedText,
-    GenerateParams,
     Messages,
 )
-from rig_ray.generator.cpu import auto_cpu_dtype
 from rig_ray.generator.engine_loop import EngineLoop
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.priority import current_priority
-from rig_ray.generator.seeds import derive_seed
+from rig_ray.generator.vllm_engine_args import engine_kwargs
+from rig_ray.generator.vllm_sampling import (
+    item_key,
+    request_groups,
+    sampling_params,
+    spread_seeds,
+)
 from rig_ray.message import Message
 
 if t.TYPE_CHECKING:
     from rig_ray.cluster import group_gpus
 
-_REMOTE_ONLY = {"api_base", "timeout"}
-CPU_MEMORY_UTILIZATION = 0.3
-"""Share of CPU memory a vLLM CPU engine reserves when gpu_memory_utilization is unset (float32
-weights and KV cache need more than bf16: 0.1 was too little for SmolLM2)."""
 _WRAPPED = (
     "the vLLM engine wrapped for {model!r} {what}; rig_ray never replaces an engine it did not "
     "build: build a new AsyncLLM and wrap it with VLLMGenerator.from_obj"
@@ -133,28 +131,6 @@ class VLLMGenerator(LocalGenerator):
         engine = self._engine
         return engine is not None and _errored(engine)
 
-    def _engine_kwargs(self, path: str, on_cpu: bool) -> dict[str, t.Any]:
-        kwargs: dict[str, t.Any] = {
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "dtype": self.dtype,
-            "quantization": self.quantization,
-            "enforce_eager": self.enforce_eager,
-            "trust_remote_code": self.trust_remote_code,
-            "max_model_len": self.max_model_len,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "disable_log_stats": False,  # keeps per-request metrics on the outputs
-        }
-        if on_cpu:
-            kwargs["gpu_memory_utilization"] = kwargs["gpu_memory_utilization"] or (
-                CPU_MEMORY_UTILIZATION
-            )
-            if self.dtype == "auto":
-                kwargs["dtype"] = _auto_cpu_dtype(path, self.quantization)
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        from rig_ray.cluster.placement import placed_engine_args
-
-        return placed_engine_args({**kwargs, **self.engine_args}, on_cpu)
-
     def takes_a_gpu_where_there_is_one(self) -> bool:
         return True
 
@@ -175,7 +151,7 @@ class VLLMGenerator(LocalGenerator):
             from rig_ray.cluster import group_gpus
 
             path = resolve_model(self.model)
-            kwargs = self._engine_kwargs(path, current_platform.is_cpu())
+            kwargs = engine_kwargs(self, path, current_platform.is_cpu())
             ray_workers = kwargs.get("distributed_executor_backend") == "ray"
             self._group_gpus = group_gpus.free_now() if ray_workers else None
             loop = EngineLoop.start(f"rig_ray-vllm-{self.model}")
@@ -267,13 +243,6 @@ class VLLMGenerator(LocalGenerator):
     def refuse_past_context(self) -> None:
         self._strict_context = True
 
-    def _sampling_params(self, params: GenerateParams, **engine_fields: t.Any) -> t.Any:
-        from vllm import SamplingParams
-
-        values = {k: v for k, v in params.to_dict().items() if k not in _REMOTE_ONLY}
-        values.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        return SamplingParams(**structured.vllm_sampling_kwargs(values), **engine_fields)
-
     async def generate_messages(
         self, messages: Messages, params: t.Sequence[GenerateParams]
     ) -> t.Sequence[GeneratedMessage | BaseException]:
@@ -294,18 +263,18 @@ class VLLMGenerator(LocalGenerator):
     ) -> list[t.Any]:
         """One engine request per distinct item; runs of equal sampled unseeded items become
         one request with `n` (the prompt is computed once). Bad items get their error in
-        place. Seeded items each go alone (see `_spread_seeds`)."""
+        place. Seeded items each go alone (see `vllm_sampling.spread_seeds`)."""
         if not prompts:
             return []
         engine, loop = await self._running()
-        keys = [_key(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
-        params = _spread_seeds(keys, params)
+        keys = [item_key(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+        params = spread_seeds(keys, params)
         results: list[t.Any] = [None] * len(prompts)
         jobs: list[tuple[requests.Prompt, t.Any]] = []
         owners: list[list[int]] = []
-        for indices in _groups(keys, params):
+        for indices in request_groups(keys, params):
             try:
-                sampling = self._sampling_params(params[indices[0]], n=len(indices))
+                sampling = sampling_params(params[indices[0]], n=len(indices))
             except (ValueError, TypeError) as error:
                 for index in indices:
                     results[index] = error
@@ -327,7 +296,7 @@ class VLLMGenerator(LocalGenerator):
         self, prompt: str | list[Message], params: GenerateParams | None
     ) -> t.AsyncIterator[GeneratedChunk]:
         engine, loop = await self._running()
-        sampling = self._sampling_params(self.params.merge_with(params))
+        sampling = sampling_params(self.params.merge_with(params))
         rendered = prompt if isinstance(prompt, str) else [m.to_openai() for m in prompt]
         strict, priority = self._strict_context, current_priority()
         make = lambda: requests.stream(  # noqa: E731
@@ -335,41 +304,6 @@ class VLLMGenerator(LocalGenerator):
         )
         async for chunk in loop.stream(make, merge=requests.merge_chunks):
             yield chunk
-
-
-def _key(prompt: requests.Prompt, params: GenerateParams) -> str:
-    return json.dumps([prompt, params.model_dump(mode="json")], sort_keys=True, default=str)
-
-
-def _spread_seeds(keys: list[str], params: list[GenerateParams]) -> list[GenerateParams]:
-    """Seeded items as they go to the engine: the k-th repeat (k >= 1) of an equal item in
-    the call gets a seed derived from (seed, k), the first keeps the seed as given. A sample
-    then depends on its seed and repeat index only, never on what shared the call."""
-    seen: collections.Counter[str] = collections.Counter()
-    spread: list[GenerateParams] = []
-    for key, p in zip(keys, params, strict=True):
-        repeat = seen[key]
-        seen[key] += 1
-        if p.seed is None or repeat == 0:
-            spread.append(p)
-        else:
-            spread.append(p.model_copy(update={"seed": derive_seed(p.seed, repeat)}))
-    return spread
-
-
-def _groups(keys: list[str], params: list[GenerateParams]) -> list[list[int]]:
-    """Indices of items sent as one request: a run of equal items with sampling on and no
-    seed (greedy requests cannot take n > 1; vLLM gives child i of a seeded one seed + i),
-    else each item alone."""
-    groups: list[list[int]] = []
-    previous: str | None = None
-    for index, (key, p) in enumerate(zip(keys, params, strict=True)):
-        if key == previous and p.temperature != 0 and p.seed is None:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-        previous = key
-    return groups
 
 
 async def _start_engine(
@@ -391,14 +325,6 @@ def engine_processes(engine: t.Any) -> list[multiprocessing.process.BaseProcess]
     resources = getattr(getattr(engine, "engine_core", None), "resources", None)
     manager = getattr(resources, "engine_manager", None)
     return list(getattr(manager, "processes", None) or [])
-
-
-def _auto_cpu_dtype(path: str, quantization: str | None) -> str:
-    """What `dtype="auto"` runs on a CPU: float32, unless the weights are quantized (their
-    kernels pick the dtype), where a 16-bit dtype the CPU would emulate becomes float32."""
-    if quantization is None:
-        return "float32"
-    return auto_cpu_dtype(path) or "auto"
 
 
 def _errored(engine: t.Any) -> bool:

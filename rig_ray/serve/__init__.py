@@ -11,16 +11,11 @@ Importing this package is light: Ray Serve, FastAPI and the engines load when an
 or a replica starts.
 """
 
-from rig_ray.serve.app import (
-    APP_NAME,
-    INGRESS_NAME,
-    ServedModel,
-    build_app,
-    deployment_name,
-)
+from rig_ray.serve.app import APP_NAME, INGRESS_NAME, build_app
 from rig_ray.serve.auth import API_KEY_ENV
 from rig_ray.serve.config import AppArgs, app_builder
 from rig_ray.serve.limits import RequestLimits
+from rig_ray.serve.served_model import ServedModel, deployment_name
 
 __all__ = [
     "API_KEY_ENV",

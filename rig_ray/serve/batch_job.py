@@ -11,6 +11,7 @@ it is owned by the ingress replica that started it, so it ends with that replica
 
 from __future__ import annotations
 
+import logging
 import time
 import typing as t
 
@@ -23,6 +24,8 @@ from rig_ray.batch.openai_files import (
     requests_location,
 )
 from rig_ray.errors import BatchInputError
+
+logger = logging.getLogger("ray.serve")
 
 ACTOR_CPUS = 0.0
 """CPUs each of a job's Ray Data actors asks for: none, they only wait on Serve handles."""
@@ -117,6 +120,25 @@ def start_job(spec: JobSpec) -> t.Any:
 
     task = ray.remote(num_cpus=0, max_retries=0)(run_job)
     return task.options(**job_placement(spec.job)).remote(spec)
+
+
+async def wait_for_job(ref: t.Any) -> None:
+    """Wait for the job task; a task that was stopped counts as ended."""
+    from ray.exceptions import TaskCancelledError
+
+    try:
+        await ref
+    except TaskCancelledError:
+        return
+
+
+def cancel_job(ref: t.Any) -> None:
+    import ray
+
+    try:
+        ray.cancel(ref, recursive=True)
+    except Exception:  # already finished
+        logger.debug("the batch job had ended", exc_info=True)
 
 
 def job_placement(job: str) -> dict[str, t.Any]:

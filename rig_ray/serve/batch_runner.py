@@ -17,22 +17,29 @@ wrote is in its folder, and the job makes only what is missing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import typing as t
 import uuid
 
 from rig_ray.batch.causes import cause_line
-from rig_ray.batch.openai_files import COMPLETIONS_URL, prepare, read_invalid
+from rig_ray.batch.openai_files import prepare, read_invalid
+from rig_ray.batch.openai_lines import COMPLETIONS_URL
 from rig_ray.errors import BatchInputError, BatchStoppedError, ServeRequestError
-from rig_ray.generator.base import GenerateParams
-from rig_ray.generator.priority import BATCH_PRIORITY
-from rig_ray.generator.serve_ import INGRESS, admitted
-from rig_ray.message import Message
+from rig_ray.generator.params import GenerateParams
+from rig_ray.generator.serve_ import INGRESS
 from rig_ray.serve import batch_finish
-from rig_ray.serve.batch_job import job_spec, models_of, progress, requested, start_job
+from rig_ray.serve.batch_job import (
+    cancel_job,
+    job_spec,
+    models_of,
+    progress,
+    requested,
+    start_job,
+    wait_for_job,
+)
 from rig_ray.serve.batch_lease import DEFAULT_LEASE_S, BatchLeases
+from rig_ray.serve.batch_route import Route, send_row
 from rig_ray.serve.batch_slots import FairSlots, SlotsClosed
 from rig_ray.serve.batches import RUNNING, BatchError, BatchErrors, BatchObject, BatchStore
 from rig_ray.serve.limits import RequestLimits
@@ -47,13 +54,6 @@ STOP_GRACE_S = 5.0
 """How long a stopped job has to end on its interrupt (`ray.cancel`) before its rows are
 refused."""
 _FINISHED = ("completed", "failed", "expired", "cancelled")
-
-
-class Route(t.NamedTuple):
-    """A served model, as the runner sends to it."""
-
-    handle: t.Any
-    vllm_fields: bool
 
 
 class BatchRunner:
@@ -138,7 +138,7 @@ class BatchRunner:
         try:
             self._check(model, params)
             async with self.slots.hold(batch_id):
-                return await _send(self._routes[model], request_id, kind, prompt, params)
+                return await send_row(self._routes[model], request_id, kind, prompt, params)
         except ServeRequestError as error:
             return [error]
         except SlotsClosed:  # the job stops on it (`serve!` raises it), making no error row
@@ -278,7 +278,7 @@ class BatchRunner:
         self.slots.open(batch.id)
         ref = start_job(spec)
         self._jobs[batch.id] = ref
-        waiting = asyncio.ensure_future(_finished(ref))
+        waiting = asyncio.ensure_future(wait_for_job(ref))
         reason: str | None = None
         try:
             while reason is None and not waiting.done():
@@ -286,7 +286,7 @@ class BatchRunner:
                 batch, reason = await self._tick(batch, job, wanted)
         finally:
             if not waiting.done():
-                _cancel(ref)
+                cancel_job(ref)
                 await asyncio.wait({waiting}, timeout=STOP_GRACE_S)
             # Rows still waiting for a slot, and any the job sends after, are refused: a job
             # the interrupt did not end stops on the first of them (`BatchStoppedError`).
@@ -334,50 +334,11 @@ class BatchRunner:
         self._closing = True
         tasks = [task for task in self._tasks.values() if not task.done()]
         for ref in list(self._jobs.values()):
-            _cancel(ref)
+            cancel_job(ref)
         if tasks:
             await asyncio.wait(tasks, timeout=wait_s)
         for batch_id in list(self._tasks):
             await asyncio.to_thread(self.leases.release, batch_id)
-
-
-async def _finished(ref: t.Any) -> None:
-    """Wait for the job task; a task that was stopped counts as ended."""
-    from ray.exceptions import TaskCancelledError
-
-    try:
-        await ref
-    except TaskCancelledError:
-        return
-
-
-def _cancel(ref: t.Any) -> None:
-    import ray
-
-    try:
-        ray.cancel(ref, recursive=True)
-    except Exception:  # already finished
-        logger.debug("the batch job had ended", exc_info=True)
-
-
-async def _send(
-    route: Route, request_id: str, kind: str, prompt: t.Any, params: GenerateParams
-) -> list[t.Any]:
-    """The row's results from its deployment; a full deployment (backpressure) is waited
-    for and asked again (`admitted`)."""
-    if kind == "text":
-        send = functools.partial(route.handle.complete.remote, request_id, [prompt])
-    else:
-        send = functools.partial(route.handle.chat.remote, request_id, list(map(_message, prompt)))
-    return list(await admitted(functools.partial(send, params, 1, BATCH_PRIORITY)))
-
-
-def _message(item: t.Any) -> Message:
-    if isinstance(item, Message):
-        return item
-    if isinstance(item, t.Mapping):
-        item = {key: value for key, value in item.items() if value is not None}
-    return Message.fit(item)
 
 
 def default_storage() -> str:
@@ -415,4 +376,4 @@ def batch_runner(
     )
 
 
-__all__ = ["COMPLETIONS_URL", "DEFAULT_MAX_IN_FLIGHT", "BatchRunner", "Route", "batch_runner"]
+__all__ = ["COMPLETIONS_URL", "DEFAULT_MAX_IN_FLIGHT", "BatchRunner", "batch_runner"]

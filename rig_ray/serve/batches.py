@@ -17,7 +17,7 @@ import typing as t
 from fastapi import FastAPI, Request, Response  # at module level: FastAPI reads the annotations
 from pydantic import BaseModel, Field, PrivateAttr
 
-from rig_ray.batch.openai_files import URLS
+from rig_ray.batch.openai_lines import URLS
 from rig_ray.errors import ServeRequestError
 from rig_ray.serve.files import FileStore, not_found, write_whole
 

@@ -23,16 +23,12 @@ from rig_ray.cluster.placement import cluster_gpus, refuse_what_the_cluster_cann
 from rig_ray.errors import PlacementError, RigRayError, ServeConfigError, validation_line
 from rig_ray.redaction import scrub
 from rig_ray.serve import direct
-from rig_ray.serve.app import (
-    APP_NAME,
-    ServedModel,
-    build_app,
-    served_models,
-)
+from rig_ray.serve.app import APP_NAME, build_app, served_models
 from rig_ray.serve.auth import API_KEY_ENV, is_loopback
 from rig_ray.serve.cli_options import LIMITS, add_parser
 from rig_ray.serve.lifecycle import client_host, listening, wait_until_ready
 from rig_ray.serve.limits import RequestLimits
+from rig_ray.serve.served_model import ServedModel
 
 STOP_WAIT_S = 5.0
 """Longest wait, on SIGTERM, for the running requests to be told the server is stopping."""

@@ -6,9 +6,10 @@ import argparse
 import os
 import typing as t
 
-from rig_ray.serve.app import DEFAULT_REQUEST_TIMEOUT_S, ServedModel
+from rig_ray.serve.app import DEFAULT_REQUEST_TIMEOUT_S
 from rig_ray.serve.auth import API_KEY_ENV
 from rig_ray.serve.limits import RequestLimits
+from rig_ray.serve.served_model import ServedModel
 
 DESCRIPTION = """\
 Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one generator's routes

@@ -7,9 +7,10 @@ import typing as t
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rig_ray.serve.app import DEFAULT_REQUEST_TIMEOUT_S, ServedModel, build_app
+from rig_ray.serve.app import DEFAULT_REQUEST_TIMEOUT_S, build_app
 from rig_ray.serve.auth import API_KEY_ENV
 from rig_ray.serve.limits import RequestLimits
+from rig_ray.serve.served_model import ServedModel
 
 if t.TYPE_CHECKING:
     from ray.serve import Application

@@ -20,8 +20,9 @@ from ray import serve
 
 from rig_ray.cluster.gpu_turns import load_in_turn
 from rig_ray.errors import ContextLengthError, ServeRequestError
-from rig_ray.generator.base import GeneratedChunk, GenerateParams, Generator
+from rig_ray.generator.base import GeneratedChunk, Generator
 from rig_ray.generator.local import LocalGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.priority import ONLINE_PRIORITY, set_priority
 from rig_ray.generator.registry import register_generator
 from rig_ray.message import Message

@@ -17,7 +17,8 @@ import asyncio
 import time
 import typing as t
 
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 PROBE_PARAMS = GenerateParams(max_tokens=1, temperature=0)

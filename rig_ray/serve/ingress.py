@@ -12,12 +12,13 @@ from fastapi import FastAPI
 from ray import serve
 
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve import http_errors
 from rig_ray.serve.auth import Auth
 from rig_ray.serve.batch_lease import DEFAULT_LEASE_S
-from rig_ray.serve.batch_runner import DEFAULT_MAX_IN_FLIGHT, Route, batch_runner
+from rig_ray.serve.batch_route import Route
+from rig_ray.serve.batch_runner import DEFAULT_MAX_IN_FLIGHT, batch_runner
 from rig_ray.serve.limits import RequestLimits
 from rig_ray.serve.routes import Stream, build_api
 from rig_ray.serve.wire import VLLM_FIELDS

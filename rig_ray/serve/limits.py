@@ -14,7 +14,8 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.errors import ContextLengthError, ServeRequestError
-from rig_ray.generator.base import DEFAULT_MAX_TOKENS, GenerateParams, Generator
+from rig_ray.generator.base import DEFAULT_MAX_TOKENS, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 if t.TYPE_CHECKING:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import typing as t
 
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import GenerateParams, Generator
+from rig_ray.generator.base import Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.structured import JSON_OBJECT, honours_json_schema
 
 _KINDS = ("text", "json_object", "json_schema")

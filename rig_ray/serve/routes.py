@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve import http_errors, wire
 from rig_ray.serve.auth import BearerAuth

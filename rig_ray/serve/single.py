@@ -21,7 +21,7 @@ from rig_ray.serve.deployment import GeneratorDeployment, ReplicaOptions
 from rig_ray.serve.ingress import ModelRoute, OpenAIIngress
 
 if t.TYPE_CHECKING:
-    from rig_ray.serve.app import ServedModel
+    from rig_ray.serve.served_model import ServedModel
 
 RESOURCE_KEYS = frozenset({"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"})
 """`ray_actor_options` that size the engine's replica: the model's alone decide them."""

@@ -7,7 +7,8 @@ import typing as t
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams
+from rig_ray.generator.base import GeneratedMessage, GeneratedText
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve import response_format
 

@@ -15,7 +15,7 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.fakes import FixedGenerator
 
 FAIL = "FAIL"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from rig_ray.batch import csv_input
 from rig_ray.batch.csv_input import csv_tables
-from rig_ray.batch.json_input import ROWS_PER_BLOCK
+from rig_ray.batch.json_values import ROWS_PER_BLOCK
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.errors import BatchInputError
 

@@ -15,7 +15,7 @@ from rig_ray.batch import run
 from rig_ray.batch.manifest import MANIFEST_NAME
 from rig_ray.batch.plan import member_indices
 from rig_ray.errors import BatchInputError, GenerationError, ModelNotAvailableError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.batch.members import output_rows, rows
 from tests.fakes import CallbackGenerator, EchoGenerator
 

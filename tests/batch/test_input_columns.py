@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rig_ray.batch.data_tasks import dataset_columns, from_blocks, put_block
-from rig_ray.batch.json_input import ROWS_PER_BLOCK
+from rig_ray.batch.json_values import ROWS_PER_BLOCK
 from rig_ray.batch.run import pending
 from rig_ray.batch.source import input_columns, read_prompts
 from rig_ray.errors import BatchInputError

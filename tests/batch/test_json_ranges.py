@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig_ray.batch import json_input, read_output
+from rig_ray.batch import json_input, json_values, read_output
 from rig_ray.batch.json_input import Part, json_parts, read_part
 from rig_ray.errors import BatchInputError
 from tests.batch.test_input_schema import echo_run
@@ -102,7 +102,7 @@ def test_ranges_read_what_the_whole_file_holds(
             from_gzip = _outcome(lambda: list(read_part(FILESYSTEM, gz_part, "id")))
             # read twice and handed over block by block, two rows a block
             patch.setattr(json_input, "HOLD_BYTES", 0)
-            patch.setattr(json_input, "ROWS_PER_BLOCK", 2)
+            patch.setattr(json_values, "ROWS_PER_BLOCK", 2)
             streamed = _outcome(lambda: _one_schema(list(read_part(FILESYSTEM, gz_part, "id"))))
     assert got == expected
     assert from_gzip == expected

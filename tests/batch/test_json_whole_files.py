@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from rig_ray.batch import json_input
+from rig_ray.batch import json_input, json_values
 from rig_ray.batch.json_input import json_parts, read_part
 from rig_ray.errors import BatchInputError
 
@@ -55,7 +55,7 @@ def test_a_file_too_large_to_hold_is_handed_over_as_it_is_read(
     else:
         path = tmp_path / "in.jsonl.gz"
         path.write_bytes(gzip.compress("\n".join(json.dumps(row) for row in rows).encode()))
-    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 1000)
+    monkeypatch.setattr(json_values, "ROWS_PER_BLOCK", 1000)
     held, held_schemas, held_most = _read(path)
     monkeypatch.setattr(json_input, "HOLD_BYTES", 512 << 10)  # about two blocks
     streamed, schemas, most = _read(path)
@@ -80,7 +80,7 @@ def test_a_column_whose_type_changes_between_blocks_is_named(
     lines = [json.dumps({"id": n, "n": n if n < 100 else f"text {n}"}) for n in range(200)]
     path = tmp_path / "in.jsonl.gz"
     path.write_bytes(gzip.compress("\n".join(lines).encode()))
-    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 100)
+    monkeypatch.setattr(json_values, "ROWS_PER_BLOCK", 100)
     monkeypatch.setattr(json_input, "HOLD_BYTES", hold)
     (part,) = json_parts(FILESYSTEM, [str(path)])
     with pytest.raises(BatchInputError) as refused:
@@ -99,7 +99,7 @@ def test_a_byte_range_names_the_row_in_the_whole_file(
 
     path = tmp_path / "in.jsonl"
     path.write_text(lines(400))
-    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 100)
+    monkeypatch.setattr(json_values, "ROWS_PER_BLOCK", 100)
     monkeypatch.setattr(json_input, "RANGE_BYTES", path.stat().st_size // 2 + 1)
     first, second = json_parts(FILESYSTEM, [str(path)])
     before = sum(table.num_rows for table in read_part(FILESYSTEM, first, "id"))

@@ -80,7 +80,7 @@ def test_a_custom_id_used_twice_refuses_the_file(tmp_path: Path) -> None:
 def test_the_params_are_the_endpoints(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
     from rig_ray.serve.wire import ChatCompletionRequest
 
     body = {
@@ -289,7 +289,7 @@ def test_cli_killed_and_resumed_gives_one_line_per_custom_id(
 def test_the_bundled_model_answers_as_the_generator_does(tmp_path: Path) -> None:
     import asyncio
 
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
     from rig_ray.generator.registry import get_generator
     from rig_ray.message import Message
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from rig_ray.batch.openai_files import prepare, read_invalid
 from rig_ray.errors import BatchInputError
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.serve.test_fuzz import CHAT, TEXT, bodies, texts, values
 
 EXAMPLES = int(os.environ.get("RIG_RAY_FUZZ_EXAMPLES", 150))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.batch.test_pipeline_recovery import judged_once_each, kill_in_stage_two
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1500)]

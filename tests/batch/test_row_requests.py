@@ -14,7 +14,8 @@ from pydantic import PrivateAttr
 from rig_ray.batch import stage as stage_module
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
-from rig_ray.generator.base import GeneratedMessage, GenerateParams
+from rig_ray.generator.base import GeneratedMessage
+from rig_ray.generator.params import GenerateParams
 from tests.fakes import FixedGenerator
 
 

@@ -13,7 +13,7 @@ from rig_ray.batch.prepare import ID_COLUMN, TODO_COLUMN
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.seeds import derive_seed, for_request_sample, for_sample
 from tests.fakes import Conversation, _FakeGenerator, _last_text
 

@@ -218,9 +218,9 @@ def test_json_lines_become_tables_a_block_at_a_time_with_one_schema(
     later block names the row's place in the whole file."""
     import pyarrow as pa
 
-    from rig_ray.batch import json_input
+    from rig_ray.batch import json_values
 
-    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(json_values, "ROWS_PER_BLOCK", 2)
     lines = [{"id": 1, "n": 1}, {"id": 2, "n": 2}, {"id": 3, "n": 2.5, "late": "x"}, {"id": 4}]
     data = "\n".join(json.dumps(line) for line in lines).encode()
     tables = _read(data, tmp_path)

@@ -30,7 +30,7 @@ from rig_ray.batch.manifest import MANIFEST_NAME
 from rig_ray.batch.plan import member_indices
 from rig_ray.errors import BatchInputError
 from rig_ray.generator import seeds
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.batch.stateful_members import FAIL, members, reply_for
 from tests.stateful_runs import explore
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import rig_ray as rr
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.engine.capital_of_france import assert_knows_paris
 from tests.engine.loop_ticks import ticks_during
 

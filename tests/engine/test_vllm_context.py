@@ -15,7 +15,8 @@ import pytest
 
 import rig_ray as rr
 from rig_ray.errors import ContextLengthError, ServeRequestError
-from rig_ray.generator.base import DEFAULT_MAX_TOKENS, GenerateParams
+from rig_ray.generator.base import DEFAULT_MAX_TOKENS
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve.limits import check_context, context_error
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import rig_ray as rr
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.engine.loop_ticks import ticks_during
 from tests.engine.vllm_support import ENGINE, LONG, RUN_ON, wait_until
 
@@ -77,9 +77,10 @@ async def test_the_scheduler_is_sized_as_vllm_llm_and_vllm_serve_size_it(tiny, t
     from vllm.platforms import current_platform
 
     from rig_ray.generator import vllm_sizing
+    from rig_ray.generator.vllm_engine_args import engine_kwargs
 
     def settles_on(context: str, generator: rr.VLLMGenerator) -> tuple[int, int]:
-        kwargs = generator._engine_kwargs(str(tiny_llama_path), current_platform.is_cpu())
+        kwargs = engine_kwargs(generator, str(tiny_llama_path), current_platform.is_cpu())
         args = AsyncEngineArgs(model=str(tiny_llama_path), **kwargs)
         config = args.create_engine_config(vllm_sizing.usage_context(context)).scheduler_config
         return config.max_num_seqs, config.max_num_batched_tokens

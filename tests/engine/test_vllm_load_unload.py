@@ -15,7 +15,7 @@ import signal
 import pytest
 
 import rig_ray as rr
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.engine.loop_ticks import ticks_during
 from tests.engine.vllm_support import (
     LONG,

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 import rig_ray as rr
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.priority import BATCH_PRIORITY, ONLINE_PRIORITY, set_priority
 from tests.engine.vllm_support import RUN_ON, wait_until
 

@@ -10,7 +10,7 @@ import typing as t
 import psutil
 
 import rig_ray as rr
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.vllm_ import engine_processes
 
 ENGINE = {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.05}

@@ -13,7 +13,7 @@ import typing as t
 import pytest
 
 import rig_ray as rr
-from rig_ray.cluster.placement import BatchGroups
+from rig_ray.cluster.placement_groups import BatchGroups
 from tests.ray.conftest import own_ray_and_serve
 from tests.ray.placement_members import HoldsGroupGpus, NotesLoadSpan, WhereAmI, load_spans
 
@@ -152,7 +152,9 @@ def test_an_engine_that_no_node_can_hold_is_refused_rather_than_left_waiting(
 def test_an_engine_started_in_the_driver_is_left_as_asked(gpu_ray: t.Any) -> None:
     """A driver with Ray running holds no resources (Ray refuses to say which): a generator
     loaded there keeps its own settings."""
-    kwargs = rr.VLLMGenerator(model="m", tensor_parallel_size=2)._engine_kwargs("m", False)
+    from rig_ray.generator.vllm_engine_args import engine_kwargs
+
+    kwargs = engine_kwargs(rr.VLLMGenerator(model="m", tensor_parallel_size=2), "m", False)
     assert "gpu_memory_utilization" not in kwargs
     assert "distributed_executor_backend" not in kwargs
 

@@ -18,7 +18,8 @@ import openai
 import pytest
 
 from rig_ray.errors import ServeRequestError
-from rig_ray.generator.base import DEFAULT_MAX_TOKENS, GenerateParams, Generator
+from rig_ray.generator.base import DEFAULT_MAX_TOKENS, Generator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 from rig_ray.serve.limits import check_context
 from tests.serve.support import KEY, Endpoint, chat_body

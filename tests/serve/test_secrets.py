@@ -28,7 +28,7 @@ SECRETS = (API_KEY, PASSWORD, QUERY, HEADER)
 
 
 def _leaky() -> LeakyGenerator:
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
 
     params = GenerateParams(
         api_base=f"https://user:{PASSWORD}@proxy.example/v1?sig={QUERY}",

@@ -123,7 +123,8 @@ def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) ->
     import rig_ray as rr
     from rig_ray.embedded import resolve_model
     from rig_ray.generator import vllm_sizing
-    from rig_ray.serve.app import deployment_name
+    from rig_ray.generator.vllm_engine_args import engine_kwargs
+    from rig_ray.serve.served_model import deployment_name
 
     deployments = serve.status().applications[VLLM_APP].deployments
     assert list(deployments) == [deployment_name(MODEL)]  # one generator: one deployment
@@ -131,7 +132,7 @@ def test_the_replica_is_sized_as_vllm_serve_sizes_it(vllm_endpoint: Endpoint) ->
     got = handle.capacity.remote().result(timeout_s=TIMEOUT)
     generator = t.cast(rr.VLLMGenerator, rr.get_generator(VLLM_GENERATOR))
     path = resolve_model(generator.model)
-    args = AsyncEngineArgs(model=path, **generator._engine_kwargs(path, current_platform.is_cpu()))
+    args = AsyncEngineArgs(model=path, **engine_kwargs(generator, path, current_platform.is_cpu()))
     server = args.create_engine_config(vllm_sizing.usage_context(vllm_sizing.SERVER))
     assert got == server.scheduler_config.max_num_seqs
     assert got == vllm_sizing.default_max_num_seqs({}, vllm_sizing.SERVER)

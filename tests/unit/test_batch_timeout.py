@@ -15,8 +15,9 @@ import pytest
 from rig_ray.batch.prompts import PromptSpec
 from rig_ray.batch.stage import GenerateStage, StageConfig
 from rig_ray.cluster.options import config_payload
-from rig_ray.generator.base import GeneratedMessage, GenerateParams, Usage
+from rig_ray.generator.base import GeneratedMessage, Usage
 from rig_ray.generator.local import BATCH_STARTED, LocalGenerator, cancelled
+from rig_ray.generator.params import GenerateParams
 from rig_ray.message import Message
 
 

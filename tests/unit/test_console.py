@@ -8,7 +8,7 @@ import typing as t
 import pytest
 
 from rig_ray.batch import console
-from rig_ray.generator.base import GenerateParams
+from rig_ray.generator.params import GenerateParams
 from tests.fakes import LeakyGenerator
 
 KEY = "sk-bare-Zq5cV8nW1"

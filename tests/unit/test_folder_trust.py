@@ -310,7 +310,7 @@ def test_a_check_during_a_heartbeat_write_does_not_lose_the_lock(tmp_path: Path)
 
 def test_the_manifest_pins_what_changes_an_output_and_nothing_else() -> None:
     from rig_ray.batch.run import _manifest
-    from rig_ray.generator.base import GenerateParams
+    from rig_ray.generator.params import GenerateParams
     from rig_ray.generator.registry import get_generator
 
     spec = PromptSpec(template="$topic").resolve(["topic"])

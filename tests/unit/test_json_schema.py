@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from rig_ray.errors import UnsupportedParamsError
-from rig_ray.generator.base import GenerateParams
 from rig_ray.generator.litellm_ import LiteLLMGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import get_generator
 from rig_ray.generator.structured import response_format, vllm_sampling_kwargs
 from rig_ray.generator.transformers_ import TransformersGenerator

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from rig_ray.generator.base import GeneratedMessage, GeneratedText, GenerateParams
+from rig_ray.generator.base import GeneratedMessage, GeneratedText
 from rig_ray.generator.litellm_ import LiteLLMGenerator
+from rig_ray.generator.params import GenerateParams
 from rig_ray.generator.registry import get_generator
 from rig_ray.message import Message
 from tests.openai_stub import OpenAIStub

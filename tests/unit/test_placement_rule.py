@@ -9,7 +9,8 @@ import pytest
 
 from rig_ray import VLLMGenerator
 from rig_ray.batch.pipeline import _actor_args
-from rig_ray.cluster.placement import BatchGroups, gpus_per_engine, place
+from rig_ray.cluster.placement import gpus_per_engine, place
+from rig_ray.cluster.placement_groups import BatchGroups
 from rig_ray.errors import PlacementError
 from rig_ray.serve import ServedModel
 from tests.fakes import EchoGenerator
@@ -170,6 +171,7 @@ def test_an_engine_that_finds_a_gpu_takes_one_where_the_cluster_has_gpus(monkeyp
 
 def test_an_engine_is_fitted_to_where_ray_put_it(monkeypatch) -> None:
     from rig_ray.cluster import placement
+    from rig_ray.generator.vllm_engine_args import engine_kwargs
 
     fit = placement.placed_engine_args
     tp2 = {"tensor_parallel_size": 2}
@@ -180,14 +182,14 @@ def test_an_engine_is_fitted_to_where_ray_put_it(monkeypatch) -> None:
     chosen = {**tp2, "distributed_executor_backend": "mp"}
     assert fit(chosen, on_cpu=False) == chosen  # an explicit choice wins
     assert fit({"tensor_parallel_size": 1}, on_cpu=False) == {"tensor_parallel_size": 1}
-    kwargs = VLLMGenerator(model="m", tensor_parallel_size=2)._engine_kwargs("m", on_cpu=False)
+    kwargs = engine_kwargs(VLLMGenerator(model="m", tensor_parallel_size=2), "m", on_cpu=False)
     assert kwargs["distributed_executor_backend"] == "ray"
 
     monkeypatch.setattr(placement, "_gpu_share", lambda: 0.5)  # an actor on half a GPU
     assert fit({}, on_cpu=False) == {"gpu_memory_utilization": 0.45}
     assert fit({"gpu_memory_utilization": 0.3}, on_cpu=False)["gpu_memory_utilization"] == 0.3
     assert fit({}, on_cpu=True) == {}  # a CPU engine's share is its own (KV cache memory)
-    shared = VLLMGenerator(model="m")._engine_kwargs("m", on_cpu=False)
+    shared = engine_kwargs(VLLMGenerator(model="m"), "m", on_cpu=False)
     assert shared["gpu_memory_utilization"] == 0.45
 
 
