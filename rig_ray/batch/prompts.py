@@ -59,6 +59,13 @@ class PromptSpec(BaseModel):
         except ValidationError as error:
             raise BatchInputError(validation_line(error)) from None
 
+    def named_columns(self) -> list[str]:
+        """The input columns these settings name: the template's fields, the messages,
+        params and text columns."""
+        named = template_fields(self.template) if self.template is not None else []
+        extra = (self.messages_column, self.params_column, self.text_column)
+        return [*named, *(column for column in extra if column is not None)]
+
     def resolve(self, columns: t.Sequence[str]) -> PromptSpec:
         """This spec checked against the input's `columns`, with defaults picked.
 

@@ -251,8 +251,11 @@ def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
 
 
 def _columns(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> tuple[str, ...]:
+    wanted = _unresolved_spec(options).named_columns()
     try:  # read by this process: no Ray Data task, so no log lines of its own to keep off
-        return input_columns(dataset, source, id_column=options.get("id_column", "id"))
+        return input_columns(
+            dataset, source, id_column=options.get("id_column", "id"), wanted=wanted
+        )
     except Exception as error:  # the input itself could not be read
         raise BatchInputError(
             f"cannot read {source!r}: {cause_line(error)}", source=source

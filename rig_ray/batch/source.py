@@ -146,25 +146,44 @@ def read_prompts(
 
 
 def input_columns(
-    dataset: ray.data.Dataset, source: str, *, id_column: str = "id"
+    dataset: ray.data.Dataset,
+    source: str,
+    *,
+    id_column: str = "id",
+    wanted: t.Collection[str] = (),
 ) -> tuple[str, ...]:
     """The columns of the first rows of `source`, which `read_prompts` read as `dataset`:
     the schema Ray already knows (Parquet, mostly), else the footer of the first Parquet file
     (one without row groups), the header of the first CSV file or the keys of the first JSON
-    rows, read by this process (the first file that has any).
+    rows, read by this process (the first file that has any). Columns of `wanted` that those
+    lack are looked for in every file's first columns too, and added where found: a folder
+    whose later files have a column the first lacks (parts written as a schema grew).
 
     No Ray task runs: `Dataset.columns()` would run the read until its first block, then
     force-kill the read tasks still running, and a killed task whose reply lands at that
     moment can fail a check in Ray's driver (2.60) that ends the process
     (`Tried to complete task that was not pending`).
     """
+    known = dataset.schema(fetch_if_missing=False)
+    if known is not None:
+        names = _named_once(tuple(known.names), source)
+    else:
+        filesystem, files = input_files(source)
+        names = next((found for found in _first_columns(filesystem, files, id_column) if found), ())
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        names += _found_later(source, missing, id_column)
+    return names
+
+
+def _first_columns(
+    filesystem: pafs.FileSystem, files: list[str], id_column: str
+) -> t.Iterator[tuple[str, ...]]:
+    """Each file's columns, in order: a Parquet file's footer, a CSV file's header, the keys
+    of a JSON file's first rows (`first_keys`)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    known = dataset.schema(fetch_if_missing=False)
-    if known is not None:
-        return _named_once(tuple(known.names), source)
-    filesystem, files = input_files(source)
     for path in files:
         kind = format_of(path)
         if kind == "parquet":  # Ray read it in its tasks (not here): its footer says
@@ -175,9 +194,19 @@ def input_columns(
                 names = tuple(pacsv.open_csv(stream).schema.names)
         else:
             names = first_keys(filesystem, path, id_column)
-        if names:
-            return _named_once(names, redact(path))
-    return ()
+        yield _named_once(names, redact(path))
+
+
+def _found_later(source: str, missing: list[str], id_column: str) -> tuple[str, ...]:
+    """Those of `missing` that some file of `source` has among its first columns (files
+    are read until all are found)."""
+    filesystem, files = input_files(source)
+    found: dict[str, None] = {}
+    for names in _first_columns(filesystem, files, id_column):
+        found.update(dict.fromkeys(name for name in missing if name in names))
+        if len(found) == len(missing):
+            break
+    return tuple(found)
 
 
 def _named_once(names: tuple[str, ...], where: str) -> tuple[str, ...]:

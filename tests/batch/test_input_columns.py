@@ -10,6 +10,7 @@ by force, and the columns come from the files (or from what Ray already knows).
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import json
 import logging
@@ -36,6 +37,7 @@ def shutdowns(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """The `force` of every shutdown of a Ray Data run in this process, for one test."""
     from ray.data._internal.execution.streaming_executor import StreamingExecutor
 
+    gc.collect()  # an earlier test's run, shut down when it is collected, is not this test's
     seen: list[bool] = []
     shutdown = StreamingExecutor.shutdown
 
@@ -162,3 +164,36 @@ def test_a_header_that_names_a_column_twice_is_refused_naming_it(tmp_path: Path)
     with pytest.raises(BatchInputError, match=r"in\.csv.*2 columns are named 'prompt'") as caught:
         pending(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"))
     assert "KeyError" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
+def test_a_column_that_only_later_files_have_is_taken(tmp_path: Path, kind: str) -> None:
+    """A folder whose schema grew: the template's column is in the second file only. Its
+    rows are made; the first file's rows, which lack the value, fail one by one."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    early = [{"id": f"a{n}", "prompt": "p"} for n in range(3)]
+    late = [{"id": f"b{n}", "prompt": "p", "topic": f"t{n}"} for n in range(4)]
+    for name, rows in (("a", early), ("b", late)):
+        path = folder / f"{name}.{kind}"
+        if kind == "jsonl":
+            _jsonl(path, rows)
+        elif kind == "csv":
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    summary = echo_run(folder, out, template="About $topic")
+    assert summary.generations_written == 7
+    table = pq.read_table(str(out)).sort_by("id")
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    errors = dict(
+        zip(table.column("id").to_pylist(), table.column("error").to_pylist(), strict=True)
+    )
+    assert [texts[f"b{n}"] for n in range(4)] == [f"About t{n}" for n in range(4)]
+    assert all("'topic' is null" in (errors[f"a{n}"] or "") for n in range(3))
+    with pytest.raises(BatchInputError, match="template field 'topik' is not a column"):
+        echo_run(folder, tmp_path / "other", template="About $topik")
