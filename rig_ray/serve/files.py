@@ -9,6 +9,7 @@ holder of the endpoint's key sees every file.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -182,6 +183,10 @@ def _check_requests(chunks: list[bytes]) -> None:
 def add_file_routes(app: FastAPI, store: FileStore) -> None:
     """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content."""
     from fastapi.responses import JSONResponse
+
+    # A body that is not a multipart form is the client's 400 (`_form`), not a warning of the
+    # form parser's in the replica's log for each such upload.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
     from rig_ray.serve import http_errors
 
