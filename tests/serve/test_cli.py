@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from rig_ray.serve import cli
+from rig_ray.serve import direct as serve_direct
 from tests.serve.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,3 +325,28 @@ def test_a_model_that_cannot_load_is_status_1_with_the_reason(tmp_path: Path) ->
     assert status == 1
     assert error.startswith("rig-ray: error: deployment 'model' failed to start: ")
     assert "ModelNotAvailableError" in error and "/no/such/model" in error
+
+
+@pytest.mark.parametrize(
+    ("asked", "settings", "direct"),
+    [
+        (None, {}, True),  # one generator, one replica, a Ray of its own: the default
+        (None, {"replicas": 2}, False),
+        (None, {"generators": 2}, False),
+        (None, {"one_deployment": False}, False),
+        (None, {"address": "auto"}, False),
+        (False, {}, False),
+        (True, {}, True),
+    ],
+)
+def test_direct_ingress_is_the_default_where_it_applies(
+    asked: bool | None, settings: dict[str, t.Any], direct: bool
+) -> None:
+    where = {"generators": 1, "replicas": 1, "address": "local", "one_deployment": None}
+    assert serve_direct.applies(asked, **{**where, **settings}) is direct
+
+
+def test_the_flags_of_direct_ingress() -> None:
+    assert parse(["-g", "vllm!m"]).direct_ingress is None
+    assert parse(["-g", "vllm!m", "--direct-ingress"]).direct_ingress is True
+    assert parse(["-g", "vllm!m", "--no-direct-ingress"]).direct_ingress is False

@@ -4,8 +4,9 @@ auth; and on SIGTERM while requests run stops cleanly well within 30 s, each req
 the server is stopping. One more process joins a running Serve twice: without a key on a
 public address it is refused, with one it checks auth against, and prints, the address
 Serve really has. (503 on /health while a model loads: the split app's, in
-tests/serve/test_reliability.py.) With --direct-ingress, the replica itself listens on the
-port and answers, and SIGTERM stops it all."""
+tests/serve/test_reliability.py.) By default (direct ingress) and with --direct-ingress, the
+replica itself listens on the port and answers, and SIGTERM stops it all; with
+--no-direct-ingress, Serve's proxy does."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
     process's own (its replicas at the process's niceness), health 200 and the model behind
     the key."""
     wait_for(lambda: Path(f"{gate}.loading").exists(), process, log)
-    health = get(port, "/health")  # held (a timeout) or refused while the model loads
+    health = get(port, "/health")  # held by the proxy (a timeout), or refused: no replica yet
     assert health is None or health.status_code != 200
     assert "rig-ray: serving" not in log.read_text()
     gate.touch()
@@ -60,6 +61,9 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
     # whose replicas (and so their engines) run at the command's niceness, not Ray's 15
     replicas = [child for child in started if "ServeReplica" in " ".join(_cmdline(child))]
     assert replicas and {r.nice() for r in replicas} == {psutil.Process(process.pid).nice()}
+    listening = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port}
+    direct = bool(listening & {r.pid for r in replicas})  # the replica holds the port itself
+    assert direct is ("--no-direct-ingress" not in process.args)
     health = get(port, "/health")
     assert health is not None and health.status_code == 200
     url = f"http://127.0.0.1:{port}/v1/models"
@@ -69,14 +73,17 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ingress", [[], ["--no-direct-ingress"]], ids=["direct", "proxy"])
 def test_serving_is_said_once_loaded_and_sigterm_stops_within_30_s_telling_requests_why(
-    tmp_path: Path,
+    tmp_path: Path, ingress: list[str]
 ) -> None:
+    """By default the replica answers on the port itself (direct ingress); through Serve's
+    proxy with --no-direct-ingress. Both say, answer and stop alike."""
     port, log, gate = free_port(), tmp_path / "serve.log", tmp_path / "gate"
     started = tmp_path / "started"
     started.mkdir()
     model = f"blocking!busy,started_dir={started},gate={gate}"
-    command = [*MAIN, "-g", model, "--port", str(port), "--num-cpus", "0.1"]
+    command = [*MAIN, "-g", model, "--port", str(port), "--num-cpus", "0.1", *ingress]
     process = start([*command, "--max-batch-size", "1"], log, RIG_RAY_API_KEY=KEY)
     replies: dict[str, httpx.Response | str] = {}
 
