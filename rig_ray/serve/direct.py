@@ -10,13 +10,15 @@ between; Serve's proxy still runs, on a port of its own that nobody needs.
 
 Serve's processes read the flag as they start, so it only works on a Ray this command
 starts (not with `--address`), and one replica can hold the port: one generator (one
-deployment), one replica. A replica that restarts takes the port again once its old one
-has let it go.
+deployment), one replica. A replica that replaces a dead one takes the port again as it
+starts.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import types
 import typing as t
 
 from rig_ray.errors import ServeConfigError
@@ -70,7 +72,43 @@ def environment(port: int) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_S),
+        # Serve holds a released port back (150 s) for HAProxy's stale workers, which do not
+        # run here: the replica that replaces a dead one takes the one port at once.
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
     }
+
+
+def bind_over_closed_connections() -> None:
+    """In a replica that answers HTTP itself, have Serve bind its port with `SO_REUSEADDR`,
+    as uvicorn and most servers do.
+
+    Serve 2.60 binds the replica's port without it, so the replica that replaces a dead one
+    cannot bind while the port still has connections in TIME_WAIT (each one the server
+    closed in the last 60 s): it fails after loading its model, and Serve starts another,
+    which loads the model again. `SO_REUSEADDR` lets a new listener bind over closed
+    connections, never beside a live listener."""
+    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+        return
+    from ray.serve._private import http_util
+
+    if not isinstance(http_util.socket, _ReusingSockets):
+        http_util.socket = _ReusingSockets(http_util.socket)  # type: ignore[assignment]
+
+
+class _ReusingSockets(types.ModuleType):
+    """The `socket` module, whose `socket()` sets `SO_REUSEADDR` on what it makes."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        super().__init__(module.__name__)
+        self._module = module
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._module, name)
+
+    def socket(self, *args: t.Any, **kwargs: t.Any) -> socket.socket:
+        made = socket.socket(*args, **kwargs)
+        made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return made
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,4 +118,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-__all__: t.Sequence[str] = ["DRAINING_S", "applies", "environment", "free_port", "refusal"]
+__all__: t.Sequence[str] = [
+    "DRAINING_S",
+    "applies",
+    "bind_over_closed_connections",
+    "environment",
+    "free_port",
+    "refusal",
+]

@@ -17,6 +17,7 @@ import typing as t
 from ray import serve
 
 from rig_ray.errors import ServeConfigError
+from rig_ray.serve import direct
 from rig_ray.serve.deployment import GeneratorDeployment, ReplicaOptions
 from rig_ray.serve.ingress import ModelRoute, OpenAIIngress
 
@@ -140,6 +141,7 @@ class OneModelServer(_Ingress):  # type: ignore[misc, valid-type]
         vllm_fields: bool,
         *ingress_args: t.Any,
     ) -> None:
+        direct.bind_over_closed_connections()  # before Serve binds the port, if it does
         auth = ingress_args[0] if ingress_args else None
         if auth is not None:
             auth.resolve()  # a replica without its key fails before it loads an engine

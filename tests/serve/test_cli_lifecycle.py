@@ -154,6 +154,34 @@ def test_joining_a_serve_checks_auth_against_and_prints_the_address_it_really_ha
     assert f"on 0.0.0.0:{joined}; --host and --port do not apply" in with_key
 
 
+def listening_pids(port: int) -> set[int]:
+    return {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+    }
+
+
+def check_a_dead_replica_is_replaced_on_the_port(
+    port: int, process: t.Any, log: Path, replicas: set[int]
+) -> None:
+    """The replica killed while the port has connections in TIME_WAIT (requests that the
+    server closed): the one that replaces it binds the port at its first try, and answers."""
+    for _ in range(3):
+        httpx.get(f"http://127.0.0.1:{port}/health", headers={**AUTH, "Connection": "close"})
+    closed = [
+        c
+        for c in psutil.net_connections("tcp")
+        if c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT
+    ]
+    assert closed  # what kept a new listener off the port for up to 60 s
+    for pid in replicas:
+        psutil.Process(pid).kill()
+    wait_for(lambda: bool(listening_pids(port) - replicas), process, log)
+    wait_for(lambda: (get(port, "/health") or httpx.Response(0)).status_code == 200, process, log)
+    assert "Failed to start RequestProtocol.HTTP" not in log.read_text()
+
+
 @pytest.mark.slow
 def test_direct_ingress_answers_on_the_port_from_the_replica_itself(tmp_path: Path) -> None:
     port, log, gate = free_port(), tmp_path / "serve.log", tmp_path / "gate"
@@ -164,11 +192,7 @@ def test_direct_ingress_answers_on_the_port_from_the_replica_itself(tmp_path: Pa
     try:
         wait_for(lambda: "rig-ray: serving" in log.read_text(), process, log)
         assert f"rig-ray: serving direct at http://127.0.0.1:{port}/v1" in log.read_text()
-        listening = [
-            psutil.Process(c.pid).cmdline()
-            for c in psutil.net_connections("tcp")
-            if c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
-        ]
+        listening = [psutil.Process(pid).cmdline() for pid in listening_pids(port)]
         assert listening and all("ServeReplica" in " ".join(c) for c in listening), listening
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
         chunks = client.chat.completions.create(
@@ -177,6 +201,7 @@ def test_direct_ingress_answers_on_the_port_from_the_replica_itself(tmp_path: Pa
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ready"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+        check_a_dead_replica_is_replaced_on_the_port(port, process, log, listening_pids(port))
         started = psutil.Process(process.pid).children(recursive=True)
         assert stop(process, signal.SIGTERM, started) == 0
     finally:
