@@ -164,6 +164,7 @@ def _start(
     if args.direct_ingress:  # the replica takes --port; Serve's proxy gets another
         os.environ.update(direct.environment(args.port))
         proxy_port = direct.free_port(args.host)
+        direct.quiet_proxy_address()
     if not ray.is_initialized():
         if args.address == "local":  # its workers (the replicas' engines) at its niceness
             start_local_ray(include_dashboard=False, logging_level=logging.WARNING)

@@ -16,6 +16,7 @@ starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import types
@@ -78,6 +79,16 @@ def environment(port: int) -> dict[str, str]:
     }
 
 
+def quiet_proxy_address() -> None:
+    """Leave out Serve's line that the app "is ready at" its proxy's address: with direct
+    ingress that is a port no client needs (`rig-ray serve` says where it serves)."""
+    logging.getLogger("ray.serve").addFilter(_not_the_proxy_address)
+
+
+def _not_the_proxy_address(record: logging.LogRecord) -> bool:
+    return "is ready at http" not in record.getMessage()
+
+
 def bind_over_closed_connections() -> None:
     """In a replica that answers HTTP itself, have Serve bind its port with `SO_REUSEADDR`,
     as uvicorn and most servers do.
@@ -124,5 +135,6 @@ __all__: t.Sequence[str] = [
     "bind_over_closed_connections",
     "environment",
     "free_port",
+    "quiet_proxy_address",
     "refusal",
 ]
