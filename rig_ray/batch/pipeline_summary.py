@@ -7,7 +7,7 @@ import typing as t
 from pydantic import BaseModel, ConfigDict, Field
 
 from rig_ray.batch.pipeline_engines import EngineTimes
-from rig_ray.batch.run_writing import BatchSummary
+from rig_ray.batch.run_writing import BatchSummary, counts_text
 from rig_ray.redaction import redact
 
 GpuSharing = t.Literal["auto", "stream", "swap"]
@@ -52,13 +52,7 @@ class StageSummary(BaseModel):
 
     def line(self) -> str:
         """The summary in one line."""
-        rate = self.output_tokens / max(self.wall_s, 1e-9)
-        line = (
-            f"stage {self.name}: {self.rows_in:,} rows in, {self.generations_written:,} "
-            f"generations written ({self.failed:,} failed), {self.skipped:,} skipped as "
-            f"already done; {self.output_tokens:,} tokens out in {self.wall_s:.1f}s "
-            f"({rate:.1f} tok/s)"
-        )
+        line = f"stage {self.name}: {counts_text(self)}"
         if self.loaded:
             line += (
                 f"; engines loaded in {self.engines.load_s:.1f}s, unloaded in "

@@ -22,6 +22,33 @@ if t.TYPE_CHECKING:
     import ray.data
 
 
+class Counted(t.Protocol):
+    """What a run's or a stage's summary counts."""
+
+    @property
+    def rows_in(self) -> int: ...
+    @property
+    def generations_written(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def wall_s(self) -> float: ...
+
+
+def counts_text(summary: Counted) -> str:
+    """A summary's counts, as its one line says them."""
+    rate = summary.output_tokens / max(summary.wall_s, 1e-9)
+    return (
+        f"{summary.rows_in:,} rows in, {summary.generations_written:,} generations written "
+        f"({summary.failed:,} failed), {summary.skipped:,} skipped as already done; "
+        f"{summary.output_tokens:,} tokens out in {summary.wall_s:.1f}s ({rate:.1f} tok/s)"
+    )
+
+
 class BatchSummary(BaseModel):
     """What a batch run did."""
 
@@ -48,13 +75,7 @@ class BatchSummary(BaseModel):
 
     def line(self) -> str:
         """The summary in one line, as the CLI prints it."""
-        rate = self.output_tokens / max(self.wall_s, 1e-9)
-        line = (
-            f"{self.rows_in:,} rows in, {self.generations_written:,} generations written "
-            f"({self.failed:,} failed), {self.skipped:,} skipped as already done; "
-            f"{self.output_tokens:,} tokens out in {self.wall_s:.1f}s ({rate:.1f} tok/s) "
-            f"-> {redact(self.output)}"
-        )
+        line = f"{counts_text(self)} -> {redact(self.output)}"
         if self.failed_in_output:
             line += (
                 f"; {self.failed_in_output:,} failed rows in the output: run again with "
