@@ -59,12 +59,17 @@ class PromptSpec(BaseModel):
         except ValidationError as error:
             raise BatchInputError(validation_line(error)) from None
 
+    def prompt_columns(self) -> list[str]:
+        """The columns the prompt reads: the template's fields, or the messages column
+        (none before `resolve` where neither is set)."""
+        if self.template is not None:
+            return template_fields(self.template)
+        return [self.messages_column] if self.messages_column is not None else []
+
     def named_columns(self) -> list[str]:
-        """The input columns these settings name: the template's fields, the messages,
-        params and text columns."""
-        named = template_fields(self.template) if self.template is not None else []
-        extra = (self.messages_column, self.params_column, self.text_column)
-        return [*named, *(column for column in extra if column is not None)]
+        """The input columns these settings name: the prompt's, the params and text columns."""
+        extra = (self.params_column, self.text_column)
+        return [*self.prompt_columns(), *(column for column in extra if column is not None)]
 
     def resolve(self, columns: t.Sequence[str]) -> PromptSpec:
         """This spec checked against the input's `columns`, with defaults picked.
@@ -91,11 +96,7 @@ class PromptSpec(BaseModel):
                 f"template {spec.template!r} has a '$' that starts no field: write '$$' for a "
                 "literal '$', and $name or ${name} for a column"
             )
-        needed = (
-            template_fields(spec.template)
-            if spec.template is not None
-            else [t.cast(str, spec.messages_column)]
-        )
+        needed = spec.prompt_columns()
         for kind, extra in (("params", spec.params_column), ("text", spec.text_column)):
             if extra is not None and extra not in columns:
                 raise BatchInputError(
@@ -210,11 +211,7 @@ class PromptSpec(BaseModel):
         try:
             return [[m.role, m.content] for m in self.conversation(row)]
         except BatchInputError:
-            used = (
-                template_fields(self.template)
-                if self.template is not None
-                else [t.cast(str, self.messages_column)]
-            )
+            used = self.prompt_columns()
             return {"unrendered": {c: row[c] for c in used if row.get(c) is not None}}
 
 

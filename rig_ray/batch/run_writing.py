@@ -21,25 +21,10 @@ from rig_ray.redaction import redact
 if t.TYPE_CHECKING:
     import ray.data
 
-
-class Counted(t.Protocol):
-    """What a run's or a stage's summary counts."""
-
-    @property
-    def rows_in(self) -> int: ...
-    @property
-    def generations_written(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def skipped(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def wall_s(self) -> float: ...
+    from rig_ray.batch.pipeline_summary import StageSummary
 
 
-def counts_text(summary: Counted) -> str:
+def counts_text(summary: BatchSummary | StageSummary) -> str:
     """A summary's counts, as its one line says them."""
     rate = summary.output_tokens / max(summary.wall_s, 1e-9)
     return (

@@ -164,26 +164,28 @@ def input_columns(
     moment can fail a check in Ray's driver (2.60) that ends the process
     (`Tried to complete task that was not pending`).
     """
+    each = _columns_of_each_file(source, id_column)  # files listed when first asked
     known = dataset.schema(fetch_if_missing=False)
     if known is not None:
         names = _named_once(tuple(known.names), source)
     else:
-        filesystem, files = input_files(source)
-        names = next((found for found in _first_columns(filesystem, files, id_column) if found), ())
+        names = next((found for found in each if found), ())
     missing = [name for name in wanted if name not in names]
-    if missing:
-        names += _found_later(source, missing, id_column)
+    for found in each:  # the files after those read already (all, where Ray knew the schema)
+        if not missing:
+            break
+        names += tuple(name for name in missing if name in found)
+        missing = [name for name in missing if name not in found]
     return names
 
 
-def _first_columns(
-    filesystem: pafs.FileSystem, files: list[str], id_column: str
-) -> t.Iterator[tuple[str, ...]]:
-    """Each file's columns, in order: a Parquet file's footer, a CSV file's header, the keys
-    of a JSON file's first rows (`first_keys`)."""
+def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[str, ...]]:
+    """Each input file's columns, in order: a Parquet file's footer, a CSV file's header, the
+    keys of a JSON file's first rows (`first_keys`)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    filesystem, files = input_files(source)
     for path in files:
         kind = format_of(path)
         if kind == "parquet":  # Ray read it in its tasks (not here): its footer says
@@ -195,18 +197,6 @@ def _first_columns(
         else:
             names = first_keys(filesystem, path, id_column)
         yield _named_once(names, redact(path))
-
-
-def _found_later(source: str, missing: list[str], id_column: str) -> tuple[str, ...]:
-    """Those of `missing` that some file of `source` has among its first columns (files
-    are read until all are found)."""
-    filesystem, files = input_files(source)
-    found: dict[str, None] = {}
-    for names in _first_columns(filesystem, files, id_column):
-        found.update(dict.fromkeys(name for name in missing if name in names))
-        if len(found) == len(missing):
-            break
-    return tuple(found)
 
 
 def _named_once(names: tuple[str, ...], where: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ def applies(
 ) -> bool:
     """Whether the model's replica answers HTTP itself: as `asked` (True where it cannot
     is a `ServeConfigError` naming why), and, unasked, wherever it can."""
-    refused = refusal(
+    refused = _refusal(
         generators=generators, replicas=replicas, address=address, one_deployment=one_deployment
     )
     if asked and refused is not None:
@@ -43,7 +43,7 @@ def applies(
     return refused is None if asked is None else asked
 
 
-def refusal(
+def _refusal(
     *, generators: int, replicas: int, address: str, one_deployment: bool | None
 ) -> str | None:
     """Why direct ingress cannot apply here; None where it can."""
@@ -136,5 +136,4 @@ __all__: t.Sequence[str] = [
     "environment",
     "free_port",
     "quiet_proxy_address",
-    "refusal",
 ]

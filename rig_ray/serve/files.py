@@ -184,11 +184,11 @@ def add_file_routes(app: FastAPI, store: FileStore) -> None:
     """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content."""
     from fastapi.responses import JSONResponse
 
+    from rig_ray.serve import http_errors
+
     # A body that is not a multipart form is the client's 400 (`_form`), not a warning of the
     # form parser's in the replica's log for each such upload.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
-
-    from rig_ray.serve import http_errors
 
     async def guarded(work: t.Callable[[], t.Awaitable[t.Any]]) -> Response:
         async def run() -> Response:
