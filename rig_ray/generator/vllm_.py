@@ -80,7 +80,7 @@ class VLLMGenerator(LocalGenerator):
     """Skip CUDA graph capture: slower decoding, faster start and less memory."""
     trust_remote_code: bool = False
     """Allow model code from the model folder."""
-    max_model_len: int | None = None
+    max_model_len: int | None = Field(None, ge=1)
     """Longest prompt + completion in tokens; unset uses the model's own limit."""
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs one copy of the model is split across."""

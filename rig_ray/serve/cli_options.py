@@ -16,7 +16,9 @@ Serve generators over HTTP in the OpenAI wire format, on Ray Serve: one generato
 and engine in one deployment, several generators in one deployment each behind an ingress;
 concurrent requests batched into one generate call.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+and OpenAI's Batch API: /v1/files (upload, list, get, content, delete) and /v1/batches
+(create, list, get, cancel).
 Set RIG_RAY_API_KEY to require 'Authorization: Bearer <key>' on every route but /health;
 bound to an address other than loopback, it refuses to start without a key unless --no-auth
 is given.

@@ -522,6 +522,8 @@ def test_get_identifier_overlays_params() -> None:
         ("m,extra=notjson", "extra", "JSON object"),
         ("m,extra=[1]", "extra", "'extra'"),
         ("vllm!m,engine_args=1", "engine_args", "'engine_args'"),
+        ("vllm!m,max_model_len=0", "max_model_len", "greater than or equal to 1"),
+        ("vllm!m,max_model_len=-5", "max_model_len", "greater than or equal to 1"),
         ("vllm!", "", "no model"),
         ('vllm!"",seed=1', '""', "no model"),
     ],
