@@ -33,6 +33,11 @@ per output token after the first) and ITL, and the ratios. Targets: tok/s >= 1.0
 TTFT <= 1.2x, median TPOT <= 1.1x.
 
     .venv/bin/python benchmarks/serve_vs_vllm.py --client vllm
+
+`--rounds N` runs every side N times, every other round in reverse order, and prints each
+round's table and then the median of each figure: on a small machine one run's spread
+between servers can be as large as the gap measured, and the server that runs first is often
+the slowest.
 """
 
 from __future__ import annotations
@@ -254,6 +259,13 @@ def main() -> None:
         help=f"which servers, in order, of {', '.join(SIDES)}",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every side this many times, every other round in reverse order, and print "
+        "the median of each figure too (the first server of a run is often the slowest)",
+    )
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument(
         "--ray-niceness",
@@ -282,16 +294,32 @@ def main() -> None:
             f"SmolLM2-135M {args.dtype}, eager, max_model_len 1024; {args.requests} streamed "
             f"chats, {args.concurrency} at a time, max_tokens from {MAX_TOKENS} (ignore_eos)"
         )
-    names = SIDES
-    results: dict[str, dict[str, float]] = {}
+    show = print_client_table if args.client == "vllm" else print_table
+    sides = args.sides.split(",")
+    rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as logs:
-        for side in args.sides.split(","):
-            results[names[side]] = run_side(side, args, folder, Path(logs))
-            print(f"{names[side]}: {results[names[side]]}", flush=True)
-    if args.client == "vllm":
-        print_client_table(results)
-    else:
-        print_table(results)
+        for number in range(args.rounds):
+            # Every other round runs the sides in reverse, so no side always goes first.
+            order = sides if number % 2 == 0 else sides[::-1]
+            results: dict[str, dict[str, float]] = {}
+            for side in order:
+                results[SIDES[side]] = run_side(side, args, folder, Path(logs))
+                print(f"{SIDES[side]}: {results[SIDES[side]]}", flush=True)
+            rounds.append({SIDES[side]: results[SIDES[side]] for side in sides})
+            if args.rounds > 1:
+                print(f"\nround {number + 1} of {args.rounds} ({', '.join(order)}):")
+            show(rounds[-1])
+    if args.rounds > 1:
+        print(f"\nmedian of each figure over the {args.rounds} rounds:")
+        show(medians(rounds))
+
+
+def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each side's figures, each the median of its value in every round."""
+    return {
+        side: {key: statistics.median(r[side][key] for r in rounds) for key in figures}
+        for side, figures in rounds[0].items()
+    }
 
 
 if __name__ == "__main__":
