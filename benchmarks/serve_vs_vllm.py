@@ -35,9 +35,8 @@ TTFT <= 1.2x, median TPOT <= 1.1x.
     .venv/bin/python benchmarks/serve_vs_vllm.py --client vllm
 
 `--rounds N` runs every side N times, every other round in reverse order, and prints each
-round's table and then the median of each figure: on a small machine one run's spread
-between servers can be as large as the gap measured, and the server that runs first is often
-the slowest.
+round's table and then the median of each figure: on a small machine the spread between
+runs of one server can be as large as the gap measured between two.
 """
 
 from __future__ import annotations
@@ -264,7 +263,7 @@ def main() -> None:
         type=int,
         default=1,
         help="run every side this many times, every other round in reverse order, and print "
-        "the median of each figure too (the first server of a run is often the slowest)",
+        "the median of each figure too",
     )
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument(
