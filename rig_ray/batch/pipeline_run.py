@@ -28,10 +28,11 @@ from rig_ray.batch.pipeline_engines import StageEngines, refuse_what_cannot_load
 from rig_ray.batch.pipeline_inputs import Derivation
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
-from rig_ray.batch.placement import join, quiet_ray_logs
+from rig_ray.batch.placement import join
 from rig_ray.batch.run import check_settings, pending, run
 from rig_ray.batch.run_writing import BatchSummary
 from rig_ray.batch.source import input_columns, input_files, read_prompts
+from rig_ray.cluster.local_ray import quiet_ray_logs
 from rig_ray.errors import BatchInputError, PipelineError
 from rig_ray.redaction import redact, redact_logs
 

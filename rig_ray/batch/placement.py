@@ -222,12 +222,6 @@ def _data_reserve(cpus: float) -> float:
     return min(1.0, cpus / 2)
 
 
-def quiet_ray_logs() -> None:
-    """Keep Ray's notices for newcomers out of a batch job's console; errors still show."""
-    for name in ("ray._private.authentication", "ray.data._internal.execution"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 __all__: t.Sequence[str] = [
     "JOIN_TIMEOUT_S",
     "data_task_cpus",

@@ -21,7 +21,6 @@ from rig_ray.batch.placement import (
     gpus_in_all,
     gpus_per_actor,
     join,
-    quiet_ray_logs,
     size_engines_ahead,
 )
 from rig_ray.batch.prepare import Plan, plan_rows
@@ -35,6 +34,7 @@ from rig_ray.batch.run_writing import (
     write_generations,
 )
 from rig_ray.batch.source import input_columns, input_files, read_prompts
+from rig_ray.cluster.local_ray import quiet_ray_logs
 from rig_ray.cluster.placement import check_resource
 from rig_ray.cluster.placement_groups import BatchGroups
 from rig_ray.cluster.remote_generator import describe

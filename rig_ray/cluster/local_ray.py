@@ -11,6 +11,7 @@ holds where `rr.remote()` starts a Ray, as `ray.init()` would (`init_as_ray_does
 
 from __future__ import annotations
 
+import logging
 import os
 import typing as t
 
@@ -26,6 +27,13 @@ def start_local_ray(**init_args: t.Any) -> None:
 
     config = None if _ENV in os.environ else {"worker_niceness": WORKER_NICENESS}
     ray.init(address="local", _system_config=config, **init_args)
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's notices for newcomers (that a Ray it starts uses token authentication, Ray
+    Data's execution notes) out of a command's console; errors still show."""
+    for name in ("ray._private.authentication", "ray.data._internal.execution"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def init_as_ray_does() -> None:
@@ -45,4 +53,9 @@ def init_as_ray_does() -> None:
         ray.init()
 
 
-__all__: t.Sequence[str] = ["WORKER_NICENESS", "init_as_ray_does", "start_local_ray"]
+__all__: t.Sequence[str] = [
+    "WORKER_NICENESS",
+    "init_as_ray_does",
+    "quiet_ray_logs",
+    "start_local_ray",
+]

@@ -18,7 +18,7 @@ import typing as t
 from pydantic import ValidationError
 
 from rig_ray.batch.console import forward_redacted
-from rig_ray.cluster.local_ray import start_local_ray
+from rig_ray.cluster.local_ray import quiet_ray_logs, start_local_ray
 from rig_ray.cluster.placement import cluster_gpus, refuse_what_the_cluster_cannot_hold
 from rig_ray.errors import PlacementError, RigRayError, ServeConfigError, validation_line
 from rig_ray.redaction import scrub
@@ -166,6 +166,7 @@ def _start(
         proxy_port = direct.free_port(args.host)
         direct.quiet_proxy_address()
     if not ray.is_initialized():
+        quiet_ray_logs()
         if args.address == "local":  # its workers (the replicas' engines) at its niceness
             start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
         else:

@@ -66,6 +66,7 @@ def check_loading_then_serving(port: int, process: t.Any, log: Path, gate: Path)
     assert direct is ("--no-direct-ingress" not in process.args)
     # Serve's own line names its proxy's port, which with direct ingress no client needs
     assert ("Application 'rig_ray' is ready at" in log.read_text()) is not direct
+    assert "Token authentication" not in log.read_text()  # Ray's notice, for its own users
     health = get(port, "/health")
     assert health is not None and health.status_code == 200
     url = f"http://127.0.0.1:{port}/v1/models"
