@@ -139,9 +139,19 @@ def _text_field(cls: type[Model]) -> str | None:
 
 
 def _text_block(model: Model, field: str, raw: str) -> str:
-    """`<tag attrs>text</tag>`, the text written as is, on its own lines when it has several."""
-    text = str(getattr(model, field) or "")
+    """`<tag attrs>text</tag>`, the text written as is, on its own lines when it has several.
+
+    A value that is not a str (0, False, 2.5) is written as its XML serialization wrote it
+    (`0`, `false`), so that it reads back.
+    """
+    value = getattr(model, field)
     opening = raw.split(">", 1)[0].removesuffix("/").rstrip() + ">"
+    if value is None or isinstance(value, str):
+        text = value or ""
+    elif raw.rstrip().endswith("/>"):  # serialized as empty
+        text = ""
+    else:
+        text = html.unescape(raw[len(opening) : raw.rindex("</")])
     closing = f"</{type(model).tag()}>"
     return f"{opening}\n{text}\n{closing}" if "\n" in text else f"{opening}{text}{closing}"
 

@@ -108,6 +108,33 @@ def test_text_only_model_keeps_raw_text(inner: str, text: str) -> None:
     assert_synced(message)
 
 
+class Passed(Model):
+    value: bool
+
+
+class Weight(Model):
+    value: float
+
+
+@pytest.mark.parametrize(
+    ("block", "model", "expected"),
+    [
+        ("<score> 0 </score>", Score, "<score>0</score>"),
+        ("<passed>false</passed>", Passed, "<passed>false</passed>"),
+        ("<weight>0</weight>", Weight, "<weight>0.0</weight>"),
+        ("<score>-3</score>", Score, "<score>-3</score>"),
+    ],
+)
+def test_a_falsy_value_is_written_back_so_it_reads_again(
+    block: str, model: type[Model], expected: str
+) -> None:
+    # 0 and False were written back as an empty block, which no longer parsed.
+    message = Message(role="assistant", content=f"judged: {block}")
+    parsed = message.parse(model)
+    assert message.content == f"judged: {expected}"
+    assert Message(role="assistant", content=message.content).parse(model) == parsed
+
+
 def test_multiline_text_goes_on_its_own_lines() -> None:
     message = Message(role="assistant", content="<final-answer>\n  one\ntwo  \n</final-answer>")
     assert message.parse(FinalAnswer).text == "one\ntwo"
