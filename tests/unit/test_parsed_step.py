@@ -50,6 +50,36 @@ async def test_the_step_resends_exactly_what_until_parsed_as_sends() -> None:
     assert [t.cast(ParsedReply, r).parse_retries for r in results] == [1, 1]
 
 
+class Score(Model):
+    value: int
+
+
+class Passed(Model):
+    value: bool
+
+
+@pytest.mark.parametrize(
+    ("model", "reply", "values"),
+    [
+        (Score, "<score> 0 </score>", {"value": 0}),
+        (Passed, "<passed>false</passed>", {"value": False}),
+    ],
+)
+async def test_a_reply_of_zero_or_false_keeps_it_in_its_text(
+    model: type[Model], reply: str, values: dict[str, t.Any]
+) -> None:
+    # The text column held the block emptied (<score></score>), so a later stage's $text lost it.
+    step = structured_step(StructuredSpec.build(model, None, 1), ["question"])
+    assert step is not None
+    generator = CallbackGenerator(model="judge", callback=lambda *_: f"judged: {reply}")
+    (result,) = await step.generate(
+        generator, [[Message(role="user", content="q")]], [GenerateParams()]
+    )
+    assert isinstance(result, ParsedReply)
+    assert result.values == values
+    assert result.message.content == f"judged: {reply.replace(' 0 ', '0')}"
+
+
 class Inner(BaseModel):  # model_columns takes any pydantic model: Models are ones
     a: int
     b: list[float]
