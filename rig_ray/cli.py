@@ -24,6 +24,7 @@ from rig_ray.generator import (
 from rig_ray.message import Message
 from rig_ray.redaction import redact
 from rig_ray.serve import cli as serve_cli
+from rig_ray.terminal import printable
 
 DEMO_GENERATOR = f"transformers!{DEFAULT_MODEL},temperature=0,max_tokens=48"
 DEMO_PROMPTS = (
@@ -88,15 +89,15 @@ def _run_generate(
     failed = 0
     output_tokens = 0
     for prompt, result in zip(prompts, results, strict=True):
-        print(f"> {prompt}")
+        print(printable(f"> {prompt}"))
         if isinstance(result, BaseException):
             failed += 1
-            print(redact(f"  error: {type(result).__name__}: {result}\n"))
+            print(printable(redact(f"  error: {type(result).__name__}: {result}\n")))
             continue
         text = result.message.content if isinstance(result, GeneratedMessage) else result.text
         tokens = result.usage.output_tokens if result.usage else 0
         output_tokens += tokens
-        print(f"  {text.strip()}\n  [{result.stop_reason}, {tokens} tokens]\n")
+        print(printable(f"  {text.strip()}\n  [{result.stop_reason}, {tokens} tokens]\n"))
     rate = output_tokens / max(done - loaded, 1e-9)
     print(
         f"{len(prompts) - failed}/{len(prompts)} ok with {redact(generator.to_identifier())}: "
@@ -129,7 +130,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             print(f"{name}\t{cls.__module__}.{cls.__qualname__}")
         return 0
     except (RigRayError, ValidationError, NotImplementedError) as error:
-        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {printable(validation_line(error))}", file=sys.stderr)
         return 2
 
 

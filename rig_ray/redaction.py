@@ -24,6 +24,8 @@ import re
 import traceback
 import typing as t
 
+from rig_ray.terminal import printable
+
 MASK = "***"
 """What a secret is replaced with."""
 
@@ -140,7 +142,8 @@ def scrubbed_error(error: BaseException, *sources: t.Any) -> BaseException:
 
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts each record's message (with its arguments filled in) and
-    its traceback, scrubbed with `sources` too (see `scrub`)."""
+    its traceback, scrubbed with `sources` too (see `scrub`), with its control characters
+    written as escapes (`rig_ray.terminal.printable`)."""
 
     def __init__(self, *sources: t.Any) -> None:
         super().__init__()
@@ -151,7 +154,7 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             message += "\n" + error_text(record.exc_info[1], with_traceback=True)
             record.exc_info = record.exc_text = None
-        cleaned = scrub(message, *self.sources)
+        cleaned = printable(scrub(message, *self.sources))
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True

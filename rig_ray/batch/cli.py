@@ -14,6 +14,7 @@ from rig_ray.batch.run import DEFAULT_ROWS_PER_PART, DEFAULT_SECONDS_PER_PART
 from rig_ray.errors import GenerationError
 from rig_ray.generator.params import GenerateParams
 from rig_ray.redaction import redact
+from rig_ray.terminal import printable
 
 EXAMPLE = (
     "example: rig-ray batch prompts.jsonl out/ --generator "
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace, *, shutdown: bool = True) -> int:
         return 1 if summary.failed else 0
     except GenerationError as error:  # the job ran and stopped: what it made is written
         _on_signals(signal.SIG_IGN)
-        print(f"rig-ray: error: {redact(' '.join(str(error).split()))}", file=sys.stderr)
+        print(f"rig-ray: error: {printable(redact(' '.join(str(error).split())))}", file=sys.stderr)
         return 1
     except (Stopped, KeyboardInterrupt) as stop:
         _on_signals(signal.SIG_IGN)  # a second signal must not cut the shutdown short
@@ -274,4 +275,4 @@ def _show_some(output: str, count: int = 3) -> None:
     for row in table.slice(0, count).to_pylist():
         shown = row["text"] if row["error"] is None else f"error: {row['error']}"
         line = f"[{row['id']}] {row['generator']}: {' '.join(str(shown).split())[:200]}"
-        print(redact(line))
+        print(printable(redact(line)))

@@ -10,6 +10,7 @@ import typing as t
 from rig_ray.batch.cli import Stopped, _on_signals, _stop
 from rig_ray.batch.console import quiet_stderr
 from rig_ray.redaction import redact
+from rig_ray.terminal import printable
 
 EXAMPLE = "example: rig-ray pipeline examples/pipeline.yaml --show"
 
@@ -107,7 +108,7 @@ def show(output: str, count: int = 3) -> None:
         parts.append(f"{names[-1] if names else 'reply'}: {_short(reply)}")
         if parsed:
             parts.append("(" + ", ".join(f"{c}={row[c]!r}" for c in parsed) + ")")
-        print(redact(" ".join(parts)))
+        print(printable(redact(" ".join(parts))))
 
 
 def _short(value: t.Any, limit: int = 120) -> str:

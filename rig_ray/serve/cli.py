@@ -29,6 +29,7 @@ from rig_ray.serve.cli_options import LIMITS, add_parser
 from rig_ray.serve.lifecycle import client_host, listening, wait_until_ready
 from rig_ray.serve.limits import RequestLimits
 from rig_ray.serve.served_model import ServedModel
+from rig_ray.terminal import printable
 
 STOP_WAIT_S = 5.0
 """Longest wait, on SIGTERM, for the running requests to be told the server is stopping."""
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if args.address == "local":
             _check_port(args.host, args.port)
     except (RigRayError, ValidationError, OSError) as error:
-        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {printable(validation_line(error))}", file=sys.stderr)
         return 2
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     owns_cluster = args.address == "local"
@@ -84,13 +85,13 @@ def run(args: argparse.Namespace) -> int:
         print("rig-ray: stopping", flush=True)
     except (ServeConfigError, PlacementError) as error:  # a Serve whose address needs a key,
         # or replicas whose GPUs this Ray cannot hold
-        print(f"rig-ray: error: {validation_line(error)}", file=sys.stderr)
+        print(f"rig-ray: error: {printable(validation_line(error))}", file=sys.stderr)
         status, deployed = 2, False
     except Exception as error:  # the app did not start (a model that fails to load, ...)
         why = _deploy_failure(served) or scrub(
             validation_line(error), *[model.generator for model in served]
         )
-        print(f"rig-ray: error: {why}", file=sys.stderr)
+        print(f"rig-ray: error: {printable(why)}", file=sys.stderr)
         status = 1
     finally:
         for sig in previous:  # a second signal must not cut the shutdown short
