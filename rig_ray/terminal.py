@@ -24,4 +24,11 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
 
 
-__all__: t.Sequence[str] = ["printable"]
+def printable_line(line: str) -> str:
+    """A line forwarded from another process, as `printable` makes it, keeping what a terminal
+    would show of a line redrawn with carriage returns (a progress bar): its last drawing."""
+    drawn = [part for part in line.split("\r") if part]
+    return printable(drawn[-1] if drawn else "")
+
+
+__all__: t.Sequence[str] = ["printable", "printable_line"]

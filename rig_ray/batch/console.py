@@ -4,8 +4,9 @@
   Ray's notice that an actor "might fail to restart" (Ray Data gives its actors restarts and
   ships their transform through the object store) is dropped, and every line that passes is
   redacted and scrubbed with the job's own secrets.
-- `actor_output` rewrites what Ray forwards from actors to the driver's console: redacted and
-  scrubbed always, and dropped altogether unless `verbose` (engines' loading bars, Triton,
+- `actor_output` rewrites what Ray forwards from actors to the driver's console: redacted,
+  scrubbed and made printable always (`rig_ray.terminal.printable_line`), and dropped
+  altogether unless `verbose` (engines' loading bars, Triton,
   NUMA and FutureWarning lines, INFO logs: none of them is rig_ray's).
 - `job_console` puts both around a batch job, with Ray Data's own progress logs and bars off
   unless `verbose`, and every console log handler redacting.
@@ -24,6 +25,7 @@ import time
 import typing as t
 
 from rig_ray.redaction import RedactingFilter, scrub
+from rig_ray.terminal import printable_line
 
 NOISE = (
     re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the "
@@ -142,7 +144,8 @@ def _wrapped(
         if not _FORWARDING.keeps():
             return
         sources = _FORWARDING.sources
-        handler({**data, "lines": [scrub(str(line), *sources) for line in data.get("lines", [])]})
+        lines = [printable_line(scrub(str(line), *sources)) for line in data.get("lines", [])]
+        handler({**data, "lines": lines})
 
     forward._rig_ray_redacts = True  # type: ignore[attr-defined]
     return forward

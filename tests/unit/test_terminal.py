@@ -4,6 +4,7 @@ characters: escape sequences, carriage returns and bidirectional overrides come 
 from __future__ import annotations
 
 import logging
+import typing as t
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rig_ray.batch.cli import _show_some
+from rig_ray.batch.console import _FORWARDING, _wrapped
 from rig_ray.cli import main
 from rig_ray.redaction import RedactingFilter
 from rig_ray.terminal import printable
@@ -58,3 +60,17 @@ def test_a_log_record_quoting_it_is_escaped() -> None:
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "reply was %s", (HOSTILE,), None)
     assert RedactingFilter().filter(record)
     assert "fake line" in record.getMessage() and _live(record.getMessage()) == []
+
+
+def test_lines_forwarded_from_actors_are_escaped_and_show_their_last_drawing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_FORWARDING, "quiet_jobs", 0)  # no quiet batch job runs meanwhile
+    monkeypatch.setattr(_FORWARDING, "quiet_until", 0.0)
+    got: list[dict[str, t.Any]] = []
+    forward = _wrapped(got.append)
+    forward({"lines": [HOSTILE, "Loading: 10%\rLoading: 100%\r"], "pid": 1})
+    (data,) = got
+    assert data["pid"] == 1
+    assert "fake line" in data["lines"][0] and _live(data["lines"][0]) == []
+    assert data["lines"][1] == "Loading: 100%"  # what the terminal would have left
