@@ -6,8 +6,8 @@
   redacted and scrubbed with the job's own secrets.
 - `actor_output` rewrites what Ray forwards from actors to the driver's console: redacted,
   scrubbed and made printable always (`rig_ray.terminal.printable_line`), and dropped
-  altogether unless `verbose` (engines' loading bars, Triton,
-  NUMA and FutureWarning lines, INFO logs: none of them is rig_ray's).
+  altogether unless `verbose` (engines' loading bars, Triton, NUMA and FutureWarning lines,
+  INFO logs: none of them is rig_ray's).
 - `job_console` puts both around a batch job, with Ray Data's own progress logs and bars off
   unless `verbose`, and every console log handler redacting.
 """
