@@ -1,12 +1,16 @@
 """A search over Models of many field types: what `to_pretty_xml` writes (the form a parse
 writes back into a message) reads back as the same model, alone and inside a message.
 
-Left out, as pydantic-xml reads them: an empty string (an empty element reads as missing) and
-a line break or tab inside an attribute (XML reads it as a space).
+Characters XML cannot hold (controls, surrogates, noncharacters such as U+FFFE) are not
+drawn. Left out, as they are read by design: an empty string (pydantic-xml reads an empty
+element as missing), a line break or tab inside an attribute (XML reads it as a space), and,
+in a text-only model, text that holds an entity (`&amp;`, `&lt`): such a model takes its text
+as written and reads entities that a model may have escaped, so `&amp;` reads back as `&`.
 """
 
 from __future__ import annotations
 
+import html
 import typing as t
 
 import pytest
@@ -57,10 +61,11 @@ class Items(Model):
 
 
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-characters = st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("<>&\"'\n\t ")
+characters = st.characters(blacklist_categories=("Cs", "Cc", "Cn")) | st.sampled_from("<>&\"'\n\t ")
 texts = st.text(characters, max_size=20)
 words = texts.filter(bool)  # an empty element reads as missing
-stripped = texts.map(str.strip).filter(bool)  # a text-only model's text is read stripped
+# a text-only model's text is read stripped, its entities unescaped
+stripped = texts.map(str.strip).filter(lambda text: text and html.unescape(text) == text)
 attributes = texts.filter(lambda text: not any(c in text for c in "\n\t\r"))
 
 models = st.one_of(
