@@ -9,7 +9,7 @@ import time
 import typing as t
 
 import pytest
-from pydantic_xml import attr, element
+from pydantic_xml import attr
 
 from rig_ray import (
     InvalidMessageError,
@@ -20,10 +20,7 @@ from rig_ray import (
     TemplateError,
     fill_templates,
 )
-
-
-class FinalAnswer(Model):
-    text: str
+from tests.unit.xml_models import FinalAnswer, Labeled, Note, Person, Score
 
 
 class XMLBlock(Model):
@@ -32,25 +29,6 @@ class XMLBlock(Model):
 
 class HTTPResponseCode(Model):
     text: str
-
-
-class Note(Model, tag="memo"):
-    text: str
-
-
-class Score(Model):
-    value: int
-
-
-class Labeled(Model):
-    kind: str = attr()
-    text: str
-
-
-class Person(Model):
-    name: str = attr()
-    age: int = element()
-    city: str = element()
 
 
 def assert_synced(message: Message) -> None:

@@ -13,33 +13,9 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic_xml import attr, element
 
 from rig_ray import Message, Model
-
-
-class Score(Model):
-    value: int
-
-
-class FinalAnswer(Model):
-    text: str
-
-
-class Note(Model, tag="memo"):
-    text: str
-
-
-class Labeled(Model):
-    kind: str = attr()
-    text: str
-
-
-class Person(Model):
-    name: str = attr()
-    age: int = element()
-    city: str = element()
-
+from tests.unit.xml_models import FinalAnswer, Labeled, Note, Person, Score
 
 MODELS: list[type[Model]] = [Score, FinalAnswer, Note, Labeled, Person]
 PIECES = [*"ab <>/&;= \n\t'\"09", "score", "memo", "final-answer", "labeled", "person"]

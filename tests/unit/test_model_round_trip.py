@@ -16,9 +16,10 @@ import typing as t
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic_xml import attr, element
+from pydantic_xml import element
 
 from rig_ray import Message, Model
+from tests.unit.xml_models import Labeled, Person
 
 
 class Text(Model):
@@ -43,17 +44,6 @@ class Maybe(Model):
 
 class Choice(Model):
     value: t.Literal["yes", "no"]
-
-
-class Labeled(Model):
-    kind: str = attr()
-    text: str
-
-
-class Person(Model):
-    name: str = attr()
-    age: int = element()
-    city: str = element()
 
 
 class Items(Model):
