@@ -57,9 +57,8 @@ class Model(BaseXmlModel):
         """The block as it is written back into a message: indented, no XML declaration."""
         raw = self.to_xml(skip_empty=True)
         text = raw.decode() if isinstance(raw, bytes) else raw
-        field = _text_field(type(self))
-        if field is not None:
-            return _text_block(self, field, text)
+        if _text_field(type(self)) is not None:
+            return _text_block(self, text)
         pretty = xml.dom.minidom.parseString(text).toprettyxml(indent="  ")
         pretty = pretty.split("?>", 1)[-1].strip()
         if pretty.endswith("/>"):  # no children: `<tag/>` would not be read back
@@ -138,20 +137,13 @@ def _text_field(cls: type[Model]) -> str | None:
     return texts[0] if len(texts) == 1 and not others else None
 
 
-def _text_block(model: Model, field: str, raw: str) -> str:
-    """`<tag attrs>text</tag>`, the text written as is, on its own lines when it has several.
-
-    A value that is not a str (0, False, 2.5) is written as its XML serialization wrote it
-    (`0`, `false`), so that it reads back.
-    """
-    value = getattr(model, field)
+def _text_block(model: Model, raw: str) -> str:
+    """`<tag attrs>text</tag>`, the text written as is (unescaped), on its own lines when it
+    has several: the text of the model's XML serialization `raw`, so that every value reads
+    back as it was written (`0`, `false`; none for an unset or empty one)."""
     opening = raw.split(">", 1)[0].removesuffix("/").rstrip() + ">"
-    if value is None or isinstance(value, str):
-        text = value or ""
-    elif raw.rstrip().endswith("/>"):  # serialized as empty
-        text = ""
-    else:
-        text = html.unescape(raw[len(opening) : raw.rindex("</")])
+    empty = raw.rstrip().endswith("/>")
+    text = "" if empty else html.unescape(raw[len(opening) : raw.rindex("</")])
     closing = f"</{type(model).tag()}>"
     return f"{opening}\n{text}\n{closing}" if "\n" in text else f"{opening}{text}{closing}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
@@ -20,7 +19,7 @@ from rig_ray import (
     TemplateError,
     fill_templates,
 )
-from tests.unit.xml_models import FinalAnswer, Labeled, Note, Person, Score
+from tests.unit.xml_models import FinalAnswer, Labeled, Note, Person, Score, assert_synced
 
 
 class XMLBlock(Model):
@@ -29,16 +28,6 @@ class XMLBlock(Model):
 
 class HTTPResponseCode(Model):
     text: str
-
-
-def assert_synced(message: Message) -> None:
-    """Every part's slice holds exactly its model's pretty XML; parts ordered, disjoint."""
-    for part in message.parts:
-        assert message.content[part.slice_] == part.model.to_pretty_xml()
-    starts = [(p.slice_.start, p.slice_.stop) for p in message.parts]
-    assert starts == sorted(starts)
-    for (_, stop), (start, _) in itertools.pairwise(starts):
-        assert stop <= start
 
 
 # --- tags ------------------------------------------------------------------------------------
