@@ -28,6 +28,7 @@ from rig_ray.batch.json_values import (
     json_lines,
     utf8_text,
 )
+from rig_ray.errors import BatchInputError
 
 if t.TYPE_CHECKING:
     import pyarrow as pa
@@ -168,14 +169,22 @@ def _json_row(before: t.Callable[[], int], rows: int) -> str:
     return f"JSON row {before() + rows + 1}"
 
 
-def first_keys(filesystem: pafs.FileSystem, path: str, id_column: str) -> tuple[str, ...]:
+def first_keys(
+    filesystem: pafs.FileSystem, path: str, id_column: str
+) -> tuple[tuple[str, ...], bool]:
     """The keys of a JSON file's first rows (its first `ROWS_PER_BLOCK`, in the order they
-    first appear), read by this process; () for a file of no rows or only `{}` ones."""
+    first appear), read by this process, and whether those rows were all the file has; ()
+    for a file of no rows or only `{}` ones."""
     with filesystem.open_input_stream(path, compression="detect") as stream:
         keys: dict[str, None] = {}
-        for row in itertools.islice(_file_rows(stream.read, id_column), ROWS_PER_BLOCK):
+        rows = _file_rows(stream.read, id_column)
+        for row in itertools.islice(rows, ROWS_PER_BLOCK):
             keys.update(dict.fromkeys(row))
-    return tuple(keys)
+        try:
+            whole = next(rows, None) is None
+        except BatchInputError:  # a bad row past them: the job's read tasks name it
+            whole = False
+    return tuple(keys), whole
 
 
 class _CountedBefore:

@@ -29,7 +29,7 @@ from rig_ray.batch.pipeline_inputs import Derivation
 from rig_ray.batch.pipeline_stage import Stage
 from rig_ray.batch.pipeline_summary import GpuSharing, PipelineSummary, StageSummary
 from rig_ray.batch.placement import join
-from rig_ray.batch.run import check_settings, pending, run
+from rig_ray.batch.run import check_settings, named_columns, pending, run
 from rig_ray.batch.run_writing import BatchSummary
 from rig_ray.batch.source import input_columns, input_files, read_prompts
 from rig_ray.cluster.local_ray import quiet_ray_logs
@@ -97,9 +97,12 @@ def _checked(stages: t.Sequence[Stage], gpu_sharing: str) -> list[Stage]:
     return chosen
 
 
-def _input_columns(source: str) -> list[str]:
+def _input_columns(source: str, first: Stage) -> list[str]:
+    """The columns of the pipeline's input, as `run` finds them for its first stage."""
+    wanted = named_columns(first.run_options())
     try:
-        return list(input_columns(read_prompts(source), source))
+        dataset = read_prompts(source, id_column=first.id_column)
+        return list(input_columns(dataset, source, id_column=first.id_column, wanted=wanted))
     except Exception as error:
         raise BatchInputError(f"cannot read {source!r}: {error}", source=source) from error
 
@@ -149,7 +152,7 @@ class _Job:
 
     def run(self, gpu_sharing: str) -> PipelineSummary:
         started = time.monotonic()
-        columns = _input_columns(self.source)
+        columns = _input_columns(self.source, self.stages[0])
         self.reads[0] = StageInput(self.source, columns, self.stages[0].id_column)
         self.refuse_changed()
         names = [stage.name for stage in self.stages]

@@ -40,6 +40,8 @@ class Plan(t.NamedTuple):
     pending: int
     wanted: int
     """The generations the rows ask for, those done already included."""
+    columns: tuple[str, ...] = ()
+    """Every input column, of every row (those done already included)."""
 
 
 def row_generations(value: t.Any, num_generations: int) -> int:
@@ -143,9 +145,10 @@ def plan_rows(
             table = table.append_column(TODO_COLUMN, pa.array(todo, type=pa.list_(pa.int32())))
             blocks.append(put_block(table.filter(keep)))
     ids.check_unique()
+    columns = () if schema.schema is None else tuple(schema.schema.names)
     if not blocks:
-        return Plan(None, rows_in, 0, wanted)
-    return Plan(from_blocks(schema.conform_blocks(blocks)), rows_in, pending, wanted)
+        return Plan(None, rows_in, 0, wanted, columns)
+    return Plan(from_blocks(schema.conform_blocks(blocks)), rows_in, pending, wanted, columns)
 
 
 class _Schema(OneSchema):

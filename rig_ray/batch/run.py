@@ -251,7 +251,7 @@ def _read(source: str, options: dict[str, t.Any]) -> ray.data.Dataset:
 
 
 def _columns(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) -> tuple[str, ...]:
-    wanted = _unresolved_spec(options).named_columns()
+    wanted = named_columns(options)
     try:  # read by this process: no Ray Data task, so no log lines of its own to keep off
         return input_columns(
             dataset, source, id_column=options.get("id_column", "id"), wanted=wanted
@@ -262,11 +262,17 @@ def _columns(dataset: ray.data.Dataset, source: str, options: dict[str, t.Any]) 
         ) from error
 
 
+def named_columns(options: t.Mapping[str, t.Any]) -> list[str]:
+    """The input columns that `run`'s `options` name: template fields, the messages, params
+    and text columns."""
+    return _unresolved_spec(options).named_columns()
+
+
 def _spec(columns: tuple[str, ...], options: dict[str, t.Any]) -> PromptSpec:
     return _unresolved_spec(options).resolve(columns)
 
 
-def _unresolved_spec(options: dict[str, t.Any]) -> PromptSpec:
+def _unresolved_spec(options: t.Mapping[str, t.Any]) -> PromptSpec:
     """The prompt settings of `options` (refused, naming the one at fault, before Ray runs)."""
     return PromptSpec.build(
         template=options.get("template"),
@@ -350,10 +356,12 @@ def _first_pass(
     location: str,
 ) -> Plan:
     """`plan_rows` over the input; an error from a read task (a bad row anywhere in the
-    input) becomes one `BatchInputError` line, with none of Ray Data's own log lines."""
+    input) becomes one `BatchInputError` line, with none of Ray Data's own log lines. A
+    column that `spec` names and no row holds is refused as `PromptSpec.resolve` refuses it
+    (a JSON file's key may first appear past the rows read before the job ran)."""
     try:
         with errors_told_once():
-            return plan_rows(
+            plan = plan_rows(
                 dataset,
                 spec,
                 num_generations=manifest.num_generations,
@@ -366,3 +374,6 @@ def _first_pass(
         raise BatchInputError(
             f"cannot read the input: {cause_line(error)}", source=location
         ) from error
+    if plan.rows_in:  # the columns `input_columns` could not confirm from the first rows
+        spec.resolve(plan.columns)
+    return plan

@@ -157,7 +157,10 @@ def input_columns(
     (one without row groups), the header of the first CSV file or the keys of the first JSON
     rows, read by this process (the first file that has any). Columns of `wanted` that those
     lack are looked for in every file's first columns too, and added where found: a folder
-    whose later files have a column the first lacks (parts written as a schema grew).
+    whose later files have a column the first lacks (parts written as a schema grew). Where
+    they are still missing and a JSON file has rows past those read, they are added as well,
+    unconfirmed: a key may first appear further down. The job's first pass, which reads
+    every row, then holds them to its schema (`rig_ray.batch.run`).
 
     No Ray task runs: `Dataset.columns()` would run the read until its first block, then
     force-kill the read tasks still running, and a killed task whose reply lands at that
@@ -166,22 +169,29 @@ def input_columns(
     """
     each = _columns_of_each_file(source, id_column)  # files listed when first asked
     known = dataset.schema(fetch_if_missing=False)
+    partial = False  # a file read here has rows past those whose keys were read
     if known is not None:
         names = _named_once(tuple(known.names), source)
     else:
-        names = next((found for found in each if found), ())
+        names = ()
+        for names, whole in each:
+            partial = partial or not whole
+            if names:
+                break
     missing = [name for name in wanted if name not in names]
-    for found in each:  # the files after those read already (all, where Ray knew the schema)
+    for found, whole in each:  # the files after those read (all, where Ray knew the schema)
         if not missing:
             break
+        partial = partial or not whole
         names += tuple(name for name in missing if name in found)
         missing = [name for name in missing if name not in found]
-    return names
+    return names + tuple(missing) if partial else names
 
 
-def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[str, ...]]:
-    """Each input file's columns, in order: a Parquet file's footer, a CSV file's header, the
-    keys of a JSON file's first rows (`first_keys`)."""
+def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[tuple[str, ...], bool]]:
+    """Each input file's columns, in order, and whether they are all it has: a Parquet
+    file's footer, a CSV file's header, the keys of a JSON file's first rows (`first_keys`:
+    all only where the file has no more)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -190,13 +200,13 @@ def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[str, 
         kind = format_of(path)
         if kind == "parquet":  # Ray read it in its tasks (not here): its footer says
             with filesystem.open_input_file(path) as handle:
-                names = tuple(pq.read_schema(handle).names)
+                names, whole = tuple(pq.read_schema(handle).names), True
         elif kind == "csv":
             with filesystem.open_input_stream(path, compression="detect") as stream:
-                names = tuple(pacsv.open_csv(stream).schema.names)
+                names, whole = tuple(pacsv.open_csv(stream).schema.names), True
         else:
-            names = first_keys(filesystem, path, id_column)
-        yield _named_once(names, redact(path))
+            names, whole = first_keys(filesystem, path, id_column)
+        yield _named_once(names, redact(path)), whole
 
 
 def _named_once(names: tuple[str, ...], where: str) -> tuple[str, ...]:
