@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import string
@@ -100,15 +101,16 @@ class PromptSpec(BaseModel):
         for kind, extra in (("params", spec.params_column), ("text", spec.text_column)):
             if extra is not None and extra not in columns:
                 raise BatchInputError(
-                    f"{kind} column {extra!r} is not a column of the input "
-                    f"(columns: {_listed(columns)})",
+                    f"{kind} column {extra!r} is not a column of the input"
+                    f"{_close_to(extra, columns)} (columns: {_listed(columns)})",
                     column=extra,
                 )
         for column in needed:
             if column not in columns:
                 what = "template field" if spec.template is not None else "messages column"
                 raise BatchInputError(
-                    f"{what} {column!r} is not a column of the input (columns: {_listed(columns)})",
+                    f"{what} {column!r} is not a column of the input"
+                    f"{_close_to(column, columns)} (columns: {_listed(columns)})",
                     column=column,
                 )
         return spec
@@ -288,3 +290,9 @@ def _without_nulls(item: t.Any) -> t.Any:
 
 def _listed(columns: t.Sequence[str]) -> str:
     return ", ".join(columns) if columns else "none"
+
+
+def _close_to(name: str, columns: t.Sequence[str]) -> str:
+    """A hint naming the column whose name is closest to `name`, if one is close."""
+    close = difflib.get_close_matches(name, list(columns), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -53,6 +53,23 @@ def test_resolve_names_a_template_field_that_is_not_a_column(template: str) -> N
     assert "prompt, answer" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        (PromptSpec(template="$questoin"), "template field 'questoin' is not a column of the "
+         "input; did you mean 'question'? (columns: id, question, params)"),
+        (PromptSpec(template="$question", params_column="parms"), "params column 'parms' is not "
+         "a column of the input; did you mean 'params'? (columns: id, question, params)"),
+        (PromptSpec(template="$zzz"), "template field 'zzz' is not a column of the input "
+         "(columns: id, question, params)"),
+    ],
+)  # fmt: skip
+def test_a_missing_column_names_the_closest_one(spec: PromptSpec, said: str) -> None:
+    with pytest.raises(BatchInputError) as caught:
+        spec.resolve(["id", "question", "params"])
+    assert said in str(caught.value)
+
+
 def test_resolve_names_a_missing_messages_column() -> None:
     with pytest.raises(BatchInputError) as caught:
         PromptSpec(messages_column="chat").resolve(["messages", "prompt"])
