@@ -7,7 +7,8 @@ temporary folder and read by `rig_ray.batch.csv_input.csv_tables` (the function 
 task runs, called here without Ray) in a fresh process of its own, three ways:
 
 - whole: read whole, its types over all its rows (what a file of up to `WHOLE_BYTES` gets);
-- streamed: the types of its first `STREAM_BLOCK_BYTES`, then blocks of 1 MiB (a larger file);
+- streamed: read through once for its types (starting from those of its first
+  `STREAM_BLOCK_BYTES`), then again in blocks of 1 MiB (a larger file);
 - ray: pyarrow's streaming reader in blocks of 1 MiB, as Ray Data's own CSV reader reads.
 
 Each process reports its peak RSS above what it held before the read (`ru_maxrss`), against

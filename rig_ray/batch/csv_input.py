@@ -8,9 +8,9 @@ pyarrow's whole-file reader widens a column as it goes instead (whole numbers, t
 decimals, then text; text that is not UTF-8: binary, which a template writes as the text it
 holds, failing only the rows whose cell is not UTF-8), but holds about four times the file
 in memory. So a file of up to `WHOLE_BYTES` (a compressed one: `WHOLE_BYTES / 4` on disk)
-is read whole, and a larger one is streamed with the types of its first `STREAM_BLOCK_BYTES`,
-a cell further down that does not fit being a `BatchInputError` that names the file, the
-column and the value. Either way the rows are handed on in blocks of `ROWS_PER_BLOCK`.
+is read whole, and a larger one is streamed: read through once for its types, widened by
+the same steps wherever a cell further down does not fit, then again for its rows. Either way
+the rows are handed on in blocks of `ROWS_PER_BLOCK`.
 """
 
 from __future__ import annotations
@@ -89,41 +89,133 @@ def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Tab
                 convert_options=_convert(id_column),
             )
     except pa.ArrowInvalid as error:
-        raise _refusal(path, error, None) from None
+        raise _refusal(path, error, _header(filesystem, path)) from None
 
 
 def _streamed(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Iterator[pa.Table]:
-    """A larger file's rows as it reads them: the types of its first `STREAM_BLOCK_BYTES`
-    (a column empty there: text), then the file again in blocks of 1 MiB, which hold the
-    task's memory flat (blocks of 16 MiB grew it with the file: 415 MiB for 547 MiB)."""
+    """A larger file's rows as it reads them, in blocks of `BLOCK_BYTES` (or of the largest
+    row), which hold the task's memory flat (blocks of 16 MiB grew it with the file: 415 MiB
+    for 547 MiB). Each column has the type of all its rows, found before any row is handed
+    on (`_layout`)."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
-    names: list[str] | None = None
     try:
+        types, block = _layout(filesystem, path, id_column)
         with filesystem.open_input_stream(path, compression="detect") as stream:
-            first = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=STREAM_BLOCK_BYTES),
-                parse_options=_parse_options(),
-                convert_options=_convert(id_column),
-            )
-            names = first.schema.names
-            types = {
-                field.name: pa.string() if pa.types.is_null(field.type) else field.type
-                for field in first.schema
-            }
-        with filesystem.open_input_stream(path, compression="detect") as stream:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),
-                parse_options=_parse_options(),
-                convert_options=pacsv.ConvertOptions(column_types=types),
-            )
-            for batch in reader:
+            for batch in _reader(stream, block, _typed(types)):
                 yield pa.Table.from_batches([batch])
     except pa.ArrowInvalid as error:
-        raise _refusal(path, error, names) from None
+        raise _refusal(path, error, _header(filesystem, path)) from None
+
+
+BLOCK_BYTES = 1 << 20
+"""The bytes a streamed file is read in: twice as many while a row is larger."""
+
+
+def _layout(
+    filesystem: pafs.FileSystem, path: str, id_column: str
+) -> tuple[dict[str, pa.DataType], int]:
+    """The type of each column of a larger file over all its rows, as a whole read infers
+    it, and the block size that holds its largest row. The types of its first
+    `STREAM_BLOCK_BYTES` first; then the file read through (rows dropped as read), and read
+    again from its start wherever a cell does not fit its column's type (the column moved
+    one step along `_next_type`) or a row does not fit a block (the blocks made twice as
+    large). The id column stays text, as a whole read keeps it."""
+    import pyarrow as pa
+
+    first_bytes, block = STREAM_BLOCK_BYTES, BLOCK_BYTES
+    while True:  # the first block's types
+        try:
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                schema = _reader(stream, first_bytes, _convert(id_column)).schema
+            break
+        except pa.ArrowInvalid as error:
+            if _STRADDLES not in str(error):
+                raise
+            first_bytes *= 2
+    names, types = schema.names, {field.name: field.type for field in schema}
+    while True:
+        try:
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                for _ in _reader(stream, block, _typed(types)):
+                    pass
+            return types, block
+        except pa.ArrowInvalid as error:
+            found = _COLUMN.search(str(error))
+            if _STRADDLES in str(error):
+                block *= 2
+                continue
+            if found is None or "conversion error" not in str(error):
+                raise
+            name = names[int(found.group(1))]
+            value = _VALUE.search(str(error))
+            zoned = value is not None and _ZONE.search(value.group(1)) is not None
+            wider = None if name == id_column else _next_type(types[name], zoned)
+            if wider is None:
+                raise
+            types = {**types, name: wider}
+
+
+_STRADDLES = "straddling object straddles two block boundaries"
+"""pyarrow's error for a row larger than a block."""
+
+
+def _typed(types: dict[str, pa.DataType]) -> t.Any:
+    """pyarrow's CSV convert options that give each column its type."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types=types)
+
+
+def _reader(stream: t.Any, block: int, convert: t.Any) -> t.Any:
+    """pyarrow's streaming CSV reader over `stream`, in blocks of `block` bytes."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
+        parse_options=_parse_options(),
+        convert_options=convert,
+    )
+
+
+def _next_type(now: pa.DataType, zoned: bool) -> pa.DataType | None:
+    """The type after `now` in the order pyarrow's CSV reader tries when it infers a
+    column's type (none, whole numbers, booleans, decimals, dates, times, timestamps in
+    seconds, then in nanoseconds, text, binary); None after binary. Timestamps are in UTC
+    where the cell that did not fit (`zoned`) names a zone, as pyarrow takes the zone from
+    the first cell it reads as one."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(now):
+        return pa.timestamp("ns", now.tz) if now.unit == "s" else pa.string()
+    order = [
+        pa.null(),
+        pa.int64(),
+        pa.bool_(),
+        pa.float64(),
+        pa.date32(),
+        pa.time32("s"),
+        pa.timestamp("s", "UTC" if zoned else None),
+        pa.string(),
+        pa.binary(),
+    ]
+    at = order.index(now) if now in order else order.index(pa.string())
+    return order[at + 1] if at + 1 < len(order) else None
+
+
+def _header(filesystem: pafs.FileSystem, path: str) -> list[str] | None:
+    """The column names of a file's first line, to name a column in an error; None where
+    they cannot be read."""
+    import csv
+
+    try:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            head = stream.read(1 << 16)
+        line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
+        return next(csv.reader([line]))
+    except Exception:  # the error it is for says what is wrong
+        return None
 
 
 def _parse_options() -> t.Any:
@@ -148,12 +240,10 @@ def _refusal(path: str, error: BaseException, names: list[str] | None) -> BatchI
     if found is not None and names is not None and int(found.group(1)) < len(names):
         column = names[int(found.group(1))]
         reason = f"column {column!r}: {reason[found.end() :].lstrip(': ')}"
-        reason += (
-            f" (a CSV file over {WHOLE_BYTES >> 20} MiB is streamed, each column keeping the "
-            f"type of its first {STREAM_BLOCK_BYTES >> 20} MiB: give the column one type "
-            "throughout, or split the file)"
-        )
     return BatchInputError(f"CSV file {redact(path)!r}: {reason}", source=path, column=column)
 
 
 _COLUMN = re.compile(r"In CSV column #(\d+)")
+_VALUE = re.compile(r"invalid value '(.*)'$", re.DOTALL)
+_ZONE = re.compile(r"\d:\d\d(:\d\d(\.\d*)?)?(Z|[+-]\d\d(:?\d\d)?)$")
+"""A time of day followed by a zone, at the end of a cell."""

@@ -9,6 +9,7 @@ import io
 import os
 import typing as t
 from pathlib import Path
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -61,20 +62,79 @@ def test_a_file_comes_in_blocks_of_rows_and_a_gzip_file_reads_the_same(tmp_path:
     assert _read(packed).equals(pa.concat_tables(blocks))
 
 
-def test_a_file_past_the_whole_read_is_streamed_and_a_later_type_change_is_named(
+def test_a_file_past_the_whole_read_is_streamed_and_typed_over_all_its_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Streamed, a file keeps the types of its first block (here 1 MiB, as a test's files are
-    # small); a cell past it that does not fit is refused naming the column and the value.
+    # Streamed, a file starts from the types of its first block (here 1 MiB, as a test's
+    # files are small) and widens a column wherever a cell further down does not fit.
     monkeypatch.setattr(csv_input, "STREAM_BLOCK_BYTES", 1 << 20)
     path = _numbered(b"", tmp_path / "in.csv")
     streamed = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
     assert sum(t.num_rows for t in streamed) == PAST_FIRST_BLOCK
     assert max(t.num_rows for t in streamed) <= ROWS_PER_BLOCK
-    changing = _numbered(b"z,p,many\n", tmp_path / "late.csv")
-    with pytest.raises(BatchInputError, match=r"late\.csv.*column 'n'.*'many'.*streamed") as caught:
-        list(csv_tables(LOCAL, str(changing), "id", changing.stat().st_size, whole_bytes=0))
-    assert caught.value.column == "n"
+    for tail, kind in ((b"z,p,2.5\n", pa.float64()), (b"z,p,many\n", pa.string())):
+        changing = _numbered(tail, tmp_path / "late.csv")
+        size = changing.stat().st_size
+        tables = list(csv_tables(LOCAL, str(changing), "id", size, whole_bytes=0))
+        assert {table.schema.field("n").type for table in tables} == {kind}
+        assert pa.concat_tables(tables).equals(_read(changing))
+
+
+def test_a_streamed_row_larger_than_a_block_is_read(tmp_path: Path) -> None:
+    big = "x" * (3 * csv_input.BLOCK_BYTES)
+    path = _numbered(f'z,"{big}",1\n'.encode(), tmp_path / "in.csv")
+    tables = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
+    table = pa.concat_tables(tables)
+    assert table.num_rows == PAST_FIRST_BLOCK + 1 and table["prompt"][-1].as_py() == big
+
+
+def test_a_streamed_id_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = _numbered(b"\xff,p,1\n", tmp_path / "in.csv")
+    with pytest.raises(BatchInputError, match=r"in\.csv.*column 'id'.*UTF8") as caught:
+        list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
+    assert caught.value.column == "id"
+
+
+_TYPED_CELLS = [
+    *("", "nan", "0", "1", "-3", "007", "2.5", "1e3", "inf", "true", "False"),
+    *("2024-01-01", "2024-01-01 10:00:00", "2024-01-01T10:00:00.5", "2024-01-01T10:00"),
+    *("2024-01-01T10:00:00Z", "2024-01-01 10:00:00+01:00", "2024-01-02T00:00:00.25Z"),
+    *("12:30:00", "many", '"a,b"', "\udcff"),
+]
+"""Cells of every type pyarrow's CSV reader infers (`\udcff`: a byte that is not UTF-8)."""
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    columns=st.lists(
+        st.lists(st.sampled_from(_TYPED_CELLS), min_size=1, max_size=40), min_size=1, max_size=3
+    ),
+    first_block=st.integers(16, 256),
+    block=st.integers(16, 128),
+)
+def test_a_streamed_file_is_typed_as_a_whole_read_types_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    columns: list[list[str]],
+    first_block: int,
+    block: int,
+) -> None:
+    """Whatever its first block holds, and however many blocks its rows take, a streamed
+    file reads as the same table as the same file read whole: each column of the type of
+    all its rows, every value kept. (The blocks here are bytes, not MiB, so rows are larger
+    than blocks.)"""
+    rows = max(len(column) for column in columns)
+    lines = [",".join(["id", *(f"c{n}" for n in range(len(columns)))])]
+    for row in range(rows):
+        cells = [column[row] if row < len(column) else "" for column in columns]
+        lines.append(",".join([f"r{row}", *cells]))
+    path = tmp_path_factory.mktemp("csv") / "in.csv"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
+    with (
+        mock.patch.object(csv_input, "STREAM_BLOCK_BYTES", first_block),
+        mock.patch.object(csv_input, "BLOCK_BYTES", block),
+    ):
+        streamed = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
+    assert pa.concat_tables(streamed).equals(_read(path))
 
 
 def test_a_row_that_is_not_csv_names_the_file(tmp_path: Path) -> None:
