@@ -76,20 +76,25 @@ def csv_tables(
 
 
 def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Table:
-    """One CSV file as one table, its types inferred over all its rows."""
+    """One CSV file as one table, its types inferred over all its rows (read in blocks of
+    `BLOCK_BYTES`, twice as large while a row is larger)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    try:
-        with filesystem.open_input_stream(path, compression="detect") as stream:
-            return pacsv.read_csv(
-                stream,
-                read_options=pacsv.ReadOptions(use_threads=False),
-                parse_options=_parse_options(),
-                convert_options=_convert(id_column),
-            )
-    except pa.ArrowInvalid as error:
-        raise _refusal(path, error, _header(filesystem, path)) from None
+    block = BLOCK_BYTES
+    while True:
+        try:
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                return pacsv.read_csv(
+                    stream,
+                    read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
+                    parse_options=_parse_options(),
+                    convert_options=_convert(id_column),
+                )
+        except pa.ArrowInvalid as error:
+            if _STRADDLES not in str(error):
+                raise _refusal(path, error, _header(filesystem, path)) from None
+            block *= 2
 
 
 def _streamed(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Iterator[pa.Table]:

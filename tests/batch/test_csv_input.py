@@ -80,12 +80,17 @@ def test_a_file_past_the_whole_read_is_streamed_and_typed_over_all_its_rows(
         assert pa.concat_tables(tables).equals(_read(changing))
 
 
-def test_a_streamed_row_larger_than_a_block_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_row_larger_than_a_block_is_read(tmp_path: Path, whole: bool) -> None:
+    """A cell of a few MiB (a long document to summarise), quoted or not, read whole or
+    streamed: pyarrow's reader takes blocks of 1 MiB, and a row over one failed the file."""
     big = "x" * (3 * csv_input.BLOCK_BYTES)
-    path = _numbered(f'z,"{big}",1\n'.encode(), tmp_path / "in.csv")
-    tables = list(csv_tables(LOCAL, str(path), "id", path.stat().st_size, whole_bytes=0))
+    path = _numbered(f'y,"{big}",1\nz,{big},2\n'.encode(), tmp_path / "in.csv")
+    size = path.stat().st_size
+    tables = list(csv_tables(LOCAL, str(path), "id", size, whole_bytes=size if whole else 0))
     table = pa.concat_tables(tables)
-    assert table.num_rows == PAST_FIRST_BLOCK + 1 and table["prompt"][-1].as_py() == big
+    assert table.num_rows == PAST_FIRST_BLOCK + 2
+    assert table["prompt"][-2:].to_pylist() == [big, big] and table["n"][-1].as_py() == 2
 
 
 def test_a_streamed_id_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
