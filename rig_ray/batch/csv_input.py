@@ -75,6 +75,22 @@ def csv_tables(
         yield header_only
 
 
+def csv_columns(filesystem: pafs.FileSystem, path: str) -> list[str]:
+    """A CSV file's column names, as the reading of its first block gives them."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    block = BLOCK_BYTES
+    while True:
+        try:
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                return list(_reader(stream, block, pacsv.ConvertOptions()).schema.names)
+        except pa.ArrowInvalid as error:
+            if _STRADDLES not in str(error):
+                raise
+            block *= 2
+
+
 def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Table:
     """One CSV file as one table, its types inferred over all its rows (read in blocks of
     `BLOCK_BYTES`, twice as large while a row is larger)."""

@@ -6,7 +6,7 @@ import fnmatch
 import re
 import typing as t
 
-from rig_ray.batch.csv_input import read_csv
+from rig_ray.batch.csv_input import csv_columns, read_csv
 from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
 from rig_ray.batch.json_input import first_keys, read_json
 from rig_ray.batch.manifest import MANIFEST_NAME
@@ -192,7 +192,6 @@ def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[tuple
     """Each input file's columns, in order, and whether they are all it has: a Parquet
     file's footer, a CSV file's header, the keys of a JSON file's first rows (`first_keys`:
     all only where the file has no more)."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     filesystem, files = input_files(source)
@@ -202,8 +201,7 @@ def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[tuple
             with filesystem.open_input_file(path) as handle:
                 names, whole = tuple(pq.read_schema(handle).names), True
         elif kind == "csv":
-            with filesystem.open_input_stream(path, compression="detect") as stream:
-                names, whole = tuple(pacsv.open_csv(stream).schema.names), True
+            names, whole = tuple(csv_columns(filesystem, path)), True
         else:
             names, whole = first_keys(filesystem, path, id_column)
         yield _named_once(names, redact(path)), whole

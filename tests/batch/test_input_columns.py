@@ -101,6 +101,17 @@ def test_csv_and_parquet_columns(tmp_path: Path, shutdowns: list[bool]) -> None:
     assert shutdowns == []
 
 
+def test_a_csv_file_whose_first_row_is_larger_than_a_block(tmp_path: Path) -> None:
+    """Its columns (read by the driver) and its rows (by the job) both: pyarrow reads CSV in
+    blocks of 1 MiB, and a first row over one failed the job before it began."""
+    big = "x" * (3 << 20)
+    source = tmp_path / "in.csv"
+    source.write_text(f'id,prompt\nz,"{big}"\na,p\n')
+    assert _columns(source) == ("id", "prompt")
+    left = pending(str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"))
+    assert left == 2
+
+
 def test_a_bad_first_line_is_refused_by_the_job_naming_the_input_and_line(
     tmp_path: Path,
 ) -> None:
