@@ -86,17 +86,22 @@ def is_openai_batch(source: str) -> bool:
     if kind != "json" or files[0].lower().endswith(".gz"):
         return False
     with filesystem.open_input_stream(files[0]) as stream:
-        head = stream.read(1 << 20).decode("utf-8", errors="replace")
-    for text in head.split("\n"):
-        if '"custom_id"' not in text:
-            continue
-        try:
-            row = json.loads(text)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict) and "custom_id" in row and "body" in row:
-            return True
+        read = 0
+        for text in _text_lines(stream):  # whole lines, however long: a line may hold a book
+            read += len(text) + 1
+            if '"custom_id"' in text and _a_request(text):
+                return True
+            if read >= 1 << 20:
+                break
     return False
+
+
+def _a_request(text: str) -> bool:
+    try:
+        row = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(row, dict) and "custom_id" in row and "body" in row
 
 
 def is_prepared(output: str) -> bool:
@@ -273,11 +278,18 @@ def _lines(source: str) -> t.Iterator[tuple[int, t.Any]]:
 
 
 def _text_lines(stream: t.Any) -> t.Iterator[str]:
-    rest = b""
+    """The lines of `stream`, read a MiB at a time; a line longer than that is joined once,
+    from its pieces, when its end comes."""
+    pieces: list[bytes] = []
     while chunk := stream.read(1 << 20):
-        rest += chunk
-        *whole, rest = rest.split(b"\n")
-        for line in whole:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = b"".join([*pieces, chunk[start:end]]) if pieces else chunk[start:end]
+            pieces = []
             yield line.decode("utf-8", errors="replace")
+            start = end + 1
+        if start < len(chunk):
+            pieces.append(chunk[start:])
+    rest = b"".join(pieces)
     if rest.strip():
         yield rest.decode("utf-8", errors="replace")

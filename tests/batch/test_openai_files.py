@@ -222,6 +222,20 @@ def test_a_batch_file_whose_first_lines_cannot_run_or_none_can(tmp_path: Path) -
 
 
 @pytest.mark.usefixtures("local_ray")
+def test_a_batch_file_whose_first_request_is_longer_than_a_mib(tmp_path: Path) -> None:
+    """A request holding a long document first: the file is still read as a batch file."""
+    book = "word " * (1 << 19)  # 2.5 MiB
+    source = write_lines(tmp_path / "in.jsonl", [chat_line("long", book), chat_line("b", "x")])
+    out = tmp_path / "out"
+    summary = as_openai(source, out)
+    assert summary.generations_written == 2
+    outputs = read_jsonl(out / "output.jsonl")
+    assert [line["custom_id"] for line in outputs] == ["long", "b"]
+    reply = outputs[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert reply.strip() == book.strip()
+
+
+@pytest.mark.usefixtures("local_ray")
 def test_a_plain_input_is_refused_for_openai_output(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", [{"prompt": "x"}])
     with pytest.raises(BatchInputError, match="OpenAI batch file"):
