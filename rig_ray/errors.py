@@ -130,7 +130,8 @@ class TemplateError(RigRayError, KeyError):
         self.unused = unused or []
         problems = []
         if missing:
-            problems.append(f"no value for {', '.join(f'${name}' for name in missing)}")
+            fields = (f"${name}" if name.isidentifier() else f"${{{name}}}" for name in missing)
+            problems.append(f"no value for {', '.join(fields)}")
         if self.unused:
             names = ", ".join(self.unused)
             problems.append(f"no template field for the value(s) {names}")

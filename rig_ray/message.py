@@ -145,10 +145,11 @@ class Message(BaseModel):
         strict: bool = False,
         **kwargs: t.Any,
     ) -> Message:
-        """A copy with `$name` fields of the content filled from `values` and keyword args.
+        """A copy with `$name` (or `${any name}`) fields of the content filled from `values`
+        and keyword args.
 
-        Uses `string.Template.safe_substitute`: fields with no value stay as they are, unless
-        `strict` (see `fill_templates`).
+        Uses `string.Template.safe_substitute` (`FieldTemplate`): fields with no value stay
+        as they are, unless `strict` (see `fill_templates`).
         """
         (content,) = fill_templates([self.content], {**(values or {}), **kwargs}, strict=strict)
         return self.model_copy(update={"content": content, "parts": []}, deep=True)
@@ -241,10 +242,19 @@ class Message(BaseModel):
             self._syncing = False
 
 
+class FieldTemplate(string.Template):
+    """`string.Template` whose braces take any name without `{` or `}`: `${Question Text}`
+    is the field `Question Text`, as a column may be named; `$name` stays a name of letters,
+    digits and `_` (ended by the first other character), and `$$` a literal `$`."""
+
+    braceidpattern = r"[^{}]+"
+
+
 def fill_templates(
     texts: t.Sequence[str], values: t.Mapping[str, t.Any], *, strict: bool = False
 ) -> list[str]:
-    """Fill the `$name` fields of each text from `values` (`string.Template.safe_substitute`).
+    """Fill the `$name` / `${any name}` fields of each text from `values` (`FieldTemplate`,
+    `string.Template.safe_substitute`).
 
     With `strict`, a field that no value is given for, or a value that no text has a field for,
     raises `TemplateError` naming them all.
@@ -255,12 +265,12 @@ def fill_templates(
         unused = [name for name in values if name not in fields]
         if missing or unused:
             raise TemplateError(missing, unused)
-    return [string.Template(text).safe_substitute(values) for text in texts]
+    return [FieldTemplate(text).safe_substitute(values) for text in texts]
 
 
 def template_fields(text: str) -> list[str]:
-    """The `$name` / `${name}` fields a template string refers to, in order, once each."""
-    return list(dict.fromkeys(string.Template(text).get_identifiers()))
+    """The `$name` / `${any name}` fields a template string refers to, in order, once each."""
+    return list(dict.fromkeys(FieldTemplate(text).get_identifiers()))
 
 
 def _shifted(part: ParsedMessagePart, after: int, delta: int) -> ParsedMessagePart:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import string
 import typing as t
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rig_ray.errors import BatchInputError, InvalidMessageError, validation_line
 from rig_ray.generator.params import GenerateParams
-from rig_ray.message import Message, template_fields
+from rig_ray.message import FieldTemplate, Message, template_fields
 
 if t.TYPE_CHECKING:
     import pyarrow as pa
@@ -92,10 +91,10 @@ class PromptSpec(BaseModel):
                     f"column (columns: {_listed(columns)})",
                     column=DEFAULT_PROMPT_COLUMN,
                 )
-        if spec.template is not None and not string.Template(spec.template).is_valid():
+        if spec.template is not None and not FieldTemplate(spec.template).is_valid():
             raise BatchInputError(
                 f"template {spec.template!r} has a '$' that starts no field: write '$$' for a "
-                "literal '$', and $name or ${name} for a column"
+                "literal '$', and $name or ${any name} for a column"
             )
         needed = spec.prompt_columns()
         for kind, extra in (("params", spec.params_column), ("text", spec.text_column)):
@@ -131,7 +130,7 @@ class PromptSpec(BaseModel):
                 if value is None:
                     raise BatchInputError(f"column {name!r} is null in this row", column=name)
                 values[name] = _text(value, name)
-            user = Message(role="user", content=string.Template(self.template).substitute(values))
+            user = Message(role="user", content=FieldTemplate(self.template).substitute(values))
             messages = [user]
         else:
             column = t.cast(str, self.messages_column)

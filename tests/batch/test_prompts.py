@@ -70,6 +70,16 @@ def test_a_missing_column_names_the_closest_one(spec: PromptSpec, said: str) -> 
     assert said in str(caught.value)
 
 
+def test_a_column_whose_name_is_not_an_identifier_is_a_braced_field() -> None:
+    spec = PromptSpec(template="Q: ${Question Text} (${score-1})").resolve(
+        ["Question Text", "score-1"]
+    )
+    (message,) = spec.conversation({"Question Text": "Why?", "score-1": 2})
+    assert message.content == "Q: Why? (2)"
+    with pytest.raises(BatchInputError, match=r"'\$\{\}' has a '\$' that starts no field"):
+        PromptSpec(template="${}").resolve(["x"])
+
+
 def test_resolve_names_a_missing_messages_column() -> None:
     with pytest.raises(BatchInputError) as caught:
         PromptSpec(messages_column="chat").resolve(["messages", "prompt"])

@@ -19,6 +19,7 @@ from rig_ray import (
     TemplateError,
     fill_templates,
 )
+from rig_ray.message import template_fields
 from tests.unit.xml_models import FinalAnswer, Labeled, Note, Person, Score, assert_synced
 
 
@@ -442,6 +443,17 @@ def test_apply_strict_names_missing_and_unused() -> None:
     assert "c" in str(info.value)
     assert not str(info.value).startswith("'")
     assert message.apply(a=1, b=2, strict=True).content == "1 and 2 cost $c"
+
+
+def test_a_braced_field_takes_any_name() -> None:
+    """A column may be named `Question Text`: braces take any name without `{` or `}`, a
+    bare `$name` stays letters, digits and `_`."""
+    message = Message(role="user", content="${Question Text}? $a-b ${x}${é} $$5")
+    assert template_fields(message.content) == ["Question Text", "a", "x", "é"]
+    filled = message.apply({"Question Text": "Why", "a": 1, "x": 2, "é": 3})
+    assert filled.content == "Why? 1-b 23 $5"
+    with pytest.raises(TemplateError, match=r"no value for \$\{Question Text\}, \$a"):
+        message.apply(x=2, strict=True, **{"é": 3})
 
 
 def test_fill_templates_strict_counts_fields_across_texts() -> None:
