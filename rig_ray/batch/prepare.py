@@ -107,12 +107,14 @@ def plan_rows(
     num_generations: int,
     finished: Masks | t.Mapping[str, int],
     generations_column: str | None = None,
+    read: t.Callable[[int], None] | None = None,
 ) -> Plan:
     """Read `dataset` once, in order, and keep the rows with generations still to make.
 
     `finished` maps an id to a bitmask of its generation indices not to make again. The kept
     rows get `ID_COLUMN` and `TODO_COLUMN` and go to Ray's object store as they are read. With
     `generations_column`, each row asks for its own number of generations (`row_generations`).
+    `read` is told the rows of each block as it is read.
     """
 
     dataset.context.execution_options.preserve_order = True  # ids of repeats depend on order
@@ -137,6 +139,8 @@ def plan_rows(
             for mask, count in zip(done.masks(id_array), counts, strict=True)
         ]
         rows_in += table.num_rows
+        if read is not None:
+            read(table.num_rows)
         wanted += sum(counts)
         pending += sum(len(indices) for indices in todo)
         keep = pa.array([bool(indices) for indices in todo], type=pa.bool_())

@@ -23,9 +23,12 @@ class Progress:
         every_s: float = 5.0,
         stream: t.TextIO | None = None,
         label: str = "rig-ray batch",
+        tokens: bool = True,
     ) -> None:
         self.total = total
         self.label = label
+        self.tokens = tokens
+        """Whether lines tell tokens per second (not while the input is read)."""
         self.rows = 0
         self.failed = 0
         self.output_tokens = 0
@@ -77,11 +80,9 @@ class Progress:
         elapsed = max(self.elapsed_s, 1e-9)
         rate = self.rows / elapsed
         done = f"{self.rows:,}" if self.total is None else f"{self.rows:,}/{self.total:,}"
-        parts = [
-            f"{self.label}: {done} rows",
-            f"{rate:.1f} rows/s",
-            f"{self.output_tokens / elapsed:.1f} tok/s",
-        ]
+        parts = [f"{self.label}: {done} rows", f"{rate:.1f} rows/s"]
+        if self.tokens:
+            parts.append(f"{self.output_tokens / elapsed:.1f} tok/s")
         if self.failed:
             parts.append(f"{self.failed:,} failed")
         if self.total is not None and self.rows and self.total > self.rows:

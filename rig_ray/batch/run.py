@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing as t
 
@@ -325,7 +326,13 @@ def _run(
     if scan.repeated:  # a retry that stopped before cleaning up left two rows for some keys
         folder.compact(scan)
         scan = folder.scan()
-    plan = _first_pass(dataset, spec, manifest, scan, settings.retry_failed, folder.location)
+    label, every_s = f"{settings.label}: reading the input", settings.progress_every_s
+    reading = Progress(None, every_s=every_s, label=label, tokens=False)
+    with reading.ticking():  # a line every `every_s` while a large input is read
+        read = functools.partial(reading.add, failed=0, output_tokens=0)
+        plan = _first_pass(
+            dataset, spec, manifest, scan, settings.retry_failed, folder.location, read
+        )
     retried = scan.failed_count() if settings.retry_failed else 0
     skipped = plan.wanted - plan.pending
     meter = Progress(plan.pending, every_s=settings.progress_every_s, label=settings.label)
@@ -354,11 +361,13 @@ def _first_pass(
     scan: Scan,
     retry_failed: bool,
     location: str,
+    read: t.Callable[[int], None] | None = None,
 ) -> Plan:
-    """`plan_rows` over the input; an error from a read task (a bad row anywhere in the
-    input) becomes one `BatchInputError` line, with none of Ray Data's own log lines. A
-    column that `spec` names and no row holds is refused as `PromptSpec.resolve` refuses it
-    (a JSON file's key may first appear past the rows read before the job ran)."""
+    """`plan_rows` over the input (`read` told the rows of each block); an error from a read
+    task (a bad row anywhere in the input) becomes one `BatchInputError` line, with none of
+    Ray Data's own log lines. A column that `spec` names and no row holds is refused as
+    `PromptSpec.resolve` refuses it (a JSON file's key may first appear past the rows read
+    before the job ran)."""
     try:
         with errors_told_once():
             plan = plan_rows(
@@ -367,6 +376,7 @@ def _first_pass(
                 num_generations=manifest.num_generations,
                 finished=scan.finished(retry_failed=retry_failed),
                 generations_column=manifest.generations_column,
+                read=read,
             )
     except Exception as error:
         if isinstance(error, RigRayError) and not is_task_error(error):

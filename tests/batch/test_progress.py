@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import types
+from pathlib import Path
 
 import pytest
 
-from rig_ray.batch import progress
+from rig_ray.batch import progress, run
 from rig_ray.batch.progress import Progress
+from tests.fakes import EchoGenerator
 
 
 class FakeClock:
@@ -69,6 +72,15 @@ def test_without_a_total_there_is_no_time_left(clock: FakeClock) -> None:
     clock.now += 4
     meter.add(8, 0, 40)
     assert meter.line() == "rig-ray batch: 8 rows, 2.0 rows/s, 10.0 tok/s, 0:04 elapsed"
+
+
+def test_a_line_of_rows_read_tells_no_tokens(clock: FakeClock) -> None:
+    meter = Progress(None, every_s=-1, label="rig-ray batch: reading the input", tokens=False)
+    clock.now += 4
+    meter.add(8_000, 0, 0)
+    assert (
+        meter.line() == "rig-ray batch: reading the input: 8,000 rows, 2000.0 rows/s, 0:04 elapsed"
+    )
 
 
 @pytest.mark.parametrize("rows", [10, 12])
@@ -214,3 +226,27 @@ def test_ticking_is_silent_when_progress_is_off() -> None:
     with Progress(10, every_s=-1, stream=stream).ticking():
         time.sleep(0.1)
     assert stream.getvalue() == ""
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_job_tells_the_rows_it_has_read_while_it_reads_its_input(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A large input takes a while to read before anything is made: lines say how far the
+    reading has come (here one a block, as the interval is 0), without tokens."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in "abc":
+        lines = [json.dumps({"id": f"{name}{n}", "prompt": "p"}) for n in range(4)]
+        (source / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    run(
+        str(source), str(tmp_path / "out"), generator=EchoGenerator(model="e"),
+        num_cpus=0.25, progress_every_s=0,
+    )  # fmt: skip
+    reading = [
+        line for line in capfd.readouterr().err.splitlines()
+        if line.startswith("rig-ray batch: reading the input: ")
+    ]  # fmt: skip
+    assert reading and "12 rows" in reading[-1], reading
+    assert any(line.startswith("rig-ray batch: reading the input: 4 rows") for line in reading)
+    assert not [line for line in reading if "tok/s" in line]
