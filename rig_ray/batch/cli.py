@@ -51,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "path), as in rig-ray serve: with several generators, an OpenAI batch file's "
         "body.model chooses the one that runs each line",
     )
-    parser.add_argument("--template", help="user message with $column fields from each row")
+    parser.add_argument(
+        "--template",
+        help="user message with $column fields from each row (${any name} for a column whose "
+        "name has spaces or dashes; $$ for a literal $)",
+    )
     parser.add_argument("--system", help="system message put before each conversation")
     parser.add_argument(
         "--messages-column", help="column holding each row's OpenAI-shaped messages"
