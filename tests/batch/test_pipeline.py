@@ -12,8 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from rig_ray import PipelineError
-from rig_ray.batch import Stage, read_output, read_pipeline, run_pipeline
-from rig_ray.batch.json_values import ROWS_PER_BLOCK
+from rig_ray.batch import Stage, json_input, read_output, read_pipeline, run_pipeline
 from rig_ray.batch.lock import FolderLock
 from tests.batch.pipeline_members import (
     SCORE_SCHEMA,
@@ -286,13 +285,16 @@ def test_a_last_stage_with_no_rows_reads_as_an_empty_table(tmp_path: Path) -> No
     assert {"parent_id", "question", "answer_text"} <= set(final.column_names)  # as carried
 
 
-def test_a_first_stage_field_first_held_past_the_first_rows_is_a_column(tmp_path: Path) -> None:
+def test_a_first_stage_field_first_held_past_the_first_rows_is_a_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A JSON key that only a row past those read before the job runs holds: the first
-    stage takes it as a column, and the stage after sees it."""
+    stage takes it as a column, and the stage after sees it. (The driver reads the keys of
+    3 rows here, not 10,000: `batch.run` is tested at the real size in
+    test_input_columns.py.)"""
+    monkeypatch.setattr(json_input, "ROWS_PER_BLOCK", 3)
     source = tmp_path / "q.jsonl"
-    rows: list[dict[str, t.Any]] = [
-        {"id": f"q{n}", "question": f"question {n}"} for n in range(ROWS_PER_BLOCK + 1)
-    ]
+    rows: list[dict[str, t.Any]] = [{"id": f"q{n}", "question": f"question {n}"} for n in range(5)]
     rows[-1]["hint"] = "HINT"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     chain = [
@@ -301,11 +303,9 @@ def test_a_first_stage_field_first_held_past_the_first_rows_is_a_column(tmp_path
     ]
     out = str(tmp_path / "out")
     summary = run_pipeline(str(source), out, stages=chain, gpu_sharing="swap", progress=False)
-    assert summary.stage("answer").failed == ROWS_PER_BLOCK  # their hint is null
+    assert summary.stage("answer").failed == 4  # their hint is null
     final = read_pipeline(out).to_pylist()
-    assert [(row["id"], row["text"]) for row in final] == [
-        (f"q{ROWS_PER_BLOCK}/0", f"question {ROWS_PER_BLOCK} HINT|HINT")
-    ]
+    assert [(row["id"], row["text"]) for row in final] == [("q4/0", "question 4 HINT|HINT")]
 
 
 @pytest.mark.slow
