@@ -73,8 +73,11 @@ class Progress:
             ticker.join()
 
     def _maybe_print(self) -> None:
-        if self._every_s >= 0 and time.monotonic() - self._last_print >= self._every_s:
-            self.print_line()
+        if self._every_s < 0:
+            return
+        with self._lock:  # the ticker and the rows' thread: one line for one interval
+            if time.monotonic() - self._last_print >= self._every_s:
+                self._print()
 
     def line(self) -> str:
         elapsed = max(self.elapsed_s, 1e-9)
@@ -99,9 +102,12 @@ class Progress:
 
     def print_line(self) -> None:
         with self._lock:
-            print(self.line(), file=self._stream or sys.stderr, flush=True)
-            self._last_print = time.monotonic()
-            self._printed_rows = self.rows
+            self._print()
+
+    def _print(self) -> None:
+        print(self.line(), file=self._stream or sys.stderr, flush=True)
+        self._last_print = time.monotonic()
+        self._printed_rows = self.rows
 
 
 def _duration(seconds: float) -> str:

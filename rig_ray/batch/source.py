@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 import typing as t
 
 from rig_ray.batch.csv_input import csv_columns, read_csv
 from rig_ray.batch.data_tasks import from_blocks, put_block, remote_args
 from rig_ray.batch.json_input import first_keys, read_json
+from rig_ray.batch.json_values import ROWS_PER_BLOCK
 from rig_ray.batch.manifest import MANIFEST_NAME
 from rig_ray.errors import BatchInputError
 from rig_ray.redaction import redact
@@ -16,6 +18,8 @@ from rig_ray.redaction import redact
 if t.TYPE_CHECKING:
     import pyarrow.fs as pafs
     import ray.data
+
+logger = logging.getLogger(__name__)
 
 FORMATS: dict[str, str] = {
     ".jsonl": "json",
@@ -185,7 +189,16 @@ def input_columns(
         partial = partial or not whole
         names += tuple(name for name in missing if name in found)
         missing = [name for name in missing if name not in found]
-    return names + tuple(missing) if partial else names
+    if not (partial and missing):
+        return names
+    logger.warning(
+        "rig-ray: %s is a key of none of the first %s rows of each JSON file; every row is "
+        "read for %s before any model loads",
+        " or ".join(repr(name) for name in missing),
+        f"{ROWS_PER_BLOCK:,}",
+        "it" if len(missing) == 1 else "them",
+    )
+    return names + tuple(missing)
 
 
 def _columns_of_each_file(source: str, id_column: str) -> t.Iterator[tuple[tuple[str, ...], bool]]:

@@ -60,7 +60,7 @@ def _columns(source: Path) -> tuple[str, ...]:
 
 
 def test_json_columns_are_the_keys_of_the_first_rows_of_the_first_file_that_has_any(
-    tmp_path: Path, shutdowns: list[bool]
+    tmp_path: Path, shutdowns: list[bool], caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -78,11 +78,16 @@ def test_json_columns_are_the_keys_of_the_first_rows_of_the_first_file_that_has_
     late_file = _jsonl(tmp_path / "late.jsonl", late)
     assert _columns(late_file) == ("n",)  # the first block's
     # a column asked for that the first block lacks: unconfirmed, for the first pass to check
+    # (and said at once: a misspelt one is refused only once every row is read)
     assert input_columns(read_prompts(str(late_file)), str(late_file), wanted=["late"]) == (
         "n",
         "late",
     )
+    [told] = [r.getMessage() for r in caplog.records if r.name == "rig_ray.batch.source"]
+    assert "'late' is a key of none of the first 10,000 rows" in told
+    caplog.clear()
     assert input_columns(read_prompts(str(array)), str(array), wanted=["late"]) == ("b", "a")
+    assert not [r for r in caplog.records if r.name == "rig_ray.batch.source"]
     assert shutdowns == []  # no Ray Data run at all
 
 

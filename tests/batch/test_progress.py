@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import types
 from pathlib import Path
@@ -150,6 +151,36 @@ def test_lines_are_printed_once_per_interval(clock: FakeClock) -> None:
         "rig-ray batch: 3 rows",
         "rig-ray batch: 7 rows",
     ]
+
+
+def test_threads_adding_at_once_print_one_line_for_one_interval(clock: FakeClock) -> None:
+    """The ticker and the thread that adds rows both see an interval pass: one line (a
+    terminal that is slow to take the line gave each thread its own)."""
+
+    class SlowStream(io.StringIO):
+        def write(self, text: str) -> int:
+            time.sleep(0.05)
+            return super().write(text)
+
+    stream = SlowStream()
+    meter = Progress(None, every_s=5, stream=stream)
+    clock.now += 5
+    ready = threading.Barrier(16)
+
+    def add() -> None:
+        ready.wait()
+        meter.add(1, 0, 0)
+
+    def tick() -> None:  # what `ticking()`'s thread does
+        ready.wait()
+        meter._maybe_print()
+
+    threads = [threading.Thread(target=(add, tick)[n % 2]) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(_lines(stream)) == 1
 
 
 def test_a_job_shorter_than_one_interval_prints_nothing(clock: FakeClock) -> None:
