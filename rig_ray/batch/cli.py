@@ -25,7 +25,7 @@ EXAMPLE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of a batch run, shared by `rig-ray batch` and `jobs/batch_generate.py`."""
     parser.add_argument(
-        "input", help="JSONL, Parquet or CSV prompts: a file, a folder, a glob or a URI"
+        "input", help="JSONL, Parquet, CSV or TSV prompts: a file, a folder, a glob or a URI"
     )
     parser.add_argument(
         "output",

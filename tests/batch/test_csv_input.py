@@ -93,6 +93,24 @@ def test_a_row_larger_than_a_block_is_read(tmp_path: Path, whole: bool) -> None:
     assert table["prompt"][-2:].to_pylist() == [big, big] and table["n"][-1].as_py() == 2
 
 
+@pytest.mark.parametrize("name", ["in.tsv", "in.tsv.gz", "streamed.tsv"])
+def test_a_tsv_file_is_split_at_tabs(tmp_path: Path, name: str) -> None:
+    """Tab-separated: commas stay in their cells, a quoted tab too, whole or streamed."""
+    text = 'id\tQuestion Text\tn\nr0\thello, world\t1\nr1\t"a\tb"\t2.5\n'
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    size = path.stat().st_size
+    whole_bytes = 0 if name.startswith("streamed") else size
+    tables = list(csv_tables(LOCAL, str(path), "id", size, whole_bytes=whole_bytes))
+    table = pa.concat_tables(tables)
+    assert table.column_names == ["id", "Question Text", "n"]
+    assert table.to_pylist() == [
+        {"id": "r0", "Question Text": "hello, world", "n": 1.0},
+        {"id": "r1", "Question Text": "a\tb", "n": 2.5},
+    ]
+    assert csv_input.csv_columns(LOCAL, str(path)) == ["id", "Question Text", "n"]
+
+
 def test_a_streamed_id_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     path = _numbered(b"\xff,p,1\n", tmp_path / "in.csv")
     with pytest.raises(BatchInputError, match=r"in\.csv.*column 'id'.*UTF8") as caught:
