@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--system", help="system message put before each conversation")
     parser.add_argument(
-        "--messages-column", help="column holding each row's OpenAI-shaped messages"
+        "--messages-column", help="column holding each row's OpenAI-shaped (or ShareGPT) messages"
     )
     parser.add_argument(
         "--params-column",

@@ -147,7 +147,9 @@ class PromptSpec(BaseModel):
                 messages = [Message.fit(_without_nulls(item)) for item in raw]
             except (InvalidMessageError, ValueError, TypeError) as error:
                 raise BatchInputError(
-                    f"column {column!r} is not a list of OpenAI messages: {error}", column=column
+                    f"column {column!r} is not a list of OpenAI messages (or of ShareGPT's "
+                    f"human / gpt / system ones): {error}",
+                    column=column,
                 ) from error
         if self.system is not None and messages[0].role != "system":
             messages.insert(0, Message(role="system", content=self.system))
@@ -283,8 +285,22 @@ def _json_default(value: t.Any) -> t.Any:
 def _without_nulls(item: t.Any) -> t.Any:
     # Parquet and Arrow give every struct of a list the union of all keys, absent ones as null.
     if isinstance(item, t.Mapping):
-        return {key: value for key, value in item.items() if value is not None}
+        return _openai_shaped({key: value for key, value in item.items() if value is not None})
     return item
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+"""The roles of ShareGPT's `{"from", "value"}` messages, as OpenAI's."""
+
+
+def _openai_shaped(item: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A ShareGPT message (`{"from": "human", "value": "..."}`, as many datasets hold their
+    conversations; other keys, such as a training `weight`, dropped) as an OpenAI one; any
+    other item as it is."""
+    if "role" in item or "content" in item or not {"from", "value"} <= set(item):
+        return item
+    role = SHAREGPT_ROLES.get(item["from"]) if isinstance(item["from"], str) else None
+    return item if role is None else {"role": role, "content": item["value"]}
 
 
 def _listed(columns: t.Sequence[str]) -> str:

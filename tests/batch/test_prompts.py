@@ -207,6 +207,26 @@ def test_messages_column_reads_openai_dicts() -> None:
     ]
 
 
+def test_messages_column_reads_sharegpt_conversations() -> None:
+    """ShareGPT's `{"from", "value"}` messages, as many datasets hold their conversations
+    (a training `weight` dropped); a speaker it does not name is refused, naming the column."""
+    row = {
+        "conversations": [
+            {"from": "system", "value": "be brief"},
+            {"from": "human", "value": "hi", "weight": 0},
+            {"from": "gpt", "value": "hello", "weight": 1},
+            {"from": "human", "value": "bye"},
+        ]
+    }
+    spec = PromptSpec(messages_column="conversations")
+    assert _roles_and_contents(spec, row) == [
+        ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "bye")
+    ]  # fmt: skip
+    with pytest.raises(BatchInputError, match="'conversations' is not a list of OpenAI") as no:
+        spec.conversation({"conversations": [{"from": "function_call", "value": "{}"}]})
+    assert no.value.column == "conversations" and "ShareGPT" in str(no.value)
+
+
 def test_messages_column_drops_the_null_keys_arrow_adds_to_each_struct() -> None:
     row = {
         "messages": [
