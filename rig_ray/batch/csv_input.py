@@ -84,7 +84,7 @@ def csv_columns(filesystem: pafs.FileSystem, path: str) -> list[str]:
     while True:
         try:
             with filesystem.open_input_stream(path, compression="detect") as stream:
-                return list(_reader(stream, block, pacsv.ConvertOptions()).schema.names)
+                return list(_reader(stream, path, block, pacsv.ConvertOptions()).schema.names)
         except pa.ArrowInvalid as error:
             if _STRADDLES not in str(error):
                 raise
@@ -104,7 +104,7 @@ def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Tab
                 return pacsv.read_csv(
                     stream,
                     read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
-                    parse_options=_parse_options(),
+                    parse_options=_parse_options(path),
                     convert_options=_convert(id_column),
                 )
         except pa.ArrowInvalid as error:
@@ -123,7 +123,7 @@ def _streamed(filesystem: pafs.FileSystem, path: str, id_column: str) -> t.Itera
     try:
         types, block = _layout(filesystem, path, id_column)
         with filesystem.open_input_stream(path, compression="detect") as stream:
-            for batch in _reader(stream, block, _typed(types)):
+            for batch in _reader(stream, path, block, _typed(types)):
                 yield pa.Table.from_batches([batch])
     except pa.ArrowInvalid as error:
         raise _refusal(path, error, _header(filesystem, path)) from None
@@ -148,7 +148,7 @@ def _layout(
     while True:  # the first block's types
         try:
             with filesystem.open_input_stream(path, compression="detect") as stream:
-                schema = _reader(stream, first_bytes, _convert(id_column)).schema
+                schema = _reader(stream, path, first_bytes, _convert(id_column)).schema
             break
         except pa.ArrowInvalid as error:
             if _STRADDLES not in str(error):
@@ -158,7 +158,7 @@ def _layout(
     while True:
         try:
             with filesystem.open_input_stream(path, compression="detect") as stream:
-                for _ in _reader(stream, block, _typed(types)):
+                for _ in _reader(stream, path, block, _typed(types)):
                     pass
             return types, block
         except pa.ArrowInvalid as error:
@@ -188,14 +188,15 @@ def _typed(types: dict[str, pa.DataType]) -> t.Any:
     return pacsv.ConvertOptions(column_types=types)
 
 
-def _reader(stream: t.Any, block: int, convert: t.Any) -> t.Any:
-    """pyarrow's streaming CSV reader over `stream`, in blocks of `block` bytes."""
+def _reader(stream: t.Any, path: str, block: int, convert: t.Any) -> t.Any:
+    """pyarrow's streaming CSV reader over `stream` (of the file `path`), in blocks of
+    `block` bytes."""
     import pyarrow.csv as pacsv
 
     return pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
-        parse_options=_parse_options(),
+        parse_options=_parse_options(path),
         convert_options=convert,
     )
 
@@ -234,15 +235,20 @@ def _header(filesystem: pafs.FileSystem, path: str) -> list[str] | None:
         with filesystem.open_input_stream(path, compression="detect") as stream:
             head = stream.read(1 << 16)
         line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
-        return next(csv.reader([line]))
+        return next(csv.reader([line], delimiter=_delimiter(path)))
     except Exception:  # the error it is for says what is wrong
         return None
 
 
-def _parse_options() -> t.Any:
+def _parse_options(path: str) -> t.Any:
     import pyarrow.csv as pacsv
 
-    return pacsv.ParseOptions(newlines_in_values=True)
+    return pacsv.ParseOptions(newlines_in_values=True, delimiter=_delimiter(path))
+
+
+def _delimiter(path: str) -> str:
+    """A tab for a `.tsv` file, else a comma."""
+    return "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
 
 
 def _convert(id_column: str) -> t.Any:

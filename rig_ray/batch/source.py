@@ -24,11 +24,15 @@ logger = logging.getLogger(__name__)
 FORMATS: dict[str, str] = {
     ".jsonl": "json",
     ".json": "json",
+    ".ndjson": "json",
     ".jsonl.gz": "json",
     ".json.gz": "json",
+    ".ndjson.gz": "json",
     ".parquet": "parquet",
     ".csv": "csv",
     ".csv.gz": "csv",
+    ".tsv": "csv",
+    ".tsv.gz": "csv",
 }
 """File endings read as input, and the format each is read as."""
 
