@@ -6,6 +6,9 @@ message text.
 
 from __future__ import annotations
 
+import difflib
+import typing as t
+
 
 class RigRayError(Exception):
     """Base class of every error that rig_ray raises on purpose.
@@ -296,3 +299,10 @@ def validation_line(error: Exception) -> str:
         where = ".".join(str(part) for part in first["loc"])
         return redact(f"{where}: {first['msg']}" if where else first["msg"])
     return redact(" ".join(str(error).split())) or type(error).__name__
+
+
+def did_you_mean(name: str, known: t.Iterable[str]) -> str:
+    """The hint of an error that refuses an unknown `name`: `; did you mean 'x'?` for the
+    known name closest to it, or "" where none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

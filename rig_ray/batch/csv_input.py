@@ -77,18 +77,13 @@ def csv_tables(
 
 def csv_columns(filesystem: pafs.FileSystem, path: str) -> list[str]:
     """A CSV file's column names, as the reading of its first block gives them."""
-    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    block = BLOCK_BYTES
-    while True:
-        try:
-            with filesystem.open_input_stream(path, compression="detect") as stream:
-                return list(_reader(stream, path, block, pacsv.ConvertOptions()).schema.names)
-        except pa.ArrowInvalid as error:
-            if _STRADDLES not in str(error):
-                raise
-            block *= 2
+    def names(block: int) -> list[str]:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            return list(_reader(stream, path, block, pacsv.ConvertOptions()).schema.names)
+
+    return _grown(names, BLOCK_BYTES)[0]
 
 
 def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Table:
@@ -97,19 +92,35 @@ def read_table(filesystem: pafs.FileSystem, path: str, id_column: str) -> pa.Tab
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    block = BLOCK_BYTES
+    def table(block: int) -> pa.Table:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            return pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
+                parse_options=_parse_options(path),
+                convert_options=_convert(id_column),
+            )
+
+    try:
+        return _grown(table, BLOCK_BYTES)[0]
+    except pa.ArrowInvalid as error:
+        raise _refusal(path, error, _header(filesystem, path)) from None
+
+
+_R = t.TypeVar("_R")
+
+
+def _grown(read: t.Callable[[int], _R], block: int) -> tuple[_R, int]:
+    """`read(block)`, and the block it took: tried again with blocks twice as large while
+    pyarrow finds a row larger than a block."""
+    import pyarrow as pa
+
     while True:
         try:
-            with filesystem.open_input_stream(path, compression="detect") as stream:
-                return pacsv.read_csv(
-                    stream,
-                    read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
-                    parse_options=_parse_options(path),
-                    convert_options=_convert(id_column),
-                )
+            return read(block), block
         except pa.ArrowInvalid as error:
             if _STRADDLES not in str(error):
-                raise _refusal(path, error, _header(filesystem, path)) from None
+                raise
             block *= 2
 
 
@@ -144,28 +155,23 @@ def _layout(
     large). The id column stays text, as a whole read keeps it."""
     import pyarrow as pa
 
-    first_bytes, block = STREAM_BLOCK_BYTES, BLOCK_BYTES
-    while True:  # the first block's types
-        try:
-            with filesystem.open_input_stream(path, compression="detect") as stream:
-                schema = _reader(stream, path, first_bytes, _convert(id_column)).schema
-            break
-        except pa.ArrowInvalid as error:
-            if _STRADDLES not in str(error):
-                raise
-            first_bytes *= 2
-    names, types = schema.names, {field.name: field.type for field in schema}
+    def first_block(size: int) -> pa.Schema:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            return _reader(stream, path, size, _convert(id_column)).schema
+
+    def read_through(types: dict[str, pa.DataType], size: int) -> None:
+        with filesystem.open_input_stream(path, compression="detect") as stream:
+            for _ in _reader(stream, path, size, _typed(types)):
+                pass
+
+    schema, _ = _grown(first_block, STREAM_BLOCK_BYTES)
+    names, types, block = schema.names, {field.name: field.type for field in schema}, BLOCK_BYTES
     while True:
         try:
-            with filesystem.open_input_stream(path, compression="detect") as stream:
-                for _ in _reader(stream, path, block, _typed(types)):
-                    pass
+            _, block = _grown(functools.partial(read_through, types), block)
             return types, block
         except pa.ArrowInvalid as error:
             found = _COLUMN.search(str(error))
-            if _STRADDLES in str(error):
-                block *= 2
-                continue
             if found is None or "conversion error" not in str(error):
                 raise
             name = names[int(found.group(1))]

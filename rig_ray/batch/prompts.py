@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import typing as t
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from rig_ray.errors import BatchInputError, InvalidMessageError, validation_line
+from rig_ray.errors import BatchInputError, InvalidMessageError, did_you_mean, validation_line
 from rig_ray.generator.params import GenerateParams
 from rig_ray.message import FieldTemplate, Message, template_fields
 
@@ -101,7 +100,7 @@ class PromptSpec(BaseModel):
             if extra is not None and extra not in columns:
                 raise BatchInputError(
                     f"{kind} column {extra!r} is not a column of the input"
-                    f"{_close_to(extra, columns)} (columns: {_listed(columns)})",
+                    f"{did_you_mean(extra, columns)} (columns: {_listed(columns)})",
                     column=extra,
                 )
         for column in needed:
@@ -109,7 +108,7 @@ class PromptSpec(BaseModel):
                 what = "template field" if spec.template is not None else "messages column"
                 raise BatchInputError(
                     f"{what} {column!r} is not a column of the input"
-                    f"{_close_to(column, columns)} (columns: {_listed(columns)})",
+                    f"{did_you_mean(column, columns)} (columns: {_listed(columns)})",
                     column=column,
                 )
         return spec
@@ -144,7 +143,7 @@ class PromptSpec(BaseModel):
             if not raw:
                 raise BatchInputError(f"column {column!r} is empty in this row", column=column)
             try:
-                messages = [Message.fit(_without_nulls(item)) for item in raw]
+                messages = [Message.fit(_openai_shaped(_without_nulls(item))) for item in raw]
             except (InvalidMessageError, ValueError, TypeError) as error:
                 raise BatchInputError(
                     f"column {column!r} is not a list of OpenAI messages (or of ShareGPT's "
@@ -285,7 +284,7 @@ def _json_default(value: t.Any) -> t.Any:
 def _without_nulls(item: t.Any) -> t.Any:
     # Parquet and Arrow give every struct of a list the union of all keys, absent ones as null.
     if isinstance(item, t.Mapping):
-        return _openai_shaped({key: value for key, value in item.items() if value is not None})
+        return {key: value for key, value in item.items() if value is not None}
     return item
 
 
@@ -293,11 +292,13 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 """The roles of ShareGPT's `{"from", "value"}` messages, as OpenAI's."""
 
 
-def _openai_shaped(item: dict[str, t.Any]) -> dict[str, t.Any]:
+def _openai_shaped(item: t.Any) -> t.Any:
     """A ShareGPT message (`{"from": "human", "value": "..."}`, as many datasets hold their
     conversations; other keys, such as a training `weight`, dropped) as an OpenAI one; any
     other item as it is."""
-    if "role" in item or "content" in item or not {"from", "value"} <= set(item):
+    if not isinstance(item, t.Mapping) or "role" in item or "content" in item:
+        return item
+    if not {"from", "value"} <= set(item):
         return item
     role = SHAREGPT_ROLES.get(item["from"]) if isinstance(item["from"], str) else None
     return item if role is None else {"role": role, "content": item["value"]}
@@ -305,9 +306,3 @@ def _openai_shaped(item: dict[str, t.Any]) -> dict[str, t.Any]:
 
 def _listed(columns: t.Sequence[str]) -> str:
     return ", ".join(columns) if columns else "none"
-
-
-def _close_to(name: str, columns: t.Sequence[str]) -> str:
-    """A hint naming the column whose name is closest to `name`, if one is close."""
-    close = difflib.get_close_matches(name, list(columns), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import typing as t
 
 from pydantic import TypeAdapter, ValidationError
 
-from rig_ray.errors import InvalidGeneratorError, RigRayError, UnknownProviderError
+from rig_ray.errors import InvalidGeneratorError, RigRayError, UnknownProviderError, did_you_mean
 from rig_ray.generator.base import Generator
 from rig_ray.generator.identifier import decode_value, format_identifier, split_identifier
 from rig_ray.generator.litellm_ import LiteLLMGenerator
@@ -95,8 +94,7 @@ def _unknown_key(
         return InvalidGeneratorError(
             f"key {key!r} is reserved{hint}", identifier=identifier, part=key
         )
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, known)
     return InvalidGeneratorError(
         f"unknown key {key!r} for {generator_cls.__name__}{hint} (known: {', '.join(known)})",
         identifier=identifier,
